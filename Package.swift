@@ -1,0 +1,58 @@
+// swift-tools-version: 6.1
+// vsmmu: declarative accelerated-vSMMU provisioning over Linux iommufd.
+// Layering (dependencies point one way, top to bottom):
+//   CYAML (system libyaml) -> VsmmuYAML (composer with marks)
+//   VsmmuKernel (kernel port, errno, uAPI values, PCI addresses)
+//   VsmmuModel (topology/host models, validation, schema)
+//   VsmmuSim (simulated kernel implementing the port)
+//   VsmmuPlanner (desired graph, allocations, diff, operations)
+//   VsmmuExecutor (lock, journal, apply, verify)
+//   VsmmuCommands (CLI commands) -> vsmmu (one-file main)
+import PackageDescription
+
+let package = Package(
+    name: "vsmmu",
+    products: [
+        .executable(name: "vsmmu", targets: ["vsmmu"]),
+        .library(name: "VsmmuCommands", targets: ["VsmmuCommands"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CYAML",
+            pkgConfig: "yaml-0.1",
+            providers: [.apt(["libyaml-dev"])]
+        ),
+        .target(name: "VsmmuYAML", dependencies: ["CYAML"]),
+        .target(name: "VsmmuKernel"),
+        .target(name: "VsmmuModel", dependencies: ["VsmmuYAML", "VsmmuKernel"]),
+        .target(name: "VsmmuSim", dependencies: ["VsmmuKernel"]),
+        .target(name: "VsmmuPlanner", dependencies: ["VsmmuKernel", "VsmmuModel"]),
+        .target(name: "VsmmuExecutor", dependencies: ["VsmmuPlanner", "VsmmuKernel", "VsmmuModel"]),
+        .target(
+            name: "VsmmuCommands",
+            dependencies: [
+                "VsmmuModel", "VsmmuKernel", "VsmmuSim", "VsmmuPlanner", "VsmmuExecutor",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(name: "vsmmu", dependencies: ["VsmmuCommands"]),
+        .executableTarget(
+            name: "vsmmu-bench",
+            dependencies: ["VsmmuModel", "VsmmuYAML", "VsmmuSim", "VsmmuPlanner", "VsmmuExecutor"]
+        ),
+        .testTarget(name: "VsmmuYAMLTests", dependencies: ["VsmmuYAML"]),
+        .testTarget(name: "VsmmuModelTests", dependencies: ["VsmmuModel", "VsmmuYAML"]),
+        .testTarget(name: "VsmmuSimTests", dependencies: ["VsmmuSim", "VsmmuKernel"]),
+        .testTarget(
+            name: "VsmmuPlannerTests",
+            dependencies: ["VsmmuPlanner", "VsmmuExecutor", "VsmmuSim", "VsmmuModel", "VsmmuKernel"]
+        ),
+        .testTarget(
+            name: "VsmmuCommandsTests",
+            dependencies: ["VsmmuCommands", "VsmmuModel"]
+        ),
+    ]
+)

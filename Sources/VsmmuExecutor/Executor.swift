@@ -1,0 +1,1 @@
+// The executor: lock, journal, apply, verify.

@@ -1,0 +1,150 @@
+/// The kernel port: every call vsmmu makes into the kernel, shaped after the real
+/// interface (iommufd ioctls on /dev/iommu, VFIO cdev ioctls, sysfs reads and the
+/// binding writes). Two implementations: the Linux backend (real ioctls) and the
+/// simulated kernel. Nothing above this protocol knows which one runs.
+///
+/// Each throwing call throws `KernelCallError` carrying the errno the real kernel
+/// would return (reference/iommufd-uapi.md §2, §3, §8).
+
+/// An open /dev/iommu file (one iommufd context).
+public struct IommufdHandle: Hashable, Sendable, Codable { public var fd: Int32; public init(fd: Int32) { self.fd = fd } }
+/// An open VFIO cdev, /dev/vfio/devices/vfioN.
+public struct DeviceHandle: Hashable, Sendable, Codable { public var fd: Int32; public init(fd: Int32) { self.fd = fd } }
+/// An fd the kernel handed out for an object (vEVENTQ) or a memfd.
+public struct FileHandle: Hashable, Sendable, Codable { public var fd: Int32; public init(fd: Int32) { self.fd = fd } }
+
+public struct IovaRange: Hashable, Sendable, Codable {
+    public var start: UInt64
+    public var last: UInt64   // inclusive
+    public init(start: UInt64, last: UInt64) { self.start = start; self.last = last }
+}
+
+public struct HwInfo: Hashable, Sendable, Codable {
+    public var dataType: UInt32
+    public var data: [UInt8]          // driver payload (ARM: 40 bytes of IDRs)
+    public var maxPasidLog2: UInt8
+    public var capabilities: UInt64
+    public init(dataType: UInt32, data: [UInt8], maxPasidLog2: UInt8, capabilities: UInt64) {
+        self.dataType = dataType; self.data = data; self.maxPasidLog2 = maxPasidLog2; self.capabilities = capabilities
+    }
+}
+
+/// Where IOAS memory comes from: IOMMU_IOAS_MAP (a user VA) or IOMMU_IOAS_MAP_FILE (fd + offset).
+public enum MapSource: Hashable, Sendable, Codable {
+    case userVA(UInt64)
+    case file(FileHandle, offset: UInt64)
+}
+
+public enum GuestMemoryBacking: String, Hashable, Sendable, Codable {
+    case memfd, anonymous, hugetlbfs
+}
+
+/// Guest RAM made by the kernel port: a memfd (memfd / hugetlbfs backing) or an
+/// anonymous mapping. `userVA` is where it is mapped in this process.
+public struct GuestMemory: Hashable, Sendable, Codable {
+    public var file: FileHandle?
+    public var userVA: UInt64
+    public var size: UInt64
+    public init(file: FileHandle?, userVA: UInt64, size: UInt64) { self.file = file; self.userVA = userVA; self.size = size }
+}
+
+/// One PCI device as sysfs shows it (reference §8).
+public struct SysfsPCIDevice: Hashable, Sendable, Codable {
+    public var address: PCIAddress
+    public var vendor: UInt16
+    public var device: UInt16
+    public var classCode: UInt32
+    public var driver: String?            // `driver` link target name, nil when unbound
+    public var driverOverride: String?    // nil when unset
+    public var iommuGroup: Int?           // nil: no IOMMU
+    public var iommu: String?             // /sys/class/iommu/<name>
+    public var numaNode: Int
+    public var vfioDevIndex: Int?         // vfio-dev/vfioN while a VFIO driver is bound
+    public init(address: PCIAddress, vendor: UInt16, device: UInt16, classCode: UInt32, driver: String?,
+                driverOverride: String?, iommuGroup: Int?, iommu: String?, numaNode: Int, vfioDevIndex: Int?) {
+        self.address = address; self.vendor = vendor; self.device = device; self.classCode = classCode
+        self.driver = driver; self.driverOverride = driverOverride; self.iommuGroup = iommuGroup
+        self.iommu = iommu; self.numaNode = numaNode; self.vfioDevIndex = vfioDevIndex
+    }
+}
+
+/// Result of the selftest mock driver's MOCK_DOMAIN command (reference §7.2).
+public struct MockDevice: Hashable, Sendable, Codable {
+    public var stdevID: ObjectID
+    public var hwptID: ObjectID
+    public var idevID: ObjectID
+    public init(stdevID: ObjectID, hwptID: ObjectID, idevID: ObjectID) { self.stdevID = stdevID; self.hwptID = hwptID; self.idevID = idevID }
+}
+
+public protocol KernelPort: AnyObject {
+    // MARK: facts
+    /// /dev/iommu exists (kernel with IOMMUFD).
+    var hasIommufd: Bool { get }
+    /// /dev/vfio/devices exists (VFIO_DEVICE_CDEV).
+    var hasVfioCdev: Bool { get }
+    /// Number of mutating calls made through this port since it was created.
+    var mutatingCalls: Int { get }
+
+    // MARK: iommufd context
+    func openIommufd() throws(KernelCallError) -> IommufdHandle
+    func close(_ iommufd: IommufdHandle)
+
+    // MARK: iommufd ioctls
+    func destroy(_ fd: IommufdHandle, id: ObjectID) throws(KernelCallError)
+    func ioasAlloc(_ fd: IommufdHandle) throws(KernelCallError) -> ObjectID
+    func ioasIovaRanges(_ fd: IommufdHandle, ioas: ObjectID) throws(KernelCallError) -> (ranges: [IovaRange], alignment: UInt64)
+    /// IOMMU_IOAS_MAP (source .userVA) or IOMMU_IOAS_MAP_FILE (source .file); returns the IOVA.
+    func ioasMap(_ fd: IommufdHandle, ioas: ObjectID, flags: UInt32, source: MapSource, length: UInt64, iova: UInt64) throws(KernelCallError) -> UInt64
+    /// Returns the number of bytes unmapped.
+    func ioasUnmap(_ fd: IommufdHandle, ioas: ObjectID, iova: UInt64, length: UInt64) throws(KernelCallError) -> UInt64
+    func hwptAlloc(_ fd: IommufdHandle, flags: UInt32, devID: ObjectID, ptID: ObjectID, dataType: UInt32, data: [UInt8]) throws(KernelCallError) -> ObjectID
+    /// `requestType` non-nil sets IOMMU_HW_INFO_FLAG_INPUT_TYPE with that type.
+    func getHwInfo(_ fd: IommufdHandle, devID: ObjectID, requestType: UInt32?) throws(KernelCallError) -> HwInfo
+    /// Returns the vIOMMU id and the driver data written back (Tegra241: mmap offset/length, 16 bytes).
+    func viommuAlloc(_ fd: IommufdHandle, type: UInt32, devID: ObjectID, hwptID: ObjectID, data: [UInt8]) throws(KernelCallError) -> (id: ObjectID, dataOut: [UInt8])
+    func vdeviceAlloc(_ fd: IommufdHandle, viommuID: ObjectID, devID: ObjectID, virtID: UInt64) throws(KernelCallError) -> ObjectID
+    func veventqAlloc(_ fd: IommufdHandle, viommuID: ObjectID, type: UInt32, depth: UInt32) throws(KernelCallError) -> (id: ObjectID, eventFD: FileHandle)
+    /// Closes a vEVENTQ fd (its DESTROY is EBUSY while it is open).
+    func closeEventFD(_ fd: IommufdHandle, _ eventFD: FileHandle)
+    func hwQueueAlloc(_ fd: IommufdHandle, viommuID: ObjectID, type: UInt32, index: UInt32, iova: UInt64, length: UInt64) throws(KernelCallError) -> ObjectID
+
+    // MARK: selftest mock devices (CONFIG_IOMMUFD_TEST, reference §7)
+    func mockDomain(_ fd: IommufdHandle, ptID: ObjectID) throws(KernelCallError) -> MockDevice
+    func mockDomainReplace(_ fd: IommufdHandle, stdevID: ObjectID, ptID: ObjectID) throws(KernelCallError) -> ObjectID
+
+    // MARK: VFIO cdev
+    func openVfioDevice(index: Int) throws(KernelCallError) -> DeviceHandle
+    func bindIommufd(_ dev: DeviceHandle, iommufd: IommufdHandle) throws(KernelCallError) -> ObjectID
+    /// Returns the HWPT actually attached.
+    func attach(_ dev: DeviceHandle, ptID: ObjectID) throws(KernelCallError) -> ObjectID
+    func detach(_ dev: DeviceHandle) throws(KernelCallError)
+    func close(_ dev: DeviceHandle)
+
+    // MARK: guest memory
+    func createGuestMemory(name: String, size: UInt64, backing: GuestMemoryBacking, hugepageSize: UInt64?) throws(KernelCallError) -> GuestMemory
+    func releaseGuestMemory(_ memory: GuestMemory)
+
+    // MARK: sysfs reads
+    func pciDevices() throws(KernelCallError) -> [SysfsPCIDevice]
+    func pciDevice(_ address: PCIAddress) throws(KernelCallError) -> SysfsPCIDevice?
+    func iommuGroupMembers(_ group: Int) throws(KernelCallError) -> [PCIAddress]
+    /// Names under /sys/class/iommu.
+    func iommuNames() throws(KernelCallError) -> [String]
+    /// Lines of /sys/kernel/iommu_groups/<G>/reserved_regions as (start, last, type).
+    func reservedRegions(group: Int) throws(KernelCallError) -> [(start: UInt64, last: UInt64, type: String)]
+    /// /sys/bus/pci/drivers/<name> exists.
+    func driverLoaded(_ name: String) throws(KernelCallError) -> Bool
+
+    // MARK: sysfs binding writes (reference §8, "Safe move to vfio-pci")
+    /// Writes `driver` (or "\n" to clear when nil) to driver_override.
+    func writeDriverOverride(_ address: PCIAddress, _ driver: String?) throws(KernelCallError)
+    /// Writes the address to /sys/bus/pci/drivers/<driver>/unbind.
+    func unbindDriver(_ address: PCIAddress, driver: String) throws(KernelCallError)
+    /// Writes the address to /sys/bus/pci/drivers_probe.
+    func driversProbe(_ address: PCIAddress) throws(KernelCallError)
+
+    // MARK: ownership
+    /// chown of /dev/vfio/devices/vfioN to the VMM's user.
+    func chownVfioDevice(index: Int, uid: UInt32, gid: UInt32) throws(KernelCallError)
+    func vfioDeviceOwner(index: Int) throws(KernelCallError) -> (uid: UInt32, gid: UInt32)?
+}

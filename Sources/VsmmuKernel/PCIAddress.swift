@@ -1,0 +1,76 @@
+/// A PCI address `domain:bus:slot.function` (e.g. `0000:09:01.0`), parsed strictly.
+/// It is the only value from user input that may ever become part of a sysfs path,
+/// so its canonical text form has a fixed shape: 4 hex, ':', 2 hex, ':', 2 hex, '.', 1 digit.
+public struct PCIAddress: Hashable, Comparable, Sendable, Codable, CustomStringConvertible {
+    public let domain: UInt16
+    public let bus: UInt8
+    public let slot: UInt8      // 0...31
+    public let function: UInt8  // 0...7
+
+    public init?(domain: UInt16, bus: UInt8, slot: UInt8, function: UInt8) {
+        guard slot < 32, function < 8 else { return nil }
+        self.domain = domain
+        self.bus = bus
+        self.slot = slot
+        self.function = function
+    }
+
+    /// Why a string is not a PCI address; nil when it is one.
+    public static func problem(with text: String) -> String? {
+        let bytes = Array(text.utf8)
+        guard bytes.count == 12 else {
+            return "expected domain:bus:slot.function such as 0000:09:01.0 (12 characters), got \(bytes.count) characters"
+        }
+        func hex(_ range: Range<Int>) -> Bool {
+            range.allSatisfy { i in
+                let c = bytes[i]
+                return (c >= 48 && c <= 57) || (c >= 97 && c <= 102) || (c >= 65 && c <= 70)
+            }
+        }
+        guard hex(0..<4), bytes[4] == 58, hex(5..<7), bytes[7] == 58, hex(8..<10), bytes[10] == 46,
+              bytes[11] >= 48, bytes[11] <= 57
+        else {
+            return "expected domain:bus:slot.function in hexadecimal such as 0000:09:01.0"
+        }
+        let slot = UInt8(String(decoding: bytes[8..<10], as: UTF8.self), radix: 16)!
+        if slot > 31 { return "slot \(slot) is out of range (0x00-0x1f)" }
+        if bytes[11] > 55 { return "function \(bytes[11] - 48) is out of range (0-7)" }
+        return nil
+    }
+
+    public init?(_ text: String) {
+        guard PCIAddress.problem(with: text) == nil else { return nil }
+        let b = Array(text.utf8)
+        func hx(_ r: Range<Int>) -> UInt16 { UInt16(String(decoding: b[r], as: UTF8.self), radix: 16)! }
+        self.init(domain: hx(0..<4), bus: UInt8(hx(5..<7)), slot: UInt8(hx(8..<10)), function: b[11] - 48)
+    }
+
+    /// Canonical lower-case form, e.g. `0000:09:01.0`: the sysfs directory name.
+    public var description: String {
+        func h(_ v: UInt64, _ width: Int) -> String {
+            let s = String(v, radix: 16)
+            return String(repeating: "0", count: max(0, width - s.count)) + s
+        }
+        return "\(h(UInt64(domain), 4)):\(h(UInt64(bus), 2)):\(h(UInt64(slot), 2)).\(function)"
+    }
+
+    /// devfn as the PCI spec packs it: slot << 3 | function.
+    public var devfn: UInt8 { slot << 3 | function }
+
+    public static func < (a: PCIAddress, b: PCIAddress) -> Bool {
+        (a.domain, a.bus, a.slot, a.function) < (b.domain, b.bus, b.slot, b.function)
+    }
+
+    public init(from decoder: Decoder) throws {
+        let text = try decoder.singleValueContainer().decode(String.self)
+        guard let v = PCIAddress(text) else {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "bad PCI address \(text)"))
+        }
+        self = v
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.singleValueContainer()
+        try c.encode(description)
+    }
+}

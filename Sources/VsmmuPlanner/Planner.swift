@@ -1,0 +1,1 @@
+// The planner: desired graph, allocations, diff, operations.

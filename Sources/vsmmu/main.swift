@@ -1,0 +1,3 @@
+import VsmmuCommands
+
+VsmmuCommand.main()

@@ -1,0 +1,3 @@
+import Testing
+@testable import VsmmuSim
+@Test func placeholder() { #expect(Bool(true)) }
