@@ -44,7 +44,7 @@ let package = Package(
             dependencies: ["VsmmuModel", "VsmmuYAML", "VsmmuSim", "VsmmuPlanner", "VsmmuExecutor"]
         ),
         .testTarget(name: "VsmmuYAMLTests", dependencies: ["VsmmuYAML"]),
-        .testTarget(name: "VsmmuModelTests", dependencies: ["VsmmuModel", "VsmmuYAML"]),
+        .testTarget(name: "VsmmuModelTests", dependencies: ["VsmmuModel", "VsmmuYAML", "VsmmuKernel"]),
         .testTarget(name: "VsmmuSimTests", dependencies: ["VsmmuSim", "VsmmuKernel"]),
         .testTarget(
             name: "VsmmuPlannerTests",
