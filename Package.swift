@@ -41,7 +41,7 @@ let package = Package(
         .executableTarget(name: "vsmmu", dependencies: ["VsmmuCommands"]),
         .executableTarget(
             name: "vsmmu-bench",
-            dependencies: ["VsmmuModel", "VsmmuYAML", "VsmmuSim", "VsmmuPlanner", "VsmmuExecutor"]
+            dependencies: ["VsmmuModel", "VsmmuYAML", "VsmmuKernel"]
         ),
         .testTarget(name: "VsmmuYAMLTests", dependencies: ["VsmmuYAML"]),
         .testTarget(name: "VsmmuModelTests", dependencies: ["VsmmuModel", "VsmmuYAML", "VsmmuKernel"]),

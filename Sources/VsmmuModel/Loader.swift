@@ -60,7 +60,7 @@ public enum InputFile {
                 hint: text == "Host" ? "a host description goes after --host" : "a topology is the command's FILE argument")], source: source)
         }
         var checker = SchemaChecker(file: source.path)
-        let checked = checker.check(root, as: schema, path: "")
+        let checked = checker.check(root, as: schema)
         if !checker.diagnostics.isEmpty || checked == nil {
             throw LoadFailure(checker.diagnostics.sorted, source: source)
         }

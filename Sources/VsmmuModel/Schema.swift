@@ -67,11 +67,8 @@ public final class Checked: Sendable {
     }
     public let value: Value
     public let mark: Mark
-    /// Marks of each key of an object, for errors that point at a key.
-    public let keyMarks: [String: Mark]
-
-    init(_ value: Value, mark: Mark, keyMarks: [String: Mark] = [:]) {
-        self.value = value; self.mark = mark; self.keyMarks = keyMarks
+    init(_ value: Value, mark: Mark) {
+        self.value = value; self.mark = mark
     }
 
     public subscript(key: String) -> Checked? {
@@ -92,42 +89,52 @@ public final class Checked: Sendable {
 public struct SchemaChecker {
     public var diagnostics: DiagnosticBag
 
+    /// Where the checker is, e.g. guests[0].vsmmus[1]; kept as a stack and only
+    /// rendered into text when an error needs it (most nodes have no error).
+    enum Step { case key(String), index(Int) }
+    var steps: [Step] = []
+
     public init(file: String) { diagnostics = DiagnosticBag(file: file) }
+
+    var path: String {
+        var out = ""
+        for step in steps {
+            switch step {
+            case .key(let k): out += out.isEmpty ? k : ".\(k)"
+            case .index(let i): out += "[\(i)]"
+            }
+        }
+        return out
+    }
 
     /// Checks `node` against `type`; returns nil where the value is unusable (an error
     /// was recorded), so that checking goes on and every problem of a file is reported.
-    public mutating func check(_ node: Node, as type: SchemaType, path: String) -> Checked? {
+    public mutating func check(_ node: Node, as type: SchemaType) -> Checked? {
         switch type {
         case .object(let fields, _):
             guard case .mapping(let pairs) = node.content else {
-                diagnostics.error("\(path) must be a mapping, not a \(node.kindName)", at: node.mark)
+                diagnostics.error("\(path.isEmpty ? "the document" : path) must be a mapping, not a \(node.kindName)", at: node.mark)
                 return nil
             }
             var out: [String: Checked] = [:]
-            var keyMarks: [String: Mark] = [:]
-            var ok = true
+            out.reserveCapacity(pairs.count)
             for (key, value) in pairs {
                 let name = key.scalar ?? ""
-                keyMarks[name] = key.mark
                 guard let field = fields.first(where: { $0.name == name }) else {
                     let known = fields.map(\.name)
                     let near = known.first { editDistance($0.lowercased(), name.lowercased()) <= 2 }
-                    diagnostics.error("unknown key '\(name)' in \(path)", at: key.mark,
+                    diagnostics.error("unknown key '\(name)' in \(path.isEmpty ? "the document" : path)", at: key.mark,
                                       hint: near.map { "did you mean '\($0)'?" } ?? "known keys: \(known.joined(separator: ", "))")
-                    ok = false
                     continue
                 }
-                if let c = check(value, as: field.type, path: path == "" ? name : "\(path).\(name)") {
-                    out[name] = c
-                } else {
-                    ok = false
-                }
+                steps.append(.key(name))
+                if let c = check(value, as: field.type) { out[name] = c }
+                steps.removeLast()
             }
-            for field in fields where field.required && keyMarks[field.name] == nil {
+            for field in fields where field.required && !pairs.contains(where: { $0.key.scalar == field.name }) {
                 diagnostics.error("\(path.isEmpty ? "the document" : path) is missing the required key '\(field.name)'", at: node.mark)
-                ok = false
             }
-            return ok ? Checked(.object(out), mark: node.mark, keyMarks: keyMarks) : Checked(.object(out), mark: node.mark, keyMarks: keyMarks)
+            return Checked(.object(out), mark: node.mark)
         case .array(let element, _):
             if node.isNull { return Checked(.array([]), mark: node.mark) }
             guard case .sequence(let items) = node.content else {
@@ -135,8 +142,11 @@ public struct SchemaChecker {
                 return nil
             }
             var out: [Checked] = []
+            out.reserveCapacity(items.count)
             for (i, item) in items.enumerated() {
-                if let c = check(item, as: element, path: "\(path)[\(i)]") { out.append(c) }
+                steps.append(.index(i))
+                if let c = check(item, as: element) { out.append(c) }
+                steps.removeLast()
             }
             return Checked(.array(out), mark: node.mark)
         case .scalar(let kind, _):

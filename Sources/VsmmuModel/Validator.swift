@@ -34,11 +34,12 @@ public struct Validator {
 
     let topology: Topology
     let host: HostDescription?
+    let index: HostIndex?
     var bag: DiagnosticBag
     var resolved: [String: ResolvedVSMMU] = [:]
 
     public static func validate(_ topology: Topology, host: HostDescription?) -> ValidationResult {
-        var v = Validator(topology: topology, host: host, bag: DiagnosticBag(file: topology.file))
+        var v = Validator(topology: topology, host: host, index: host.map(HostIndex.init), bag: DiagnosticBag(file: topology.file))
         v.run()
         return ValidationResult(diagnostics: v.bag.sorted, resolved: v.resolved)
     }
@@ -55,6 +56,20 @@ public struct Validator {
             }
         }
         if let host { groupRules(host) }
+    }
+
+    /// Lookups into a host description in constant time (hosts can list thousands of devices).
+    struct HostIndex {
+        var devices: [PCIAddress: HostPCIDevice] = [:]
+        var iommus: [String: HostIOMMU] = [:]
+        var groups: [Int: [HostPCIDevice]] = [:]
+        init(_ host: HostDescription) {
+            for d in host.pciDevices {
+                devices[d.address] = d
+                if let g = d.iommuGroup { groups[g, default: []].append(d) }
+            }
+            for i in host.iommus where iommus[i.name] == nil { iommus[i.name] = i }
+        }
     }
 
     // MARK: names
@@ -244,13 +259,6 @@ public struct Validator {
 
     // MARK: rules against the host
 
-    func iommuOf(_ d: Device, host: HostDescription) -> HostIOMMU? {
-        switch d.host {
-        case .pci(let a): return host.device(at: a)?.iommu.flatMap { host.iommu(named: $0) }
-        case .selftest: return host.iommus.first { $0.type == .selftest }
-        }
-    }
-
     mutating func hostRules(_ guest: Guest, host: HostDescription) {
         if !host.kernel.iommufd {
             bag.error("host '\(host.name)' has no iommufd (/dev/iommu): its kernel lacks CONFIG_IOMMUFD", at: guest.nameMark)
@@ -261,7 +269,7 @@ public struct Validator {
         for d in guest.allDevices {
             switch d.host {
             case .pci(let a):
-                guard let hd = host.device(at: a) else {
+                guard let hd = index!.devices[a] else {
                     bag.error("host '\(host.name)' has no PCI device \(a)", at: d.hostMark,
                               hint: "`vsmmu host` lists the devices; check the domain and bus numbers")
                     continue
@@ -270,7 +278,7 @@ public struct Validator {
                     bag.error("host '\(host.name)' has no VFIO device cdev (/dev/vfio/devices): its kernel lacks CONFIG_VFIO_DEVICE_CDEV", at: d.hostMark)
                     continue
                 }
-                guard let name = hd.iommu, let iommu = host.iommu(named: name), hd.iommuGroup != nil else {
+                guard let name = hd.iommu, let iommu = index!.iommus[name], hd.iommuGroup != nil else {
                     bag.error("PCI device \(a) sits behind no IOMMU; VFIO and iommufd refuse it", at: d.hostMark)
                     continue
                 }
@@ -289,7 +297,7 @@ public struct Validator {
             let nameMark = s.fieldMarks["name"] ?? s.mark
             var physical: HostIOMMU?
             if let p = s.physical {
-                guard let named = host.iommu(named: p) else {
+                guard let named = index!.iommus[p] else {
                     bag.error("physical IOMMU '\(p)' of vSMMU '\(s.name)' does not exist on host '\(host.name)'", at: s.fieldMarks["physical"] ?? nameMark,
                               hint: "known IOMMUs: \(host.iommus.map(\.name).joined(separator: ", "))")
                     continue
@@ -429,8 +437,8 @@ public struct Validator {
         var reported = Set<Int>()
         for g in topology.guests {
             for d in g.allDevices {
-                guard let a = d.host.pciAddress, let hd = host.device(at: a), let group = hd.iommuGroup else { continue }
-                let siblings = host.pciDevices.filter { $0.iommuGroup == group && $0.address != a }
+                guard let a = d.host.pciAddress, let hd = index!.devices[a], let group = hd.iommuGroup else { continue }
+                let siblings = (index!.groups[group] ?? []).filter { $0.address != a }
                 for sib in siblings {
                     if let use = declared[sib.address] {
                         let mine = declared[a]!

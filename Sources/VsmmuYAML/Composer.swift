@@ -41,18 +41,22 @@ private struct EventComposer {
 
     init(limits: YAMLLimits) { self.limits = limits }
 
-    /// A collection under construction.
-    final class Frame {
+    /// A collection under construction. Its children wait in the shared `values`
+    /// stack from `start` on; at its end they move into one exactly-sized array
+    /// (one allocation per collection instead of several as an array grows).
+    struct Frame {
         let isMapping: Bool
         let mark: Mark
         let anchor: String?
-        var items: [Node] = []
-        var pairs: [(key: Node, value: Node)] = []
-        var pendingKey: Node?
-        var seenKeys: [String: Mark] = [:]
+        let start: Int
+        /// Keys seen so far, for duplicate detection; only built for large mappings
+        /// (a linear scan is cheaper below that).
+        var seenKeys: [String: Mark]?
         var weight = 1
-        init(isMapping: Bool, mark: Mark, anchor: String?) { self.isMapping = isMapping; self.mark = mark; self.anchor = anchor }
     }
+
+    /// Children of every open collection, innermost last.
+    var values: [Node] = []
 
     static func mark(_ m: yaml_mark_t) -> Mark { Mark(line: Int(m.line) + 1, column: Int(m.column) + 1) }
 
@@ -67,17 +71,13 @@ private struct EventComposer {
             throw YAMLError("cannot initialise the YAML parser (out of memory)", at: Mark(line: 1, column: 1))
         }
         defer { yaml_parser_delete(&parser) }
-        let result: Result<Node?, YAMLError> = bytes.withUnsafeBufferPointer { buf in
-            yaml_parser_set_input_string(&parser, buf.baseAddress, buf.count)
-            do {
-                return .success(try loop(&parser))
-            } catch let e as YAMLError {
-                return .failure(e)
-            } catch {
-                return .failure(YAMLError("\(error)", at: Mark(line: 1, column: 1)))
-            }
-        }
-        return try result.get()
+        // libyaml reads from a pointer that must outlive the whole parse; a private copy
+        // keeps the event loop out of a closure (cheaper, and plain `throws`).
+        let input = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: max(1, bytes.count))
+        defer { input.deallocate() }
+        _ = input.initialize(from: bytes)
+        yaml_parser_set_input_string(&parser, input.baseAddress, bytes.count)
+        return try loop(&parser)
     }
 
     mutating func loop(_ parser: inout yaml_parser_t) throws(YAMLError) -> Node? {
@@ -142,10 +142,24 @@ private struct EventComposer {
                 }
                 try count(1, at: here)
                 let anchor = EventComposer.string(isMapping ? event.data.mapping_start.anchor : event.data.sequence_start.anchor)
-                stack.append(Frame(isMapping: isMapping, mark: here, anchor: anchor))
+                stack.append(Frame(isMapping: isMapping, mark: here, anchor: anchor, start: values.count))
             case YAML_SEQUENCE_END_EVENT, YAML_MAPPING_END_EVENT:
                 let frame = stack.removeLast()
-                let node = Node(frame.isMapping ? .mapping(frame.pairs) : .sequence(frame.items), mark: frame.mark)
+                let content: Node.Content
+                if frame.isMapping {
+                    var pairs: [(key: Node, value: Node)] = []
+                    pairs.reserveCapacity((values.count - frame.start) / 2)
+                    var i = frame.start
+                    while i + 1 < values.count {
+                        pairs.append((values[i], values[i + 1]))
+                        i += 2
+                    }
+                    content = .mapping(pairs)
+                } else {
+                    content = .sequence(Array(values[frame.start...]))
+                }
+                values.removeSubrange(frame.start...)
+                let node = Node(content, mark: frame.mark)
                 if let anchor = frame.anchor { anchors[anchor] = (node, frame.weight) }
                 try add(node, weight: frame.weight, to: &stack, root: &root)
             default:
@@ -173,27 +187,39 @@ private struct EventComposer {
     }
 
     mutating func add(_ node: Node, weight: Int, to stack: inout [Frame], root: inout Node?) throws(YAMLError) {
-        guard let top = stack.last else {
+        let top = stack.count - 1
+        guard top >= 0 else {
             root = node
             return
         }
-        top.weight += weight
-        if !top.isMapping {
-            top.items.append(node)
-            return
+        stack[top].weight += weight
+        // In a mapping, children alternate key, value: an even count means `node` is a key.
+        let start = stack[top].start
+        if stack[top].isMapping && (values.count - start) % 2 == 0 {
+            guard case .scalar(let text, _) = node.content else {
+                throw YAMLError("mapping keys must be plain words, not a \(node.kindName)", at: node.mark)
+            }
+            if values.count - start < 32 {
+                var i = start
+                while i < values.count {
+                    if case .scalar(let key, _) = values[i].content, key == text {
+                        throw YAMLError("duplicate key '\(text)' (first at line \(values[i].mark.line))", at: node.mark)
+                    }
+                    i += 2
+                }
+            } else {
+                if stack[top].seenKeys == nil {
+                    var seen: [String: Mark] = [:]
+                    var i = start
+                    while i < values.count { seen[values[i].scalar ?? ""] = values[i].mark; i += 2 }
+                    stack[top].seenKeys = seen
+                }
+                if let first = stack[top].seenKeys![text] {
+                    throw YAMLError("duplicate key '\(text)' (first at line \(first.line))", at: node.mark)
+                }
+                stack[top].seenKeys![text] = node.mark
+            }
         }
-        if let key = top.pendingKey {
-            top.pairs.append((key, node))
-            top.pendingKey = nil
-            return
-        }
-        guard let text = node.scalar else {
-            throw YAMLError("mapping keys must be plain words, not a \(node.kindName)", at: node.mark)
-        }
-        if let first = top.seenKeys[text] {
-            throw YAMLError("duplicate key '\(text)' (first at line \(first.line))", at: node.mark)
-        }
-        top.seenKeys[text] = node.mark
-        top.pendingKey = node
+        values.append(node)
     }
 }

@@ -1,8 +1,14 @@
 /// A position in the source text, 1-based, as editors count them.
 public struct Mark: Hashable, Sendable, Comparable, CustomStringConvertible {
-    public var line: Int
-    public var column: Int
-    public init(line: Int, column: Int) { self.line = line; self.column = column }
+    // Stored as 32-bit values: a node is smaller, and a 32 MiB document cannot exceed them.
+    private var storedLine: UInt32
+    private var storedColumn: UInt32
+    public var line: Int { Int(storedLine) }
+    public var column: Int { Int(storedColumn) }
+    public init(line: Int, column: Int) {
+        storedLine = UInt32(clamping: line)
+        storedColumn = UInt32(clamping: column)
+    }
     public static func < (a: Mark, b: Mark) -> Bool { (a.line, a.column) < (b.line, b.column) }
     public var description: String { "\(line):\(column)" }
 }
@@ -10,7 +16,10 @@ public struct Mark: Hashable, Sendable, Comparable, CustomStringConvertible {
 /// A composed YAML node that remembers where it came from. Scalars stay untyped
 /// text: the schema field a scalar lands in decides its type (not YAML 1.1's
 /// implicit rules, which would read `0000:09:01.0` as base-60 and `on` as true).
-public final class Node: Sendable {
+///
+/// A value type: scalars cost no allocation (short strings are stored inline), and
+/// the arrays of collections give the recursion its indirection.
+public struct Node: Sendable {
     public enum Content: Sendable {
         case scalar(String, plain: Bool)
         case sequence([Node])
