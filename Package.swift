@@ -41,7 +41,7 @@ let package = Package(
         .executableTarget(name: "vsmmu", dependencies: ["VsmmuCommands"]),
         .executableTarget(
             name: "vsmmu-bench",
-            dependencies: ["VsmmuModel", "VsmmuYAML", "VsmmuKernel"]
+            dependencies: ["VsmmuModel", "VsmmuYAML", "VsmmuKernel", "VsmmuSim", "VsmmuPlanner", "VsmmuExecutor"]
         ),
         .testTarget(name: "VsmmuYAMLTests", dependencies: ["VsmmuYAML"]),
         .testTarget(name: "VsmmuModelTests", dependencies: ["VsmmuModel", "VsmmuYAML", "VsmmuKernel"]),

@@ -20,6 +20,8 @@ public final class Console: @unchecked Sendable {
 
     /// Writes a line (a newline is added) to standard output.
     public func print(_ s: String) { lock.lock(); writeOut(s + "\n"); lock.unlock() }
+    /// Writes text as is to standard output.
+    public func write(_ s: String) { lock.lock(); writeOut(s); lock.unlock() }
     /// Writes a line to standard error.
     public func error(_ s: String) { lock.lock(); writeErr(s + "\n"); lock.unlock() }
 }

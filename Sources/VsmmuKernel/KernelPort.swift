@@ -10,8 +10,8 @@
 public struct IommufdHandle: Hashable, Sendable, Codable { public var fd: Int32; public init(fd: Int32) { self.fd = fd } }
 /// An open VFIO cdev, /dev/vfio/devices/vfioN.
 public struct DeviceHandle: Hashable, Sendable, Codable { public var fd: Int32; public init(fd: Int32) { self.fd = fd } }
-/// An fd the kernel handed out for an object (vEVENTQ) or a memfd.
-public struct FileHandle: Hashable, Sendable, Codable { public var fd: Int32; public init(fd: Int32) { self.fd = fd } }
+/// An fd the kernel handed out for an object (vEVENTQ) or a memfd. (Not Foundation.FileHandle.)
+public struct KernelFile: Hashable, Sendable, Codable { public var fd: Int32; public init(fd: Int32) { self.fd = fd } }
 
 public struct IovaRange: Hashable, Sendable, Codable {
     public var start: UInt64
@@ -32,7 +32,7 @@ public struct HwInfo: Hashable, Sendable, Codable {
 /// Where IOAS memory comes from: IOMMU_IOAS_MAP (a user VA) or IOMMU_IOAS_MAP_FILE (fd + offset).
 public enum MapSource: Hashable, Sendable, Codable {
     case userVA(UInt64)
-    case file(FileHandle, offset: UInt64)
+    case file(KernelFile, offset: UInt64)
 }
 
 public enum GuestMemoryBacking: String, Hashable, Sendable, Codable {
@@ -42,10 +42,10 @@ public enum GuestMemoryBacking: String, Hashable, Sendable, Codable {
 /// Guest RAM made by the kernel port: a memfd (memfd / hugetlbfs backing) or an
 /// anonymous mapping. `userVA` is where it is mapped in this process.
 public struct GuestMemory: Hashable, Sendable, Codable {
-    public var file: FileHandle?
+    public var file: KernelFile?
     public var userVA: UInt64
     public var size: UInt64
-    public init(file: FileHandle?, userVA: UInt64, size: UInt64) { self.file = file; self.userVA = userVA; self.size = size }
+    public init(file: KernelFile?, userVA: UInt64, size: UInt64) { self.file = file; self.userVA = userVA; self.size = size }
 }
 
 /// One PCI device as sysfs shows it (reference §8).
@@ -103,9 +103,9 @@ public protocol KernelPort: AnyObject {
     /// Returns the vIOMMU id and the driver data written back (Tegra241: mmap offset/length, 16 bytes).
     func viommuAlloc(_ fd: IommufdHandle, type: UInt32, devID: ObjectID, hwptID: ObjectID, data: [UInt8]) throws(KernelCallError) -> (id: ObjectID, dataOut: [UInt8])
     func vdeviceAlloc(_ fd: IommufdHandle, viommuID: ObjectID, devID: ObjectID, virtID: UInt64) throws(KernelCallError) -> ObjectID
-    func veventqAlloc(_ fd: IommufdHandle, viommuID: ObjectID, type: UInt32, depth: UInt32) throws(KernelCallError) -> (id: ObjectID, eventFD: FileHandle)
+    func veventqAlloc(_ fd: IommufdHandle, viommuID: ObjectID, type: UInt32, depth: UInt32) throws(KernelCallError) -> (id: ObjectID, eventFD: KernelFile)
     /// Closes a vEVENTQ fd (its DESTROY is EBUSY while it is open).
-    func closeEventFD(_ fd: IommufdHandle, _ eventFD: FileHandle)
+    func closeEventFD(_ fd: IommufdHandle, _ eventFD: KernelFile)
     func hwQueueAlloc(_ fd: IommufdHandle, viommuID: ObjectID, type: UInt32, index: UInt32, iova: UInt64, length: UInt64) throws(KernelCallError) -> ObjectID
 
     // MARK: selftest mock devices (CONFIG_IOMMUFD_TEST, reference §7)

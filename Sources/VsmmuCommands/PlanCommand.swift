@@ -1,0 +1,111 @@
+import ArgumentParser
+import Foundation
+import VsmmuExecutor
+import VsmmuModel
+import VsmmuPlanner
+
+struct PlanCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "plan",
+        abstract: "Show what apply would change: desired graph against what the kernel holds.",
+        discussion: """
+        One line per resource: + create, ~ update, - destroy, -/+ replace (with the \
+        attribute that forces it), then `Plan: N to add, M to change, K to destroy.` or \
+        `No changes.`. --ops lists the exact operations (ioctl names, the arguments that \
+        matter, what each yields, what it waits for). Makes no change to the kernel.
+
+        Exit status: 0 no changes (or any plan without --detailed-exitcode), 1 error, \
+        2 changes present (with --detailed-exitcode).
+
+        Example:
+          vsmmu plan examples/one-guest-one-vsmmu.yaml --host examples/hosts/grace-2smmu-cmdqv.yaml --ops
+        """)
+
+    enum Format: String, ExpressibleByArgument, CaseIterable { case text, json }
+
+    @Argument(help: "The topology file.")
+    var file: String
+
+    @OptionGroup var kernel: KernelOptions
+
+    @Option(help: ArgumentHelp("Save the plan for `vsmmu apply PLAN`; it carries a fingerprint of the state it was made from.", valueName: "PLAN"))
+    var out: String?
+
+    @Option(help: "Output format: text or json (formatVersion 1, stable for pipelines).")
+    var format: Format = .text
+
+    @Flag(help: "List the ordered operations.")
+    var ops = false
+
+    @Flag(help: "Exit 2 when there are changes, 0 when there are none.")
+    var detailedExitcode = false
+
+    func run() throws {
+        let console = Console.standard()
+        let code = try runReporting(console) {
+            let session = try Session.open(kernel)
+            let store = try StateStore(directory: session.stateDir)
+            if !store.interrupted.isEmpty {
+                console.error("note: an earlier apply was interrupted inside \(store.interrupted.count) step(s); the plan rebuilds what they touched")
+            }
+            let (topology, validation) = try loadValid(file, host: session.host, console: console)
+            let plan = try makePlan(topology, validation: validation, session: session, store: store)
+            switch format {
+            case .text: console.write(PlanText.render(plan, ops: ops))
+            case .json: console.print(PlanJSON.render(plan).rendered())
+            }
+            if let out {
+                try SavedPlan.write(plan, to: out)
+                console.error("Saved the plan to \(out). Apply exactly this plan with: vsmmu apply \(out)\(kernel.host.map { " --host \($0)" } ?? "")")
+            }
+            return detailedExitcode && !plan.isEmpty ? 2 : 0
+        }
+        if code != 0 { throw ExitCode(code) }
+    }
+}
+
+/// A plan saved by `plan --out`, for `apply PLAN`.
+enum SavedPlan {
+    static let kind = "vsmmu-saved-plan"
+    struct File: Codable { var kind: String; var plan: Plan }
+
+    static func write(_ plan: Plan, to path: String) throws {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys, .prettyPrinted]
+        let data = try e.encode(File(kind: kind, plan: plan))
+        guard FileManager.default.createFile(atPath: path, contents: data) else {
+            throw CommandError(message: "cannot write the plan to \(path)")
+        }
+    }
+
+    /// The saved plan in `path`, or nil when the file is something else (a topology).
+    static func read(_ path: String) -> Plan? {
+        guard let data = FileManager.default.contents(atPath: path), data.first == UInt8(ascii: "{"),
+              let f = try? JSONDecoder().decode(File.self, from: data), f.kind == kind else { return nil }
+        return f.plan
+    }
+}
+
+/// Runs a command body, printing errors the same way everywhere: `error: …`, a hint.
+func runReporting(_ console: Console, _ body: () throws -> Int32) throws -> Int32 {
+    do {
+        return try body()
+    } catch let e as ExitCode {
+        throw e
+    } catch let e as CommandError {
+        console.error("error: \(e.message)")
+        if let h = e.hint { console.error("hint: \(h)") }
+        return 1
+    } catch let e as StateLock.Busy {
+        console.error("error: \(e)")
+        return 1
+    } catch let e as ApplyError {
+        console.error("error: \(e)")
+        if let h = e.hint { console.error("hint: \(h)") }
+        for r in e.rollback { console.error("rolled back: \(r)") }
+        return 1
+    } catch {
+        console.error("error: \(error)")
+        return 1
+    }
+}

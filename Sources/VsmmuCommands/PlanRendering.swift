@@ -1,0 +1,84 @@
+import VsmmuKernel
+import VsmmuModel
+import VsmmuPlanner
+
+/// The plan as people read it: terraform-like lines, then the summary.
+enum PlanText {
+    static func render(_ plan: Plan, ops: Bool) -> String {
+        var out = ""
+        let where_ = "host \(plan.host)\(plan.simulated ? " (simulated)" : ""), topology \(plan.topology.isEmpty ? plan.topologyFile : plan.topology)"
+        if plan.changes.isEmpty {
+            if plan.operations.isEmpty {
+                return "No changes. The kernel holds what \(plan.topologyFile) asks for on \(where_).\n"
+            }
+        } else {
+            out += "vsmmu will make these changes on \(where_):\n\n"
+            let width = plan.changes.map { "\($0.type) \($0.name)".count }.max() ?? 0
+            for c in plan.changes {
+                let symbol = c.action.symbol
+                let pad = String(repeating: " ", count: 3 - symbol.count)
+                let address = "\(c.type) \(c.name)"
+                var line = "\(pad)\(symbol) \(address)\(String(repeating: " ", count: width - address.count))  \(c.summary)"
+                for a in c.attributes { line += "; \(a.name): \(a.from ?? "none") → \(a.to ?? "none")" }
+                if let f = c.forcedBy { line += " (forces replacement: \(f))" }
+                out += line + "\n"
+            }
+            out += "\n"
+        }
+        if ops {
+            out += "Operations (\(plan.operations.count), in order; \(plan.operations.filter(\.isMutating).count) change the kernel):\n"
+            let callWidth = plan.operations.map(\.call.count).max() ?? 0
+            let numWidth = String(plan.operations.count).count
+            for op in plan.operations {
+                let (args, yields) = op.arguments
+                let n = String(op.index)
+                var line = "  \(String(repeating: " ", count: numWidth - n.count))\(n)  \(op.call)\(String(repeating: " ", count: callWidth - op.call.count))  \(args)"
+                if !yields.isEmpty { line += " -> \(yields)" }
+                if !op.dependsOn.isEmpty { line += "  [after \(op.dependsOn.map(String.init).joined(separator: ","))]" }
+                out += line + "\n"
+            }
+            out += "\n"
+        }
+        out += "Plan: \(plan.toAdd) to add, \(plan.toChange) to change, \(plan.toDestroy) to destroy.\n"
+        return out
+    }
+}
+
+/// The plan for pipelines: versioned, keys sorted, stable across runs.
+enum PlanJSON {
+    static func render(_ plan: Plan) -> JSONValue {
+        let changes: [JSONValue] = plan.changes.map { c in
+            var o: [String: JSONValue] = ["action": .string(c.action.rawValue), "type": .string(c.type), "name": .string(c.name),
+                                          "summary": .string(c.summary)]
+            if let f = c.forcedBy { o["forcedBy"] = .string(f) }
+            if !c.attributes.isEmpty {
+                o["attributes"] = .array(c.attributes.map { a in
+                    ["name": .string(a.name), "from": a.from.map(JSONValue.string) ?? .null, "to": a.to.map(JSONValue.string) ?? .null]
+                })
+            }
+            return .object(o)
+        }
+        let ops: [JSONValue] = plan.operations.map { op in
+            let (args, yields) = op.arguments
+            return ["index": .int(Int64(op.index)), "call": .string(op.call), "resource": .string(op.resource),
+                    "arguments": .string(args), "yields": yields.isEmpty ? .null : .string(yields),
+                    "mutating": .bool(op.isMutating), "dependsOn": .array(op.dependsOn.map { .int(Int64($0)) })]
+        }
+        let layout: [JSONValue] = plan.layout.map { g in
+            ["guest": .string(g.guest),
+             "vsmmus": .array(g.vsmmus.map { v in
+                 ["name": .string(v.name), "physical": .string(v.physical), "busNumber": .int(Int64(v.busNumber)),
+                  "identifier": .int(Int64(v.identifier)), "viommuType": .string(v.viommuType), "ats": .bool(v.ats), "ril": .bool(v.ril),
+                  "ssidSize": .int(Int64(v.ssidSize)), "oas": .int(Int64(v.oas)), "cmdqv": .bool(v.cmdqv)]
+             }),
+             "devices": .array(g.devices.map { d in
+                 ["name": .string(d.name), "host": .string(d.host), "vsmmu": d.vsmmu.map(JSONValue.string) ?? .null, "slot": .int(Int64(d.slot)),
+                  "guestAddress": .string(d.guestAddress), "vsid": d.vsid.map { .uint($0) } ?? .null]
+             })]
+        }
+        return ["formatVersion": .int(Int64(Plan.formatVersion)), "topology": .string(plan.topology), "topologyFile": .string(plan.topologyFile),
+                "host": .string(plan.host), "simulated": .bool(plan.simulated), "fingerprint": .string(plan.fingerprint),
+                "summary": ["add": .int(Int64(plan.toAdd)), "change": .int(Int64(plan.toChange)), "destroy": .int(Int64(plan.toDestroy))],
+                "changes": .array(changes), "operations": .array(ops), "layout": .array(layout)]
+    }
+}

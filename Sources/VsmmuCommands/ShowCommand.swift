@@ -1,0 +1,134 @@
+import ArgumentParser
+import Foundation
+import VsmmuExecutor
+import VsmmuKernel
+import VsmmuModel
+import VsmmuPlanner
+
+struct Show: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show what is applied now: objects, IDs, bindings, and drift.",
+        discussion: """
+        Reads the state directory's holdings and checks them against the kernel (read-only \
+        calls). Drift is listed: contexts the kernel destroyed, device bindings undone \
+        outside vsmmu.
+
+        Example:
+          vsmmu show --host examples/hosts/grace-2smmu-cmdqv.yaml --format json
+        """)
+
+    enum Format: String, ExpressibleByArgument, CaseIterable { case yaml, json }
+
+    @OptionGroup var kernel: KernelOptions
+
+    @Option(help: "yaml or json.")
+    var format: Format = .yaml
+
+    func run() throws {
+        let console = Console.standard()
+        let code = try runReporting(console) {
+            let session = try Session.open(kernel)
+            let store = try StateStore(directory: session.stateDir)
+            let observed = try ObservedState.observe(port: session.port, holdings: store.holdings, addresses: [])
+            let doc = ShowDocument.build(observed, host: session.host.name, simulated: session.simulated, interrupted: store.interrupted.count)
+            switch format {
+            case .json: console.print(doc.rendered())
+            case .yaml: console.write(ShowDocument.yaml(doc))
+            }
+            return 0
+        }
+        if code != 0 { throw ExitCode(code) }
+    }
+}
+
+enum ShowDocument {
+    static func build(_ o: ObservedState, host: String, simulated: Bool, interrupted: Int) -> JSONValue {
+        var guests: [String: JSONValue] = [:]
+        var drift: [JSONValue] = []
+        for (name, g) in o.holdings.guests {
+            let dead = o.deadGuests.contains(name)
+            if dead { drift.append(.string("guest \(name): its iommufd context is gone (the holding process exited); apply re-creates it")) }
+            if g.uncertain { drift.append(.string("guest \(name): an apply was interrupted inside it; apply rebuilds it")) }
+            var devices: [String: JSONValue] = [:]
+            for (d, h) in g.devices {
+                var o2: [String: JSONValue] = ["host": .string(h.source), "devId": .int(Int64(h.devID)),
+                                               "attachedHwpt": h.attached.map { .int(Int64($0)) } ?? .null]
+                if let c = h.cdev { o2["cdevFd"] = .int(Int64(c.fd)) }
+                if let i = h.vfioIndex { o2["cdev"] = .string("/dev/vfio/devices/vfio\(i)") }
+                if let s = h.mockStdev { o2["mockStdevId"] = .int(Int64(s)) }
+                if let u = h.owner { o2["ownerUid"] = .int(Int64(u)) }
+                let lost = o.lostDevices.contains("\(name)/\(d)")
+                o2["state"] = .string(dead ? "lost" : lost ? "drift" : "ok")
+                if lost, let a = PCIAddress(h.source) {
+                    drift.append(.string("device \(name)/\(d): \(a) is on \(o.sysfs[a]?.driver ?? "no driver"), not vfio-pci; its binding is gone"))
+                }
+                devices[d] = .object(o2)
+            }
+            var stage2: [String: JSONValue] = [:]
+            for (i, s) in g.stage2 { stage2[i] = ["hwptId": .int(Int64(s.hwpt)), "nestParent": .bool(s.nestParent)] }
+            var memory: [String: JSONValue] = [:]
+            for (r, m) in g.memory {
+                memory[r] = ["iova": .string(YAMLText.hex(m.iova)), "size": .string(YAMLText.size(m.length)), "backing": .string(m.backing.rawValue),
+                             "mapped": .bool(m.mapped), "memfd": m.memory.file.map { .int(Int64($0.fd)) } ?? .null]
+            }
+            var vsmmus: [String: JSONValue] = [:]
+            for (v, h) in g.vsmmus {
+                var vdevs: [String: JSONValue] = [:]
+                for (d, vd) in h.vdevices { vdevs[d] = ["vdeviceId": .int(Int64(vd.id)), "vsid": .string("0x" + String(vd.virtID, radix: 16))] }
+                var queues: [String: JSONValue] = [:]
+                for (t, q) in h.eventQueues { queues[String(t)] = ["veventqId": .int(Int64(q.id)), "fd": .int(Int64(q.fd.fd))] }
+                vsmmus[v] = ["physical": .string(h.physical), "viommuId": .int(Int64(h.viommu)), "viommuType": .int(Int64(h.viommuType)),
+                             "abortHwptId": h.abortHWPT.map { .int(Int64($0)) } ?? .null, "bypassHwptId": h.bypassHWPT.map { .int(Int64($0)) } ?? .null,
+                             "vdevices": .object(vdevs), "veventqs": .object(queues)]
+            }
+            guests[name] = ["iommufdFd": .int(Int64(g.iommufd.fd)), "ioasId": g.ioas.map { .int(Int64($0)) } ?? .null,
+                            "state": .string(dead ? "lost" : g.uncertain ? "uncertain" : "ok"),
+                            "devices": .object(devices), "stage2": .object(stage2), "memory": .object(memory), "vsmmus": .object(vsmmus)]
+        }
+        var bindings: [String: JSONValue] = [:]
+        for (a, orig) in o.holdings.originalDrivers {
+            bindings[a.description] = ["driver": o.sysfs[a]?.driver.map(JSONValue.string) ?? .null, "originalDriver": orig.map(JSONValue.string) ?? .null]
+        }
+        if interrupted > 0 { drift.append(.string("\(interrupted) step(s) of an earlier apply did not finish; the next apply recovers")) }
+        return ["host": .string(host), "simulated": .bool(simulated), "guests": .object(guests), "bindings": .object(bindings),
+                "drift": .array(drift.sorted { $0.rendered() < $1.rendered() })]
+    }
+
+    /// YAML rendering of the same document (block style, keys sorted).
+    static func yaml(_ v: JSONValue) -> String {
+        var out = ""
+        func scalar(_ v: JSONValue) -> String {
+            switch v {
+            case .null: return "null"
+            case .bool(let b): return b ? "true" : "false"
+            case .int(let i): return String(i)
+            case .uint(let u): return String(u)
+            case .string(let s): return YAMLText.quoted(s)
+            case .array(let a) where a.isEmpty: return "[]"
+            case .object(let o) where o.isEmpty: return "{}"
+            default: return ""
+            }
+        }
+        func emit(_ v: JSONValue, indent: Int) {
+            let pad = String(repeating: "  ", count: indent)
+            switch v {
+            case .object(let o) where !o.isEmpty:
+                for k in o.keys.sorted() {
+                    let child = o[k]!
+                    let s = scalar(child)
+                    if s.isEmpty { out += "\(pad)\(YAMLText.quoted(k)):\n"; emit(child, indent: indent + 1) }
+                    else { out += "\(pad)\(YAMLText.quoted(k)): \(s)\n" }
+                }
+            case .array(let a) where !a.isEmpty:
+                for item in a {
+                    let s = scalar(item)
+                    if s.isEmpty { out += "\(pad)-\n"; emit(item, indent: indent + 1) } else { out += "\(pad)- \(s)\n" }
+                }
+            default:
+                out += pad + scalar(v) + "\n"
+            }
+        }
+        emit(v, indent: 0)
+        return out
+    }
+}

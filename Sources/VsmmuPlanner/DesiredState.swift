@@ -1,0 +1,156 @@
+import VsmmuKernel
+import VsmmuModel
+
+/// The object graph one topology asks for (SPEC §5), with every `auto` resolved and
+/// every allocated value filled in.
+public struct DesiredState: Sendable {
+    public var topologyName: String
+    public var guests: [DesiredGuest]
+    public var allocations: Allocations
+}
+
+public struct DesiredGuest: Sendable {
+    public var name: String
+    public var owner: ResolvedUser?
+    public var devices: [DesiredDevice]
+    public var stage2: [DesiredStage2]
+    public var memory: [MemoryRegion]
+    public var vsmmus: [DesiredVSMMU]
+}
+
+public struct ResolvedUser: Hashable, Sendable, Codable {
+    public var name: String
+    public var uid: UInt32
+    public var gid: UInt32
+    /// How it was resolved, shown in plans ("" for a real account).
+    public var note: String
+}
+
+public struct DesiredDevice: Sendable {
+    public var name: String
+    public var source: DeviceSource
+    public var iommu: String
+    /// The vSMMU it sits behind; nil for a device attached straight to the stage-2.
+    public var vsmmu: String?
+    public var guestBus: Int
+    /// Virtual StreamID (guest BDF) for devices behind a vSMMU.
+    public var vsid: UInt64?
+    public var slot: Int
+    public var isMock: Bool { if case .selftest = source { return true }; return false }
+    public var guestAddress: String { "0000:\(hex(UInt64(guestBus), 2)):00.0" }
+}
+
+public struct DesiredStage2: Sendable {
+    public var iommu: String
+    public var nestParent: Bool
+    /// The device whose dev_id allocates it (the first of the guest on that IOMMU).
+    public var viaDevice: String
+}
+
+/// Kernel type values per IOMMU family (reference §2, §5, §7.3).
+public struct VIOMMUFlavor: Hashable, Sendable, Codable {
+    public var hwInfoType: UInt32
+    public var viommuType: UInt32
+    public var nestedDataType: UInt32
+    public var eventQueueTypes: [UInt32]
+    public var typeName: String
+
+    public static let armSMMUv3 = VIOMMUFlavor(hwInfoType: UAPI.hwInfoARMSMMUv3, viommuType: UAPI.viommuARMSMMUv3,
+                                               nestedDataType: UAPI.hwptDataARMSMMUv3, eventQueueTypes: [UAPI.veventqARMSMMUv3], typeName: "ARM_SMMUV3")
+    public static let tegra241CMDQV = VIOMMUFlavor(hwInfoType: UAPI.hwInfoARMSMMUv3, viommuType: UAPI.viommuTegra241CMDQV,
+                                                   nestedDataType: UAPI.hwptDataARMSMMUv3,
+                                                   eventQueueTypes: [UAPI.veventqARMSMMUv3, UAPI.veventqTegra241CMDQV], typeName: "TEGRA241_CMDQV")
+    public static let selftest = VIOMMUFlavor(hwInfoType: UAPI.hwInfoSelftest, viommuType: UAPI.viommuSelftest,
+                                              nestedDataType: UAPI.hwptDataSelftest, eventQueueTypes: [UAPI.veventqSelftest], typeName: "SELFTEST")
+}
+
+public struct DesiredVSMMU: Sendable {
+    public var name: String
+    public var resolved: ResolvedVSMMU
+    public var flavor: VIOMMUFlavor
+    public var busNumber: Int
+    public var identifier: Int
+    public var devices: [String]
+    /// The device whose dev_id allocates the vIOMMU and its HWPTs.
+    public var viaDevice: String
+}
+
+/// Depth of each vEVENTQ: 128 entries, the event queue size QEMU's vSMMU advertises.
+public let eventQueueDepth: UInt32 = 128
+
+func hex(_ v: UInt64, _ width: Int = 0) -> String {
+    let s = String(v, radix: 16)
+    return String(repeating: "0", count: max(0, width - s.count)) + s
+}
+
+public struct PlanError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    public var hint: String?
+    public init(_ message: String, hint: String? = nil) { self.message = message; self.hint = hint }
+    public var description: String { message }
+}
+
+extension DesiredState {
+    /// Builds the desired graph. The topology must already be valid against `host`.
+    public static func build(topology: Topology, host: HostDescription, resolved: [String: ResolvedVSMMU],
+                             previous: Allocations, users: UserResolver) throws(PlanError) -> DesiredState {
+        let allocations: Allocations
+        do { allocations = try Allocator.allocate(topology, previous: previous) } catch {
+            throw PlanError(error.message, hint: error.hint)
+        }
+        var index: [PCIAddress: HostPCIDevice] = [:]
+        for d in host.pciDevices { index[d.address] = d }
+        let selftestIOMMU = host.iommus.first { $0.type == .selftest }?.name
+        func iommuOf(_ d: Device) -> String {
+            switch d.host {
+            case .pci(let a): return index[a]?.iommu ?? ""
+            case .selftest: return selftestIOMMU ?? "selftest"
+            }
+        }
+        var guests: [DesiredGuest] = []
+        for g in topology.guests {
+            let alloc = allocations.guests[g.name]!
+            var devices: [DesiredDevice] = []
+            var vsmmus: [DesiredVSMMU] = []
+            for s in g.vsmmus {
+                guard let r = resolved["\(g.name)/\(s.name)"] else {
+                    throw PlanError("vSMMU '\(s.name)' of guest '\(g.name)' could not be resolved against the host")
+                }
+                let a = alloc.vsmmus[s.name]!
+                for d in s.devices {
+                    let slot = a.ports.slots[d.name]!
+                    let bus = a.ports.secondaryBus(of: slot, base: a.busNumber)
+                    devices.append(DesiredDevice(name: d.name, source: d.host, iommu: iommuOf(d), vsmmu: s.name,
+                                                 guestBus: bus, vsid: UInt64(bus) << 8, slot: slot))
+                }
+                let flavor: VIOMMUFlavor = r.physicalType == .selftest ? .selftest : (r.cmdqv ? .tegra241CMDQV : .armSMMUv3)
+                vsmmus.append(DesiredVSMMU(name: s.name, resolved: r, flavor: flavor, busNumber: a.busNumber,
+                                           identifier: a.identifier, devices: s.devices.map(\.name), viaDevice: s.devices.first?.name ?? ""))
+            }
+            for d in g.devices {
+                let slot = alloc.rootPorts.slots[d.name]!
+                devices.append(DesiredDevice(name: d.name, source: d.host, iommu: iommuOf(d), vsmmu: nil,
+                                             guestBus: alloc.rootPorts.secondaryBus(of: slot, base: 0), vsid: nil, slot: slot))
+            }
+            // One stage-2 per physical IOMMU the guest uses, nest parent where the IOMMU nests.
+            var stage2: [DesiredStage2] = []
+            for d in devices where !stage2.contains(where: { $0.iommu == d.iommu }) {
+                let nesting = host.iommus.first { $0.name == d.iommu }?.nesting ?? false
+                stage2.append(DesiredStage2(iommu: d.iommu, nestParent: nesting, viaDevice: d.name))
+            }
+            var owner: ResolvedUser?
+            if let u = g.user {
+                do { owner = try users.resolve(u) } catch {
+                    throw PlanError("guest '\(g.name)': \(error.message)", hint: error.hint)
+                }
+            }
+            guests.append(DesiredGuest(name: g.name, owner: owner, devices: devices, stage2: stage2, memory: g.memory, vsmmus: vsmmus))
+        }
+        return DesiredState(topologyName: topology.name, guests: guests, allocations: allocations)
+    }
+}
+
+/// Turns a topology's `user` into a uid and gid.
+public protocol UserResolver: Sendable {
+    func resolve(_ user: String) throws(PlanError) -> ResolvedUser
+}

@@ -1,0 +1,535 @@
+import VsmmuKernel
+
+// The iommufd core: fd table, contexts and the object-ID space (§4.1), DESTROY and the
+// reference rules (§4.2), IOAS, MAP/MAP_FILE/UNMAP and IOVA_RANGES (§2.2–§2.9).
+
+extension SimulatedKernel {
+    // MARK: fd table (one per process, shared by every handle kind)
+
+    /// Lowest free fd number from 3, as open(2) would give (0–2 are stdio).
+    func allocateFD() -> Int32 {
+        var fd: Int32 = 3
+        while state.files[fd] != nil { fd += 1 }
+        return fd
+    }
+
+    /// The context behind an fd used for an iommufd ioctl.
+    func context(ofIommufd fd: Int32) throws(Refusal) -> Int {
+        guard let file = state.files[fd] else { throw Refusal(.EBADF, "fd \(fd) is not open") }
+        switch file {
+        case .iommufd(let cid):
+            guard state.contexts[cid] != nil else { throw Refusal(.EBADF, "fd \(fd) is not open") }
+            return cid
+        case .vfioDevice(let vfio) where vfio.context == nil:
+            // §3.3: before BIND every ioctl on a cdev returns EINVAL.
+            throw Refusal(.EINVAL, "fd \(fd) is an unbound VFIO cdev, not /dev/iommu")
+        default:
+            throw Refusal(.ENOTTY, "fd \(fd) is not /dev/iommu")
+        }
+    }
+
+    /// Is anything still holding the context: its /dev/iommu fd, a bound cdev, an
+    /// open vEVENTQ fd (§4.4)?
+    func contextReferenced(_ cid: Int) -> Bool {
+        state.files.values.contains { file in
+            switch file {
+            case .iommufd(let c): return c == cid
+            case .vfioDevice(let vfio): return vfio.context == cid
+            case .veventq(let c, _): return c == cid
+            case .memfd: return false
+            }
+        }
+    }
+
+    /// When the last reference goes the kernel destroys every object of the context
+    /// (§4.4); its mappings release their pinned memory.
+    func releaseContextIfUnreferenced(_ cid: Int) {
+        guard state.contexts[cid] != nil, !contextReferenced(cid) else { return }
+        state.contexts[cid] = nil
+        collectGuestMemory()
+    }
+
+    /// close(2) of any fd with the semantics of what it refers to. Returns EBADF for an
+    /// fd that is not open (close(2) would too; the port's close calls cannot throw).
+    func closeFD(_ fd: Int32) -> Errno? {
+        guard let file = state.files[fd] else { return .EBADF }
+        state.files[fd] = nil
+        switch file {
+        case .iommufd(let cid):
+            // §4.4: closing the iommufd while cdevs or event fds hold it changes nothing.
+            releaseContextIfUnreferenced(cid)
+        case .vfioDevice(let vfio):
+            // §3.3: last close of a bound cdev detaches, destroys the device object
+            // (tombstoning its vDevice), releases DMA ownership and the iommufd reference.
+            if let cid = vfio.context, let devID = vfio.device {
+                destroyDeviceObject(cid, devID)
+                releaseContextIfUnreferenced(cid)
+            }
+        case .veventq(let cid, let id):
+            // §4.4: releases the object's extra reference; the object stays.
+            if case .veventq(var queue)? = object(cid, id) {
+                queue.fd = nil
+                setObject(cid, id, .veventq(queue))
+            }
+            releaseContextIfUnreferenced(cid)
+        case .memfd(let memory):
+            state.memories[memory]?.fd = nil
+            collectGuestMemory()
+        }
+        return nil
+    }
+
+    func openIommufdImpl() throws(Refusal) -> Int32 {
+        guard hasIommufd else { throw Refusal(.ENOENT, "/dev/iommu does not exist (kernel without IOMMUFD)") }
+        let cid = state.nextContext
+        state.nextContext += 1
+        state.contexts[cid] = IommufdContext()
+        let fd = allocateFD()
+        state.files[fd] = .iommufd(context: cid)
+        return fd
+    }
+
+    // MARK: objects
+
+    func object(_ cid: Int, _ id: ObjectID) -> SimObject? { state.contexts[cid]?.objects[id] }
+
+    func setObject(_ cid: Int, _ id: ObjectID, _ value: SimObject) { state.contexts[cid]?.objects[id] = value }
+
+    func removeObject(_ cid: Int, _ id: ObjectID) { state.contexts[cid]?.objects[id] = nil }
+
+    func objects(_ cid: Int) -> [(id: ObjectID, object: SimObject)] {
+        (state.contexts[cid]?.objects ?? [:]).sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+    }
+
+    /// §4.1: one ID space per context, from 1, lowest free first, tombstones never reused.
+    func allocateID(_ cid: Int) -> ObjectID {
+        let context = state.contexts[cid] ?? IommufdContext()
+        var id: ObjectID = 1
+        while context.objects[id] != nil || context.tombstones.contains(id) { id += 1 }
+        return id
+    }
+
+    func isTombstone(_ cid: Int, _ id: ObjectID) -> Bool { state.contexts[cid]?.tombstones.contains(id) ?? false }
+
+    func deviceObject(_ cid: Int, _ id: ObjectID) -> DeviceObject? {
+        if case .device(let d)? = object(cid, id) { return d }
+        return nil
+    }
+    func ioasObject(_ cid: Int, _ id: ObjectID) -> IOASObject? {
+        if case .ioas(let o)? = object(cid, id) { return o }
+        return nil
+    }
+    func pagingObject(_ cid: Int, _ id: ObjectID) -> PagingHWPT? {
+        if case .hwptPaging(let h)? = object(cid, id) { return h }
+        return nil
+    }
+    func viommuObject(_ cid: Int, _ id: ObjectID) -> VIOMMUObject? {
+        if case .viommu(let v)? = object(cid, id) { return v }
+        return nil
+    }
+
+    /// "No such object" in the words the kernel's behaviour implies (§4.5 tombstones
+    /// answer ENOENT like unknown IDs).
+    func missing(_ cid: Int, _ id: ObjectID, _ what: String) -> String {
+        if id == 0 { return "\(what) 0 is never a valid ID" }
+        if isTombstone(cid, id) { return "\(what) \(id) is a tombstone (its vDevice was destroyed with its device)" }
+        if let other = object(cid, id) { return "\(what) \(id) is a \(other.typeName)" }
+        return "\(what) \(id): no such object"
+    }
+
+    /// The paging HWPT whose IOAS a HWPT translates through: itself, a nested HWPT's
+    /// parent, or the parent of a nested HWPT's vIOMMU.
+    func pagingParent(_ cid: Int, of hwptID: ObjectID) -> (id: ObjectID, hwpt: PagingHWPT)? {
+        switch object(cid, hwptID) {
+        case .hwptPaging(let p)?:
+            return (hwptID, p)
+        case .hwptNested(let n)?:
+            switch n.parent {
+            case .paging(let parent):
+                return pagingObject(cid, parent).map { (parent, $0) }
+            case .viommu(let v):
+                guard let viommu = viommuObject(cid, v) else { return nil }
+                return pagingObject(cid, viommu.parent).map { (viommu.parent, $0) }
+            }
+        default:
+            return nil
+        }
+    }
+
+    /// Devices of the context attached to `hwptID`.
+    func devicesAttached(_ cid: Int, to hwptID: ObjectID) -> [ObjectID] {
+        objects(cid).compactMap { entry in
+            if case .device(let d) = entry.object, d.attached == hwptID { return entry.id }
+            return nil
+        }
+    }
+
+    // MARK: IOMMU_DESTROY (§2.1, §4.2)
+
+    func destroyImpl(_ fd: Int32, id: ObjectID) throws(Refusal) {
+        let cid = try context(ofIommufd: fd)
+        guard id != 0, let target = object(cid, id) else { throw Refusal(.ENOENT, missing(cid, id, "id")) }
+        let all = objects(cid)
+        func holders(_ match: (SimObject) -> Bool) -> [ObjectID] { all.filter { match($0.object) }.map(\.id) }
+        func busy(_ ids: [ObjectID], _ what: String) throws(Refusal) {
+            if !ids.isEmpty {
+                throw Refusal(.EBUSY, "\(target.typeName) \(id) is held by \(what) \(ids.map(String.init).joined(separator: ", "))")
+            }
+        }
+        switch target {
+        case .device(let device):
+            // §2.1/§9.13: the VFIO driver (or the selftest object) always holds the device.
+            if case .mock(_, let stdev) = device.origin {
+                throw Refusal(.EBUSY, "DEVICE \(id) belongs to the selftest object \(stdev): destroy that instead")
+            }
+            throw Refusal(.EBUSY, "DEVICE \(id) is held by VFIO: close its cdev to unbind it")
+        case .ioas:
+            try busy(holders { if case .hwptPaging(let h) = $0 { return h.ioas == id }; return false }, "HWPT_PAGING")
+            try busy(holders { if case .hwQueue(let q) = $0 { return q.ioas == id }; return false }, "the pinning access of HW_QUEUE")
+            removeObject(cid, id)
+            collectGuestMemory()
+        case .hwptPaging:
+            try busy(devicesAttached(cid, to: id), "attached DEVICE")
+            try busy(holders { if case .hwptNested(let n) = $0 { return n.parent == .paging(id) }; return false }, "HWPT_NESTED")
+            try busy(holders { if case .viommu(let v) = $0 { return v.parent == id }; return false }, "VIOMMU")
+            removeObject(cid, id)
+        case .hwptNested:
+            try busy(devicesAttached(cid, to: id), "attached DEVICE")
+            removeObject(cid, id)
+        case .viommu:
+            try busy(holders { if case .hwptNested(let n) = $0 { return n.parent == .viommu(id) }; return false }, "HWPT_NESTED")
+            try busy(holders { if case .vdevice(let v) = $0 { return v.viommu == id }; return false }, "VDEVICE")
+            try busy(holders { if case .veventq(let q) = $0 { return q.viommu == id }; return false }, "VEVENTQ")
+            try busy(holders { if case .hwQueue(let q) = $0 { return q.viommu == id }; return false }, "HW_QUEUE")
+            removeObject(cid, id)
+            releaseMmap(cid, of: target)
+        case .vdevice:
+            removeObject(cid, id)
+        case .veventq(let queue):
+            // §9.8: an open vEVENTQ fd blocks its own DESTROY.
+            if let fd = queue.fd { throw Refusal(.EBUSY, "VEVENTQ \(id) is held by its open event fd \(fd): close it first") }
+            removeObject(cid, id)
+        case .hwQueue(let queue):
+            // §4.2/§9.14: queue i is held by queue i+1 of the same vIOMMU (destroy descending).
+            try busy(holders {
+                if case .hwQueue(let q) = $0 { return q.viommu == queue.viommu && q.type == queue.type && q.index == queue.index &+ 1 }
+                return false
+            }, "the next-index HW_QUEUE")
+            removeObject(cid, id)
+        case .selftest(let selftest):
+            // §7.2: DESTROY(stdev) detaches, unbinds and deletes the mock device.
+            destroyDeviceObject(cid, selftest.device)
+            removeObject(cid, id)
+        }
+    }
+
+    /// The device object goes away (cdev closed, stdev destroyed): detach, tombstone its
+    /// vDevice (§4.5), free its ID.
+    func destroyDeviceObject(_ cid: Int, _ devID: ObjectID) {
+        detachDevice(cid, devID)
+        for entry in objects(cid) {
+            if case .vdevice(let vdev) = entry.object, vdev.device == devID {
+                removeObject(cid, entry.id)
+                state.contexts[cid]?.tombstones.insert(entry.id)
+            }
+        }
+        removeObject(cid, devID)
+    }
+
+    func detachDevice(_ cid: Int, _ devID: ObjectID) {
+        guard var device = deviceObject(cid, devID), let old = device.attached else { return }
+        device.attached = nil
+        setObject(cid, devID, .device(device))
+        releaseAutomaticHWPTIfUnused(cid, old)
+    }
+
+    /// §3.3: automatic HWPTs are destroyed when their last device leaves.
+    func releaseAutomaticHWPTIfUnused(_ cid: Int, _ hwptID: ObjectID) {
+        guard let hwpt = pagingObject(cid, hwptID), hwpt.automatic, devicesAttached(cid, to: hwptID).isEmpty else { return }
+        removeObject(cid, hwptID)
+    }
+
+    // MARK: IOMMU_IOAS_ALLOC (§2.2)
+
+    func ioasAllocImpl(_ fd: Int32) throws(Refusal) -> ObjectID {
+        let cid = try context(ofIommufd: fd)
+        let id = allocateID(cid)
+        setObject(cid, id, .ioas(IOASObject()))
+        return id
+    }
+
+    // MARK: reserved IOVA and alignment
+
+    /// The reserved IOVA of an IOAS: outside each member paging HWPT's aperture, plus
+    /// the reserved regions (all but direct-relaxable) of every device attached through
+    /// a HWPT of this IOAS (§2.4, §3.3, §9.17).
+    func reservedRanges(_ cid: Int, ioas: ObjectID) -> [IovaRange] {
+        var reserved: [IovaRange] = []
+        for entry in objects(cid) {
+            switch entry.object {
+            case .hwptPaging(let hwpt) where hwpt.ioas == ioas:
+                reserved += outside(hwpt.aperture)
+            case .device(let device):
+                if let attached = device.attached, pagingParent(cid, of: attached)?.hwpt.ioas == ioas {
+                    reserved += deviceReservedRanges(iommu: device.iommu)
+                }
+            default:
+                break
+            }
+        }
+        return reserved
+    }
+
+    func deviceReservedRanges(iommu: String) -> [IovaRange] {
+        guard let hostIOMMU = state.iommus.first(where: { $0.name == iommu }) else { return [] }
+        return hostIOMMU.reservedRegions
+            .filter { $0.type != "direct-relaxable" && $0.size > 0 && $0.start <= UInt64.max - ($0.size - 1) }
+            .map { IovaRange(start: $0.start, last: $0.last) }
+    }
+
+    func outside(_ aperture: IovaRange) -> [IovaRange] {
+        var result: [IovaRange] = []
+        if aperture.start > 0 { result.append(IovaRange(start: 0, last: aperture.start - 1)) }
+        if aperture.last < UInt64.max { result.append(IovaRange(start: aperture.last + 1, last: UInt64.max)) }
+        return result
+    }
+
+    func ioasHasHWPT(_ cid: Int, ioas: ObjectID) -> Bool {
+        objects(cid).contains { if case .hwptPaging(let h) = $0.object { return h.ioas == ioas }; return false }
+    }
+
+    /// IOVA alignment of an IOAS. The kernel takes the largest smallest-page-size of its
+    /// domains (selftest: 2048, ARM/VT-d: 4096); the simulation uses PAGE_SIZE (4096)
+    /// for every domain — a simplification: the mock's 2 KiB alignment is not modelled.
+    func ioasAlignment(_ cid: Int, ioas: ObjectID) -> UInt64 {
+        ioasHasHWPT(cid, ioas: ioas) ? simPageSize : 1
+    }
+
+    // MARK: IOMMU_IOAS_IOVA_RANGES (§2.4)
+
+    func ioasIovaRangesImpl(_ fd: Int32, ioas: ObjectID) throws(Refusal) -> (ranges: [IovaRange], alignment: UInt64) {
+        let cid = try context(ofIommufd: fd)
+        guard ioasObject(cid, ioas) != nil else { throw Refusal(.ENOENT, missing(cid, ioas, "ioas_id")) }
+        return (complement(of: reservedRanges(cid, ioas: ioas)), ioasAlignment(cid, ioas: ioas))
+    }
+
+    /// The holes between `used` over [0, 2^64-1].
+    func complement(of used: [IovaRange]) -> [IovaRange] {
+        var holes: [IovaRange] = []
+        var next: UInt64 = 0
+        var exhausted = false
+        for range in used.sorted(by: { $0.start < $1.start }) {
+            if exhausted { break }
+            if range.start > next { holes.append(IovaRange(start: next, last: range.start - 1)) }
+            if range.last >= next {
+                if range.last == UInt64.max { exhausted = true } else { next = range.last + 1 }
+            }
+        }
+        if !exhausted { holes.append(IovaRange(start: next, last: UInt64.max)) }
+        return holes
+    }
+
+    // MARK: IOMMU_IOAS_MAP / IOMMU_IOAS_MAP_FILE (§2.6, §2.7)
+
+    func ioasMapImpl(_ fd: Int32, ioas ioasID: ObjectID, flags: UInt32, source: MapSource, length: UInt64, iova: UInt64) throws(Refusal) -> UInt64 {
+        let cid = try context(ofIommufd: fd)
+        let known = UAPI.ioasMapFixedIOVA | UAPI.ioasMapWriteable | UAPI.ioasMapReadable
+        if flags & ~known != 0 { throw Refusal(.EOPNOTSUPP, "unknown flag bits \(hex(flags & ~known))") }
+        if iova == UInt64.max || length == UInt64.max { throw Refusal(.EOVERFLOW, "iova or length is 2^64-1") }
+        if flags & (UAPI.ioasMapWriteable | UAPI.ioasMapReadable) == 0 { throw Refusal(.EINVAL, "neither READABLE nor WRITEABLE") }
+        guard var ioas = ioasObject(cid, ioasID) else { throw Refusal(.ENOENT, missing(cid, ioasID, "ioas_id")) }
+
+        let mappingSource: MappingSource
+        let sourceAddress: UInt64   // user VA, or file offset: its page offset must be aligned too
+        switch source {
+        case .userVA(let va):
+            if va.addingReportingOverflow(length).overflow { throw Refusal(.EOVERFLOW, "user_va + length overflows") }
+            if length == 0 { throw Refusal(.EINVAL, "length 0") }
+            mappingSource = .userVA(va, memory: nil)
+            sourceAddress = va
+        case .file(let file, let offset):
+            if length == 0 { throw Refusal(.EINVAL, "length 0") }
+            if offset.addingReportingOverflow(length).overflow { throw Refusal(.EOVERFLOW, "start + length overflows") }
+            guard let open = state.files[file.fd] else { throw Refusal(.EBADF, "fd \(file.fd) is not open") }
+            // A file that is not a memfd is referenced like any file; it fails when pinned.
+            if case .memfd(let memory) = open { mappingSource = .file(memory: memory, offset: offset) }
+            else { mappingSource = .file(memory: nil, offset: offset) }
+            sourceAddress = offset
+        }
+
+        let alignment = ioasAlignment(cid, ioas: ioasID)
+        let fixed = flags & UAPI.ioasMapFixedIOVA != 0
+        if length % alignment != 0 || (fixed && iova % alignment != 0) || (sourceAddress % simPageSize) % alignment != 0 {
+            throw Refusal(.EINVAL, "length, iova or the source's page offset is not a multiple of the IOAS alignment \(hex(alignment))")
+        }
+
+        let start: UInt64
+        if fixed {
+            guard !iova.addingReportingOverflow(length - 1).overflow else { throw Refusal(.EOVERFLOW, "iova + length - 1 overflows") }
+            let wanted = IovaRange(start: iova, last: iova + (length - 1))
+            if let hit = reservedRanges(cid, ioas: ioasID).first(where: { overlaps($0, wanted) }) {
+                throw Refusal(.EINVAL, "[\(hex(wanted.start)), \(hex(wanted.last))] intersects reserved IOVA [\(hex(hit.start)), \(hex(hit.last))]")
+            }
+            if let hit = ioas.mappings.first(where: { overlaps(IovaRange(start: $0.iova, last: $0.last), wanted) }) {
+                throw Refusal(.EEXIST, "[\(hex(wanted.start)), \(hex(wanted.last))] intersects the mapping at \(hex(hit.iova)) (length \(hex(hit.length)))")
+            }
+            start = iova
+        } else {
+            start = try allocateIOVA(cid, ioas: ioasID, mappings: ioas.mappings, length: length, address: sourceAddress, alignment: alignment)
+        }
+
+        var mapping = Mapping(iova: start, length: length, readable: flags & UAPI.ioasMapReadable != 0,
+                              writable: flags & UAPI.ioasMapWriteable != 0, source: mappingSource, pinned: false)
+        // §2.6: pages are pinned now only when the IOAS already holds a HWPT.
+        if ioasHasHWPT(cid, ioas: ioasID) { mapping = try pin(mapping) }
+        ioas.mappings.append(mapping)
+        ioas.mappings.sort { $0.iova < $1.iova }
+        setObject(cid, ioasID, .ioas(ioas))
+        return start
+    }
+
+    /// Automatic IOVA placement (io_pagetable.c iopt_alloc_iova): keep the source's
+    /// alignment up to 2 MiB, never IOVA 0 (the search runs over [PAGE_SIZE, 2^64-1-PAGE_SIZE]).
+    func allocateIOVA(_ cid: Int, ioas: ObjectID, mappings: [Mapping], length: UInt64, address: UInt64, alignment: UInt64) throws(Refusal) -> UInt64 {
+        if length >= UInt64.max / 2 { throw Refusal(.EOVERFLOW, "length too large for automatic IOVA") }
+        let roundedLength = roundUpPowerOfTwo(length)
+        var align = address == 0 ? roundedLength : min(roundedLength, UInt64(1) << UInt64(address.trailingZeroBitCount))
+        align = min(align, 2 << 20)
+        if align < alignment { throw Refusal(.EINVAL, "the source address alignment is below the IOAS alignment") }
+        let pageOffset = address % simPageSize
+        let used = reservedRanges(cid, ioas: ioas) + mappings.map { IovaRange(start: $0.iova, last: $0.last) }
+        let window = IovaRange(start: simPageSize, last: UInt64.max - simPageSize)
+        for hole in complement(of: used) {
+            let holeStart = max(hole.start, window.start)
+            let holeLast = min(hole.last, window.last)
+            guard holeStart <= holeLast else { continue }
+            let (aligned, overflow) = alignUp(holeStart, align)
+            guard !overflow else { continue }
+            let candidate = aligned | pageOffset
+            if candidate <= holeLast, holeLast - candidate >= length - 1 { return candidate }
+        }
+        throw Refusal(.ENOSPC, "no free IOVA hole of \(hex(length)) bytes")
+    }
+
+    /// Pin a mapping's pages (§2.6): the user VA must be mapped in the process (else
+    /// EFAULT); a MAP_FILE source must be a memfd (memfd_pin_folios refuses other files
+    /// with EINVAL) and cover the range (beyond the end: EFAULT, UNVERIFIED errno).
+    func pin(_ mapping: Mapping) throws(Refusal) -> Mapping {
+        if mapping.pinned { return mapping }
+        var pinned = mapping
+        pinned.pinned = true
+        switch mapping.source {
+        case .userVA(let va, _):
+            let last = va + (mapping.length - 1)
+            guard let memory = state.memories.values.first(where: { $0.vaMapped && va >= $0.userVA && last <= $0.lastVA }) else {
+                throw Refusal(.EFAULT, "user VA [\(hex(va)), \(hex(last))] is not mapped in the process")
+            }
+            pinned.source = .userVA(va, memory: memory.id)
+        case .file(let memoryID, let offset):
+            guard let memoryID, let memory = state.memories[memoryID] else {
+                throw Refusal(.EINVAL, "the file of this MAP_FILE mapping is not a memfd")
+            }
+            guard offset + mapping.length <= memory.size else {
+                throw Refusal(.EFAULT, "file range [\(hex(offset)), +\(hex(mapping.length))) goes beyond the memfd's size \(hex(memory.size))")
+            }
+        }
+        return pinned
+    }
+
+    /// Pin every mapping of an IOAS a HWPT is joining; all or nothing.
+    func pinAll(_ cid: Int, ioas ioasID: ObjectID) throws(Refusal) {
+        guard var ioas = ioasObject(cid, ioasID) else { return }
+        var pinned: [Mapping] = []
+        for mapping in ioas.mappings { pinned.append(try pin(mapping)) }
+        ioas.mappings = pinned
+        setObject(cid, ioasID, .ioas(ioas))
+    }
+
+    /// A paging domain joins an IOAS (io_pagetable.c iopt_table_add_domain): existing
+    /// mappings must be aligned to its page size and lie inside its aperture
+    /// (EADDRINUSE), then they get pinned (EFAULT).
+    func checkDomainJoin(_ cid: Int, ioas ioasID: ObjectID, aperture: IovaRange) throws(Refusal) {
+        guard let ioas = ioasObject(cid, ioasID) else { return }
+        if ioasAlignment(cid, ioas: ioasID) < simPageSize {
+            if let bad = ioas.mappings.first(where: { $0.iova % simPageSize != 0 || $0.length % simPageSize != 0 || pageOffset(of: $0) % simPageSize != 0 }) {
+                throw Refusal(.EADDRINUSE, "the mapping at \(hex(bad.iova)) is not aligned to the domain's page size")
+            }
+        }
+        for range in outside(aperture) {
+            if let bad = ioas.mappings.first(where: { overlaps(IovaRange(start: $0.iova, last: $0.last), range) }) {
+                throw Refusal(.EADDRINUSE, "the mapping at \(hex(bad.iova)) (length \(hex(bad.length))) lies outside the domain aperture [\(hex(aperture.start)), \(hex(aperture.last))]")
+            }
+        }
+        for mapping in ioas.mappings { _ = try pin(mapping) }
+    }
+
+    func pageOffset(of mapping: Mapping) -> UInt64 {
+        switch mapping.source {
+        case .userVA(let va, _): return va % simPageSize
+        case .file(_, let offset): return offset % simPageSize
+        }
+    }
+
+    // MARK: IOMMU_IOAS_UNMAP (§2.9)
+
+    func ioasUnmapImpl(_ fd: Int32, ioas ioasID: ObjectID, iova: UInt64, length: UInt64) throws(Refusal) -> UInt64 {
+        let cid = try context(ofIommufd: fd)
+        guard ioasObject(cid, ioasID) != nil else { throw Refusal(.ENOENT, missing(cid, ioasID, "ioas_id")) }
+        if iova == 0 && length == UInt64.max {
+            // "Unmap all" succeeds on an empty IOAS (0 bytes).
+            return try unmapRange(cid, ioas: ioasID, range: IovaRange(start: 0, last: UInt64.max), requireSome: false)
+        }
+        if iova == UInt64.max || length == UInt64.max { throw Refusal(.EOVERFLOW, "iova or length is 2^64-1") }
+        if length == 0 { throw Refusal(.EINVAL, "length 0") }
+        guard !iova.addingReportingOverflow(length - 1).overflow else { throw Refusal(.EOVERFLOW, "iova + length - 1 overflows") }
+        return try unmapRange(cid, ioas: ioasID, range: IovaRange(start: iova, last: iova + (length - 1)), requireSome: true)
+    }
+
+    /// io_pagetable.c iopt_unmap_iova_range: mappings are removed in IOVA order; the first
+    /// one locked by a HW queue (EBUSY) or cut by the range (ENOENT) stops the walk, and
+    /// the mappings removed before it stay removed, as in the kernel.
+    func unmapRange(_ cid: Int, ioas ioasID: ObjectID, range: IovaRange, requireSome: Bool) throws(Refusal) -> UInt64 {
+        guard var ioas = ioasObject(cid, ioasID) else { return 0 }
+        let locks = objects(cid).compactMap { entry -> HWQueueObject? in
+            if case .hwQueue(let q) = entry.object, q.ioas == ioasID { return q }
+            return nil
+        }
+        var unmapped: UInt64 = 0
+        var failure: Refusal?
+        for mapping in ioas.mappings where overlaps(IovaRange(start: mapping.iova, last: mapping.last), range) {
+            let span = IovaRange(start: mapping.iova, last: mapping.last)
+            if let queue = locks.first(where: { overlaps(IovaRange(start: $0.iova, last: $0.last), span) }) {
+                failure = Refusal(.EBUSY, "the mapping at \(hex(mapping.iova)) is locked by the HW queue at \(hex(queue.iova))")
+                break
+            }
+            if mapping.iova < range.start || mapping.last > range.last {
+                failure = Refusal(.ENOENT, "the range would split the mapping [\(hex(mapping.iova)), \(hex(mapping.last))]")
+                break
+            }
+            ioas.mappings.removeAll { $0.iova == mapping.iova }
+            unmapped += mapping.length
+        }
+        setObject(cid, ioasID, .ioas(ioas))
+        collectGuestMemory()
+        if let failure { throw failure }
+        if requireSome && unmapped == 0 { throw Refusal(.ENOENT, "nothing is mapped in [\(hex(range.start)), \(hex(range.last))]") }
+        return unmapped
+    }
+}
+
+// MARK: interval helpers
+
+func overlaps(_ a: IovaRange, _ b: IovaRange) -> Bool { a.start <= b.last && b.start <= a.last }
+
+func roundUpPowerOfTwo(_ value: UInt64) -> UInt64 {
+    if value <= 1 { return 1 }
+    let shift = 64 - (value - 1).leadingZeroBitCount
+    return shift >= 64 ? UInt64.max : UInt64(1) << UInt64(shift)
+}
+
+/// Rounds up to a power-of-two alignment; reports overflow.
+func alignUp(_ value: UInt64, _ alignment: UInt64) -> (UInt64, Bool) {
+    guard alignment > 1 else { return (value, false) }
+    let (sum, overflow) = value.addingReportingOverflow(alignment - 1)
+    return (sum & ~(alignment - 1), overflow)
+}

@@ -1,0 +1,87 @@
+import VsmmuKernel
+
+// Guest RAM: memfd_create (+ mmap) for memfd/hugetlbfs, mmap(MAP_ANONYMOUS) for
+// anonymous, and munmap/close on release. Mappings keep the memory alive (pinned pages).
+
+/// Where the simulated process's guest-memory mappings start (a typical mmap area).
+let guestVABase: UInt64 = 0x7F00_0000_0000
+/// The end of a 47-bit user address space.
+let userVALast: UInt64 = 0x7FFF_FFFF_FFFF
+
+extension SimulatedKernel {
+    func createGuestMemoryImpl(name: String, size: UInt64, backing: GuestMemoryBacking, hugepageSize: UInt64?) throws(Refusal) -> GuestMemory {
+        if backing != .anonymous && name.utf8.count > 249 { throw Refusal(.EINVAL, "memfd names are at most 249 bytes") }
+        if size == 0 { throw Refusal(.EINVAL, "size 0") }
+        var pageSize = simPageSize
+        if backing == .hugetlbfs { pageSize = hugepageSize ?? (2 << 20) }
+        else if let hugepageSize { pageSize = hugepageSize }   // MFD_HUGETLB / MAP_HUGETLB
+        if pageSize != simPageSize {
+            // Huge page sizes are encoded as log2 in MFD_HUGE_*; which ones exist depends on
+            // the CPU. The simulation accepts powers of two from 64 KiB to 16 GiB.
+            guard pageSize >= 64 << 10, pageSize <= 16 << 30, pageSize & (pageSize - 1) == 0 else {
+                throw Refusal(.EINVAL, "huge page size \(hex(pageSize)) is not supported")
+            }
+        }
+        // Simplification: the size must be whole pages (the kernel would round an mmap up).
+        if size % pageSize != 0 { throw Refusal(.EINVAL, "size \(hex(size)) is not a multiple of the page size \(hex(pageSize))") }
+        let userVA = try placeGuestMemory(size: size, alignment: max(pageSize, 2 << 20))
+        let id = state.nextMemory
+        state.nextMemory += 1
+        var fd: Int32?
+        if backing != .anonymous {
+            let memfd = allocateFD()
+            state.files[memfd] = .memfd(memory: id)
+            fd = memfd
+        }
+        state.memories[id] = GuestMemoryRecord(id: id, name: name, size: size, backing: backing, pageSize: pageSize,
+                                               userVA: userVA, vaMapped: true, fd: fd)
+        return GuestMemory(file: fd.map { KernelFile(fd: $0) }, userVA: userVA, size: size)
+    }
+
+    /// First fit above `guestVABase` among the live mappings, keeping a guard page
+    /// between regions, aligned to the huge page size (at least 2 MiB).
+    private func placeGuestMemory(size: UInt64, alignment: UInt64) throws(Refusal) -> UInt64 {
+        guard size <= userVALast - guestVABase else { throw Refusal(.ENOMEM, "no room for \(hex(size)) bytes in the address space") }
+        let live = state.memories.values.filter(\.vaMapped).sorted { $0.userVA < $1.userVA }
+        var candidate = alignUp(guestVABase, alignment).0
+        for region in live {
+            // The region blocks [start - guard page, last + guard page].
+            let blockedStart = region.userVA - min(region.userVA, simPageSize)
+            let blockedLast = region.lastVA + simPageSize
+            if candidate + (size - 1) < blockedStart { break }
+            if candidate <= blockedLast { candidate = alignUp(blockedLast + 1, alignment).0 }
+        }
+        guard candidate <= userVALast, userVALast - candidate >= size - 1 else {
+            throw Refusal(.ENOMEM, "no room for \(hex(size)) bytes in the address space")
+        }
+        return candidate
+    }
+
+    /// munmap of the region and close of its memfd. Pinned pages stay with their mappings.
+    func releaseGuestMemoryImpl(_ memory: GuestMemory) -> Errno? {
+        guard let record = state.memories.values.first(where: { $0.vaMapped && $0.userVA == memory.userVA }) else { return .EINVAL }
+        state.memories[record.id]?.vaMapped = false
+        if let file = memory.file, state.files[file.fd] == .memfd(memory: record.id) { _ = closeFD(file.fd) }
+        collectGuestMemory()
+        return nil
+    }
+
+    /// Forget memory nothing holds any more: not mapped, memfd closed, no IOAS mapping.
+    func collectGuestMemory() {
+        var referenced = Set<Int>()
+        for context in state.contexts.values {
+            for object in context.objects.values {
+                if case .ioas(let ioas) = object { referenced.formUnion(ioas.mappings.compactMap(\.memoryID)) }
+            }
+        }
+        for (id, record) in state.memories where !record.vaMapped && record.fd == nil && !referenced.contains(id) {
+            state.memories[id] = nil
+        }
+    }
+
+    func processExitImpl() {
+        for fd in state.files.keys.sorted() { _ = closeFD(fd) }
+        for id in state.memories.keys { state.memories[id]?.vaMapped = false }
+        collectGuestMemory()
+    }
+}

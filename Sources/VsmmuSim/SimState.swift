@@ -1,0 +1,337 @@
+import VsmmuKernel
+
+// The whole simulated kernel as plain Codable values: kernel.json is exactly this
+// (SimStore), so nothing the simulation knows lives outside `SimState`.
+
+/// The kernel page size the simulation assumes for pinning, IOVA alignment and VA placement.
+let simPageSize: UInt64 = 4096
+
+/// An IOMMU group: a PCI `iommu_group` number, or the private group each selftest mock
+/// device gets (reference §7.1: "each in its own IOMMU group").
+enum GroupKey: Hashable, Codable {
+    case pci(Int)
+    case mock(Int)
+}
+
+/// Owner of `/dev/vfio/devices/vfioN` (reference §8: created root:root).
+struct VfioOwner: Hashable, Codable {
+    var uid: UInt32
+    var gid: UInt32
+    static let root = VfioOwner(uid: 0, gid: 0)
+}
+
+/// One PCI device in the simulated sysfs.
+struct SimPCIDevice: Hashable, Codable {
+    var address: PCIAddress
+    var vendor: UInt16
+    var device: UInt16
+    var classCode: UInt32
+    var driver: String?
+    var driverOverride: String?
+    var iommuGroup: Int?
+    var iommu: String?
+    var numaNode: Int
+    /// vfio-dev/vfioN, present while vfio-pci is bound (§3.1).
+    var vfioIndex: Int?
+    /// The driver `drivers_probe` binds when no override is set: the host description's
+    /// driver unless that was vfio-pci (then nil: the device stays unbound).
+    var nativeDriver: String?
+    /// Owner of the cdev node; reset to root:root whenever the node is re-created.
+    var owner: VfioOwner
+
+    /// PCI class 0x0604xx: a PCI-to-PCI bridge (vfio-pci refuses non type-0 headers, §8).
+    var isBridge: Bool { (classCode >> 8) == 0x0604 }
+
+    var hostDevice: HostPCIDevice {
+        HostPCIDevice(address: address, vendor: vendor, device: device, classCode: classCode, driver: driver,
+                      iommuGroup: iommuGroup, iommu: iommu, numaNode: numaNode)
+    }
+}
+
+// MARK: iommufd objects (reference §4.1)
+
+enum DeviceOrigin: Hashable, Codable {
+    /// Bound through a VFIO cdev of this PCI device.
+    case vfio(PCIAddress)
+    /// A selftest mock device wrapped by the SELFTEST object `stdev` (§7.2).
+    case mock(serial: Int, stdev: ObjectID)
+}
+
+struct DeviceObject: Hashable, Codable {
+    var origin: DeviceOrigin
+    /// Name of the physical IOMMU instance (/sys/class/iommu/<name>).
+    var iommu: String
+    var group: GroupKey
+    /// The HWPT the device is attached to (main attachment, no PASIDs).
+    var attached: ObjectID?
+}
+
+struct PagingHWPT: Hashable, Codable {
+    var ioas: ObjectID
+    /// The IOMMU instance whose driver made the domain (the dev_id's IOMMU).
+    var iommu: String
+    var flags: UInt32
+    /// Created by attach-to-IOAS; destroyed with its last device (§3.3).
+    var automatic: Bool
+    /// The domain's input range; everything outside is reserved in the IOAS.
+    var aperture: IovaRange
+    var nestParent: Bool { flags & UAPI.hwptAllocNestParent != 0 }
+}
+
+enum NestedParent: Hashable, Codable {
+    /// ARM SMMUv3 / selftest style: allocated on a vIOMMU.
+    case viommu(ObjectID)
+    /// Intel VT-d / selftest style: allocated directly on the nest-parent HWPT.
+    case paging(ObjectID)
+}
+
+/// What a nested HWPT's data says about translation (ARM vSTE Config, §5.3).
+enum NestedConfig: String, Hashable, Codable {
+    case abort, bypass, stage1
+    /// Non-ARM driver data (VT-d S1, selftest): no vSTE.
+    case driverData
+}
+
+struct NestedHWPT: Hashable, Codable {
+    var parent: NestedParent
+    var iommu: String
+    var config: NestedConfig
+    /// The stored vSTE words (V=0 stored as zeros, EATS removed), ARM only.
+    var vste: [UInt64]?
+}
+
+enum MappingSource: Hashable, Codable {
+    /// IOMMU_IOAS_MAP: a user VA; `memory` is set once pinned.
+    case userVA(UInt64, memory: Int?)
+    /// IOMMU_IOAS_MAP_FILE: the file is referenced at MAP time; `memory` nil = not a memfd.
+    case file(memory: Int?, offset: UInt64)
+}
+
+struct Mapping: Hashable, Codable {
+    var iova: UInt64
+    var length: UInt64
+    var readable: Bool
+    var writable: Bool
+    var source: MappingSource
+    /// Pages pinned: happens when the IOAS holds a HWPT (§2.6 "Pinning is lazy").
+    var pinned: Bool
+    var last: UInt64 { iova &+ (length &- 1) }
+
+    /// Offset of the mapping's first byte inside its backing memory.
+    var sourceOffset: UInt64? {
+        switch source {
+        case .userVA: return nil
+        case .file(_, let offset): return offset
+        }
+    }
+    var memoryID: Int? {
+        switch source {
+        case .userVA(_, let memory): return memory
+        case .file(let memory, _): return memory
+        }
+    }
+}
+
+struct IOASObject: Hashable, Codable {
+    /// Kept sorted by IOVA.
+    var mappings: [Mapping] = []
+}
+
+/// A region of the iommufd fd's mmap space (vIOMMU MMIO pages, §5.7).
+struct MmapRegion: Hashable, Codable {
+    var offset: UInt64
+    var length: UInt64
+}
+
+struct VIOMMUObject: Hashable, Codable {
+    var type: UInt32
+    var parent: ObjectID
+    var iommu: String
+    var mmap: MmapRegion?
+}
+
+struct VDeviceObject: Hashable, Codable {
+    var viommu: ObjectID
+    var device: ObjectID
+    var virtID: UInt64
+}
+
+struct VEventQObject: Hashable, Codable {
+    var viommu: ObjectID
+    var type: UInt32
+    var depth: UInt32
+    /// The event fd while it is open (it blocks this object's DESTROY, §4.2).
+    var fd: Int32?
+}
+
+struct HWQueueObject: Hashable, Codable {
+    var viommu: ObjectID
+    var type: UInt32
+    var index: UInt32
+    var iova: UInt64
+    var length: UInt64
+    /// The IOAS whose pages the queue pins and locks.
+    var ioas: ObjectID
+    var last: UInt64 { iova &+ (length &- 1) }
+}
+
+struct SelftestObject: Hashable, Codable {
+    var device: ObjectID
+    var serial: Int
+}
+
+enum SimObject: Hashable, Codable {
+    case device(DeviceObject)
+    case hwptPaging(PagingHWPT)
+    case hwptNested(NestedHWPT)
+    case ioas(IOASObject)
+    case viommu(VIOMMUObject)
+    case vdevice(VDeviceObject)
+    case veventq(VEventQObject)
+    case hwQueue(HWQueueObject)
+    case selftest(SelftestObject)
+
+    /// The kernel's internal type name (§4.1), for error details.
+    var typeName: String {
+        switch self {
+        case .device: return "DEVICE"
+        case .hwptPaging: return "HWPT_PAGING"
+        case .hwptNested: return "HWPT_NESTED"
+        case .ioas: return "IOAS"
+        case .viommu: return "VIOMMU"
+        case .vdevice: return "VDEVICE"
+        case .veventq: return "VEVENTQ"
+        case .hwQueue: return "HW_QUEUE"
+        case .selftest: return "SELFTEST"
+        }
+    }
+}
+
+/// One iommufd context (the open file of /dev/iommu): its objects and ID space (§4.1).
+struct IommufdContext: Hashable, Codable {
+    var objects: [ObjectID: SimObject] = [:]
+    /// IDs of vDevices force-destroyed with their device: never reused (§4.5).
+    var tombstones: Set<ObjectID> = []
+    var mmapRegions: [MmapRegion] = []
+
+    init() {}
+
+    // Encoded with sorted arrays so that kernel.json is stable across saves.
+    private struct Entry: Codable { var id: ObjectID; var object: SimObject }
+    private enum CodingKeys: String, CodingKey { case objects, tombstones, mmapRegions }
+
+    init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        for entry in try c.decode([Entry].self, forKey: .objects) { objects[entry.id] = entry.object }
+        tombstones = Set(try c.decode([ObjectID].self, forKey: .tombstones))
+        mmapRegions = try c.decode([MmapRegion].self, forKey: .mmapRegions)
+    }
+
+    func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(objects.sorted { $0.key < $1.key }.map { Entry(id: $0.key, object: $0.value) }, forKey: .objects)
+        try c.encode(tombstones.sorted(), forKey: .tombstones)
+        try c.encode(mmapRegions.sorted { $0.offset < $1.offset }, forKey: .mmapRegions)
+    }
+}
+
+/// An open VFIO cdev file.
+struct VfioFile: Hashable, Codable {
+    var address: PCIAddress
+    /// Set by VFIO_DEVICE_BIND_IOMMUFD.
+    var context: Int?
+    var device: ObjectID?
+}
+
+/// What an fd number of the holding process refers to.
+enum OpenFile: Hashable, Codable {
+    case iommufd(context: Int)
+    case vfioDevice(VfioFile)
+    case veventq(context: Int, object: ObjectID)
+    case memfd(memory: Int)
+}
+
+/// Guest RAM made by createGuestMemory: its VA range in the process, its memfd if any.
+struct GuestMemoryRecord: Hashable, Codable {
+    var id: Int
+    var name: String
+    var size: UInt64
+    var backing: GuestMemoryBacking
+    /// Backing page size: 4 KiB, or the huge page size.
+    var pageSize: UInt64
+    var userVA: UInt64
+    /// Still mapped in the process (releaseGuestMemory / process exit unmap it).
+    var vaMapped: Bool
+    /// The memfd while open.
+    var fd: Int32?
+    var lastVA: UInt64 { userVA &+ (size &- 1) }
+}
+
+struct SimState: Hashable, Codable {
+    static let formatVersion = 1
+    var formatVersion: Int = SimState.formatVersion
+    var hostName: String
+    var kernel: KernelFacts
+    var iommus: [HostIOMMU]
+    var devices: [PCIAddress: SimPCIDevice] = [:]
+    /// Host-description devices behind the selftest IOMMU: not in sysfs, kept for host.yaml.
+    var ignoredHostDevices: [HostPCIDevice] = []
+    var files: [Int32: OpenFile] = [:]
+    var contexts: [Int: IommufdContext] = [:]
+    var nextContext: Int = 1
+    var memories: [Int: GuestMemoryRecord] = [:]
+    var nextMemory: Int = 1
+    var nextMockSerial: Int = 0
+    /// Sequence number of the last logged call folded into this state (SimStore).
+    var appliedSequence: UInt64 = 0
+    /// The host description last written to host.yaml: the base against which user
+    /// edits of host.yaml are detected (SimStore).
+    var savedHost: HostDescription?
+}
+
+extension SimState {
+    // Encoded with sorted arrays instead of dictionaries so that kernel.json is stable
+    // across saves (JSONEncoder writes non-String-keyed dictionaries in hash order).
+    private struct FileEntry: Codable { var fd: Int32; var file: OpenFile }
+    private struct ContextEntry: Codable { var id: Int; var context: IommufdContext }
+    private enum CodingKeys: String, CodingKey {
+        case formatVersion, hostName, kernel, iommus, devices, ignoredHostDevices, files, contexts, nextContext
+        case memories, nextMemory, nextMockSerial, appliedSequence, savedHost
+    }
+
+    init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        formatVersion = try c.decode(Int.self, forKey: .formatVersion)
+        hostName = try c.decode(String.self, forKey: .hostName)
+        kernel = try c.decode(KernelFacts.self, forKey: .kernel)
+        iommus = try c.decode([HostIOMMU].self, forKey: .iommus)
+        for device in try c.decode([SimPCIDevice].self, forKey: .devices) { devices[device.address] = device }
+        ignoredHostDevices = try c.decode([HostPCIDevice].self, forKey: .ignoredHostDevices)
+        for entry in try c.decode([FileEntry].self, forKey: .files) { files[entry.fd] = entry.file }
+        for entry in try c.decode([ContextEntry].self, forKey: .contexts) { contexts[entry.id] = entry.context }
+        nextContext = try c.decode(Int.self, forKey: .nextContext)
+        for memory in try c.decode([GuestMemoryRecord].self, forKey: .memories) { memories[memory.id] = memory }
+        nextMemory = try c.decode(Int.self, forKey: .nextMemory)
+        nextMockSerial = try c.decode(Int.self, forKey: .nextMockSerial)
+        appliedSequence = try c.decode(UInt64.self, forKey: .appliedSequence)
+        savedHost = try c.decodeIfPresent(HostDescription.self, forKey: .savedHost)
+    }
+
+    func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(formatVersion, forKey: .formatVersion)
+        try c.encode(hostName, forKey: .hostName)
+        try c.encode(kernel, forKey: .kernel)
+        try c.encode(iommus, forKey: .iommus)
+        try c.encode(devices.values.sorted { $0.address < $1.address }, forKey: .devices)
+        try c.encode(ignoredHostDevices, forKey: .ignoredHostDevices)
+        try c.encode(files.sorted { $0.key < $1.key }.map { FileEntry(fd: $0.key, file: $0.value) }, forKey: .files)
+        try c.encode(contexts.sorted { $0.key < $1.key }.map { ContextEntry(id: $0.key, context: $0.value) }, forKey: .contexts)
+        try c.encode(nextContext, forKey: .nextContext)
+        try c.encode(memories.values.sorted { $0.id < $1.id }, forKey: .memories)
+        try c.encode(nextMemory, forKey: .nextMemory)
+        try c.encode(nextMockSerial, forKey: .nextMockSerial)
+        try c.encode(appliedSequence, forKey: .appliedSequence)
+        try c.encodeIfPresent(savedHost, forKey: .savedHost)
+    }
+}

@@ -1,0 +1,250 @@
+import Foundation
+import VsmmuKernel
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Reads and writes host.yaml. The project supplies a YAML codec; tests may use JSON.
+public protocol HostFileCodec {
+    func decode(_ text: String, path: String) throws -> HostDescription
+    func encode(_ host: HostDescription) -> String
+}
+
+public struct SimStoreError: Error, Hashable, Sendable, CustomStringConvertible {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// A mutating call with its inputs, as written to calls.log and replayed by `SimStore.open`.
+enum SimRequest: Hashable, Codable {
+    case openIommufd
+    /// close(2) of any fd (iommufd, cdev, event fd).
+    case close(fd: Int32)
+    case destroy(fd: Int32, id: ObjectID)
+    case ioasAlloc(fd: Int32)
+    case ioasMap(fd: Int32, ioas: ObjectID, flags: UInt32, source: MapSource, length: UInt64, iova: UInt64)
+    case ioasUnmap(fd: Int32, ioas: ObjectID, iova: UInt64, length: UInt64)
+    case hwptAlloc(fd: Int32, flags: UInt32, devID: ObjectID, ptID: ObjectID, dataType: UInt32, data: [UInt8])
+    case viommuAlloc(fd: Int32, type: UInt32, devID: ObjectID, hwptID: ObjectID, data: [UInt8])
+    case vdeviceAlloc(fd: Int32, viommuID: ObjectID, devID: ObjectID, virtID: UInt64)
+    case veventqAlloc(fd: Int32, viommuID: ObjectID, type: UInt32, depth: UInt32)
+    case hwQueueAlloc(fd: Int32, viommuID: ObjectID, type: UInt32, index: UInt32, iova: UInt64, length: UInt64)
+    case mockDomain(fd: Int32, ptID: ObjectID)
+    case mockDomainReplace(fd: Int32, stdevID: ObjectID, ptID: ObjectID)
+    case openVfioDevice(index: Int)
+    case bind(dev: Int32, iommufd: Int32)
+    case attach(dev: Int32, ptID: ObjectID)
+    case detach(dev: Int32)
+    case createGuestMemory(name: String, size: UInt64, backing: GuestMemoryBacking, hugepageSize: UInt64?)
+    case releaseGuestMemory(GuestMemory)
+    case writeDriverOverride(address: PCIAddress, driver: String?)
+    case unbindDriver(address: PCIAddress, driver: String)
+    case driversProbe(address: PCIAddress)
+    case chownVfioDevice(index: Int, uid: UInt32, gid: UInt32)
+    case processExit
+}
+
+/// One line of calls.log.
+struct LogEntry: Codable {
+    var seq: UInt64
+    var call: SimRequest
+}
+
+extension SimulatedKernel {
+    /// Called by the funnel after every executed mutating call (refused ones too: a
+    /// refused UNMAP may already have removed mappings, §2.9).
+    func appendToLog(_ request: SimRequest) {
+        state.appliedSequence += 1
+        guard let store else { return }
+        do {
+            try store.append(LogEntry(seq: state.appliedSequence, call: request))
+        } catch {
+            persistenceError = "\(error)"
+        }
+    }
+
+    /// Re-executes a logged call: same inputs, same deterministic allocator, so the same
+    /// IDs and fds. No delay, fault injection, counting, trace or logging.
+    func replay(_ request: SimRequest) {
+        switch request {
+        case .openIommufd: _ = try? openIommufdImpl()
+        case .close(let fd): _ = closeFD(fd)
+        case .destroy(let fd, let id): try? destroyImpl(fd, id: id)
+        case .ioasAlloc(let fd): _ = try? ioasAllocImpl(fd)
+        case .ioasMap(let fd, let ioas, let flags, let source, let length, let iova):
+            _ = try? ioasMapImpl(fd, ioas: ioas, flags: flags, source: source, length: length, iova: iova)
+        case .ioasUnmap(let fd, let ioas, let iova, let length):
+            _ = try? ioasUnmapImpl(fd, ioas: ioas, iova: iova, length: length)
+        case .hwptAlloc(let fd, let flags, let devID, let ptID, let dataType, let data):
+            _ = try? hwptAllocImpl(fd, flags: flags, devID: devID, ptID: ptID, dataType: dataType, data: data)
+        case .viommuAlloc(let fd, let type, let devID, let hwptID, let data):
+            _ = try? viommuAllocImpl(fd, type: type, devID: devID, hwptID: hwptID, data: data)
+        case .vdeviceAlloc(let fd, let viommuID, let devID, let virtID):
+            _ = try? vdeviceAllocImpl(fd, viommuID: viommuID, devID: devID, virtID: virtID)
+        case .veventqAlloc(let fd, let viommuID, let type, let depth):
+            _ = try? veventqAllocImpl(fd, viommuID: viommuID, type: type, depth: depth)
+        case .hwQueueAlloc(let fd, let viommuID, let type, let index, let iova, let length):
+            _ = try? hwQueueAllocImpl(fd, viommuID: viommuID, type: type, index: index, iova: iova, length: length)
+        case .mockDomain(let fd, let ptID): _ = try? mockDomainImpl(fd, ptID: ptID)
+        case .mockDomainReplace(let fd, let stdevID, let ptID): _ = try? mockDomainReplaceImpl(fd, stdevID: stdevID, ptID: ptID)
+        case .openVfioDevice(let index): _ = try? openVfioDeviceImpl(index: index)
+        case .bind(let dev, let iommufd): _ = try? bindImpl(dev, iommufd: iommufd)
+        case .attach(let dev, let ptID): _ = try? attachImpl(dev, ptID: ptID)
+        case .detach(let dev): try? detachImpl(dev)
+        case .createGuestMemory(let name, let size, let backing, let hugepageSize):
+            _ = try? createGuestMemoryImpl(name: name, size: size, backing: backing, hugepageSize: hugepageSize)
+        case .releaseGuestMemory(let memory): _ = releaseGuestMemoryImpl(memory)
+        case .writeDriverOverride(let address, let driver): try? writeDriverOverrideImpl(address, driver)
+        case .unbindDriver(let address, let driver): try? unbindDriverImpl(address, driver: driver)
+        case .driversProbe(let address): try? driversProbeImpl(address)
+        case .chownVfioDevice(let index, let uid, let gid): try? chownImpl(index: index, uid: uid, gid: gid)
+        case .processExit: processExitImpl()
+        }
+    }
+}
+
+/// Keeps a simulated kernel in a state directory across CLI runs (SPEC §6):
+///
+/// - `host.yaml`: the host-level part as a Host description, through the codec; the user
+///   may edit it to simulate drift (it wins on the next open for what was edited);
+/// - `kernel.json`: a snapshot of everything else (contexts, objects, fds, vfio indexes,
+///   overrides, native drivers, owners, guest memory);
+/// - `calls.log`: a redo log, one JSON line per executed mutating call since the
+///   snapshot, appended with write(2) right after the call, so a process killed at any
+///   point leaves exactly the calls that completed.
+public final class SimStore {
+    public let directory: String
+    let codec: any HostFileCodec
+    private var logFD: Int32 = -1
+    var hostPath: String { directory + "/host.yaml" }
+    var kernelPath: String { directory + "/kernel.json" }
+    var logPath: String { directory + "/calls.log" }
+
+    init(directory: String, codec: any HostFileCodec) {
+        self.directory = directory
+        self.codec = codec
+    }
+
+    deinit {
+        if logFD >= 0 { _ = closeFile(logFD) }
+    }
+
+    /// Opens the simulated kernel kept in `directory` (created from `initialHost` the
+    /// first time): load kernel.json, replay calls.log, apply the user's host.yaml edits,
+    /// then save (compacting the log). Throws on a bad VSMMU_SIM_FAIL/VSMMU_SIM_DELAY_MS,
+    /// an unreadable state, or a host.yaml the codec rejects.
+    public static func open(directory: String, initialHost: HostDescription, codec: any HostFileCodec,
+                            environment: [String: String] = ProcessInfo.processInfo.environment) throws -> SimulatedKernel {
+        _ = try SimulatedKernel.configuration(from: environment)   // a bad VSMMU_SIM_* setting fails before any write
+        let store = SimStore(directory: directory, codec: codec)
+        let files = FileManager.default
+        guard files.fileExists(atPath: store.kernelPath) else {
+            try files.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            let kernel = SimulatedKernel(host: initialHost, environment: environment)
+            if let problem = kernel.configurationError { throw problem }
+            kernel.store = store
+            try store.save(kernel)
+            return kernel
+        }
+        let state: SimState
+        do {
+            state = try JSONDecoder().decode(SimState.self, from: Data(contentsOf: URL(fileURLWithPath: store.kernelPath)))
+        } catch {
+            throw SimStoreError("\(store.kernelPath): not a readable simulated-kernel snapshot (\(error))")
+        }
+        guard state.formatVersion == SimState.formatVersion else {
+            throw SimStoreError("\(store.kernelPath): snapshot format \(state.formatVersion), this vsmmu reads \(SimState.formatVersion)")
+        }
+        let base = state.savedHost
+        let kernel = SimulatedKernel(state: state, environment: environment)
+        if let problem = kernel.configurationError { throw problem }
+        try store.replayLog(into: kernel)
+        if files.fileExists(atPath: store.hostPath) {
+            let text: String
+            do { text = try String(contentsOfFile: store.hostPath, encoding: .utf8) } catch {
+                throw SimStoreError("\(store.hostPath): cannot read (\(error))")
+            }
+            let edited = try store.codec.decode(text, path: store.hostPath)
+            kernel.applyHostEdits(base: base ?? edited, edited: edited)
+        }
+        kernel.store = store
+        try store.save(kernel)
+        return kernel
+    }
+
+    private func replayLog(into kernel: SimulatedKernel) throws {
+        guard let data = FileManager.default.contents(atPath: logPath), !data.isEmpty else { return }
+        let lines = data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: true)
+        let decoder = JSONDecoder()
+        for (number, line) in lines.enumerated() {
+            let entry: LogEntry
+            do {
+                entry = try decoder.decode(LogEntry.self, from: Data(line))
+            } catch {
+                // A kill in the middle of write(2) can only tear the last line.
+                if number == lines.count - 1 { break }
+                throw SimStoreError("\(logPath): line \(number + 1) is not a logged call (\(error))")
+            }
+            // Calls already folded into the snapshot (a kill between the snapshot's
+            // rename and the log's truncation) are skipped.
+            guard entry.seq > kernel.state.appliedSequence else { continue }
+            kernel.replay(entry.call)
+            kernel.state.appliedSequence = entry.seq
+        }
+    }
+
+    func append(_ entry: LogEntry) throws {
+        if logFD < 0 {
+            logFD = openForAppend(logPath)
+            if logFD < 0 { throw SimStoreError("\(logPath): cannot open for appending (errno \(errno))") }
+        }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        var line = try encoder.encode(entry)
+        line.append(UInt8(ascii: "\n"))
+        let written = line.withUnsafeBytes { writeAll(logFD, $0) }
+        if !written { throw SimStoreError("\(logPath): write failed (errno \(errno))") }
+    }
+
+    /// host.yaml then kernel.json, each written to a temporary file and renamed into
+    /// place, then the log is truncated. A kill in between is harmless: log entries
+    /// carry sequence numbers, and host.yaml edits are detected against the host the
+    /// snapshot recorded as written.
+    func save(_ kernel: SimulatedKernel) throws {
+        let host = kernel.currentHost
+        kernel.state.savedHost = host
+        try Data(codec.encode(host).utf8).write(to: URL(fileURLWithPath: hostPath), options: .atomic)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
+        try encoder.encode(kernel.state).write(to: URL(fileURLWithPath: kernelPath), options: .atomic)
+        if logFD < 0 {
+            logFD = openForAppend(logPath)
+            if logFD < 0 { throw SimStoreError("\(logPath): cannot open (errno \(errno))") }
+        }
+        if ftruncate(logFD, 0) != 0 { throw SimStoreError("\(logPath): cannot truncate (errno \(errno))") }
+    }
+}
+
+private func openForAppend(_ path: String) -> Int32 {
+    open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
+}
+
+private func closeFile(_ fd: Int32) -> Int32 { close(fd) }
+
+private func writeAll(_ fd: Int32, _ buffer: UnsafeRawBufferPointer) -> Bool {
+    guard var base = buffer.baseAddress else { return true }
+    var remaining = buffer.count
+    while remaining > 0 {
+        let n = write(fd, base, remaining)
+        if n < 0 {
+            if errno == EINTR { continue }
+            return false
+        }
+        remaining -= n
+        base = base.advanced(by: n)
+    }
+    return true
+}

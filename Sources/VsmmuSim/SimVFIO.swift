@@ -1,0 +1,295 @@
+import VsmmuKernel
+
+// The VFIO cdev (§3.1–§3.3), the shared attach/replace core (§3.3, ARM §5.4), and the
+// selftest MOCK_DOMAIN / MOCK_DOMAIN_REPLACE commands that stand in for BIND/ATTACH (§7.2).
+
+/// Drivers that manage DMA themselves and so do not break a group's viability (§8).
+let dmaManagingDrivers: Set<String> = ["vfio-pci", "pci-stub", "pcieport"]
+
+extension SimulatedKernel {
+    func deviceWithVfioIndex(_ index: Int) -> SimPCIDevice? {
+        state.devices.values.first { $0.vfioIndex == index }
+    }
+
+    /// The open cdev behind an fd used for a VFIO ioctl.
+    func vfioFile(_ fd: Int32) throws(Refusal) -> VfioFile {
+        guard let file = state.files[fd] else { throw Refusal(.EBADF, "fd \(fd) is not open") }
+        // VFIO requests (nr < 0x80) on /dev/iommu go to the VFIO-container emulation:
+        // ENOTTY (§1.2); other files have no such ioctl either.
+        guard case .vfioDevice(let vfio) = file else { throw Refusal(.ENOTTY, "fd \(fd) is not a VFIO device cdev") }
+        return vfio
+    }
+
+    // MARK: open
+
+    func openVfioDeviceImpl(index: Int) throws(Refusal) -> Int32 {
+        // The node /dev/vfio/devices/vfioN exists exactly while a device holds index N
+        // (devtmpfs creates and removes it with the cdev): open(2) of a missing node is ENOENT.
+        guard hasVfioCdev else { throw Refusal(.ENOENT, "/dev/vfio/devices does not exist (kernel without VFIO_DEVICE_CDEV)") }
+        guard let device = deviceWithVfioIndex(index) else { throw Refusal(.ENOENT, "/dev/vfio/devices/vfio\(index) does not exist") }
+        let fd = allocateFD()
+        state.files[fd] = .vfioDevice(VfioFile(address: device.address, context: nil, device: nil))
+        return fd
+    }
+
+    // MARK: VFIO_DEVICE_BIND_IOMMUFD (§3.3, in the kernel's order)
+
+    func bindImpl(_ fd: Int32, iommufd: Int32) throws(Refusal) -> ObjectID {
+        var vfio = try vfioFile(fd)
+        if vfio.context != nil { throw Refusal(.EINVAL, "fd \(fd) is already bound") }
+        guard let iommufdFile = state.files[iommufd] else { throw Refusal(.EBADF, "iommufd \(iommufd) is not an open fd") }
+        guard case .iommufd(let cid) = iommufdFile, state.contexts[cid] != nil else {
+            throw Refusal(.EBADFD, "fd \(iommufd) is not an iommufd")
+        }
+        guard let pci = state.devices[vfio.address] else { throw Refusal(.ENODEV, "device \(vfio.address) is gone") }
+        // §3.3/§9.30: one bind per device system-wide.
+        for (otherFD, file) in state.files where otherFD != fd {
+            if case .vfioDevice(let other) = file, other.address == vfio.address, other.context != nil {
+                throw Refusal(.EINVAL, "\(vfio.address) is already bound through fd \(otherFD)")
+            }
+        }
+        // iommufd side. The IOMMU cache-coherency check (IOMMU_CAP_CACHE_COHERENCY, ARM
+        // IDR0.COHACC) is assumed to pass: the host's `coherent` means CANWBS/S2FWB, which
+        // only gates the vIOMMU (§5.2).
+        guard let group = pci.iommuGroup, let iommuName = pci.iommu, hostIOMMU(iommuName) != nil else {
+            throw Refusal(.ENODEV, "\(vfio.address) has no IOMMU group")
+        }
+        // DMA ownership (§8): the group must not be owned by another iommufd, and no member
+        // may be bound to a driver that uses the kernel DMA API.
+        for (_, file) in state.files {
+            if case .vfioDevice(let other) = file, let otherContext = other.context, otherContext != cid,
+               state.devices[other.address]?.iommuGroup == group {
+                throw Refusal(.EPERM, "IOMMU group \(group) is owned by another iommufd (through \(other.address))")
+            }
+        }
+        for sibling in state.devices.values.sorted(by: { $0.address < $1.address })
+        where sibling.iommuGroup == group && sibling.address != pci.address {
+            if let driver = sibling.driver, !dmaManagingDrivers.contains(driver) {
+                throw Refusal(.EPERM, "IOMMU group \(group) is not viable: \(sibling.address) is bound to \(driver)")
+            }
+        }
+        let id = allocateID(cid)
+        setObject(cid, id, .device(DeviceObject(origin: .vfio(pci.address), iommu: iommuName, group: .pci(group), attached: nil)))
+        vfio.context = cid
+        vfio.device = id
+        state.files[fd] = .vfioDevice(vfio)
+        return id
+    }
+
+    // MARK: VFIO_DEVICE_ATTACH_IOMMUFD_PT / DETACH
+
+    func attachImpl(_ fd: Int32, ptID: ObjectID) throws(Refusal) -> ObjectID {
+        let vfio = try vfioFile(fd)
+        guard let cid = vfio.context, let devID = vfio.device else { throw Refusal(.EINVAL, "fd \(fd) is not bound to an iommufd") }
+        return try attachDevice(cid, devID, ptID: ptID, replaceOnly: false)
+    }
+
+    func detachImpl(_ fd: Int32) throws(Refusal) {
+        let vfio = try vfioFile(fd)
+        guard let cid = vfio.context, let devID = vfio.device else { throw Refusal(.EINVAL, "fd \(fd) is not bound to an iommufd") }
+        // §9.31: detaching an unattached device succeeds.
+        detachDevice(cid, devID)
+    }
+
+    // MARK: the attach core
+
+    /// Attach (or replace, §3.3) a device to an IOAS, a HWPT_PAGING or a HWPT_NESTED.
+    /// `replaceOnly` is MOCK_DOMAIN_REPLACE / iommufd_device_replace: the device must be
+    /// attached already. Returns the HWPT attached (the automatic one for an IOAS).
+    func attachDevice(_ cid: Int, _ devID: ObjectID, ptID: ObjectID, replaceOnly: Bool) throws(Refusal) -> ObjectID {
+        guard let pt = object(cid, ptID) else { throw Refusal(.ENOENT, missing(cid, ptID, "pt_id")) }
+        switch pt {
+        case .hwptPaging, .hwptNested:
+            let plan = try planAttach(cid, devID, hwptID: ptID, replaceOnly: replaceOnly)
+            commit(cid, plan)
+            return ptID
+        case .ioas:
+            return try attachToIOAS(cid, devID, ioasID: ptID, replaceOnly: replaceOnly)
+        default:
+            throw Refusal(.EINVAL, "pt_id \(ptID) is a \(pt.typeName), not an IOAS or HWPT")
+        }
+    }
+
+    struct AttachPlan {
+        var hwpt: ObjectID
+        var moving: [ObjectID]
+        var previous: ObjectID?
+    }
+
+    /// Every check of an attach/replace, in the kernel's order (iommufd_hw_pagetable_attach):
+    /// group rule (EINVAL), device reserved regions against the IOAS's mappings
+    /// (EADDRINUSE), then the IOMMU driver (ARM §5.4: EINVAL other SMMU, ENOENT S1 vSTE
+    /// without vDevice). Changes nothing.
+    func planAttach(_ cid: Int, _ devID: ObjectID, hwptID: ObjectID, replaceOnly: Bool) throws(Refusal) -> AttachPlan {
+        guard let device = deviceObject(cid, devID) else { throw Refusal(.ENOENT, "device \(devID) is gone") }
+        let current = device.attached
+        if replaceOnly && current == nil { throw Refusal(.EINVAL, "device \(devID) is not attached: nothing to replace") }
+        if current == hwptID { return AttachPlan(hwpt: hwptID, moving: [], previous: nil) }   // replace with itself: no-op
+
+        let siblings = objects(cid).compactMap { entry -> (id: ObjectID, device: DeviceObject)? in
+            if case .device(let d) = entry.object, d.group == device.group, entry.id != devID { return (entry.id, d) }
+            return nil
+        }
+        var moving = [devID]
+        if let current {
+            // §3.3: a replace moves the whole group.
+            moving += siblings.filter { $0.device.attached == current }.map(\.id)
+        } else if let other = siblings.first(where: { $0.device.attached != nil && $0.device.attached != hwptID }) {
+            throw Refusal(.EINVAL, "group sibling device \(other.id) is attached to HWPT \(other.device.attached ?? 0): a group shares one attachment")
+        }
+
+        guard let target = pagingParent(cid, of: hwptID), let ioas = ioasObject(cid, target.hwpt.ioas) else {
+            throw Refusal(.EINVAL, "HWPT \(hwptID) has no paging parent")
+        }
+        for id in moving {
+            guard let member = deviceObject(cid, id) else { continue }
+            let currentIOAS = member.attached.flatMap { pagingParent(cid, of: $0)?.hwpt.ioas }
+            guard currentIOAS != target.hwpt.ioas else { continue }
+            for region in deviceReservedRanges(iommu: member.iommu) {
+                if let hit = ioas.mappings.first(where: { overlaps(IovaRange(start: $0.iova, last: $0.last), region) }) {
+                    throw Refusal(.EADDRINUSE, "the device's reserved region [\(hex(region.start)), \(hex(region.last))] overlaps the mapping at \(hex(hit.iova)) in IOAS \(target.hwpt.ioas)")
+                }
+            }
+        }
+        for id in moving {
+            guard let member = deviceObject(cid, id) else { continue }
+            try driverAttachCheck(cid, id, member, hwptID: hwptID)
+        }
+        return AttachPlan(hwpt: hwptID, moving: moving, previous: current)
+    }
+
+    func commit(_ cid: Int, _ plan: AttachPlan) {
+        for id in plan.moving {
+            guard var member = deviceObject(cid, id) else { continue }
+            member.attached = plan.hwpt
+            setObject(cid, id, .device(member))
+        }
+        if let previous = plan.previous { releaseAutomaticHWPTIfUnused(cid, previous) }
+    }
+
+    /// The IOMMU driver's attach checks.
+    private func driverAttachCheck(_ cid: Int, _ devID: ObjectID, _ device: DeviceObject, hwptID: ObjectID) throws(Refusal) {
+        switch object(cid, hwptID) {
+        case .hwptPaging(let paging)?:
+            // ARM §5.2: a domain of another SMMU → EINVAL (the same for other drivers).
+            if paging.iommu != device.iommu {
+                throw Refusal(.EINVAL, "HWPT \(hwptID) belongs to \(paging.iommu), the device to \(device.iommu)")
+            }
+        case .hwptNested(let nested)?:
+            switch nested.parent {
+            case .viommu(let viommuID):
+                guard let viommu = viommuObject(cid, viommuID) else { throw Refusal(.EINVAL, "the nested HWPT's vIOMMU is gone") }
+                if viommu.iommu != device.iommu {
+                    throw Refusal(.EINVAL, "nested HWPT \(hwptID) is on vIOMMU \(viommuID) of \(viommu.iommu), the device is behind \(device.iommu)")
+                }
+                let hasVDevice = objects(cid).contains {
+                    if case .vdevice(let v) = $0.object { return v.device == devID && v.viommu == viommuID }
+                    return false
+                }
+                if hostIOMMU(viommu.iommu)?.type == .selftest {
+                    // §7.3: the mock needs a vDevice whatever the data.
+                    if !hasVDevice { throw Refusal(.ENOENT, "device \(devID) has no vDevice on vIOMMU \(viommuID)") }
+                } else if nested.config == .stage1 && !hasVDevice {
+                    // §5.4/§9.9: an S1-translate vSTE needs the vDevice first.
+                    throw Refusal(.ENOENT, "the vSTE selects S1 translation and device \(devID) has no vDevice on vIOMMU \(viommuID)")
+                }
+            case .paging(let parentID):
+                let parentIOMMU = pagingObject(cid, parentID)?.iommu
+                if nested.iommu != device.iommu || parentIOMMU != device.iommu {
+                    throw Refusal(.EINVAL, "nested HWPT \(hwptID) belongs to another IOMMU than the device's \(device.iommu)")
+                }
+            }
+        default:
+            throw Refusal(.EINVAL, "\(hwptID) is not a HWPT")
+        }
+    }
+
+    /// pt_id = IOAS (§3.3): reuse an automatic HWPT of the IOAS that accepts the device
+    /// (EINVAL from one means "try the next"), else create one with flags 0; manual HWPTs
+    /// are never picked (§9.5).
+    private func attachToIOAS(_ cid: Int, _ devID: ObjectID, ioasID: ObjectID, replaceOnly: Bool) throws(Refusal) -> ObjectID {
+        guard let device = deviceObject(cid, devID) else { throw Refusal(.ENOENT, "device \(devID) is gone") }
+        for entry in objects(cid) {
+            guard case .hwptPaging(let hwpt) = entry.object, hwpt.automatic, hwpt.ioas == ioasID else { continue }
+            do {
+                let plan = try planAttach(cid, devID, hwptID: entry.id, replaceOnly: replaceOnly)
+                commit(cid, plan)
+                return entry.id
+            } catch let refusal where refusal.errno == .EINVAL {
+                continue
+            } catch {
+                throw error
+            }
+        }
+        let iommu = try iommu(of: device)
+        let aperture = domainAperture(iommu, flags: 0)
+        let hwpt = PagingHWPT(ioas: ioasID, iommu: iommu.name, flags: 0, automatic: true, aperture: aperture)
+        let id = allocateID(cid)
+        if replaceOnly {
+            // iommufd_hwpt_paging_alloc without immediate attach: join the IOAS, then replace.
+            try checkDomainJoin(cid, ioas: ioasID, aperture: aperture)
+            setObject(cid, id, .hwptPaging(hwpt))
+            do {
+                let plan = try planAttach(cid, devID, hwptID: id, replaceOnly: true)
+                try pinAll(cid, ioas: ioasID)
+                commit(cid, plan)
+            } catch {
+                removeObject(cid, id)
+                throw error
+            }
+        } else {
+            // Immediate attach: the device attach checks run before the domain joins the IOAS.
+            setObject(cid, id, .hwptPaging(hwpt))
+            let plan: AttachPlan
+            do { plan = try planAttach(cid, devID, hwptID: id, replaceOnly: false) } catch { removeObject(cid, id); throw error }
+            removeObject(cid, id)
+            try checkDomainJoin(cid, ioas: ioasID, aperture: aperture)
+            setObject(cid, id, .hwptPaging(hwpt))
+            do { try pinAll(cid, ioas: ioasID) } catch { removeObject(cid, id); throw error }
+            commit(cid, plan)
+        }
+        return id
+    }
+
+    // MARK: selftest mock devices (§7.2)
+
+    func selftestIOMMU() throws(Refusal) -> HostIOMMU {
+        // Without CONFIG_IOMMUFD_TEST the request is beyond the table: VFIO-container
+        // emulation, ENOTTY (§1.2).
+        guard let iommu = state.iommus.first(where: { $0.type == .selftest }) else {
+            throw Refusal(.ENOTTY, "IOMMU_TEST_CMD needs a kernel with CONFIG_IOMMUFD_TEST (no selftest IOMMU in the host)")
+        }
+        return iommu
+    }
+
+    func mockDomainImpl(_ fd: Int32, ptID: ObjectID) throws(Refusal) -> MockDevice {
+        let cid = try context(ofIommufd: fd)
+        let iommu = try selftestIOMMU()
+        let serial = state.nextMockSerial
+        // The kernel allocates the SELFTEST object, then binds (DEVICE), then attaches.
+        let stdev = allocateID(cid)
+        setObject(cid, stdev, .selftest(SelftestObject(device: 0, serial: serial)))
+        let idev = allocateID(cid)
+        setObject(cid, idev, .device(DeviceObject(origin: .mock(serial: serial, stdev: stdev), iommu: iommu.name,
+                                                  group: .mock(serial), attached: nil)))
+        setObject(cid, stdev, .selftest(SelftestObject(device: idev, serial: serial)))
+        do {
+            let hwpt = try attachDevice(cid, idev, ptID: ptID, replaceOnly: false)
+            state.nextMockSerial += 1
+            return MockDevice(stdevID: stdev, hwptID: hwpt, idevID: idev)
+        } catch {
+            removeObject(cid, idev)
+            removeObject(cid, stdev)
+            throw error
+        }
+    }
+
+    func mockDomainReplaceImpl(_ fd: Int32, stdevID: ObjectID, ptID: ObjectID) throws(Refusal) -> ObjectID {
+        let cid = try context(ofIommufd: fd)
+        _ = try selftestIOMMU()
+        guard case .selftest(let selftest)? = object(cid, stdevID) else {
+            throw Refusal(.ENOENT, missing(cid, stdevID, "id") + " (a SELFTEST object is needed)")
+        }
+        return try attachDevice(cid, selftest.device, ptID: ptID, replaceOnly: true)
+    }
+}

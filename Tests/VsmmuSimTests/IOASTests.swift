@@ -1,0 +1,161 @@
+import Testing
+import VsmmuKernel
+@testable import VsmmuSim
+
+// IOAS mappings, reserved IOVA and IOVA ranges (§2.4–§2.9, §9.15–§9.18).
+
+@Suite struct IOASTests {
+    @Test func msiWindowAfterAttachMakesMapEINVAL() throws {
+        let k = makeKernel()
+        let a = try Bound(k, Fixture.gpuVfio)
+        let s2 = try a.s2()
+        let memory = try k.createGuestMemory(name: "ram", size: 0x20_0000, backing: .memfd, hugepageSize: nil)
+        // The S2 alone: everything below 2^48, PAGE_SIZE alignment.
+        var ranges = try k.ioasIovaRanges(a.fd, ioas: a.ioas)
+        #expect(ranges.alignment == 4096)
+        #expect(ranges.ranges == [IovaRange(start: 0, last: (1 << 48) - 1)])
+        _ = try k.attach(a.dev, ptID: s2)
+        ranges = try k.ioasIovaRanges(a.fd, ioas: a.ioas)
+        #expect(ranges.ranges == [IovaRange(start: 0, last: 0x7FF_FFFF), IovaRange(start: 0x810_0000, last: (1 << 48) - 1)])
+        #expect(errnoOf { try k.ioasMap(a.fd, ioas: a.ioas, flags: rw, source: .userVA(memory.userVA), length: 0x20_0000, iova: 0x7F0_0000) } == .EINVAL)
+        #expect(try k.ioasMap(a.fd, ioas: a.ioas, flags: rw, source: .userVA(memory.userVA), length: 0x10_0000, iova: 0x810_0000) == 0x810_0000)
+        // Detaching gives the window back.
+        try k.detach(a.dev)
+        #expect(try k.ioasIovaRanges(a.fd, ioas: a.ioas).ranges.count == 1)
+    }
+
+    @Test func iovaRangesOfAnEmptyIOAS() throws {
+        let k = makeKernel()
+        let fd = try k.openIommufd()
+        let ioas = try k.ioasAlloc(fd)
+        let ranges = try k.ioasIovaRanges(fd, ioas: ioas)
+        #expect(ranges.ranges == [IovaRange(start: 0, last: UInt64.max)])
+        #expect(ranges.alignment == 1)
+        #expect(errnoOf { try k.ioasIovaRanges(fd, ioas: 9) } == .ENOENT)
+    }
+
+    @Test func mapOverTheMSIWindowThenAttachIsEADDRINUSE() throws {
+        let k = makeKernel()
+        let a = try Bound(k, Fixture.gpuVfio)
+        let memory = try k.createGuestMemory(name: "ram", size: 0x40_0000, backing: .anonymous, hugepageSize: nil)
+        _ = try k.ioasMap(a.fd, ioas: a.ioas, flags: rw, source: .userVA(memory.userVA), length: memory.size, iova: 0x7E0_0000)
+        let s2 = try a.s2()    // the S2 itself does not reserve the window
+        #expect(errnoOf { try k.attach(a.dev, ptID: s2) } == .EADDRINUSE)
+        #expect(errnoOf { try k.attach(a.dev, ptID: a.ioas) } == .EADDRINUSE)
+        // Nothing was left behind by the failed automatic attach.
+        #expect(k.objects(1).count == 3)
+        _ = try k.ioasUnmap(a.fd, ioas: a.ioas, iova: 0x7E0_0000, length: memory.size)
+        #expect(try k.attach(a.dev, ptID: s2) == s2)
+    }
+
+    @Test func theS2ApertureEndsAt2PowOAS() throws {
+        let k = makeKernel()
+        let b = try Bound(k, Fixture.nicB)   // oas 44
+        let memory = try k.createGuestMemory(name: "ram", size: 0x20_0000, backing: .memfd, hugepageSize: nil)
+        let top: UInt64 = 1 << 44
+        // Mapped before the S2 exists: the S2 cannot join (EADDRINUSE).
+        _ = try k.ioasMap(b.fd, ioas: b.ioas, flags: rw, source: .userVA(memory.userVA), length: 0x20_0000, iova: top - 0x10_0000)
+        #expect(errnoOf { try b.s2() } == .EADDRINUSE)
+        _ = try k.ioasUnmap(b.fd, ioas: b.ioas, iova: 0, length: UInt64.max)
+        _ = try b.s2()
+        #expect(errnoOf { try k.ioasMap(b.fd, ioas: b.ioas, flags: rw, source: .userVA(memory.userVA), length: 0x20_0000, iova: top - 0x10_0000) } == .EINVAL)
+        #expect(try k.ioasMap(b.fd, ioas: b.ioas, flags: rw, source: .userVA(memory.userVA), length: 0x20_0000, iova: top - 0x20_0000) == top - 0x20_0000)
+    }
+
+    @Test func mapArgumentChecksInKernelOrder() throws {
+        let k = makeKernel()
+        let a = try Bound(k, Fixture.gpuVfio)
+        _ = try a.s2()
+        let memory = try k.createGuestMemory(name: "ram", size: 0x40_0000, backing: .memfd, hugepageSize: nil)
+        let va = memory.userVA
+        func map(_ flags: UInt32 = rw, _ source: MapSource? = nil, length: UInt64 = 0x10_0000, iova: UInt64 = 0x4000_0000, ioas: ObjectID? = nil) -> Errno? {
+            errnoOf { try k.ioasMap(a.fd, ioas: ioas ?? a.ioas, flags: flags, source: source ?? .userVA(va), length: length, iova: iova) }
+        }
+        #expect(map(rw | 0x8) == .EOPNOTSUPP)
+        #expect(map(length: UInt64.max) == .EOVERFLOW)
+        #expect(map(UAPI.ioasMapFixedIOVA) == .EINVAL)
+        #expect(map(ioas: 42) == .ENOENT)
+        #expect(map(rw, .userVA(UInt64.max - 0x1000)) == .EOVERFLOW)
+        #expect(map(length: 0) == .EINVAL)
+        #expect(map(length: 0x800) == .EINVAL)                      // not 4 KiB aligned
+        #expect(map(rw, .userVA(va + 0x10)) == .EINVAL)                 // page offset not aligned
+        #expect(map(rw, .userVA(0x1000_0000)) == .EFAULT)               // not mapped in the process
+        #expect(map() == nil)
+        #expect(map(iova: 0x4008_0000) == .EEXIST)                  // overlaps the first mapping
+        // MAP_FILE: a closed fd is EBADF; the memfd works.
+        guard let file = memory.file else { Issue.record("no memfd"); return }
+        #expect(map(rw, .file(KernelFile(fd: 99), offset: 0), iova: 0x8000_0000) == .EBADF)
+        #expect(map(rw, .file(file, offset: 0x30_0000), length: 0x20_0000, iova: 0x8000_0000) == .EFAULT)   // beyond the memfd
+        #expect(map(rw, .file(file, offset: 0x10_0000), iova: 0x8000_0000) == nil)
+        // Automatic IOVA: never 0, aligned like the source up to 2 MiB.
+        let auto = try k.ioasMap(a.fd, ioas: a.ioas, flags: UAPI.ioasMapReadable, source: .userVA(va + 0x20_0000), length: 0x10_0000, iova: 0)
+        #expect(auto == 0x10_0000)
+    }
+
+    @Test func pinningIsLazyUntilAHWPTJoins() throws {
+        let k = makeKernel()
+        let a = try Bound(k, Fixture.gpuVfio)
+        // No HWPT in the IOAS: an unmapped VA maps (nothing is pinned yet) …
+        _ = try k.ioasMap(a.fd, ioas: a.ioas, flags: rw, source: .userVA(0x5555_0000_0000), length: 0x10_0000, iova: 0x4000_0000)
+        // … and the pin fails when the S2 joins.
+        #expect(errnoOf { try a.s2() } == .EFAULT)
+        _ = try k.ioasUnmap(a.fd, ioas: a.ioas, iova: 0x4000_0000, length: 0x10_0000)
+        _ = try a.s2()
+    }
+
+    @Test func mapFileOfANonMemfdFailsWhenPinned() throws {
+        let k = makeKernel()
+        let a = try Bound(k, Fixture.gpuVfio)
+        // Any open file is accepted by MAP_FILE itself; memfd_pin_folios refuses it later.
+        let notMemfd = KernelFile(fd: a.fd.fd)
+        _ = try k.ioasMap(a.fd, ioas: a.ioas, flags: rw, source: .file(notMemfd, offset: 0), length: 0x1000, iova: 0x1000)
+        #expect(errnoOf { try a.s2() } == .EINVAL)
+        _ = try k.ioasUnmap(a.fd, ioas: a.ioas, iova: 0, length: UInt64.max)
+        _ = try a.s2()
+        #expect(errnoOf { try k.ioasMap(a.fd, ioas: a.ioas, flags: rw, source: .file(notMemfd, offset: 0), length: 0x1000, iova: 0x1000) } == .EINVAL)
+        #expect(errnoOf { try k.createGuestMemory(name: "x", size: 0x1000, backing: .memfd, hugepageSize: 0) } == .EINVAL)
+        #expect(errnoOf { try k.createGuestMemory(name: "x", size: 3 << 20, backing: .hugetlbfs, hugepageSize: 3 << 20) } == .EINVAL)
+    }
+
+    @Test func unmapNeedsWholeMappings() throws {
+        let k = makeKernel()
+        let a = try Bound(k, Fixture.gpuVfio)
+        let memory = try k.createGuestMemory(name: "ram", size: 0x40_0000, backing: .anonymous, hugepageSize: nil)
+        _ = try k.ioasMap(a.fd, ioas: a.ioas, flags: rw, source: .userVA(memory.userVA), length: 0x20_0000, iova: 0x4000_0000)
+        _ = try k.ioasMap(a.fd, ioas: a.ioas, flags: rw, source: .userVA(memory.userVA + 0x20_0000), length: 0x20_0000, iova: 0x4020_0000)
+        #expect(errnoOf { try k.ioasUnmap(a.fd, ioas: a.ioas, iova: 0x4000_0000, length: 0x10_0000) } == .ENOENT)   // splits
+        #expect(errnoOf { try k.ioasUnmap(a.fd, ioas: a.ioas, iova: 0x9000_0000, length: 0x10_0000) } == .ENOENT)   // nothing there
+        #expect(errnoOf { try k.ioasUnmap(a.fd, ioas: a.ioas, iova: 0x4000_0000, length: 0) } == .EINVAL)
+        #expect(errnoOf { try k.ioasUnmap(a.fd, ioas: a.ioas, iova: UInt64.max, length: 1) } == .EOVERFLOW)
+        #expect(errnoOf { try k.ioasUnmap(a.fd, ioas: 9, iova: 0, length: UInt64.max) } == .ENOENT)
+        // A range that covers the first mapping and cuts the second: the kernel removes
+        // the first, then fails on the second.
+        #expect(errnoOf { try k.ioasUnmap(a.fd, ioas: a.ioas, iova: 0x4000_0000, length: 0x30_0000) } == .ENOENT)
+        guard let ioas = k.ioasObject(1, a.ioas) else { Issue.record("IOAS gone"); return }
+        #expect(ioas.mappings.map(\.iova) == [0x4020_0000])
+        #expect(try k.ioasUnmap(a.fd, ioas: a.ioas, iova: 0, length: UInt64.max) == 0x20_0000)
+        #expect(try k.ioasUnmap(a.fd, ioas: a.ioas, iova: 0, length: UInt64.max) == 0)
+    }
+
+    @Test func guestMemoryPlacementAndRelease() throws {
+        let k = makeKernel()
+        let a = try k.createGuestMemory(name: "a", size: 0x20_0000, backing: .memfd, hugepageSize: nil)
+        let b = try k.createGuestMemory(name: "b", size: 0x4000_0000, backing: .hugetlbfs, hugepageSize: 1 << 30)
+        let c = try k.createGuestMemory(name: "c", size: 0x1000, backing: .anonymous, hugepageSize: nil)
+        #expect(c.file == nil)
+        #expect(b.userVA % (1 << 30) == 0)
+        let spans = [a, b, c].map { ($0.userVA, $0.userVA + $0.size - 1) }.sorted { $0.0 < $1.0 }
+        for (first, second) in zip(spans, spans.dropFirst()) { #expect(first.1 < second.0) }
+        #expect(errnoOf { try k.createGuestMemory(name: "d", size: 0x1000, backing: .hugetlbfs, hugepageSize: nil) } == .EINVAL)
+        #expect(errnoOf { try k.createGuestMemory(name: "d", size: 0, backing: .memfd, hugepageSize: nil) } == .EINVAL)
+        // A mapping keeps released memory alive (its pages are pinned).
+        let dev = try Bound(k, Fixture.gpuVfio)
+        _ = try dev.s2()
+        _ = try k.ioasMap(dev.fd, ioas: dev.ioas, flags: rw, source: .userVA(a.userVA), length: a.size, iova: 0x4000_0000)
+        k.releaseGuestMemory(a)
+        #expect(k.state.memories.count == 3)
+        if let file = a.file { #expect(k.state.files[file.fd] == nil) }
+        _ = try k.ioasUnmap(dev.fd, ioas: dev.ioas, iova: 0, length: UInt64.max)
+        #expect(k.state.memories.count == 2)
+    }
+}

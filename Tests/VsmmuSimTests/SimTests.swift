@@ -1,3 +1,0 @@
-import Testing
-@testable import VsmmuSim
-@Test func placeholder() { #expect(Bool(true)) }
