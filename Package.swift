@@ -48,7 +48,7 @@ let package = Package(
         .testTarget(name: "VsmmuSimTests", dependencies: ["VsmmuSim", "VsmmuKernel"]),
         .testTarget(
             name: "VsmmuPlannerTests",
-            dependencies: ["VsmmuPlanner", "VsmmuExecutor", "VsmmuSim", "VsmmuModel", "VsmmuKernel"]
+            dependencies: ["VsmmuPlanner", "VsmmuExecutor", "VsmmuSim", "VsmmuModel", "VsmmuKernel", "VsmmuYAML"]
         ),
         .testTarget(
             name: "VsmmuCommandsTests",

@@ -93,7 +93,11 @@ struct ApplyRunner {
         if !store.interrupted.isEmpty && !dryRun {
             let steps = store.interrupted.map { "\($0.index) \($0.call) (\($0.resource))" }.joined(separator: ", ")
             console.error("Recovering: an earlier run was interrupted inside step(s) \(steps); what they touched is rebuilt.")
+            for closed in Recovery.sweepOrphans(port: session.port, holdings: store.holdings) {
+                console.error("Recovering: closed \(closed), which no record names")
+            }
             try store.checkpoint()
+            try session.save()
         }
 
         var plan: Plan
@@ -136,16 +140,12 @@ struct ApplyRunner {
             }
         }
 
-        try store.saveAllocations(plan.allocations)
-        let executor = Executor(port: session.port, store: store, progress: { console.error($0) })
         do {
-            try executor.run(plan)
+            try Pipeline.apply(plan, port: session.port, store: store, progress: { console.error($0) })
         } catch {
-            try? store.checkpoint()
             try? session.save()
             throw error
         }
-        try store.checkpoint()
         try session.save()
 
         // Verify: observe again; nothing may be left to do.

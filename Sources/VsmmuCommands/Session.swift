@@ -115,31 +115,10 @@ func loadValid(_ file: String, host: HostDescription, console: Console) throws -
 /// Topology + host + holdings → plan, with no mutating call.
 func makePlan(_ topology: Topology, validation: ValidationResult, session: Session, store: StateStore,
               only guests: Set<String>? = nil, destroying: Bool = false) throws -> Plan {
-    let host = session.host
-    var holdings = store.holdings
-    if let guests {
-        holdings.guests = holdings.guests.filter { guests.contains($0.key) }
-    }
-    var addresses = Set<PCIAddress>()
-    for g in topology.guests { for d in g.allDevices { if let a = d.host.pciAddress { addresses.insert(a) } } }
-    let observed: ObservedState
-    do { observed = try ObservedState.observe(port: session.port, holdings: holdings, addresses: addresses) } catch {
-        throw CommandError(message: "cannot read the kernel's state: \(error)")
-    }
-    var effective = topology
-    if destroying { effective.guests = [] }
-    let users: UserResolver = session.simulated ? SimulatedUserResolver() : SystemUserResolver()
-    let desired: DesiredState
     do {
-        desired = try DesiredState.build(topology: effective, host: host, resolved: validation.resolved, previous: store.allocations, users: users)
+        return try Pipeline.plan(topology, validation: validation, port: session.port, host: session.host, store: store,
+                                 simulated: session.simulated, onlyGuests: guests, destroying: destroying)
     } catch {
         throw CommandError(message: error.message, hint: error.hint)
     }
-    var plan = Planner.plan(desired: desired, observed: observed, topologyFile: topology.file, hostName: host.name, simulated: session.simulated)
-    if destroying {
-        var kept = store.allocations
-        for g in topology.guests { kept.guests[g.name] = nil }
-        plan.allocations = kept
-    }
-    return plan
 }

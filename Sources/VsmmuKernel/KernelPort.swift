@@ -76,6 +76,21 @@ public struct MockDevice: Hashable, Sendable, Codable {
     public init(stdevID: ObjectID, hwptID: ObjectID, idevID: ObjectID) { self.stdevID = stdevID; self.hwptID = hwptID; self.idevID = idevID }
 }
 
+/// An fd this process holds, as /proc/self/fd and fdinfo show it.
+public struct OpenFileInfo: Hashable, Sendable, Codable {
+    public enum Kind: Hashable, Sendable, Codable {
+        case iommufd
+        /// A VFIO cdev (fdinfo `vfio-device-syspath:` names the device).
+        case vfioDevice(PCIAddress?)
+        case eventQueue
+        case memfd
+        case other
+    }
+    public var fd: Int32
+    public var kind: Kind
+    public init(fd: Int32, kind: Kind) { self.fd = fd; self.kind = kind }
+}
+
 public protocol KernelPort: AnyObject {
     // MARK: facts
     /// /dev/iommu exists (kernel with IOMMUFD).
@@ -142,6 +157,14 @@ public protocol KernelPort: AnyObject {
     func unbindDriver(_ address: PCIAddress, driver: String) throws(KernelCallError)
     /// Writes the address to /sys/bus/pci/drivers_probe.
     func driversProbe(_ address: PCIAddress) throws(KernelCallError)
+
+    // MARK: this process's files
+    /// Every fd this process holds that the kernel port cares about. After an interrupted
+    /// apply, fds the holdings do not record (opened by a step that never finished) are
+    /// found here and closed, so that the device they bind can be bound again.
+    func openFiles() throws(KernelCallError) -> [OpenFileInfo]
+    /// close(2) on an fd found by `openFiles`.
+    func closeFile(_ fd: Int32)
 
     // MARK: ownership
     /// chown of /dev/vfio/devices/vfioN to the VMM's user.

@@ -20,17 +20,17 @@ public struct SystemUserResolver: UserResolver {
     }
 }
 
-/// For the simulated host: real accounts where this machine has them, else a stable
-/// stand-in uid (shown as such in plans), so a demo host needs no `qemu` account here.
+/// For the simulated host, which is not this machine: a numeric uid as written, a
+/// name as a stable stand-in uid (shown as such), so plans are the same everywhere.
 public struct SimulatedUserResolver: UserResolver {
     public init() {}
 
     public func resolve(_ user: String) throws(PlanError) -> ResolvedUser {
-        if let real = try? SystemUserResolver().resolve(user) { return real }
+        if let uid = UInt32(user) { return ResolvedUser(name: user, uid: uid, gid: uid, note: "") }
         // FNV-1a of the name into 60000..<65000: stable across runs and machines.
         var h: UInt32 = 2_166_136_261
         for b in user.utf8 { h = (h ^ UInt32(b)) &* 16_777_619 }
         let uid = 60000 + h % 5000
-        return ResolvedUser(name: user, uid: uid, gid: uid, note: "simulated: no such account on this machine")
+        return ResolvedUser(name: user, uid: uid, gid: uid, note: "simulated host: stand-in uid for \(user)")
     }
 }

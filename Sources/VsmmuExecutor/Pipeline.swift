@@ -1,0 +1,57 @@
+import VsmmuKernel
+import VsmmuModel
+import VsmmuPlanner
+
+/// Topology → plan → apply, the same for every caller (commands, agent, tests).
+public enum Pipeline {
+    public struct Failure: Error, CustomStringConvertible {
+        public var message: String
+        public var hint: String?
+        public init(message: String, hint: String? = nil) { self.message = message; self.hint = hint }
+        public var description: String { message }
+    }
+
+    /// Observes the kernel (read-only calls) and plans `topology` against it.
+    /// `onlyGuests` limits the plan to those guests' holdings; `destroying` plans their teardown.
+    public static func plan(_ topology: Topology, validation: ValidationResult, port: KernelPort, host: HostDescription,
+                            store: StateStore, simulated: Bool, onlyGuests: Set<String>? = nil, destroying: Bool = false) throws(Failure) -> Plan {
+        var holdings = store.holdings
+        if let onlyGuests { holdings.guests = holdings.guests.filter { onlyGuests.contains($0.key) } }
+        var addresses = Set<PCIAddress>()
+        for g in topology.guests { for d in g.allDevices { if let a = d.host.pciAddress { addresses.insert(a) } } }
+        let observed: ObservedState
+        do { observed = try ObservedState.observe(port: port, holdings: holdings, addresses: addresses) } catch {
+            throw Failure(message: "cannot read the kernel's state: \(error)")
+        }
+        var effective = topology
+        if destroying { effective.guests = [] }
+        let users: UserResolver = simulated ? SimulatedUserResolver() : SystemUserResolver()
+        let desired: DesiredState
+        do {
+            desired = try DesiredState.build(topology: effective, host: host, resolved: validation.resolved, previous: store.allocations, users: users)
+        } catch {
+            throw Failure(message: error.message, hint: error.hint)
+        }
+        var plan = Planner.plan(desired: desired, observed: observed, topologyFile: topology.file, hostName: host.name, simulated: simulated)
+        if destroying {
+            var kept = store.allocations
+            for g in topology.guests { kept.guests[g.name] = nil }
+            plan.allocations = kept
+        }
+        return plan
+    }
+
+    /// Records the plan's allocations, runs its operations, and checkpoints the holdings
+    /// (also after a failure, so the state directory is consistent either way).
+    public static func apply(_ plan: Plan, port: KernelPort, store: StateStore, progress: @escaping (String) -> Void = { _ in }) throws {
+        try store.saveAllocations(plan.allocations)
+        let executor = Executor(port: port, store: store, progress: progress)
+        do {
+            try executor.run(plan)
+        } catch {
+            try? store.checkpoint()
+            throw error
+        }
+        try store.checkpoint()
+    }
+}

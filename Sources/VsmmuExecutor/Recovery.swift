@@ -1,0 +1,44 @@
+import VsmmuKernel
+import VsmmuPlanner
+
+/// After an interrupted apply: fds opened by a step that never finished are not in the
+/// holdings. A VFIO cdev among them may still be bound, which would make the device's
+/// next bind fail (one bind per device, reference §3.3); close them all.
+public enum Recovery {
+    public static func sweepOrphans(port: KernelPort, holdings: Holdings) -> [String] {
+        var known = Set<Int32>()
+        for g in holdings.guests.values {
+            known.insert(g.iommufd.fd)
+            for d in g.devices.values { if let c = d.cdev { known.insert(c.fd) } }
+            for m in g.memory.values { if let f = m.memory.file { known.insert(f.fd) } }
+            for v in g.vsmmus.values { for q in v.eventQueues.values { known.insert(q.fd.fd) } }
+        }
+        guard let files = try? port.openFiles() else { return [] }
+        var closed: [String] = []
+        // Devices first, then event queues and memfds, the iommufd contexts last.
+        let order: (OpenFileInfo.Kind) -> Int = { k in
+            switch k {
+            case .vfioDevice: return 0
+            case .eventQueue, .memfd: return 1
+            case .iommufd: return 2
+            case .other: return 3
+            }
+        }
+        for f in files.sorted(by: { order($0.kind) < order($1.kind) }) where !known.contains(f.fd) {
+            if case .other = f.kind { continue }
+            port.closeFile(f.fd)
+            closed.append("fd \(f.fd) (\(describe(f.kind)))")
+        }
+        return closed
+    }
+
+    static func describe(_ k: OpenFileInfo.Kind) -> String {
+        switch k {
+        case .iommufd: return "an iommufd"
+        case .vfioDevice(let a): return "the VFIO cdev of \(a.map(\.description) ?? "a device")"
+        case .eventQueue: return "a vEVENTQ"
+        case .memfd: return "a memfd"
+        case .other: return "other"
+        }
+    }
+}
