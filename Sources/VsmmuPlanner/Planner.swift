@@ -184,6 +184,11 @@ public struct Planner {
         if held == nil {
             add(.openContexts, "guest \(name)", .openIommufd(guest: name), gives: ["\(name).iommufd"])
             add(.allocIOAS, "guest \(name)", .ioasAlloc(guest: name), needs: ["\(name).iommufd"], gives: ["\(name).ioas"])
+        } else if h.ioas == nil {
+            // An earlier apply stopped between opening the context and allocating its IOAS.
+            changes.append(ResourceChange(action: .update, type: "guest", name: name, summary: "iommufd context, IOAS",
+                                          attributes: [AttributeChange(name: "ioas", from: nil, to: "allocated")]))
+            add(.allocIOAS, "guest \(name)", .ioasAlloc(guest: name), gives: ["\(name).ioas"])
         }
         let desiredDevices = Dictionary(uniqueKeysWithValues: g.devices.map { ($0.name, $0) })
         let desiredVSMMUs = Dictionary(uniqueKeysWithValues: g.vsmmus.map { ($0.name, $0) })
@@ -209,6 +214,7 @@ public struct Planner {
 
         // Devices.
         var newDevices = Set<String>()      // need bind (and everything after)
+        var openCdevs = Set<String>()       // ...of which these already have their cdev open
         for (dname, d) in h.devices.sorted(by: { $0.key < $1.key }) {
             let key = "\(name)/\(dname)"
             let lost = observed.lostDevices.contains(key)
@@ -237,6 +243,14 @@ public struct Planner {
             } else if lost {
                 let now = PCIAddress(d.source).flatMap { observed.sysfs[$0]?.driver } ?? "none"
                 forced = "driver (changed to \(now) outside vsmmu: binding lost)"
+            }
+            if forced == nil, d.devID == 0, d.cdev != nil {
+                // An earlier apply opened the cdev but stopped before BIND: finish it.
+                changes.append(ResourceChange(action: .update, type: "device", name: key, summary: deviceSummary(want),
+                                              attributes: [AttributeChange(name: "bound", from: "no", to: "yes")]))
+                newDevices.insert(dname)
+                openCdevs.insert(dname)
+                continue
             }
             if let forced {
                 changes.append(ResourceChange(action: .replace, type: "device", name: key, summary: deviceSummary(want), attributes: [], forcedBy: forced))
@@ -301,7 +315,9 @@ public struct Planner {
             if isNew {
                 switch d.source {
                 case .pci(let a):
-                    add(.bindDevices, "device \(key)", .openDevice(guest: name, device: d.name, address: a), needs: ["vfio:\(a)", "closed:\(a)"], gives: ["cdev:\(key)"])
+                    if !openCdevs.contains(d.name) {
+                        add(.bindDevices, "device \(key)", .openDevice(guest: name, device: d.name, address: a), needs: ["vfio:\(a)", "closed:\(a)"], gives: ["cdev:\(key)"])
+                    }
                     add(.bindDevices, "device \(key)", .bindDevice(guest: name, device: d.name), needs: ["cdev:\(key)", "\(name).iommufd"], gives: ["dev:\(key)"])
                     if let o = g.owner {
                         add(.bindDevices, "device \(key)", .chownDevice(guest: name, device: d.name, uid: o.uid, gid: o.gid), needs: ["cdev:\(key)"])
@@ -349,8 +365,13 @@ public struct Planner {
             if let v = d.vsmmu {
                 let bypass = h.vsmmus[v]?.bypassHWPT
                 if vsmmuRebuilt || vsidChanged || heldVSMMU != v {
-                    if held.attached != s2 || vsidChanged {
+                    let onNested = held.attached.map { id in h.vsmmus.values.contains { $0.abortHWPT == id || $0.bypassHWPT == id } } ?? false
+                    if onNested {
+                        // Off the nested HWPT that goes away (or must be left to re-latch the vSID).
                         add(.relatch, "device \(key)", .attach(guest: name, device: d.name, target: .stage2(iommu: d.iommu)), gives: ["relatched:\(name)/\(v)", "detached:\(key)"])
+                    } else if held.attached != s2 || s2 == nil {
+                        add(.attachStage2, "device \(key)", .attach(guest: name, device: d.name, target: .stage2(iommu: d.iommu)),
+                            needs: ["s2:\(name)/\(d.iommu)"], gives: ["s2-attached:\(key)"])
                     }
                     if vsidChanged, !vsmmuRebuilt {
                         let vd = h.vsmmus[v]!.vdevices[d.name]!
