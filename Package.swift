@@ -52,7 +52,8 @@ let package = Package(
         ),
         .testTarget(
             name: "VsmmuCommandsTests",
-            dependencies: ["VsmmuCommands", "VsmmuModel"]
+            dependencies: ["VsmmuCommands", "VsmmuModel"],
+            exclude: ["golden"]
         ),
     ]
 )

@@ -39,8 +39,9 @@ public enum GuestMemoryBacking: String, Hashable, Sendable, Codable {
     case memfd, anonymous, hugetlbfs
 }
 
-/// Guest RAM made by the kernel port: a memfd (memfd / hugetlbfs backing) or an
-/// anonymous mapping. `userVA` is where it is mapped in this process.
+/// Guest RAM made by the kernel port: a memfd (memfd / hugetlbfs backing), not mapped in
+/// this process (userVA 0; it goes into the IOAS by IOAS_MAP_FILE), or an anonymous
+/// mapping at `userVA`.
 public struct GuestMemory: Hashable, Sendable, Codable {
     public var file: KernelFile?
     public var userVA: UInt64

@@ -1,7 +1,8 @@
 import VsmmuKernel
 
-// Guest RAM: memfd_create (+ mmap) for memfd/hugetlbfs, mmap(MAP_ANONYMOUS) for
-// anonymous, and munmap/close on release. Mappings keep the memory alive (pinned pages).
+// Guest RAM: memfd_create for memfd/hugetlbfs (not mapped in this process: it goes into
+// the IOAS by IOAS_MAP_FILE and into the VMM by its own mmap), mmap(MAP_ANONYMOUS) for
+// anonymous, and munmap/close on release. IOAS mappings keep the memory alive (pinned pages).
 
 /// Where the simulated process's guest-memory mappings start (a typical mmap area).
 let guestVABase: UInt64 = 0x7F00_0000_0000
@@ -24,7 +25,8 @@ extension SimulatedKernel {
         }
         // Simplification: the size must be whole pages (the kernel would round an mmap up).
         if size % pageSize != 0 { throw Refusal(.EINVAL, "size \(hex(size)) is not a multiple of the page size \(hex(pageSize))") }
-        let userVA = try placeGuestMemory(size: size, alignment: max(pageSize, 2 << 20))
+        // Only anonymous memory lives in this process's address space.
+        let userVA: UInt64 = backing == .anonymous ? try placeGuestMemory(size: size, alignment: max(pageSize, 2 << 20)) : 0
         let id = state.nextMemory
         state.nextMemory += 1
         var fd: Int32?
@@ -34,7 +36,7 @@ extension SimulatedKernel {
             fd = memfd
         }
         state.memories[id] = GuestMemoryRecord(id: id, name: name, size: size, backing: backing, pageSize: pageSize,
-                                               userVA: userVA, vaMapped: true, fd: fd)
+                                               userVA: userVA, vaMapped: backing == .anonymous, fd: fd)
         return GuestMemory(file: fd.map { KernelFile(fd: $0) }, userVA: userVA, size: size)
     }
 
@@ -59,6 +61,13 @@ extension SimulatedKernel {
 
     /// munmap of the region and close of its memfd. Pinned pages stay with their mappings.
     func releaseGuestMemoryImpl(_ memory: GuestMemory) -> Errno? {
+        if let file = memory.file {
+            guard case .memfd(let id)? = state.files[file.fd] else { return .EBADF }
+            _ = closeFD(file.fd)
+            state.memories[id]?.vaMapped = false
+            collectGuestMemory()
+            return nil
+        }
         guard let record = state.memories.values.first(where: { $0.vaMapped && $0.userVA == memory.userVA }) else { return .EINVAL }
         state.memories[record.id]?.vaMapped = false
         if let file = memory.file, state.files[file.fd] == .memfd(memory: record.id) { _ = closeFD(file.fd) }

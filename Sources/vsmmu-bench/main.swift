@@ -2,12 +2,16 @@ import Foundation
 import VsmmuKernel
 import VsmmuModel
 import VsmmuYAML
+import VsmmuExecutor
+import VsmmuPlanner
+import VsmmuSim
 
 /// vsmmu-bench: speed and memory figures, in a release build, never as unit tests.
 ///   swift run -c release vsmmu-bench compile [--devices N] [--guests N] [--repeat N]
 ///   swift run -c release vsmmu-bench generate --devices N --guests N DIR
 let usage = """
 usage: vsmmu-bench compile [--devices 10000] [--guests 1250] [--repeat 15]
+       vsmmu-bench plan [--devices 10000] [--guests 1250]   (plan from empty, apply, converged re-plan)
        vsmmu-bench generate [--devices N] [--guests N] DIR   (writes topology.yaml and host.yaml)
 """
 
@@ -104,6 +108,39 @@ case "compile":
     print("semantic validate vs host    \(fmt(validate))   (target < 200 ms)")
     print("file to validated, in all    \(fmt(total))")
     print("peak RSS                     \(String(format: "%8.1f MiB", peakRSSMiB()))   (target < 150 MiB)")
+
+case "plan":
+    // One size per process, so peak RSS is this size's.
+    let host = gen.host()
+    let source = SourceText(path: "bench.yaml", bytes: Array(gen.topologyYAML().utf8))
+    guard let topology = try? Topology.parse(source) else { print("generated topology does not parse"); exit(1) }
+    let clock = ContinuousClock()
+    var validation: ValidationResult!
+    let tValidate = seconds(clock.measure { validation = Validator.validate(topology, host: host) })
+    guard validation.isValid else { print("invalid: \(validation.diagnostics.prefix(3))"); exit(1) }
+    let sim = SimulatedKernel(host: host, environment: [:])
+    let dir = NSTemporaryDirectory() + "vsmmu-bench-\(getpid())"
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let store = try StateStore(directory: dir)
+    var plan: Plan!
+    let tPlan = try seconds(clock.measure {
+        plan = try Pipeline.plan(topology, validation: validation, port: sim, host: sim.currentHost, store: store, simulated: true)
+    })
+    let rssPlan = peakRSSMiB()
+    let tApply = try seconds(clock.measure { try Pipeline.apply(plan, port: sim, store: store) })
+    let applied = sim.mutatingCalls
+    var again: Plan!
+    let tReplan = try seconds(clock.measure {
+        again = try Pipeline.plan(topology, validation: validation, port: sim, host: sim.currentHost, store: store, simulated: true)
+    })
+    let n = topology.guests.reduce(0) { $0 + $1.allDevices.count }
+    print("\(n) devices over \(topology.guests.count) guests")
+    print("  validate                 \(fmt(tValidate))")
+    print("  plan from empty          \(fmt(tPlan))   \(plan.operations.count) operations, \(plan.changes.count) resources   (target < 500 ms)")
+    print("  apply (journaled, fsync) \(fmt(tApply))   \(applied) mutating calls")
+    print("  converged re-plan        \(fmt(tReplan))   \(again.operations.count) operations, \(sim.mutatingCalls - applied) mutating calls   (target 0, < 500 ms)")
+    print("  peak RSS after plan      \(String(format: "%8.1f MiB", rssPlan))")
+    print("  peak RSS at the end      \(String(format: "%8.1f MiB", peakRSSMiB()))   (target < 300 MiB)")
 
 default:
     print(usage)

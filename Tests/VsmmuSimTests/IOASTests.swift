@@ -10,6 +10,7 @@ import VsmmuKernel
         let a = try Bound(k, Fixture.gpuVfio)
         let s2 = try a.s2()
         let memory = try k.createGuestMemory(name: "ram", size: 0x20_0000, backing: .memfd, hugepageSize: nil)
+        let file = try #require(memory.file)   // memfd memory goes into the IOAS by MAP_FILE
         // The S2 alone: everything below 2^48, PAGE_SIZE alignment.
         var ranges = try k.ioasIovaRanges(a.fd, ioas: a.ioas)
         #expect(ranges.alignment == 4096)
@@ -17,8 +18,8 @@ import VsmmuKernel
         _ = try k.attach(a.dev, ptID: s2)
         ranges = try k.ioasIovaRanges(a.fd, ioas: a.ioas)
         #expect(ranges.ranges == [IovaRange(start: 0, last: 0x7FF_FFFF), IovaRange(start: 0x810_0000, last: (1 << 48) - 1)])
-        #expect(errnoOf { try k.ioasMap(a.fd, ioas: a.ioas, flags: rw, source: .userVA(memory.userVA), length: 0x20_0000, iova: 0x7F0_0000) } == .EINVAL)
-        #expect(try k.ioasMap(a.fd, ioas: a.ioas, flags: rw, source: .userVA(memory.userVA), length: 0x10_0000, iova: 0x810_0000) == 0x810_0000)
+        #expect(errnoOf { try k.ioasMap(a.fd, ioas: a.ioas, flags: rw, source: .file(file, offset: 0), length: 0x20_0000, iova: 0x7F0_0000) } == .EINVAL)
+        #expect(try k.ioasMap(a.fd, ioas: a.ioas, flags: rw, source: .file(file, offset: 0), length: 0x10_0000, iova: 0x810_0000) == 0x810_0000)
         // Detaching gives the window back.
         try k.detach(a.dev)
         #expect(try k.ioasIovaRanges(a.fd, ioas: a.ioas).ranges.count == 1)
@@ -52,21 +53,24 @@ import VsmmuKernel
         let k = makeKernel()
         let b = try Bound(k, Fixture.nicB)   // oas 44
         let memory = try k.createGuestMemory(name: "ram", size: 0x20_0000, backing: .memfd, hugepageSize: nil)
+        let file = try #require(memory.file)   // memfd memory goes into the IOAS by MAP_FILE
         let top: UInt64 = 1 << 44
         // Mapped before the S2 exists: the S2 cannot join (EADDRINUSE).
-        _ = try k.ioasMap(b.fd, ioas: b.ioas, flags: rw, source: .userVA(memory.userVA), length: 0x20_0000, iova: top - 0x10_0000)
+        _ = try k.ioasMap(b.fd, ioas: b.ioas, flags: rw, source: .file(file, offset: 0), length: 0x20_0000, iova: top - 0x10_0000)
         #expect(errnoOf { try b.s2() } == .EADDRINUSE)
         _ = try k.ioasUnmap(b.fd, ioas: b.ioas, iova: 0, length: UInt64.max)
         _ = try b.s2()
-        #expect(errnoOf { try k.ioasMap(b.fd, ioas: b.ioas, flags: rw, source: .userVA(memory.userVA), length: 0x20_0000, iova: top - 0x10_0000) } == .EINVAL)
-        #expect(try k.ioasMap(b.fd, ioas: b.ioas, flags: rw, source: .userVA(memory.userVA), length: 0x20_0000, iova: top - 0x20_0000) == top - 0x20_0000)
+        #expect(errnoOf { try k.ioasMap(b.fd, ioas: b.ioas, flags: rw, source: .file(file, offset: 0), length: 0x20_0000, iova: top - 0x10_0000) } == .EINVAL)
+        #expect(try k.ioasMap(b.fd, ioas: b.ioas, flags: rw, source: .file(file, offset: 0), length: 0x20_0000, iova: top - 0x20_0000) == top - 0x20_0000)
     }
 
     @Test func mapArgumentChecksInKernelOrder() throws {
         let k = makeKernel()
         let a = try Bound(k, Fixture.gpuVfio)
         _ = try a.s2()
-        let memory = try k.createGuestMemory(name: "ram", size: 0x40_0000, backing: .memfd, hugepageSize: nil)
+        // IOMMU_IOAS_MAP needs memory with a user VA (anonymous); MAP_FILE below uses a memfd.
+        let memory = try k.createGuestMemory(name: "ram", size: 0x40_0000, backing: .anonymous, hugepageSize: nil)
+        let memfdMemory = try k.createGuestMemory(name: "ramfd", size: 0x40_0000, backing: .memfd, hugepageSize: nil)
         let va = memory.userVA
         func map(_ flags: UInt32 = rw, _ source: MapSource? = nil, length: UInt64 = 0x10_0000, iova: UInt64 = 0x4000_0000, ioas: ObjectID? = nil) -> Errno? {
             errnoOf { try k.ioasMap(a.fd, ioas: ioas ?? a.ioas, flags: flags, source: source ?? .userVA(va), length: length, iova: iova) }
@@ -83,7 +87,7 @@ import VsmmuKernel
         #expect(map() == nil)
         #expect(map(iova: 0x4008_0000) == .EEXIST)                  // overlaps the first mapping
         // MAP_FILE: a closed fd is EBADF; the memfd works.
-        guard let file = memory.file else { Issue.record("no memfd"); return }
+        guard let file = memfdMemory.file else { Issue.record("no memfd"); return }
         #expect(map(rw, .file(KernelFile(fd: 99), offset: 0), iova: 0x8000_0000) == .EBADF)
         #expect(map(rw, .file(file, offset: 0x30_0000), length: 0x20_0000, iova: 0x8000_0000) == .EFAULT)   // beyond the memfd
         #expect(map(rw, .file(file, offset: 0x10_0000), iova: 0x8000_0000) == nil)
@@ -139,23 +143,52 @@ import VsmmuKernel
 
     @Test func guestMemoryPlacementAndRelease() throws {
         let k = makeKernel()
+        // memfd and hugetlbfs memory is not mapped in this process (§2.7, §9.16): no VA, a memfd.
         let a = try k.createGuestMemory(name: "a", size: 0x20_0000, backing: .memfd, hugepageSize: nil)
         let b = try k.createGuestMemory(name: "b", size: 0x4000_0000, backing: .hugetlbfs, hugepageSize: 1 << 30)
+        for memory in [a, b] {
+            #expect(memory.userVA == 0)
+            let file = try #require(memory.file)
+            #expect(try k.openFiles().first { $0.fd == file.fd }?.kind == .memfd)
+        }
+        // Anonymous memory gets a VA: first fit from the mmap base (memfd memory takes none of
+        // it), page aligned (at least 2 MiB, or the huge page size), a guard page between regions.
         let c = try k.createGuestMemory(name: "c", size: 0x1000, backing: .anonymous, hugepageSize: nil)
-        #expect(c.file == nil)
-        #expect(b.userVA % (1 << 30) == 0)
-        let spans = [a, b, c].map { ($0.userVA, $0.userVA + $0.size - 1) }.sorted { $0.0 < $1.0 }
-        for (first, second) in zip(spans, spans.dropFirst()) { #expect(first.1 < second.0) }
-        #expect(errnoOf { try k.createGuestMemory(name: "d", size: 0x1000, backing: .hugetlbfs, hugepageSize: nil) } == .EINVAL)
-        #expect(errnoOf { try k.createGuestMemory(name: "d", size: 0, backing: .memfd, hugepageSize: nil) } == .EINVAL)
+        let d = try k.createGuestMemory(name: "d", size: 0x4000_0000, backing: .anonymous, hugepageSize: 1 << 30)
+        let e = try k.createGuestMemory(name: "e", size: 0x20_0000, backing: .anonymous, hugepageSize: nil)
+        #expect(c.userVA == 0x7F00_0000_0000)
+        for memory in [c, d, e] {
+            #expect(memory.file == nil)
+            #expect(memory.userVA >= 0x7F00_0000_0000)
+            #expect(memory.userVA % (2 << 20) == 0)
+        }
+        #expect(d.userVA % (1 << 30) == 0)
+        let spans = [c, d, e].map { ($0.userVA, $0.userVA + $0.size - 1) }.sorted { $0.0 < $1.0 }
+        for (first, second) in zip(spans, spans.dropFirst()) { #expect(first.1 + 0x1000 < second.0) }
+        #expect(errnoOf { try k.createGuestMemory(name: "f", size: 0x1000, backing: .hugetlbfs, hugepageSize: nil) } == .EINVAL)
+        #expect(errnoOf { try k.createGuestMemory(name: "f", size: 0, backing: .memfd, hugepageSize: nil) } == .EINVAL)
+        #expect(k.state.memories.count == 5)
         // A mapping keeps released memory alive (its pages are pinned).
         let dev = try Bound(k, Fixture.gpuVfio)
         _ = try dev.s2()
-        _ = try k.ioasMap(dev.fd, ioas: dev.ioas, flags: rw, source: .userVA(a.userVA), length: a.size, iova: 0x4000_0000)
+        let aFile = try #require(a.file)
+        _ = try k.ioasMap(dev.fd, ioas: dev.ioas, flags: rw, source: .file(aFile, offset: 0), length: a.size, iova: 0x4000_0000)
+        _ = try k.ioasMap(dev.fd, ioas: dev.ioas, flags: rw, source: .userVA(e.userVA), length: e.size, iova: 0x8000_0000)
+        // Release of memfd memory closes its memfd: MAP_FILE of it is EBADF.
         k.releaseGuestMemory(a)
+        #expect(k.state.memories.count == 5)
+        #expect(k.state.files[aFile.fd] == nil)
+        #expect(errnoOf { try k.ioasMap(dev.fd, ioas: dev.ioas, flags: rw, source: .file(aFile, offset: 0), length: a.size, iova: 0xC000_0000) } == .EBADF)
+        // Release of anonymous memory unmaps it: with a HWPT in the IOAS, mapping its old VA is EFAULT.
+        k.releaseGuestMemory(e)
+        #expect(k.state.memories.count == 5)
+        #expect(errnoOf { try k.ioasMap(dev.fd, ioas: dev.ioas, flags: rw, source: .userVA(e.userVA), length: e.size, iova: 0xC000_0000) } == .EFAULT)
+        // Released memory that no mapping holds goes at once, of either kind.
+        k.releaseGuestMemory(b)
+        k.releaseGuestMemory(c)
         #expect(k.state.memories.count == 3)
-        if let file = a.file { #expect(k.state.files[file.fd] == nil) }
+        if let file = b.file { #expect(k.state.files[file.fd] == nil) }
         _ = try k.ioasUnmap(dev.fd, ioas: dev.ioas, iova: 0, length: UInt64.max)
-        #expect(k.state.memories.count == 2)
+        #expect(k.state.memories.count == 1)
     }
 }

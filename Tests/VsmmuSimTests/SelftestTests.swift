@@ -87,9 +87,10 @@ import VsmmuKernel
         _ = try k.mockDomain(fd, ptID: ioas)
         #expect(try k.ioasIovaRanges(fd, ioas: ioas).ranges == [mockAperture])
         let memory = try k.createGuestMemory(name: "ram", size: 1 << 30, backing: .memfd, hugepageSize: nil)
+        let file = try #require(memory.file)
         // 1 GiB at 0x40000000 ends exactly at the aperture's end; beyond it is reserved.
-        #expect(try k.ioasMap(fd, ioas: ioas, flags: rw, source: .userVA(memory.userVA), length: 1 << 30, iova: 0x4000_0000) == 0x4000_0000)
-        #expect(errnoOf { try k.ioasMap(fd, ioas: ioas, flags: rw, source: .userVA(memory.userVA), length: 0x1000, iova: 0x8000_0000) } == .EINVAL)
+        #expect(try k.ioasMap(fd, ioas: ioas, flags: rw, source: .file(file, offset: 0), length: 1 << 30, iova: 0x4000_0000) == 0x4000_0000)
+        #expect(errnoOf { try k.ioasMap(fd, ioas: ioas, flags: rw, source: .file(file, offset: 0), length: 0x1000, iova: 0x8000_0000) } == .EINVAL)
         #expect(errnoOf { try k.mockDomain(fd, ptID: 99) } == .ENOENT)
         #expect(errnoOf { try k.mockDomainReplace(fd, stdevID: ioas, ptID: ioas) } == .ENOENT)
         // A kernel without CONFIG_IOMMUFD_TEST.
