@@ -2,6 +2,7 @@
 // vsmmu: declarative accelerated-vSMMU provisioning over Linux iommufd.
 // Layering (dependencies point one way, top to bottom):
 //   CYAML (system libyaml) -> VsmmuYAML (composer with marks)
+//   CVsmmuUAPI (own 7.2 uAPI structs, ioctl shim) -> VsmmuLinux (real ioctls, sysfs)
 //   VsmmuKernel (kernel port, errno, uAPI values, PCI addresses)
 //   VsmmuModel (topology/host models, validation, schema)
 //   VsmmuSim (simulated kernel implementing the port)
@@ -27,6 +28,8 @@ let package = Package(
         ),
         .target(name: "VsmmuYAML", dependencies: ["CYAML"]),
         .target(name: "VsmmuKernel"),
+        .target(name: "CVsmmuUAPI"),
+        .target(name: "VsmmuLinux", dependencies: ["CVsmmuUAPI", "VsmmuKernel"]),
         .target(name: "VsmmuModel", dependencies: ["VsmmuYAML", "VsmmuKernel"]),
         .target(name: "VsmmuSim", dependencies: ["VsmmuKernel"]),
         .target(name: "VsmmuPlanner", dependencies: ["VsmmuKernel", "VsmmuModel"]),
@@ -34,7 +37,7 @@ let package = Package(
         .target(
             name: "VsmmuCommands",
             dependencies: [
-                "VsmmuModel", "VsmmuKernel", "VsmmuSim", "VsmmuPlanner", "VsmmuExecutor",
+                "VsmmuModel", "VsmmuKernel", "VsmmuSim", "VsmmuLinux", "VsmmuPlanner", "VsmmuExecutor",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -46,6 +49,7 @@ let package = Package(
         .testTarget(name: "VsmmuYAMLTests", dependencies: ["VsmmuYAML"]),
         .testTarget(name: "VsmmuModelTests", dependencies: ["VsmmuModel", "VsmmuYAML", "VsmmuKernel"]),
         .testTarget(name: "VsmmuSimTests", dependencies: ["VsmmuSim", "VsmmuKernel"]),
+        .testTarget(name: "VsmmuLinuxTests", dependencies: ["VsmmuLinux", "CVsmmuUAPI", "VsmmuKernel", "VsmmuSim"]),
         .testTarget(
             name: "VsmmuPlannerTests",
             dependencies: ["VsmmuPlanner", "VsmmuExecutor", "VsmmuSim", "VsmmuModel", "VsmmuKernel", "VsmmuYAML"]

@@ -51,12 +51,15 @@ public struct HostIOMMU: Hashable, Sendable, Codable {
     public var reservedRegions: [ReservedRegion]
     /// Tegra241 CMDQV: number of vCMDQs per VINTF; nil when absent.
     public var cmdqvVCMDQs: Int?
+    /// Facts `vsmmu host` could not read (no device of this IOMMU bound to vfio-pci):
+    /// their values above are placeholders, and the validator refuses to rely on them.
+    public var unknown: [String]
 
     public init(name: String, type: IOMMUType, nesting: Bool, coherent: Bool, ats: Bool, ril: Bool, pasid: Bool,
-                ssidSize: Int, oas: Int, reservedRegions: [ReservedRegion], cmdqvVCMDQs: Int?) {
+                ssidSize: Int, oas: Int, reservedRegions: [ReservedRegion], cmdqvVCMDQs: Int?, unknown: [String] = []) {
         self.name = name; self.type = type; self.nesting = nesting; self.coherent = coherent; self.ats = ats
         self.ril = ril; self.pasid = pasid; self.ssidSize = ssidSize; self.oas = oas
-        self.reservedRegions = reservedRegions; self.cmdqvVCMDQs = cmdqvVCMDQs
+        self.reservedRegions = reservedRegions; self.cmdqvVCMDQs = cmdqvVCMDQs; self.unknown = unknown
     }
 }
 

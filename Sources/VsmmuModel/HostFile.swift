@@ -22,7 +22,11 @@ public enum HostSchema {
         SchemaField("cmdqv", .object([
             SchemaField("vcmdqs", .scalar(.uint(max: 128), description: "vCMDQs per VINTF"), required: true),
         ], description: "present only on NVIDIA Tegra241 CMDQV")),
+        SchemaField("unknown", .array(.scalar(.choice(unknowableFields), description: "a fact"),
+                                      description: "facts vsmmu host could not read (no device of this IOMMU on vfio-pci); their values are placeholders")),
     ], description: "a physical IOMMU instance")
+
+    public static let unknowableFields = ["nesting", "coherent", "ats", "ril", "pasid", "ssidSize", "oas"]
 
     public static let pciDevice: SchemaType = .object([
         SchemaField("address", .scalar(.pciAddress, description: "domain:bus:slot.function"), required: true),
@@ -68,7 +72,8 @@ extension HostDescription {
                 reservedRegions: (c["reservedRegions"]?.array ?? []).map {
                     ReservedRegion(start: $0["start"]?.uint ?? 0, size: $0["size"]?.uint ?? 0, type: $0["type"]?.string ?? "reserved")
                 },
-                cmdqvVCMDQs: c["cmdqv"]?["vcmdqs"]?.uint.map { Int($0) })
+                cmdqvVCMDQs: c["cmdqv"]?["vcmdqs"]?.uint.map { Int($0) },
+                unknown: (c["unknown"]?.array ?? []).compactMap(\.string))
         }
         let devices = (root["pciDevices"]?.array ?? []).compactMap { c -> HostPCIDevice? in
             guard case .pci(let address)? = c["address"]?.value else { return nil }
@@ -107,6 +112,7 @@ extension HostDescription {
                 }
             }
             if let q = i.cmdqvVCMDQs { o += "    cmdqv: { vcmdqs: \(q) }\n" }
+            if !i.unknown.isEmpty { o += "    unknown: [\(i.unknown.joined(separator: ", "))]\n" }
         }
         o += pciDevices.isEmpty ? "pciDevices: []\n" : "pciDevices:\n"
         for d in pciDevices {

@@ -354,6 +354,17 @@ public struct Validator {
     mutating func resolve(_ s: VSMMU, guest: Guest, iommu: HostIOMMU) {
         let nameMark = s.fieldMarks["name"] ?? s.mark
         let at = s.fieldMarks["physical"] ?? nameMark
+        var needed: [String] = ["nesting", "coherent"]
+        if s.ats == .auto { needed.append("ats") }
+        if s.ril == .auto { needed.append("ril") }
+        if s.ssidSize == .auto { needed += ["ssidSize", "pasid"] }
+        if s.oas == .auto { needed.append("oas") }
+        let unknownNeeded = needed.filter { iommu.unknown.contains($0) }
+        if !unknownNeeded.isEmpty {
+            bag.error("physical IOMMU \(iommu.name): \(unknownNeeded.joined(separator: ", ")) unknown (the host description could not read them)", at: at,
+                      hint: "bind one device of this IOMMU to vfio-pci and run `vsmmu host` again, or set the vSMMU's values explicitly")
+            return
+        }
         guard iommu.type == .armSMMUv3 || iommu.type == .selftest else {
             if !iommu.nesting {
                 bag.error("physical IOMMU \(iommu.name) (\(iommu.type.rawValue)) has no nesting support, which an accelerated vSMMU needs", at: at,

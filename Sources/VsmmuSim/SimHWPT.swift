@@ -11,7 +11,7 @@ let vsteWord0Allowed: UInt64 = 0xF80F_FFFF_FFFF_FFFF
 let vsteWord1Allowed: UInt64 = 0x0000_0000_3800_00FF
 
 extension SimulatedKernel {
-    func hostIOMMU(_ name: String) -> HostIOMMU? { state.iommus.first { $0.name == name } }
+    func hostIOMMU(_ name: String) -> HostIOMMU? { indexes.iommuPositions[name].map { state.iommus[$0] } }
 
     /// The IOMMU instance a device object sits behind.
     func iommu(of device: DeviceObject) throws(Refusal) -> HostIOMMU {

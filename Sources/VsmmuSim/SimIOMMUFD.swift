@@ -8,9 +8,7 @@ extension SimulatedKernel {
 
     /// Lowest free fd number from 3, as open(2) would give (0–2 are stdio).
     func allocateFD() -> Int32 {
-        var fd: Int32 = 3
-        while state.files[fd] != nil { fd += 1 }
-        return fd
+        indexes.lowestFreeFD { state.files[$0] != nil }
     }
 
     /// The context behind an fd used for an iommufd ioctl.
@@ -31,21 +29,14 @@ extension SimulatedKernel {
     /// Is anything still holding the context: its /dev/iommu fd, a bound cdev, an
     /// open vEVENTQ fd (§4.4)?
     func contextReferenced(_ cid: Int) -> Bool {
-        state.files.values.contains { file in
-            switch file {
-            case .iommufd(let c): return c == cid
-            case .vfioDevice(let vfio): return vfio.context == cid
-            case .veventq(let c, _): return c == cid
-            case .memfd: return false
-            }
-        }
+        indexes.isContextReferenced(cid)
     }
 
     /// When the last reference goes the kernel destroys every object of the context
     /// (§4.4); its mappings release their pinned memory.
     func releaseContextIfUnreferenced(_ cid: Int) {
         guard state.contexts[cid] != nil, !contextReferenced(cid) else { return }
-        state.contexts[cid] = nil
+        removeContext(cid)
         collectGuestMemory()
     }
 
@@ -53,7 +44,7 @@ extension SimulatedKernel {
     /// fd that is not open (close(2) would too; the port's close calls cannot throw).
     func closeFD(_ fd: Int32) -> Errno? {
         guard let file = state.files[fd] else { return .EBADF }
-        state.files[fd] = nil
+        setFile(fd, nil)
         switch file {
         case .iommufd(let cid):
             // §4.4: closing the iommufd while cdevs or event fds hold it changes nothing.
@@ -73,7 +64,7 @@ extension SimulatedKernel {
             }
             releaseContextIfUnreferenced(cid)
         case .memfd(let memory):
-            state.memories[memory]?.fd = nil
+            updateMemory(memory) { $0.fd = nil }
             collectGuestMemory()
         }
         return nil
@@ -83,9 +74,10 @@ extension SimulatedKernel {
         guard hasIommufd else { throw Refusal(.ENOENT, "/dev/iommu does not exist (kernel without IOMMUFD)") }
         let cid = state.nextContext
         state.nextContext += 1
+        removeContext(cid)   // (never there: context numbers are not reused)
         state.contexts[cid] = IommufdContext()
         let fd = allocateFD()
-        state.files[fd] = .iommufd(context: cid)
+        setFile(fd, .iommufd(context: cid))
         return fd
     }
 
@@ -93,9 +85,15 @@ extension SimulatedKernel {
 
     func object(_ cid: Int, _ id: ObjectID) -> SimObject? { state.contexts[cid]?.objects[id] }
 
-    func setObject(_ cid: Int, _ id: ObjectID, _ value: SimObject) { state.contexts[cid]?.objects[id] = value }
+    func setObject(_ cid: Int, _ id: ObjectID, _ value: SimObject) {
+        guard let old = state.contexts[cid]?.objects.updateValue(value, forKey: id) else { return }   // no such context
+        indexes.objectChanged(from: old, to: value)
+    }
 
-    func removeObject(_ cid: Int, _ id: ObjectID) { state.contexts[cid]?.objects[id] = nil }
+    func removeObject(_ cid: Int, _ id: ObjectID) {
+        guard let old = state.contexts[cid]?.objects.removeValue(forKey: id) else { return }
+        indexes.objectChanged(from: old, to: nil)
+    }
 
     func objects(_ cid: Int) -> [(id: ObjectID, object: SimObject)] {
         (state.contexts[cid]?.objects ?? [:]).sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
@@ -281,7 +279,7 @@ extension SimulatedKernel {
     }
 
     func deviceReservedRanges(iommu: String) -> [IovaRange] {
-        guard let hostIOMMU = state.iommus.first(where: { $0.name == iommu }) else { return [] }
+        guard let hostIOMMU = hostIOMMU(iommu) else { return [] }
         return hostIOMMU.reservedRegions
             .filter { $0.type != "direct-relaxable" && $0.size > 0 && $0.start <= UInt64.max - ($0.size - 1) }
             .map { IovaRange(start: $0.start, last: $0.last) }
@@ -421,7 +419,7 @@ extension SimulatedKernel {
         switch mapping.source {
         case .userVA(let va, _):
             let last = va + (mapping.length - 1)
-            guard let memory = state.memories.values.first(where: { $0.vaMapped && va >= $0.userVA && last <= $0.lastVA }) else {
+            guard let memoryID = indexes.liveMemory(covering: va, through: last), let memory = state.memories[memoryID] else {
                 throw Refusal(.EFAULT, "user VA [\(hex(va)), \(hex(last))] is not mapped in the process")
             }
             pinned.source = .userVA(va, memory: memory.id)

@@ -32,11 +32,11 @@ extension SimulatedKernel {
         var fd: Int32?
         if backing != .anonymous {
             let memfd = allocateFD()
-            state.files[memfd] = .memfd(memory: id)
+            setFile(memfd, .memfd(memory: id))
             fd = memfd
         }
-        state.memories[id] = GuestMemoryRecord(id: id, name: name, size: size, backing: backing, pageSize: pageSize,
-                                               userVA: userVA, vaMapped: backing == .anonymous, fd: fd)
+        setMemory(id, GuestMemoryRecord(id: id, name: name, size: size, backing: backing, pageSize: pageSize,
+                                         userVA: userVA, vaMapped: backing == .anonymous, fd: fd))
         return GuestMemory(file: fd.map { KernelFile(fd: $0) }, userVA: userVA, size: size)
     }
 
@@ -44,7 +44,7 @@ extension SimulatedKernel {
     /// between regions, aligned to the huge page size (at least 2 MiB).
     private func placeGuestMemory(size: UInt64, alignment: UInt64) throws(Refusal) -> UInt64 {
         guard size <= userVALast - guestVABase else { throw Refusal(.ENOMEM, "no room for \(hex(size)) bytes in the address space") }
-        let live = state.memories.values.filter(\.vaMapped).sorted { $0.userVA < $1.userVA }
+        let live = indexes.liveRegions   // the mapped memories, by address
         var candidate = alignUp(guestVABase, alignment).0
         for region in live {
             // The region blocks [start - guard page, last + guard page].
@@ -64,33 +64,33 @@ extension SimulatedKernel {
         if let file = memory.file {
             guard case .memfd(let id)? = state.files[file.fd] else { return .EBADF }
             _ = closeFD(file.fd)
-            state.memories[id]?.vaMapped = false
+            updateMemory(id) { $0.vaMapped = false }
             collectGuestMemory()
             return nil
         }
-        guard let record = state.memories.values.first(where: { $0.vaMapped && $0.userVA == memory.userVA }) else { return .EINVAL }
-        state.memories[record.id]?.vaMapped = false
+        guard let id = indexes.liveMemory(startingAt: memory.userVA), let record = state.memories[id] else { return .EINVAL }
+        updateMemory(record.id) { $0.vaMapped = false }
         if let file = memory.file, state.files[file.fd] == .memfd(memory: record.id) { _ = closeFD(file.fd) }
         collectGuestMemory()
         return nil
     }
 
     /// Forget memory nothing holds any more: not mapped, memfd closed, no IOAS mapping.
+    /// Only the memories that may have been let go since the last collection are looked
+    /// at (`SimIndexes.collectable`, a superset of the collectable ones).
     func collectGuestMemory() {
-        var referenced = Set<Int>()
-        for context in state.contexts.values {
-            for object in context.objects.values {
-                if case .ioas(let ioas) = object { referenced.formUnion(ioas.mappings.compactMap(\.memoryID)) }
-            }
-        }
-        for (id, record) in state.memories where !record.vaMapped && record.fd == nil && !referenced.contains(id) {
-            state.memories[id] = nil
+        guard !indexes.collectable.isEmpty else { return }
+        let candidates = indexes.collectable
+        indexes.collectable = []
+        for id in candidates {
+            guard let record = state.memories[id] else { continue }
+            if !record.vaMapped && record.fd == nil && !indexes.isMemoryReferenced(id) { setMemory(id, nil) }
         }
     }
 
     func processExitImpl() {
         for fd in state.files.keys.sorted() { _ = closeFD(fd) }
-        for id in state.memories.keys { state.memories[id]?.vaMapped = false }
+        for id in state.memories.keys.sorted() { updateMemory(id) { $0.vaMapped = false } }
         collectGuestMemory()
     }
 }

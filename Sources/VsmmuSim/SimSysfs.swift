@@ -14,33 +14,34 @@ extension SimulatedKernel {
     /// module is assumed loaded), and every driver a device is or natively was bound to
     /// (a module stays loaded after unbind).
     var loadedDrivers: Set<String> {
-        var drivers: Set<String> = state.kernel.vfioCdev ? ["vfio-pci"] : []
-        for device in state.devices.values {
-            if let driver = device.driver { drivers.insert(driver) }
-            if let native = device.nativeDriver { drivers.insert(native) }
-        }
+        var drivers = Set(indexes.driverRefs.keys)
+        if state.kernel.vfioCdev { drivers.insert("vfio-pci") }
         return drivers
+    }
+
+    /// `loadedDrivers.contains(name)` without building the set.
+    func isDriverLoaded(_ name: String) -> Bool {
+        (state.kernel.vfioCdev && name == "vfio-pci") || indexes.driverRefs[name] != nil
     }
 
     /// vfioN is the lowest free index (§3.1).
     func lowestFreeVfioIndex() -> Int {
-        let used = Set(state.devices.values.compactMap(\.vfioIndex))
-        var index = 0
-        while used.contains(index) { index += 1 }
-        return index
+        indexes.lowestFreeVfioIndex()
     }
 
     /// Some member of the group is bound to an iommufd through its cdev (DMA owned by user space).
     func groupOwnedByIommufd(_ group: Int?) -> Bool {
         guard let group else { return false }
-        return state.files.values.contains { file in
-            if case .vfioDevice(let vfio) = file, vfio.context != nil { return state.devices[vfio.address]?.iommuGroup == group }
-            return false
+        for member in indexes.groupMembers[group] ?? [] {
+            for fd in indexes.cdevFDs[member] ?? [] {
+                if case .vfioDevice(let vfio)? = state.files[fd], vfio.context != nil { return true }
+            }
         }
+        return false
     }
 
     func iommuGroupMembersImpl(_ group: Int) throws(Refusal) -> [PCIAddress] {
-        let members = state.devices.values.filter { $0.iommuGroup == group }.map(\.address).sorted()
+        let members = indexes.sortedMembers(ofGroup: group)
         if members.isEmpty { throw Refusal(.ENOENT, "/sys/kernel/iommu_groups/\(group) does not exist") }
         return members
     }
@@ -67,26 +68,25 @@ extension SimulatedKernel {
         // driver_set_override: the text up to the first newline; empty clears.
         if let newline = value.firstIndex(of: "\n") { value = String(value[..<newline]) }
         device.driverOverride = value.isEmpty ? nil : value
-        state.devices[address] = device
+        setDevice(address, device)
     }
 
     func unbindDriverImpl(_ address: PCIAddress, driver: String) throws(Refusal) {
-        guard loadedDrivers.contains(driver) else { throw Refusal(.ENOENT, "/sys/bus/pci/drivers/\(driver) does not exist") }
+        guard isDriverLoaded(driver) else { throw Refusal(.ENOENT, "/sys/bus/pci/drivers/\(driver) does not exist") }
         guard var device = state.devices[address], device.driver == driver else {
             throw Refusal(.ENODEV, "\(address) is not bound to \(driver)")
         }
         if driver == "vfio-pci" {
             // §3.3/§9.32: vfio-pci's remove waits for every fd of the device to close. The
             // simulation cannot block: it answers EBUSY and says so.
-            let open = state.files.filter { if case .vfioDevice(let v) = $0.value { return v.address == address }; return false }
-            if let fd = open.keys.min() {
+            if let fd = indexes.cdevFDs[address]?.min() {
                 throw Refusal(.EBUSY, "the real kernel would block this write until every fd of the device is closed (fd \(fd) is open)")
             }
             device.vfioIndex = nil
             device.owner = .root
         }
         device.driver = nil
-        state.devices[address] = device
+        setDevice(address, device)
     }
 
     /// drivers_probe (§8): attach a driver if the device has none — the override if set,
@@ -95,7 +95,7 @@ extension SimulatedKernel {
     func driversProbeImpl(_ address: PCIAddress) throws(Refusal) {
         guard var device = state.devices[address] else { throw Refusal(.ENODEV, "no PCI device \(address)") }
         if device.driver != nil { return }
-        guard let driver = device.driverOverride ?? device.nativeDriver, loadedDrivers.contains(driver) else { return }
+        guard let driver = device.driverOverride ?? device.nativeDriver, isDriverLoaded(driver) else { return }
         if driver == "vfio-pci" {
             // vfio-pci refuses non type-0 headers (bridges): probe error, nothing bound.
             if device.isBridge { return }
@@ -111,14 +111,14 @@ extension SimulatedKernel {
             }
             device.driver = driver
         }
-        state.devices[address] = device
+        setDevice(address, device)
     }
 
     func chownImpl(index: Int, uid: UInt32, gid: UInt32) throws(Refusal) {
         guard hasVfioCdev, let device = deviceWithVfioIndex(index) else {
             throw Refusal(.ENOENT, "/dev/vfio/devices/vfio\(index) does not exist")
         }
-        state.devices[device.address]?.owner = VfioOwner(uid: uid, gid: gid)
+        updateDevice(device.address) { $0.owner = VfioOwner(uid: uid, gid: gid) }
     }
 
     // MARK: host description → sysfs
@@ -135,13 +135,12 @@ extension SimulatedKernel {
                                   numaNode: host.numaNode, vfioIndex: nil,
                                   nativeDriver: host.driver == "vfio-pci" ? nil : host.driver, owner: .root)
         if host.driver == "vfio-pci" { device.vfioIndex = lowestFreeVfioIndex() }
-        state.devices[host.address] = device
+        setDevice(host.address, device)
     }
 
     /// Close every open cdev of a device, with close semantics.
     func forceCloseCdevs(_ address: PCIAddress) {
-        let fds = state.files.filter { if case .vfioDevice(let v) = $0.value { return v.address == address }; return false }.keys
-        for fd in fds.sorted() { _ = closeFD(fd) }
+        for fd in indexes.sortedCdevFDs(of: address) { _ = closeFD(fd) }
     }
 
     /// Apply the user's edits of host.yaml (`edited` against `base`, the description last
@@ -149,7 +148,7 @@ extension SimulatedKernel {
     func applyHostEdits(base: HostDescription, edited: HostDescription) {
         if edited.name != base.name { state.hostName = edited.name }
         if edited.kernel != base.kernel { state.kernel = edited.kernel }
-        if edited.iommus != base.iommus { state.iommus = edited.iommus }
+        if edited.iommus != base.iommus { setIOMMUs(edited.iommus) }
         var baseDevices: [PCIAddress: HostPCIDevice] = [:]
         for device in base.pciDevices where baseDevices[device.address] == nil { baseDevices[device.address] = device }
         var editedDevices: [PCIAddress: HostPCIDevice] = [:]
@@ -157,7 +156,7 @@ extension SimulatedKernel {
 
         for address in baseDevices.keys.sorted() where editedDevices[address] == nil {
             forceCloseCdevs(address)
-            state.devices[address] = nil
+            setDevice(address, nil)
             state.ignoredHostDevices.removeAll { $0.address == address }
         }
         for address in editedDevices.keys.sorted() {
@@ -172,7 +171,7 @@ extension SimulatedKernel {
         for device in state.devices.values.sorted(by: { $0.address < $1.address }) {
             if let name = device.iommu, hostIOMMU(name)?.type == .selftest {
                 forceCloseCdevs(device.address)
-                state.devices[device.address] = nil
+                setDevice(device.address, nil)
                 state.ignoredHostDevices.append(device.hostDevice)
             }
         }
@@ -192,7 +191,7 @@ extension SimulatedKernel {
         if old.iommuGroup != new.iommuGroup { device.iommuGroup = new.iommuGroup }
         if old.iommu != new.iommu { device.iommu = new.iommu }
         if old.numaNode != new.numaNode { device.numaNode = new.numaNode }
-        state.devices[new.address] = device
+        setDevice(new.address, device)
         if old.driver != new.driver { setDriverByDrift(new.address, new.driver) }
     }
 
@@ -207,12 +206,15 @@ extension SimulatedKernel {
             device.owner = .root
         }
         device.driver = driver
-        state.devices[address] = device
+        setDevice(address, device)
         if driver == "vfio-pci" {
-            state.devices[address]?.vfioIndex = lowestFreeVfioIndex()
-            state.devices[address]?.owner = .root
+            let index = lowestFreeVfioIndex()
+            updateDevice(address) {
+                $0.vfioIndex = index
+                $0.owner = .root
+            }
         } else if let driver {
-            state.devices[address]?.nativeDriver = driver
+            updateDevice(address) { $0.nativeDriver = driver }
         }
     }
 }

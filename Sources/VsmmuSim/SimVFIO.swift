@@ -8,7 +8,7 @@ let dmaManagingDrivers: Set<String> = ["vfio-pci", "pci-stub", "pcieport"]
 
 extension SimulatedKernel {
     func deviceWithVfioIndex(_ index: Int) -> SimPCIDevice? {
-        state.devices.values.first { $0.vfioIndex == index }
+        indexes.vfioOwner(index).flatMap { state.devices[$0] }
     }
 
     /// The open cdev behind an fd used for a VFIO ioctl.
@@ -28,7 +28,7 @@ extension SimulatedKernel {
         guard hasVfioCdev else { throw Refusal(.ENOENT, "/dev/vfio/devices does not exist (kernel without VFIO_DEVICE_CDEV)") }
         guard let device = deviceWithVfioIndex(index) else { throw Refusal(.ENOENT, "/dev/vfio/devices/vfio\(index) does not exist") }
         let fd = allocateFD()
-        state.files[fd] = .vfioDevice(VfioFile(address: device.address, context: nil, device: nil))
+        setFile(fd, .vfioDevice(VfioFile(address: device.address, context: nil, device: nil)))
         return fd
     }
 
@@ -43,8 +43,8 @@ extension SimulatedKernel {
         }
         guard let pci = state.devices[vfio.address] else { throw Refusal(.ENODEV, "device \(vfio.address) is gone") }
         // §3.3/§9.30: one bind per device system-wide.
-        for (otherFD, file) in state.files where otherFD != fd {
-            if case .vfioDevice(let other) = file, other.address == vfio.address, other.context != nil {
+        for otherFD in indexes.sortedCdevFDs(of: vfio.address) where otherFD != fd {
+            if case .vfioDevice(let other)? = state.files[otherFD], other.context != nil {
                 throw Refusal(.EINVAL, "\(vfio.address) is already bound through fd \(otherFD)")
             }
         }
@@ -56,15 +56,16 @@ extension SimulatedKernel {
         }
         // DMA ownership (§8): the group must not be owned by another iommufd, and no member
         // may be bound to a driver that uses the kernel DMA API.
-        for (_, file) in state.files {
-            if case .vfioDevice(let other) = file, let otherContext = other.context, otherContext != cid,
-               state.devices[other.address]?.iommuGroup == group {
-                throw Refusal(.EPERM, "IOMMU group \(group) is owned by another iommufd (through \(other.address))")
+        let members = indexes.sortedMembers(ofGroup: group)
+        for member in members {
+            for otherFD in indexes.sortedCdevFDs(of: member) {
+                if case .vfioDevice(let other)? = state.files[otherFD], let otherContext = other.context, otherContext != cid {
+                    throw Refusal(.EPERM, "IOMMU group \(group) is owned by another iommufd (through \(other.address))")
+                }
             }
         }
-        for sibling in state.devices.values.sorted(by: { $0.address < $1.address })
-        where sibling.iommuGroup == group && sibling.address != pci.address {
-            if let driver = sibling.driver, !dmaManagingDrivers.contains(driver) {
+        for address in members where address != pci.address {
+            if let sibling = state.devices[address], let driver = sibling.driver, !dmaManagingDrivers.contains(driver) {
                 throw Refusal(.EPERM, "IOMMU group \(group) is not viable: \(sibling.address) is bound to \(driver)")
             }
         }
@@ -72,7 +73,7 @@ extension SimulatedKernel {
         setObject(cid, id, .device(DeviceObject(origin: .vfio(pci.address), iommu: iommuName, group: .pci(group), attached: nil)))
         vfio.context = cid
         vfio.device = id
-        state.files[fd] = .vfioDevice(vfio)
+        setFile(fd, .vfioDevice(vfio))
         return id
     }
 

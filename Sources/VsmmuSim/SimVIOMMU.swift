@@ -148,7 +148,7 @@ extension SimulatedKernel {
         }
         let id = allocateID(cid)
         let eventFD = allocateFD()
-        state.files[eventFD] = .veventq(context: cid, object: id)
+        setFile(eventFD, .veventq(context: cid, object: id))
         setObject(cid, id, .veventq(VEventQObject(viommu: viommuID, type: type, depth: depth, fd: eventFD)))
         return (id, KernelFile(fd: eventFD))
     }

@@ -15,6 +15,8 @@ public final class SimulatedKernel: KernelPort {
     var opCounts: [String: Int] = [:]
     var mutatingCallCount = 0
     var store: SimStore?
+    /// Derived lookup structures over `state` (never persisted; SimIndexes.swift).
+    let indexes = SimIndexes()
 
     /// The fault-injection rules in force (from VSMMU_SIM_FAIL unless set directly).
     public var failRules: [FailRule]
@@ -34,6 +36,7 @@ public final class SimulatedKernel: KernelPort {
     public init(host: HostDescription, environment: [String: String] = ProcessInfo.processInfo.environment) {
         state = SimState(hostName: host.name, kernel: host.kernel, iommus: host.iommus)
         (failRules, delayMS, configurationError) = SimulatedKernel.configure(environment)
+        indexes.rebuild(from: state)
         // First entry wins for a duplicated address; devices are added in PCI address
         // order (the bus scan order), which decides the initial vfio indexes.
         var unique: [PCIAddress: HostPCIDevice] = [:]
@@ -47,6 +50,7 @@ public final class SimulatedKernel: KernelPort {
     init(state: SimState, environment: [String: String]) {
         self.state = state
         (failRules, delayMS, configurationError) = SimulatedKernel.configure(environment)
+        indexes.rebuild(from: state)
     }
 
     private static func configure(_ environment: [String: String]) -> ([FailRule], Int, SimConfigurationError?) {
@@ -281,7 +285,7 @@ public final class SimulatedKernel: KernelPort {
 
     public func driverLoaded(_ name: String) throws(KernelCallError) -> Bool {
         try call("SYSFS_READ_DRIVER", nil, detail: "/sys/bus/pci/drivers/\(name)") { () throws(Refusal) in
-            loadedDrivers.contains(name)
+            isDriverLoaded(name)
         }
     }
 

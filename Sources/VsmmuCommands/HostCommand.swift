@@ -1,0 +1,84 @@
+import ArgumentParser
+import Foundation
+import VsmmuKernel
+import VsmmuLinux
+import VsmmuModel
+
+struct Host: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print the host description (kind Host) of this machine, or of the simulated host.",
+        discussion: """
+        Reads sysfs (PCI devices, drivers, IOMMU groups, reserved regions, /sys/class/iommu) \
+        and, for one device per IOMMU that is already bound to vfio-pci, the IOMMU's \
+        registers (IOMMU_GET_HW_INFO) and two probes in a private iommufd context: a \
+        nest-parent HWPT (nesting) and a vIOMMU (CANWBS or S2FWB). Facts it cannot read are \
+        listed under `unknown`, never guessed. The output is what `--host FILE` takes.
+
+        Example:
+          vsmmu host > host.yaml && vsmmu validate topology.yaml --host host.yaml
+        """)
+
+    enum Format: String, ExpressibleByArgument, CaseIterable { case yaml, json }
+
+    @OptionGroup var kernel: KernelOptions
+
+    @Option(help: "yaml or json.")
+    var format: Format = .yaml
+
+    @Option(help: ArgumentHelp("Where the device nodes are (for tests).", valueName: "DIR", visibility: .hidden))
+    var devRoot: String = "/dev"
+
+    func run() throws {
+        let console = Console.standard()
+        let code = try runReporting(console) {
+            var host: HostDescription
+            var notes: [String] = []
+            if kernel.host != nil {
+                host = try Session.open(kernel).host
+            } else {
+                let linux = LinuxKernel(sysfsRoot: kernel.sysfsRoot, devRoot: devRoot)
+                if !linux.hasIommufd && kernel.sysfsRoot == "/sys" {
+                    throw CommandError(message: "this kernel has no /dev/iommu (it was built without CONFIG_IOMMUFD): there is no iommufd host to describe",
+                                       hint: "describe a simulated host instead: vsmmu host --host examples/hosts/grace-2smmu-cmdqv.yaml")
+                }
+                do {
+                    let r = try HostDiscovery(kernel: linux).describe()
+                    host = r.host
+                    notes = r.notes
+                } catch {
+                    throw CommandError(message: "cannot read this machine's devices: \(error)", hint: "is sysfs mounted at \(kernel.sysfsRoot)?")
+                }
+                if !linux.hasIommufd { notes.insert("no /dev/iommu under \(devRoot): the kernel has no iommufd", at: 0) }
+            }
+            for n in notes { console.error("note: \(n)") }
+            switch format {
+            case .yaml: console.write(host.renderYAML())
+            case .json: console.print(HostJSON.render(host).rendered())
+            }
+            return 0
+        }
+        if code != 0 { throw ExitCode(code) }
+    }
+}
+
+enum HostJSON {
+    static func render(_ h: HostDescription) -> JSONValue {
+        ["apiVersion": "vsmmu/v1", "kind": "Host", "metadata": ["name": .string(h.name)],
+         "kernel": ["release": .string(h.kernel.release), "iommufd": .bool(h.kernel.iommufd), "vfioCdev": .bool(h.kernel.vfioCdev)],
+         "iommus": .array(h.iommus.map { i in
+             var o: [String: JSONValue] = ["name": .string(i.name), "type": .string(i.type.rawValue), "nesting": .bool(i.nesting),
+                                           "coherent": .bool(i.coherent), "ats": .bool(i.ats), "ril": .bool(i.ril), "pasid": .bool(i.pasid),
+                                           "ssidSize": .int(Int64(i.ssidSize)), "oas": .int(Int64(i.oas)),
+                                           "reservedRegions": .array(i.reservedRegions.map { ["start": .uint($0.start), "size": .uint($0.size), "type": .string($0.type)] })]
+             if let q = i.cmdqvVCMDQs { o["cmdqv"] = ["vcmdqs": .int(Int64(q))] }
+             if !i.unknown.isEmpty { o["unknown"] = .array(i.unknown.map { .string($0) }) }
+             return .object(o)
+         }),
+         "pciDevices": .array(h.pciDevices.map { d in
+             ["address": .string(d.address.description), "vendor": .int(Int64(d.vendor)), "device": .int(Int64(d.device)),
+              "class": .int(Int64(d.classCode)), "driver": d.driver.map { .string($0) } ?? .null,
+              "iommuGroup": d.iommuGroup.map { .int(Int64($0)) } ?? .null, "iommu": d.iommu.map { .string($0) } ?? .null,
+              "numaNode": .int(Int64(d.numaNode))]
+         })]
+    }
+}

@@ -1,0 +1,165 @@
+#if os(Linux)
+import Foundation
+import Glibc
+import VsmmuKernel
+
+/// Decoded IOMMU registers (reference §5.1, §5.8, §6).
+public struct IOMMUFeatures: Hashable, Sendable {
+    public var nesting: Bool?
+    public var coherent: Bool?
+    public var ats: Bool?
+    public var ril: Bool?
+    public var pasid: Bool?
+    public var ssidSize: Int?
+    public var oas: Int?
+    public var vcmdqs: Int?
+
+    /// ARM SMMUv3 `iommu_hw_info_arm_smmuv3` (40 bytes: flags, reserved, idr[6], iidr, aidr).
+    public static func armSMMUv3(_ data: [UInt8], maxPasidLog2: UInt8, capabilities: UInt64) -> IOMMUFeatures? {
+        guard data.count >= 40 else { return nil }
+        func u32(_ off: Int) -> UInt32 { (0..<4).reduce(0) { $0 | UInt32(data[off + $1]) << (8 * UInt32($1)) } }
+        let idr0 = u32(8), idr1 = u32(12), idr3 = u32(20), idr5 = u32(28)
+        let oasCodes = [0: 32, 1: 36, 2: 40, 3: 42, 4: 44, 5: 48, 6: 52]
+        var f = IOMMUFeatures()
+        // Necessary, not sufficient (errata): the NEST_PARENT probe decides (§9.23).
+        f.nesting = idr0 & 0x3 == 0x3
+        // S2FWB makes a vIOMMU possible; without it, only the CANWBS firmware flag can (probe).
+        f.coherent = idr3 & (1 << 8) != 0 ? true : nil
+        f.ats = idr0 & (1 << 10) != 0 && capabilities & UAPI.hwCapPCIATSNotSupported == 0
+        f.ril = idr3 & (1 << 10) != 0
+        f.ssidSize = Int(idr1 >> 6 & 0x1f)
+        f.pasid = f.ssidSize! > 0
+        f.oas = oasCodes[Int(idr5 & 0x7)] ?? 48
+        return f
+    }
+
+    /// Intel `iommu_hw_info_vtd`: cap at 8, ecap at 16.
+    public static func intelVTd(_ data: [UInt8]) -> IOMMUFeatures? {
+        guard data.count >= 24 else { return nil }
+        func u64(_ off: Int) -> UInt64 { (0..<8).reduce(0) { $0 | UInt64(data[off + $1]) << (8 * UInt64($1)) } }
+        let cap = u64(8), ecap = u64(16)
+        var f = IOMMUFeatures()
+        f.nesting = ecap & (1 << 26) != 0          // ecap.NEST
+        f.coherent = ecap & 1 != 0                 // ecap.C (page-walk coherency)
+        f.ats = ecap & (1 << 2) != 0               // ecap.DT (device TLB)
+        f.pasid = ecap & (1 << 40) != 0            // ecap.PASID
+        f.ssidSize = f.pasid! ? Int(ecap >> 35 & 0x1f) + 1 : 0   // ecap.PSS + 1
+        f.ril = false
+        f.oas = Int(cap >> 16 & 0x3f) + 1          // cap.MGAW + 1
+        return f
+    }
+}
+
+/// `vsmmu host`: the Host description of this machine (SPEC §3), from sysfs and, for one
+/// device per IOMMU that is already on vfio-pci, GET_HW_INFO and two probes in a private
+/// iommufd context (everything in it dies with the fd). What cannot be known without a
+/// bound device is listed under `unknown`, never guessed.
+public struct HostDiscovery {
+    public let kernel: LinuxKernel
+    public init(kernel: LinuxKernel) { self.kernel = kernel }
+
+    public struct Result {
+        public var host: HostDescription
+        public var notes: [String]
+    }
+
+    public func describe() throws(KernelCallError) -> Result {
+        var notes: [String] = []
+        var uts = utsname()
+        uname(&uts)
+        let release = withUnsafeBytes(of: &uts.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let hostname = withUnsafeBytes(of: &uts.nodename) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let devices = try kernel.pciDevices()
+        var iommus: [HostIOMMU] = []
+        for name in kernel.sysfs.iommuNames() {
+            let behind = devices.filter { $0.iommu == name }
+            var regions: [ReservedRegion] = []
+            for g in Set(behind.compactMap(\.iommuGroup)).sorted() {
+                for r in kernel.sysfs.reservedRegions(group: g) {
+                    let rr = ReservedRegion(start: r.start, size: r.last &- r.start &+ 1, type: r.type)
+                    if !regions.contains(rr) { regions.append(rr) }
+                }
+            }
+            let type: IOMMUType = name.hasPrefix("smmu3.") ? .armSMMUv3 : name.hasPrefix("dmar") ? .intelVTd : name.hasPrefix("ivhd") ? .amdVi : .selftest
+            var f = IOMMUFeatures()
+            if kernel.hasIommufd, let probe = behind.first(where: { $0.driver == "vfio-pci" && $0.vfioDevIndex != nil }) {
+                do { f = try probeFeatures(probe, type: type) } catch {
+                    notes.append("\(name): probing through \(probe.address) failed: \(error)")
+                }
+            } else {
+                notes.append("\(name): no device behind it is bound to vfio-pci, so its features cannot be read (GET_HW_INFO needs a bound device); bind one and run `vsmmu host` again")
+            }
+            var unknown: [String] = []
+            func known<T>(_ v: T?, _ field: String, _ fallback: T) -> T {
+                if let v { return v }
+                unknown.append(field)
+                return fallback
+            }
+            let iommu = HostIOMMU(
+                name: name, type: type,
+                nesting: known(f.nesting, "nesting", false), coherent: known(f.coherent, "coherent", false),
+                ats: known(f.ats, "ats", false), ril: known(f.ril, "ril", false), pasid: known(f.pasid, "pasid", false),
+                ssidSize: known(f.ssidSize, "ssidSize", 0), oas: known(f.oas, "oas", 48),
+                reservedRegions: regions.sorted { $0.start < $1.start }, cmdqvVCMDQs: f.vcmdqs, unknown: unknown)
+            iommus.append(iommu)
+        }
+        if kernel.hasIommufd, let selftest = probeSelftest() { iommus.append(selftest) }
+        let pci = devices.map { d in
+            HostPCIDevice(address: d.address, vendor: d.vendor, device: d.device, classCode: d.classCode, driver: d.driver,
+                          iommuGroup: d.iommuGroup, iommu: d.iommu, numaNode: d.numaNode)
+        }
+        return Result(host: HostDescription(name: hostname, kernel: KernelFacts(release: release, iommufd: kernel.hasIommufd, vfioCdev: kernel.hasVfioCdev),
+                                            iommus: iommus, pciDevices: pci), notes: notes)
+    }
+
+    /// GET_HW_INFO and the nesting/vIOMMU probes, in a throwaway context.
+    func probeFeatures(_ d: SysfsPCIDevice, type: IOMMUType) throws(KernelCallError) -> IOMMUFeatures {
+        let ctx = try kernel.openIommufd()
+        defer { kernel.close(ctx) }
+        let dev = try kernel.openVfioDevice(index: d.vfioDevIndex!)
+        defer { kernel.close(dev) }
+        let devID = try kernel.bindIommufd(dev, iommufd: ctx)
+        let info = try kernel.getHwInfo(ctx, devID: devID, requestType: nil)
+        switch info.dataType {
+        case UAPI.hwInfoARMSMMUv3:
+            guard var f = IOMMUFeatures.armSMMUv3(info.data, maxPasidLog2: info.maxPasidLog2, capabilities: info.capabilities) else { return IOMMUFeatures() }
+            let ioas = try kernel.ioasAlloc(ctx)
+            // Nesting for real: errata can hide it behind set IDR bits (§9.23).
+            do {
+                let s2 = try kernel.hwptAlloc(ctx, flags: UAPI.hwptAllocNestParent, devID: devID, ptID: ioas, dataType: 0, data: [])
+                f.nesting = true
+                // vIOMMU possible = nesting and (CANWBS or S2FWB): the only way to see CANWBS.
+                do {
+                    let v = try kernel.viommuAlloc(ctx, type: UAPI.viommuARMSMMUv3, devID: devID, hwptID: s2, data: [])
+                    f.coherent = true
+                    try? kernel.destroy(ctx, id: v.id)
+                } catch where error.errno == .EOPNOTSUPP {
+                    f.coherent = false
+                }
+                try? kernel.destroy(ctx, id: s2)
+            } catch where error.errno == .EOPNOTSUPP {
+                f.nesting = false
+                if f.coherent == nil { f.coherent = false }
+            }
+            if let cmdqv = try? kernel.getHwInfo(ctx, devID: devID, requestType: UAPI.hwInfoTegra241CMDQV), cmdqv.data.count >= 8 {
+                f.vcmdqs = 1 << Int(cmdqv.data[5])
+            }
+            return f
+        case UAPI.hwInfoIntelVTD:
+            return IOMMUFeatures.intelVTd(info.data) ?? IOMMUFeatures()
+        default:
+            return IOMMUFeatures()
+        }
+    }
+
+    /// A kernel built with CONFIG_IOMMUFD_TEST answers IOMMU_TEST_CMD: describe its mock IOMMU.
+    func probeSelftest() -> HostIOMMU? {
+        guard let ctx = try? kernel.openIommufd() else { return nil }
+        defer { kernel.close(ctx) }
+        guard let ioas = try? kernel.ioasAlloc(ctx), let mock = try? kernel.mockDomain(ctx, ptID: ioas),
+              let info = try? kernel.getHwInfo(ctx, devID: mock.idevID, requestType: nil), info.dataType == UAPI.hwInfoSelftest else { return nil }
+        return HostIOMMU(name: "selftest", type: .selftest, nesting: true, coherent: true, ats: false, ril: false, pasid: true,
+                         ssidSize: 20, oas: 48, reservedRegions: [], cmdqvVCMDQs: nil)
+    }
+}
+#endif

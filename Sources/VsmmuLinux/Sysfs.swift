@@ -1,0 +1,135 @@
+#if os(Linux)
+import Foundation
+import Glibc
+import VsmmuKernel
+
+/// The sysfs side of the kernel port: reads of PCI devices, IOMMU groups and IOMMUs,
+/// and the three binding writes. `SysfsTree` is the real one.
+public protocol SysfsAccess {
+    func pciAddresses() throws(KernelCallError) -> [PCIAddress]
+    func device(_ a: PCIAddress) -> SysfsPCIDevice?
+    func groupMembers(_ group: Int) -> [PCIAddress]
+    func iommuNames() -> [String]
+    func reservedRegions(group: Int) -> [(start: UInt64, last: UInt64, type: String)]
+    func driverLoaded(_ name: String) -> Bool
+    func writeDriverOverride(_ a: PCIAddress, _ driver: String?) throws(KernelCallError)
+    func unbind(_ a: PCIAddress, driver: String) throws(KernelCallError)
+    func driversProbe(_ a: PCIAddress) throws(KernelCallError)
+}
+
+/// sysfs under a root (`/sys`, or a fake tree in tests), reference §8. Only validated
+/// PCI addresses and checked driver names ever become part of a path.
+public struct SysfsTree: SysfsAccess, Sendable {
+    public let root: String
+    public init(root: String = "/sys") { self.root = root }
+
+    var devices: String { root + "/bus/pci/devices" }
+
+    /// A driver name as sysfs shows it: no path separators, no dot-dot.
+    static func checkedDriver(_ name: String) -> String? {
+        guard !name.isEmpty, name != ".", name != "..", name.count < 256,
+              name.unicodeScalars.allSatisfy({ CharacterSet.alphanumerics.contains($0) || "_-.".unicodeScalars.contains($0) }) else { return nil }
+        return name
+    }
+
+    func read(_ path: String) -> String? {
+        guard let data = FileManager.default.contents(atPath: path) else { return nil }
+        return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    func linkName(_ path: String) -> String? {
+        guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: path) else { return nil }
+        return (target as NSString).lastPathComponent
+    }
+
+    func hexValue(_ path: String) -> UInt64? {
+        guard let s = read(path) else { return nil }
+        let digits = s.hasPrefix("0x") ? String(s.dropFirst(2)) : s
+        return UInt64(digits, radix: 16)
+    }
+
+    public func pciAddresses() throws(KernelCallError) -> [PCIAddress] {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: devices) else {
+            throw KernelCallError("SYSFS_READ", .ENOENT, "\(devices) is missing")
+        }
+        return names.compactMap(PCIAddress.init).sorted()
+    }
+
+    public func device(_ a: PCIAddress) -> SysfsPCIDevice? {
+        let dir = devices + "/" + a.description
+        guard FileManager.default.fileExists(atPath: dir) else { return nil }
+        var override = read(dir + "/driver_override")
+        if override == "(null)" || override == "" { override = nil }
+        var vfioIndex: Int?
+        if let entries = try? FileManager.default.contentsOfDirectory(atPath: dir + "/vfio-dev") {
+            vfioIndex = entries.compactMap { $0.hasPrefix("vfio") ? Int($0.dropFirst(4)) : nil }.min()
+        }
+        return SysfsPCIDevice(
+            address: a,
+            vendor: UInt16(truncatingIfNeeded: hexValue(dir + "/vendor") ?? 0),
+            device: UInt16(truncatingIfNeeded: hexValue(dir + "/device") ?? 0),
+            classCode: UInt32(truncatingIfNeeded: hexValue(dir + "/class") ?? 0),
+            driver: linkName(dir + "/driver").flatMap(Self.checkedDriver),
+            driverOverride: override,
+            iommuGroup: linkName(dir + "/iommu_group").flatMap { Int($0) },
+            iommu: linkName(dir + "/iommu"),
+            numaNode: read(dir + "/numa_node").flatMap { Int($0) } ?? -1,
+            vfioDevIndex: vfioIndex)
+    }
+
+    public func groupMembers(_ group: Int) -> [PCIAddress] {
+        let dir = root + "/kernel/iommu_groups/\(group)/devices"
+        return ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).compactMap(PCIAddress.init).sorted()
+    }
+
+    public func iommuNames() -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: root + "/class/iommu")) ?? []).sorted()
+    }
+
+    /// `0x%016llx 0x%016llx <type>` per line (reference §8).
+    public func reservedRegions(group: Int) -> [(start: UInt64, last: UInt64, type: String)] {
+        guard let text = read(root + "/kernel/iommu_groups/\(group)/reserved_regions") else { return [] }
+        return text.split(separator: "\n").compactMap { line in
+            let f = line.split(separator: " ")
+            guard f.count == 3, let s = UInt64(f[0].dropFirst(2), radix: 16), let l = UInt64(f[1].dropFirst(2), radix: 16) else { return nil }
+            return (s, l, String(f[2]))
+        }
+    }
+
+    public func driverLoaded(_ name: String) -> Bool {
+        guard let d = Self.checkedDriver(name) else { return false }
+        return FileManager.default.fileExists(atPath: root + "/bus/pci/drivers/" + d)
+    }
+
+    /// write(2) of `text` to a sysfs attribute; the errno is the kernel's answer.
+    func write(_ call: String, _ path: String, _ text: String) throws(KernelCallError) {
+        // O_TRUNC as `echo x > attr` does: harmless on sysfs, and a fake tree gets whole values.
+        let fd = open(path, O_WRONLY | O_TRUNC | O_CLOEXEC)
+        guard fd >= 0 else { throw KernelCallError(call, Errno(errno), "open \(path)") }
+        defer { close(fd) }
+        var r: Int
+        repeat {
+            r = text.withCString { Glibc.write(fd, $0, strlen($0)) }
+        } while r < 0 && errno == EINTR
+        if r < 0 { throw KernelCallError(call, Errno(errno), "\(path) <- \(text.trimmingCharacters(in: .newlines))") }
+    }
+
+    public func writeDriverOverride(_ a: PCIAddress, _ driver: String?) throws(KernelCallError) {
+        var value = "\n"
+        if let driver {
+            guard let d = Self.checkedDriver(driver) else { throw KernelCallError("SYSFS_DRIVER_OVERRIDE", .EINVAL, "bad driver name") }
+            value = d
+        }
+        try write("SYSFS_DRIVER_OVERRIDE", devices + "/\(a)/driver_override", value)
+    }
+
+    public func unbind(_ a: PCIAddress, driver: String) throws(KernelCallError) {
+        guard let d = Self.checkedDriver(driver) else { throw KernelCallError("SYSFS_UNBIND", .EINVAL, "bad driver name") }
+        try write("SYSFS_UNBIND", root + "/bus/pci/drivers/\(d)/unbind", a.description)
+    }
+
+    public func driversProbe(_ a: PCIAddress) throws(KernelCallError) {
+        try write("SYSFS_DRIVERS_PROBE", root + "/bus/pci/drivers_probe", a.description)
+    }
+}
+#endif
