@@ -49,7 +49,10 @@ let package = Package(
         .testTarget(name: "VsmmuYAMLTests", dependencies: ["VsmmuYAML"]),
         .testTarget(name: "VsmmuModelTests", dependencies: ["VsmmuModel", "VsmmuYAML", "VsmmuKernel"]),
         .testTarget(name: "VsmmuSimTests", dependencies: ["VsmmuSim", "VsmmuKernel"]),
-        .testTarget(name: "VsmmuLinuxTests", dependencies: ["VsmmuLinux", "CVsmmuUAPI", "VsmmuKernel", "VsmmuSim"]),
+        .testTarget(
+            name: "VsmmuLinuxTests",
+            dependencies: ["VsmmuLinux", "CVsmmuUAPI", "VsmmuKernel", "VsmmuSim", "VsmmuModel", "VsmmuPlanner", "VsmmuExecutor", "VsmmuYAML"]
+        ),
         .testTarget(
             name: "VsmmuPlannerTests",
             dependencies: ["VsmmuPlanner", "VsmmuExecutor", "VsmmuSim", "VsmmuModel", "VsmmuKernel", "VsmmuYAML"]
