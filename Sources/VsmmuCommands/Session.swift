@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import VsmmuExecutor
 import VsmmuKernel
+import VsmmuLinux
 import VsmmuModel
 import VsmmuPlanner
 import VsmmuSim
@@ -71,8 +72,13 @@ final class Session {
                 throw CommandError(message: "this kernel has no /dev/iommu (it was built without CONFIG_IOMMUFD), so vsmmu cannot work on it",
                                    hint: "try vsmmu on a simulated host: --host examples/hosts/grace-2smmu-cmdqv.yaml")
             }
-            throw CommandError(message: "the live-kernel backend is not part of this build yet",
-                               hint: "use --host FILE to run against a simulated host")
+            if let problem = Preflight.accessProblem() {
+                throw CommandError(message: problem)
+            }
+            // iommufd objects live only as long as the fd that made them (SPEC §6): on a live
+            // host the agent holds them and these commands are its clients.
+            throw CommandError(message: "on a live host, plan, apply, destroy and show talk to the vsmmu agent that holds the iommufd objects; the agent is not part of this build yet",
+                               hint: "use --host FILE to run against a simulated host; `vsmmu host` describes this machine")
         }
         let initial: HostDescription
         do { initial = try HostDescription.load(path: hostFile) } catch {

@@ -1,0 +1,28 @@
+import Foundation
+import Testing
+@testable import VsmmuLinux
+
+@Test func memlockIsCheckedUnlessCAPIPCLock() {
+    #expect(Preflight.memlockProblem(pinning: 16 << 30, limit: 8 << 20, ipcLock: false)?.contains("RLIMIT_MEMLOCK is 8 MiB") == true)
+    #expect(Preflight.memlockProblem(pinning: 16 << 30, limit: 8 << 20, ipcLock: true) == nil)
+    #expect(Preflight.memlockProblem(pinning: 16 << 30, limit: UInt64(bitPattern: -1), ipcLock: false) == nil)
+    #expect(Preflight.memlockProblem(pinning: 4 << 20, limit: 8 << 20, ipcLock: false) == nil)
+}
+
+@Test func capIPCLockIsReadFromTheEffectiveSet() {
+    #expect(Preflight.hasIPCLock(status: "Name:\tx\nCapEff:\t0000000000004000\n"))
+    #expect(!Preflight.hasIPCLock(status: "Name:\tx\nCapEff:\t0000000000000000\n"))
+    #expect(Preflight.hasIPCLock(status: "CapEff:\t000001ffffffffff\n"))
+    #expect(!Preflight.hasIPCLock(status: nil))
+}
+
+@Test func missingDeviceNodesAreNamed() {
+    let d = NSTemporaryDirectory() + "vsmmu-pre-\(UUID().uuidString)"
+    defer { try? FileManager.default.removeItem(atPath: d) }
+    #expect(Preflight.accessProblem(devRoot: d)?.contains("CONFIG_IOMMUFD") == true)
+    try? FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+    _ = FileManager.default.createFile(atPath: d + "/iommu", contents: nil)
+    #expect(Preflight.accessProblem(devRoot: d)?.contains("CONFIG_VFIO_DEVICE_CDEV") == true)
+    try? FileManager.default.createDirectory(atPath: d + "/vfio/devices", withIntermediateDirectories: true)
+    #expect(Preflight.accessProblem(devRoot: d) == nil)
+}
