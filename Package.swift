@@ -30,6 +30,7 @@ let package = Package(
         .target(name: "VsmmuKernel"),
         .target(name: "CVsmmuUAPI"),
         .target(name: "VsmmuLinux", dependencies: ["CVsmmuUAPI", "VsmmuKernel"]),
+        .target(name: "VsmmuIPC", dependencies: ["CVsmmuUAPI"]),
         .target(name: "VsmmuModel", dependencies: ["VsmmuYAML", "VsmmuKernel"]),
         .target(name: "VsmmuSim", dependencies: ["VsmmuKernel"]),
         .target(name: "VsmmuPlanner", dependencies: ["VsmmuKernel", "VsmmuModel"]),
@@ -37,7 +38,7 @@ let package = Package(
         .target(
             name: "VsmmuCommands",
             dependencies: [
-                "VsmmuModel", "VsmmuKernel", "VsmmuSim", "VsmmuLinux", "VsmmuPlanner", "VsmmuExecutor",
+                "VsmmuModel", "VsmmuKernel", "VsmmuSim", "VsmmuLinux", "VsmmuPlanner", "VsmmuExecutor", "VsmmuIPC", "CVsmmuUAPI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

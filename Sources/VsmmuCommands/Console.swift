@@ -22,6 +22,8 @@ public final class Console: @unchecked Sendable {
     public func print(_ s: String) { lock.lock(); writeOut(s + "\n"); lock.unlock() }
     /// Writes text as is to standard output.
     public func write(_ s: String) { lock.lock(); writeOut(s); lock.unlock() }
+    /// Writes text as is to standard error.
+    public func errorRaw(_ s: String) { lock.lock(); writeErr(s); lock.unlock() }
     /// Writes a line to standard error.
     public func error(_ s: String) { lock.lock(); writeErr(s + "\n"); lock.unlock() }
 }

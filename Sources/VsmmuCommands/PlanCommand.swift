@@ -41,25 +41,12 @@ struct PlanCommand: ParsableCommand {
     var detailedExitcode = false
 
     func run() throws {
-        let console = Console.standard()
-        let code = try runReporting(console) {
-            let session = try Session.open(kernel)
-            let store = try StateStore(directory: session.stateDir)
-            if !store.interrupted.isEmpty {
-                console.error("note: an earlier apply was interrupted inside \(store.interrupted.count) step(s); the plan rebuilds what they touched")
-            }
-            let (topology, validation) = try loadValid(file, host: session.host, console: console)
-            let plan = try makePlan(topology, validation: validation, session: session, store: store)
-            switch format {
-            case .text: console.write(PlanText.render(plan, ops: ops))
-            case .json: console.print(PlanJSON.render(plan).rendered())
-            }
-            if let out {
-                try SavedPlan.write(plan, to: out)
-                console.error("Saved the plan to \(out). Apply exactly this plan with: vsmmu apply \(out)\(kernel.host.map { " --host \($0)" } ?? "")")
-            }
-            return detailedExitcode && !plan.isEmpty ? 2 : 0
-        }
+        var request = Request(command: "plan")
+        request.format = format.rawValue
+        request.ops = ops
+        request.detailedExitcode = detailedExitcode
+        request.wantSavedPlan = out != nil
+        let code = try Dispatch.run(request, file: file, kernel: kernel, savePlanTo: out)
         if code != 0 { throw ExitCode(code) }
     }
 }
@@ -78,10 +65,9 @@ enum SavedPlan {
         }
     }
 
-    /// The saved plan in `path`, or nil when the file is something else (a topology).
-    static func read(_ path: String) -> Plan? {
-        guard let data = FileManager.default.contents(atPath: path), data.first == UInt8(ascii: "{"),
-              let f = try? JSONDecoder().decode(File.self, from: data), f.kind == kind else { return nil }
+    /// The saved plan in these bytes, or nil when they are something else (a topology).
+    static func decode(_ bytes: [UInt8]) -> Plan? {
+        guard bytes.first == UInt8(ascii: "{"), let f = try? JSONDecoder().decode(File.self, from: Data(bytes)), f.kind == kind else { return nil }
         return f.plan
     }
 }
@@ -92,6 +78,8 @@ func runReporting(_ console: Console, _ body: () throws -> Int32) throws -> Int3
         return try body()
     } catch let e as ExitCode {
         throw e
+    } catch is ExitCode1 {
+        return 1
     } catch let e as CommandError {
         console.error("error: \(e.message)")
         if let h = e.hint { console.error("hint: \(h)") }

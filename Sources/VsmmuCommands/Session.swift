@@ -22,6 +22,13 @@ struct KernelOptions: ParsableArguments {
     @Option(help: ArgumentHelp("The agent's socket (or VSMMU_SOCKET); with --host and no --socket, everything runs in-process.", valueName: "PATH"))
     var socket: String?
 
+    /// The agent to talk to, or nil to run in-process (with --host and no --socket).
+    var agentSocket: String? {
+        if let socket { return socket }
+        if let env = ProcessInfo.processInfo.environment["VSMMU_SOCKET"], !env.isEmpty { return env }
+        return host == nil ? "/run/vsmmu/agent.sock" : nil
+    }
+
     var resolvedStateDir: String {
         if let stateDir { return stateDir }
         if getuid() == 0 { return "/var/lib/vsmmu" }
@@ -51,11 +58,18 @@ struct YAMLHostCodec: HostFileCodec {
 }
 
 /// The kernel a command works on, and the state directory's contents.
-final class Session {
+final class Session: @unchecked Sendable {
     let port: KernelPort
     let sim: SimulatedKernel?
     let stateDir: String
     let simulated: Bool
+    /// The state directory's lock, held for the whole session (simulated host, agent).
+    var lock: StateLock?
+    var holdsLock = false
+    /// The agent keeps the last applied topology, for `--reconcile=fix`.
+    var onApplied: ((Topology, [UInt8]?) -> Void)?
+
+    func remember(_ t: Topology, source: [UInt8]?) { onApplied?(t, source) }
 
     init(port: KernelPort, sim: SimulatedKernel?, stateDir: String) {
         self.port = port; self.sim = sim; self.stateDir = stateDir; simulated = sim != nil
@@ -63,10 +77,6 @@ final class Session {
 
     static func open(_ options: KernelOptions) throws -> Session {
         let stateDir = options.resolvedStateDir
-        if options.socket != nil || (options.host == nil && ProcessInfo.processInfo.environment["VSMMU_SOCKET"] != nil) {
-            throw CommandError(message: "talking to a vsmmu agent is not available in this build",
-                               hint: "run in-process against a simulated host with --host FILE")
-        }
         guard let hostFile = options.host else {
             if !FileManager.default.fileExists(atPath: "/dev/iommu") {
                 throw CommandError(message: "this kernel has no /dev/iommu (it was built without CONFIG_IOMMUFD), so vsmmu cannot work on it",
@@ -75,22 +85,25 @@ final class Session {
             if let problem = Preflight.accessProblem() {
                 throw CommandError(message: problem)
             }
-            // iommufd objects live only as long as the fd that made them (SPEC §6): on a live
-            // host the agent holds them and these commands are its clients.
-            throw CommandError(message: "on a live host, plan, apply, destroy and show talk to the vsmmu agent that holds the iommufd objects; the agent is not part of this build yet",
-                               hint: "use --host FILE to run against a simulated host; `vsmmu host` describes this machine")
+            return Session(port: LinuxKernel(sysfsRoot: options.sysfsRoot), sim: nil, stateDir: stateDir)
         }
         let initial: HostDescription
         do { initial = try HostDescription.load(path: hostFile) } catch {
             throw CommandError(message: error.rendered() + "\n\(hostFile): the host description is invalid")
         }
+        // The simulated kernel's files have one writer at a time: this process, for as long
+        // as the session lives (an agent over the same state directory holds it too).
+        let lock = try StateLock(directory: stateDir)
         let sim: SimulatedKernel
         do {
             sim = try SimStore.open(directory: stateDir + "/sim", initialHost: initial, codec: YAMLHostCodec())
         } catch {
             throw CommandError(message: "cannot open the simulated kernel in \(stateDir)/sim: \(error)")
         }
-        return Session(port: sim, sim: sim, stateDir: stateDir)
+        let session = Session(port: sim, sim: sim, stateDir: stateDir)
+        session.lock = lock
+        session.holdsLock = true
+        return session
     }
 
     /// The host description as the kernel shows it now.
@@ -101,30 +114,3 @@ final class Session {
     }
 }
 
-/// Parses, validates against the current host, and prints errors the way `validate` does.
-func loadValid(_ file: String, host: HostDescription, console: Console) throws -> (Topology, ValidationResult) {
-    let topology: Topology
-    let source: SourceText
-    do { (topology, source) = try Topology.load(path: file) } catch {
-        console.error(error.rendered())
-        throw ExitCode(1)
-    }
-    let result = Validator.validate(topology, host: host)
-    if !result.isValid {
-        for d in result.diagnostics { console.error(d.rendered(source: source)) }
-        console.error("\(file): \(result.diagnostics.count == 1 ? "1 error" : "\(result.diagnostics.count) errors"); nothing was changed")
-        throw ExitCode(1)
-    }
-    return (topology, result)
-}
-
-/// Topology + host + holdings → plan, with no mutating call.
-func makePlan(_ topology: Topology, validation: ValidationResult, session: Session, store: StateStore,
-              only guests: Set<String>? = nil, destroying: Bool = false) throws -> Plan {
-    do {
-        return try Pipeline.plan(topology, validation: validation, port: session.port, host: session.host, store: store,
-                                 simulated: session.simulated, onlyGuests: guests, destroying: destroying)
-    } catch {
-        throw CommandError(message: error.message, hint: error.hint)
-    }
-}

@@ -25,18 +25,9 @@ struct Show: ParsableCommand {
     var format: Format = .yaml
 
     func run() throws {
-        let console = Console.standard()
-        let code = try runReporting(console) {
-            let session = try Session.open(kernel)
-            let store = try StateStore(directory: session.stateDir)
-            let observed = try ObservedState.observe(port: session.port, holdings: store.holdings, addresses: [])
-            let doc = ShowDocument.build(observed, host: session.host.name, simulated: session.simulated, interrupted: store.interrupted.count)
-            switch format {
-            case .json: console.print(doc.rendered())
-            case .yaml: console.write(ShowDocument.yaml(doc))
-            }
-            return 0
-        }
+        var request = Request(command: "show")
+        request.format = format.rawValue
+        let code = try Dispatch.run(request, file: nil, kernel: kernel)
         if code != 0 { throw ExitCode(code) }
     }
 }

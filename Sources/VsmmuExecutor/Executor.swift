@@ -30,9 +30,15 @@ public final class Executor {
         self.port = port; self.store = store; self.progress = progress
     }
 
-    public func run(_ plan: Plan) throws(ApplyError) {
+    /// Runs the operations in order. `shouldStop` is asked before each step (SIGTERM in the
+    /// agent): the running step always finishes, so the journal stays consistent.
+    public func run(_ plan: Plan, shouldStop: () -> Bool = { false }) throws(ApplyError) {
         let total = plan.operations.count
         for op in plan.operations {
+            if shouldStop() {
+                throw ApplyError(operation: op, errno: nil, message: "stopped before this step (the agent is shutting down); everything before it is done and journaled",
+                                 hint: "the next apply continues from here")
+            }
             let seq: Int
             do { seq = try store.begin(op) } catch {
                 throw ApplyError(operation: op, errno: nil, message: "cannot write the journal: \(error)")

@@ -1,0 +1,3 @@
+// Umbrella header of the C shim: uAPI structs and ioctl (vsmmu_uapi.h), sockets (vsmmu_socket.h).
+#include "vsmmu_uapi.h"
+#include "vsmmu_socket.h"

@@ -1,0 +1,39 @@
+import ArgumentParser
+import Foundation
+import VsmmuExecutor
+import VsmmuPlanner
+
+/// Runs a request in-process (with --host and no --socket) or through the agent.
+enum Dispatch {
+    static func run(_ request: Request, file: String?, kernel: KernelOptions, savePlanTo: String? = nil) throws -> Int32 {
+        let console = Console.standard()
+        return try runReporting(console) {
+            var request = request
+            if let file { try request.attach(file: file) }
+            if let socket = kernel.agentSocket {
+                if kernel.host == nil, !FileManager.default.fileExists(atPath: "/dev/iommu"), kernel.socket == nil,
+                   ProcessInfo.processInfo.environment["VSMMU_SOCKET"] == nil {
+                    throw CommandError(message: "this kernel has no /dev/iommu (it was built without CONFIG_IOMMUFD), so vsmmu cannot work on it",
+                                       hint: "try vsmmu on a simulated host: --host examples/hosts/grace-2smmu-cmdqv.yaml")
+                }
+                return try AgentClient(path: socket).run(request, console: console, savePlanTo: savePlanTo, hostHint: kernel.host)
+            }
+            let session: Session
+            do { session = try Session.open(kernel) } catch let busy as StateLock.Busy {
+                throw CommandError(message: "\(busy)", hint: "if a vsmmu agent serves this state directory, talk to it with --socket PATH")
+            }
+            let outcome = RequestOutcome()
+            let code = Runner.execute(request, session: session, console: console, outcome: outcome, confirm: isatty(0) == 1 ? { _ in askYes(console) } : nil)
+            if let savePlanTo, let plan = outcome.savedPlan {
+                try SavedPlan.write(plan, to: savePlanTo)
+                console.error("Saved the plan to \(savePlanTo). Apply exactly this plan with: vsmmu apply \(savePlanTo)\(kernel.host.map { " --host \($0)" } ?? "")")
+            }
+            return code
+        }
+    }
+
+    static func askYes(_ console: Console) -> Bool {
+        console.write("\nDo you want to perform these actions? Only 'yes' will be accepted: ")
+        return readLine()?.trimmingCharacters(in: .whitespaces) == "yes"
+    }
+}

@@ -1,0 +1,205 @@
+import Foundation
+import Testing
+
+/// An agent process over a simulated host, in its own temp dir.
+final class AgentProcess {
+    let dir: String
+    let socket: String
+    let process = Process()
+    let log: String
+
+    init(host: String = grace, env: [String: String] = [:], extra: [String] = []) throws {
+        dir = tempDir()
+        socket = dir + "/agent.sock"
+        log = dir + "/agent.log"
+        try start(host: host, env: env, extra: extra)
+    }
+
+    private var host = grace
+    private var env: [String: String] = [:]
+    private var extra: [String] = []
+    private var current: Process?
+
+    func start(host: String, env: [String: String], extra: [String]) throws {
+        self.host = host; self.env = env; self.extra = extra
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: vsmmuBinary)
+        p.arguments = ["agent", "--host", host, "--socket", socket, "--state-dir", dir + "/state", "--reconcile-interval", "0"] + extra
+        p.currentDirectoryURL = URL(fileURLWithPath: packageRoot)
+        var e = ["PATH": "/usr/bin:/bin"]
+        for (k, v) in env { e[k] = v }
+        p.environment = e
+        _ = FileManager.default.createFile(atPath: log, contents: nil)
+        let h = FileHandle(forWritingAtPath: log)!
+        h.seekToEndOfFile()
+        p.standardOutput = h
+        p.standardError = h
+        try p.run()
+        current = p
+        let deadline = Date().addingTimeInterval(20)
+        while !FileManager.default.fileExists(atPath: socket) && Date() < deadline { usleep(20_000) }
+        usleep(100_000)
+    }
+
+    func restart(extra: [String]? = nil) throws {
+        stop()
+        try start(host: host, env: env, extra: extra ?? self.extra)
+    }
+
+    func stop() {
+        guard let p = current, p.isRunning else { return }
+        kill(p.processIdentifier, SIGTERM)
+        p.waitUntilExit()
+    }
+
+    var logText: String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
+
+    deinit {
+        stop()
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+}
+
+@Test func applyThroughTheSocketThenPlanIsEmpty() throws {
+    let agent = try AgentProcess()
+    let t = "examples/two-vsmmus-four-gpus.yaml"
+    let a = vsmmu(["apply", t, "--socket", agent.socket, "--auto-approve"])
+    #expect(a.code == 0, "\(a.stderr) \(agent.logText)")
+    #expect(a.stdout.contains("Apply complete! Resources: 10 added"))
+    #expect(a.stderr.contains("[54/54]"))
+    let p = vsmmu(["plan", t, "--socket", agent.socket, "--detailed-exitcode"])
+    #expect(p.code == 0)
+    #expect(p.stdout.hasPrefix("No changes."))
+    // same outputs and exit codes as in-process: a bad file is FILE:LINE:COL and exit 1
+    let bad = vsmmu(["plan", "examples/invalid/group-not-viable.yaml", "--socket", agent.socket])
+    #expect(bad.code == 1)
+    #expect(bad.stderr.contains("examples/invalid/group-not-viable.yaml:10:29: error: IOMMU group 14"))
+    // an in-process run on the agent's state directory is refused, naming the lock
+    let local = vsmmu(["plan", t, "--host", grace, "--state-dir", agent.dir + "/state"])
+    #expect(local.code == 1)
+    #expect(local.stderr.contains("holds the lock"))
+    #expect(local.stderr.contains("--socket"))
+}
+
+@Test func aClientThatDisconnectsMidApplyDoesNotStopIt() throws {
+    let agent = try AgentProcess(env: ["VSMMU_SIM_DELAY_MS": "15"])
+    let t = "examples/two-vsmmus-four-gpus.yaml"
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: vsmmuBinary)
+    p.arguments = ["apply", t, "--socket", agent.socket, "--auto-approve"]
+    p.currentDirectoryURL = URL(fileURLWithPath: packageRoot)
+    p.standardOutput = FileHandle.nullDevice
+    p.standardError = FileHandle.nullDevice
+    try p.run()
+    usleep(400_000)
+    kill(p.processIdentifier, SIGKILL)
+    p.waitUntilExit()
+    // The next request waits for the apply in flight (one writer), then sees it done.
+    let plan = vsmmu(["plan", t, "--socket", agent.socket, "--detailed-exitcode"])
+    #expect(plan.code == 0, "\(plan.stdout)\(plan.stderr)")
+}
+
+@Test func twoClientsAtOnceAreServedOneAfterTheOther() throws {
+    let agent = try AgentProcess(env: ["VSMMU_SIM_DELAY_MS": "5"])
+    let t = "examples/two-vsmmus-four-gpus.yaml"
+    final class Results: @unchecked Sendable { var items: [RunResult] = []; let lock = NSLock() }
+    let results = Results()
+    let socket = agent.socket
+    DispatchQueue.concurrentPerform(iterations: 2) { _ in
+        let r = vsmmu(["apply", t, "--socket", socket, "--auto-approve"])
+        results.lock.lock(); results.items.append(r); results.lock.unlock()
+    }
+    let r = results.items
+    #expect(r.allSatisfy { $0.code == 0 }, "\(r.map(\.stderr))")
+    // exactly one of them did the work; the other found nothing to do
+    #expect(r.filter { $0.stdout.contains("Apply complete!") }.count == 1)
+    #expect(r.filter { $0.stdout.hasPrefix("No changes.") }.count == 1)
+}
+
+@Test func aClientOfAnotherUIDIsRefused() throws {
+    // A world-writable socket, so that only SO_PEERCRED stands between nobody and the agent.
+    let agent = try AgentProcess(extra: ["--socket-mode", "666"])
+    let r = runAs(nobody: true, ["show", "--socket", agent.socket])
+    #expect(r.code == 1, "\(r.stdout) \(r.stderr)")
+    #expect(r.stderr.contains("uid 65534"))
+    #expect(r.stderr.contains("may not use this agent"))
+    #expect(agent.logText.contains("refused uid 65534"))
+    #expect(vsmmu(["show", "--socket", agent.socket]).code == 0)
+}
+
+func runAs(nobody: Bool, _ args: [String]) -> RunResult {
+    // setpriv drops to nobody; the binary's directory must be readable by it
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+    p.arguments = ["--reuid=65534", "--regid=65534", "--clear-groups", vsmmuBinary] + args
+    p.currentDirectoryURL = URL(fileURLWithPath: "/")
+    p.environment = ["PATH": "/usr/bin:/bin", "HOME": "/tmp"]
+    let out = Pipe(), err = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    try? p.run()
+    let o = out.fileHandleForReading.readDataToEndOfFile()
+    let e = err.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return RunResult(code: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+}
+
+@Test func agentRestartRecreatesWhatTheKernelLost() throws {
+    let agent = try AgentProcess(extra: ["--reconcile", "fix"])
+    let t = "examples/one-guest-one-vsmmu.yaml"
+    #expect(vsmmu(["apply", t, "--socket", agent.socket, "--auto-approve"]).code == 0)
+    try agent.restart()
+    // the new agent found the contexts gone and re-created them at start
+    #expect(agent.logText.contains("reconcile (start): drift found, re-applying"))
+    #expect(agent.logText.contains("context lost"))
+    #expect(agent.logText.contains("reconcile (start): converged"))
+    #expect(vsmmu(["plan", t, "--socket", agent.socket, "--detailed-exitcode"]).code == 0)
+}
+
+@Test func agentRestartInReportModeShowsTheLossInPlan() throws {
+    let agent = try AgentProcess()
+    let t = "examples/one-guest-one-vsmmu.yaml"
+    #expect(vsmmu(["apply", t, "--socket", agent.socket, "--auto-approve"]).code == 0)
+    try agent.restart()
+    #expect(agent.logText.contains("drift found"))
+    let p = vsmmu(["plan", t, "--socket", agent.socket, "--detailed-exitcode"])
+    #expect(p.code == 2)
+    #expect(p.stdout.contains("-/+ guest vm1"))
+    #expect(p.stdout.contains("context lost"))
+    #expect(!p.stdout.contains("SYSFS"), "host-level bindings survived the restart")
+}
+
+@Test func handoffPassesEveryFdWithTheMapOfIDs() throws {
+    let agent = try AgentProcess()
+    let t = "examples/two-vsmmus-four-gpus.yaml"
+    #expect(vsmmu(["apply", t, "--socket", agent.socket, "--auto-approve"]).code == 0)
+    // a separate process receives the fds and uses them (reads what each stand-in names)
+    let r = vsmmu(["handoff", "--guest", "train0", "--socket", agent.socket])
+    #expect(r.code == 0, "\(r.stderr)")
+    let map = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+    #expect(map["guest"] as? String == "train0")
+    #expect((map["iommufdStandIn"] as? [String: Any])?["standsFor"] as? String == "train0.iommufd")
+    let devices = map["devices"] as? [String: [String: Any]] ?? [:]
+    #expect(Set(devices.keys) == ["gpu0", "gpu1", "gpu2", "gpu3"])
+    for (name, d) in devices {
+        #expect((d["standIn"] as? [String: Any])?["standsFor"] as? String == "train0/\(name).cdev")
+        #expect((d["fd"] as? Int ?? -1) > 2)
+    }
+    let vsmmus = map["vsmmus"] as? [String: [String: Any]] ?? [:]
+    let vdevs = vsmmus["smmu1"]?["vdevices"] as? [String: [String: Any]] ?? [:]
+    #expect(vdevs["gpu2"]?["vsid"] as? Int == 0x2100)
+    #expect(((vsmmus["smmu0"]?["veventqs"] as? [String: Any])?.count ?? 0) == 2)
+    #expect(vsmmus["smmu0"]?["bypassHwpt"] is Int)
+    let memory = map["memory"] as? [String: [String: Any]] ?? [:]
+    #expect((memory["ram0"]?["standIn"] as? [String: Any])?["standsFor"] as? String == "train0/ram0.memfd")
+    let unknown = vsmmu(["handoff", "--guest", "nope", "--socket", agent.socket])
+    #expect(unknown.code == 1)
+    #expect(unknown.stderr.contains("holds no guest 'nope'"))
+}
+
+@Test func noAgentIsAClearError() {
+    let r = vsmmu(["plan", "examples/one-guest-one-vsmmu.yaml", "--socket", "/tmp/no-such-vsmmu.sock"])
+    #expect(r.code == 1)
+    #expect(r.stderr.contains("no vsmmu agent is running at /tmp/no-such-vsmmu.sock"))
+    #expect(r.stderr.contains("hint: start it"))
+}
