@@ -45,7 +45,7 @@ let package = Package(
         .executableTarget(name: "vsmmu", dependencies: ["VsmmuCommands"]),
         .executableTarget(
             name: "vsmmu-bench",
-            dependencies: ["VsmmuModel", "VsmmuYAML", "VsmmuKernel", "VsmmuSim", "VsmmuPlanner", "VsmmuExecutor"]
+            dependencies: ["VsmmuModel", "VsmmuYAML", "VsmmuKernel", "VsmmuSim", "VsmmuPlanner", "VsmmuExecutor", "VsmmuIPC"]
         ),
         .testTarget(name: "VsmmuYAMLTests", dependencies: ["VsmmuYAML"]),
         .testTarget(name: "VsmmuModelTests", dependencies: ["VsmmuModel", "VsmmuYAML", "VsmmuKernel"]),

@@ -26,6 +26,27 @@ public struct Request: Codable, Sendable {
 
     public init(command: String) { self.command = command }
 
+    // Absent keys take their defaults, so older and newer clients of protocol version 1
+    // can leave out what they do not use.
+    enum CodingKeys: String, CodingKey {
+        case command, file, contentBase64, format, ops, detailedExitcode, autoApprove, dryRun, wantSavedPlan, expectFingerprint, guest
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        command = try c.decode(String.self, forKey: .command)
+        file = try c.decodeIfPresent(String.self, forKey: .file)
+        contentBase64 = try c.decodeIfPresent(String.self, forKey: .contentBase64)
+        format = try c.decodeIfPresent(String.self, forKey: .format)
+        ops = try c.decodeIfPresent(Bool.self, forKey: .ops) ?? false
+        detailedExitcode = try c.decodeIfPresent(Bool.self, forKey: .detailedExitcode) ?? false
+        autoApprove = try c.decodeIfPresent(Bool.self, forKey: .autoApprove) ?? false
+        dryRun = try c.decodeIfPresent(Bool.self, forKey: .dryRun) ?? false
+        wantSavedPlan = try c.decodeIfPresent(Bool.self, forKey: .wantSavedPlan) ?? false
+        expectFingerprint = try c.decodeIfPresent(String.self, forKey: .expectFingerprint)
+        guest = try c.decodeIfPresent(String.self, forKey: .guest)
+    }
+
     var content: [UInt8]? { contentBase64.flatMap { Data(base64Encoded: $0) }.map { [UInt8]($0) } }
 
     mutating func attach(file path: String) throws {

@@ -5,6 +5,7 @@ import VsmmuYAML
 import VsmmuExecutor
 import VsmmuPlanner
 import VsmmuSim
+import VsmmuIPC
 
 /// vsmmu-bench: speed and memory figures, in a release build, never as unit tests.
 ///   swift run -c release vsmmu-bench compile [--devices N] [--guests N] [--repeat N]
@@ -12,6 +13,7 @@ import VsmmuSim
 let usage = """
 usage: vsmmu-bench compile [--devices 10000] [--guests 1250] [--repeat 15]
        vsmmu-bench plan [--devices 10000] [--guests 1250]   (plan from empty, apply, converged re-plan)
+       vsmmu-bench agent-load [--devices 1000] [--guests 125] [--clients 100]   (concurrent plan requests to a real agent)
        vsmmu-bench generate [--devices N] [--guests N] DIR   (writes topology.yaml and host.yaml)
 """
 
@@ -141,6 +143,9 @@ case "plan":
     print("  converged re-plan        \(fmt(tReplan))   \(again.operations.count) operations, \(sim.mutatingCalls - applied) mutating calls   (target 0, < 500 ms)")
     print("  peak RSS after plan      \(String(format: "%8.1f MiB", rssPlan))")
     print("  peak RSS at the end      \(String(format: "%8.1f MiB", peakRSSMiB()))   (target < 300 MiB)")
+
+case "agent-load":
+    try agentLoad(gen: gen, clients: option("--clients", args, default: 100))
 
 default:
     print(usage)
