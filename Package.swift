@@ -35,10 +35,11 @@ let package = Package(
         .target(name: "VsmmuSim", dependencies: ["VsmmuKernel"]),
         .target(name: "VsmmuPlanner", dependencies: ["VsmmuKernel", "VsmmuModel"]),
         .target(name: "VsmmuExecutor", dependencies: ["VsmmuPlanner", "VsmmuKernel", "VsmmuModel"]),
+        .target(name: "VsmmuVMM", dependencies: ["VsmmuPlanner", "VsmmuKernel", "VsmmuModel"]),
         .target(
             name: "VsmmuCommands",
             dependencies: [
-                "VsmmuModel", "VsmmuKernel", "VsmmuSim", "VsmmuLinux", "VsmmuPlanner", "VsmmuExecutor", "VsmmuIPC", "CVsmmuUAPI",
+                "VsmmuModel", "VsmmuKernel", "VsmmuSim", "VsmmuLinux", "VsmmuPlanner", "VsmmuExecutor", "VsmmuIPC", "CVsmmuUAPI", "VsmmuVMM",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -1,0 +1,59 @@
+import VsmmuKernel
+import VsmmuModel
+import VsmmuPlanner
+
+/// The guest's PCI layout as a VMM must build it, from the same desired state the plan
+/// uses: one pxb-pcie and one arm-smmuv3 per vSMMU, root ports in slot order (empty ones
+/// where a removed device left a hole, so later bus numbers do not move), one device per
+/// root port. Every value is explicit: no `auto` reaches QEMU.
+public struct VMMLayout: Sendable {
+    public struct RootPort: Sendable {
+        public var id: String
+        public var bus: String          // the QEMU bus id it sits on
+        public var chassis: Int
+        public var slot: Int
+        /// The guest bus behind it (firmware numbering).
+        public var secondaryBus: Int
+        public var device: DesiredDevice?
+    }
+
+    public struct Expander: Sendable {
+        public var vsmmu: DesiredVSMMU
+        public var busID: String        // pcie.N
+        public var controllerIndex: Int // libvirt controller index of the pxb
+        public var smmuID: String
+        public var ports: [RootPort]
+    }
+
+    public var guest: DesiredGuest
+    public var expanders: [Expander]
+    public var rootPorts: [RootPort]    // on pcie.0, for devices with no vSMMU
+
+    /// Root ports on pcie.0 start at this slot: slot 0 is the host bridge, low slots are
+    /// where a VM's emulated devices usually go.
+    public static let rootPortSlotBase = 0x10
+
+    public init(guest g: DesiredGuest, allocation: GuestAllocation) {
+        guest = g
+        var chassis = 0
+        func nextChassis() -> Int { chassis += 1; return chassis }
+        let byName = Dictionary(uniqueKeysWithValues: g.devices.map { ($0.name, $0) })
+        var expanders: [Expander] = []
+        for (i, v) in g.vsmmus.sorted(by: { $0.busNumber < $1.busNumber }).enumerated() {
+            let a = allocation.vsmmus[v.name]?.ports ?? PortAllocation()
+            let busID = "pcie.\(i + 1)"
+            let bySlot = Dictionary(uniqueKeysWithValues: a.slots.map { ($0.value, $0.key) })
+            let ports = a.ports.map { slot in
+                RootPort(id: "rp.\(v.name).\(slot)", bus: busID, chassis: nextChassis(), slot: slot,
+                         secondaryBus: a.secondaryBus(of: slot, base: v.busNumber), device: bySlot[slot].flatMap { byName[$0] })
+            }
+            expanders.append(Expander(vsmmu: v, busID: busID, controllerIndex: 0, smmuID: "smmuv3.\(i)", ports: ports))
+        }
+        self.expanders = expanders
+        let bySlot = Dictionary(uniqueKeysWithValues: allocation.rootPorts.slots.map { ($0.value, $0.key) })
+        rootPorts = allocation.rootPorts.ports.map { slot in
+            RootPort(id: "rp.root.\(slot)", bus: "pcie.0", chassis: nextChassis(), slot: Self.rootPortSlotBase + slot,
+                     secondaryBus: allocation.rootPorts.secondaryBus(of: slot, base: 0), device: bySlot[slot].flatMap { byName[$0] })
+        }
+    }
+}
