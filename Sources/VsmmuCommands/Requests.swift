@@ -1,6 +1,7 @@
 import Foundation
 import VsmmuExecutor
 import VsmmuKernel
+import VsmmuLinux
 import VsmmuModel
 import VsmmuPlanner
 import VsmmuYAML
@@ -179,6 +180,11 @@ enum Runner {
         if r.dryRun {
             console.print("Dry run: nothing was changed.")
             return 0
+        }
+        if !session.simulated, let topology {
+            // Guest RAM is pinned when it is mapped: check the budget before anything moves.
+            let total = topology.guests.flatMap(\.memory).reduce(UInt64(0)) { $0 &+ $1.size }
+            if let problem = Preflight.memlockProblem(pinning: total) { throw CommandError(message: problem + "; nothing was changed") }
         }
         if !r.autoApprove && r.expectFingerprint == nil {
             guard let confirm else {

@@ -12,6 +12,21 @@ public final class LinuxKernel: KernelPort {
     public let sysfs: any SysfsAccess
     public let devRoot: String
     public private(set) var mutatingCalls = 0
+    /// Every fd this port opened and has not closed: a close is done once, a second
+    /// close of the same number is refused (it could be some other file by then).
+    private var owned = Set<Int32>()
+    private let ownedLock = NSLock()
+
+    func own(_ fd: Int32) -> Int32 { ownedLock.lock(); owned.insert(fd); ownedLock.unlock(); return fd }
+
+    /// close(2) of an fd this port opened, at most once.
+    func closeOwned(_ fd: Int32) {
+        ownedLock.lock()
+        let mine = owned.remove(fd) != nil
+        ownedLock.unlock()
+        mutatingCalls += 1
+        if mine { _ = Glibc.close(fd) }
+    }
 
     public init(transport: IoctlTransport = SystemIoctl(), sysfsRoot: String = "/sys", devRoot: String = "/dev") {
         calls = IoctlCalls(transport: transport)
@@ -38,7 +53,7 @@ public final class LinuxKernel: KernelPort {
         var fd: Int32
         repeat { fd = open(path, O_RDWR | O_CLOEXEC) } while fd < 0 && errno == EINTR
         guard fd >= 0 else { throw KernelCallError(call, Errno(errno), path) }
-        return fd
+        return own(fd)
     }
 
     // MARK: iommufd
@@ -47,7 +62,7 @@ public final class LinuxKernel: KernelPort {
         try mutating { () throws(KernelCallError) in IommufdHandle(fd: try openFile("OPEN_IOMMUFD", devRoot + "/iommu")) }
     }
 
-    public func close(_ iommufd: IommufdHandle) { mutatingCalls += 1; _ = Glibc.close(iommufd.fd) }
+    public func close(_ iommufd: IommufdHandle) { closeOwned(iommufd.fd) }
 
     public func destroy(_ fd: IommufdHandle, id: ObjectID) throws(KernelCallError) {
         try mutating { () throws(KernelCallError) in try calls.destroy(fd.fd, id: id) }
@@ -93,11 +108,11 @@ public final class LinuxKernel: KernelPort {
     public func veventqAlloc(_ fd: IommufdHandle, viommuID: ObjectID, type: UInt32, depth: UInt32) throws(KernelCallError) -> (id: ObjectID, eventFD: KernelFile) {
         try mutating { () throws(KernelCallError) in
             let r = try calls.veventqAlloc(fd.fd, viommuID: viommuID, type: type, depth: depth)
-            return (r.id, KernelFile(fd: r.eventFD))
+            return (r.id, KernelFile(fd: own(r.eventFD)))
         }
     }
 
-    public func closeEventFD(_ fd: IommufdHandle, _ eventFD: KernelFile) { mutatingCalls += 1; _ = Glibc.close(eventFD.fd) }
+    public func closeEventFD(_ fd: IommufdHandle, _ eventFD: KernelFile) { closeOwned(eventFD.fd) }
 
     public func hwQueueAlloc(_ fd: IommufdHandle, viommuID: ObjectID, type: UInt32, index: UInt32, iova: UInt64, length: UInt64) throws(KernelCallError) -> ObjectID {
         try mutating { () throws(KernelCallError) in try calls.hwQueueAlloc(fd.fd, viommuID: viommuID, type: type, index: index, iova: iova, length: length) }
@@ -129,7 +144,7 @@ public final class LinuxKernel: KernelPort {
         try mutating { () throws(KernelCallError) in try calls.detach(dev.fd) }
     }
 
-    public func close(_ dev: DeviceHandle) { mutatingCalls += 1; _ = Glibc.close(dev.fd) }
+    public func close(_ dev: DeviceHandle) { closeOwned(dev.fd) }
 
     // MARK: guest memory
 
@@ -147,7 +162,7 @@ public final class LinuxKernel: KernelPort {
                     _ = Glibc.close(fd)
                     throw KernelCallError("MEMFD_CREATE", Errno(e), "ftruncate \(name) to \(size)")
                 }
-                return GuestMemory(file: KernelFile(fd: fd), userVA: 0, size: size)
+                return GuestMemory(file: KernelFile(fd: own(fd)), userVA: 0, size: size)
             case .anonymous:
                 var flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE
                 if let huge { flags |= MAP_HUGETLB | Int32(bitPattern: huge << 26) }
@@ -160,8 +175,7 @@ public final class LinuxKernel: KernelPort {
     }
 
     public func releaseGuestMemory(_ memory: GuestMemory) {
-        mutatingCalls += 1
-        if let f = memory.file { _ = Glibc.close(f.fd) }
+        if let f = memory.file { closeOwned(f.fd) } else { mutatingCalls += 1 }
         if memory.userVA != 0, let p = UnsafeMutableRawPointer(bitPattern: UInt(memory.userVA)) { _ = munmap(p, Int(memory.size)) }
     }
 
@@ -218,7 +232,12 @@ public final class LinuxKernel: KernelPort {
         return out.sorted { $0.fd < $1.fd }
     }
 
-    public func closeFile(_ fd: Int32) { mutatingCalls += 1; _ = Glibc.close(fd) }
+    /// Orphans found in /proc/self/fd were opened by this process but not recorded.
+    public func closeFile(_ fd: Int32) {
+        ownedLock.lock(); owned.remove(fd); ownedLock.unlock()
+        mutatingCalls += 1
+        _ = Glibc.close(fd)
+    }
 
     // MARK: ownership
 

@@ -197,6 +197,28 @@ func runAs(nobody: Bool, _ args: [String]) -> RunResult {
     #expect(unknown.stderr.contains("holds no guest 'nope'"))
 }
 
+@Test func reconcileOnRequestReportsDriftAndFixModeRepairsIt() throws {
+    let agent = try AgentProcess()
+    let t = "examples/two-vsmmus-four-gpus.yaml"
+    #expect(vsmmu(["apply", t, "--socket", agent.socket, "--auto-approve"]).code == 0)
+    #expect(vsmmu(["reconcile", "--socket", agent.socket]).code == 0)
+    // drift: someone rebinds gpu1 to nvidia behind the agent's back (simulated host.yaml)
+    agent.stop()
+    let hostYAML = agent.dir + "/state/sim/host.yaml"
+    var text = try String(contentsOfFile: hostYAML, encoding: .utf8)
+    let at = text.range(of: "address: \"0000:09:02.0\"")!
+    text.replaceSubrange(text.range(of: "driver: vfio-pci", range: at.upperBound..<text.endIndex)!, with: "driver: nvidia")
+    try text.write(toFile: hostYAML, atomically: true, encoding: .utf8)
+    try agent.restart(extra: [])
+    let r = vsmmu(["reconcile", "--socket", agent.socket])
+    #expect(r.code == 2)
+    #expect(r.stderr.contains("drift found"))
+    #expect(r.stderr.contains("0000:09:02.0 (nvidia → vfio-pci)"))
+    try agent.restart(extra: ["--reconcile", "fix"])
+    #expect(agent.logText.contains("reconcile (start): converged"))
+    #expect(vsmmu(["reconcile", "--socket", agent.socket]).code == 0)
+}
+
 @Test func noAgentIsAClearError() {
     let r = vsmmu(["plan", "examples/one-guest-one-vsmmu.yaml", "--socket", "/tmp/no-such-vsmmu.sock"])
     #expect(r.code == 1)

@@ -1,4 +1,5 @@
 import Foundation
+import Glibc
 import Testing
 @testable import VsmmuLinux
 
@@ -25,4 +26,20 @@ import Testing
     #expect(Preflight.accessProblem(devRoot: d)?.contains("CONFIG_VFIO_DEVICE_CDEV") == true)
     try? FileManager.default.createDirectory(atPath: d + "/vfio/devices", withIntermediateDirectories: true)
     #expect(Preflight.accessProblem(devRoot: d) == nil)
+}
+
+@Test func anFdIsClosedOnceEvenIfClosedTwice() throws {
+    let dev = NSTemporaryDirectory() + "vsmmu-dev-\(UUID().uuidString)"
+    defer { try? FileManager.default.removeItem(atPath: dev) }
+    try FileManager.default.createDirectory(atPath: dev + "/vfio/devices", withIntermediateDirectories: true)
+    _ = FileManager.default.createFile(atPath: dev + "/iommu", contents: nil)
+    let k = LinuxKernel(sysfsRoot: "/nonexistent", devRoot: dev)
+    let a = try k.openIommufd()
+    k.close(a)
+    // the number is reused by the next open; a stale second close must not close it
+    let other = open("/dev/null", O_RDONLY)
+    defer { close(other) }
+    #expect(other == a.fd)
+    k.close(a)
+    #expect(fcntl(other, F_GETFD) != -1, "the second close closed someone else's fd")
 }
