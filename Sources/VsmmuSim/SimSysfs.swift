@@ -208,6 +208,8 @@ extension SimulatedKernel {
         device.driver = driver
         setDevice(address, device)
         if driver == "vfio-pci" {
+            // Chosen before the write (choosing it inside `state.devices[address]?.vfioIndex = …`
+            // read the devices during their modification: a Swift exclusivity trap).
             let index = lowestFreeVfioIndex()
             updateDevice(address) {
                 $0.vfioIndex = index
