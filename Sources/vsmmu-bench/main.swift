@@ -129,6 +129,10 @@ case "plan":
         plan = try Pipeline.plan(topology, validation: validation, port: sim, host: sim.currentHost, store: store, simulated: true)
     })
     let rssPlan = peakRSSMiB()
+    if args.contains("--plan-only") {
+        print("plan from empty \(fmt(tPlan)), \(plan.operations.count) operations")
+        exit(0)
+    }
     let tApply = try seconds(clock.measure { try Pipeline.apply(plan, port: sim, store: store) })
     let applied = sim.mutatingCalls
     var again: Plan!
