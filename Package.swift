@@ -44,24 +44,26 @@ let package = Package(
             ]
         ),
         .executableTarget(name: "vsmmu", dependencies: ["VsmmuCommands"]),
+        // Shared by the test targets only.
+        .target(name: "VsmmuTestSupport"),
         .executableTarget(
             name: "vsmmu-bench",
             dependencies: ["VsmmuModel", "VsmmuYAML", "VsmmuKernel", "VsmmuSim", "VsmmuPlanner", "VsmmuExecutor", "VsmmuIPC"]
         ),
         .testTarget(name: "VsmmuYAMLTests", dependencies: ["VsmmuYAML"]),
-        .testTarget(name: "VsmmuModelTests", dependencies: ["VsmmuModel", "VsmmuYAML", "VsmmuKernel"]),
+        .testTarget(name: "VsmmuModelTests", dependencies: ["VsmmuModel", "VsmmuYAML", "VsmmuKernel", "VsmmuTestSupport"]),
         .testTarget(name: "VsmmuSimTests", dependencies: ["VsmmuSim", "VsmmuKernel"]),
         .testTarget(
             name: "VsmmuLinuxTests",
-            dependencies: ["VsmmuLinux", "CVsmmuUAPI", "VsmmuKernel", "VsmmuSim", "VsmmuModel", "VsmmuPlanner", "VsmmuExecutor", "VsmmuYAML"]
+            dependencies: ["VsmmuLinux", "CVsmmuUAPI", "VsmmuKernel", "VsmmuSim", "VsmmuModel", "VsmmuPlanner", "VsmmuExecutor", "VsmmuYAML", "VsmmuTestSupport"]
         ),
         .testTarget(
             name: "VsmmuPlannerTests",
-            dependencies: ["VsmmuPlanner", "VsmmuExecutor", "VsmmuSim", "VsmmuModel", "VsmmuKernel", "VsmmuYAML"]
+            dependencies: ["VsmmuPlanner", "VsmmuExecutor", "VsmmuSim", "VsmmuModel", "VsmmuKernel", "VsmmuYAML", "VsmmuTestSupport"]
         ),
         .testTarget(
             name: "VsmmuCommandsTests",
-            dependencies: ["VsmmuCommands", "VsmmuModel"],
+            dependencies: ["VsmmuCommands", "VsmmuModel", "VsmmuTestSupport"],
             exclude: ["golden"]
         ),
     ]

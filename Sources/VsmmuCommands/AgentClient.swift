@@ -80,4 +80,12 @@ struct JSONText: Codable {
 
 enum AgentProtocol {
     static let version = 1
+    static let defaultSocket = "/run/vsmmu/agent.sock"
+
+    /// --socket, else $VSMMU_SOCKET, else the default path.
+    static func socket(_ explicit: String?) -> String {
+        if let explicit { return explicit }
+        if let env = ProcessInfo.processInfo.environment["VSMMU_SOCKET"], !env.isEmpty { return env }
+        return defaultSocket
+    }
 }

@@ -67,7 +67,7 @@ final class AgentServer: @unchecked Sendable {
         self.console = console
     }
 
-    var socketPath: String { options.kernel.socket ?? ProcessInfo.processInfo.environment["VSMMU_SOCKET"] ?? "/run/vsmmu/agent.sock" }
+    var socketPath: String { AgentProtocol.socket(options.kernel.socket) }
     var appliedPath: String { session.stateDir + "/agent-topology" }
 
     func log(_ s: String) { console.error("vsmmu-agent: \(s)") }

@@ -24,7 +24,7 @@ struct Handoff: ParsableCommand {
     func run() throws {
         let console = Console.standard()
         let code = try runReporting(console) {
-            let path = socket ?? ProcessInfo.processInfo.environment["VSMMU_SOCKET"] ?? "/run/vsmmu/agent.sock"
+            let path = AgentProtocol.socket(socket)
             let client = AgentClient(path: path)
             let channel = try client.connect()
             let line = String(decoding: try JSONEncoder().encode(AgentClient.Envelope(handoff: guest)), as: UTF8.self)

@@ -21,7 +21,7 @@ struct Reconcile: ParsableCommand {
     func run() throws {
         let console = Console.standard()
         let code = try runReporting(console) {
-            let path = socket ?? ProcessInfo.processInfo.environment["VSMMU_SOCKET"] ?? "/run/vsmmu/agent.sock"
+            let path = AgentProtocol.socket(socket)
             let reply = try AgentClient(path: path).exchange(Request(command: "reconcile"), console: console)
             if reply.exit == 0 { console.print("No drift: the kernel holds what the last applied topology asks for.") }
             return reply.exit ?? 1

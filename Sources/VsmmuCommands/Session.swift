@@ -24,9 +24,8 @@ struct KernelOptions: ParsableArguments {
 
     /// The agent to talk to, or nil to run in-process (with --host and no --socket).
     var agentSocket: String? {
-        if let socket { return socket }
-        if let env = ProcessInfo.processInfo.environment["VSMMU_SOCKET"], !env.isEmpty { return env }
-        return host == nil ? "/run/vsmmu/agent.sock" : nil
+        if socket == nil, host != nil, (ProcessInfo.processInfo.environment["VSMMU_SOCKET"] ?? "").isEmpty { return nil }
+        return AgentProtocol.socket(socket)
     }
 
     var resolvedStateDir: String {

@@ -1,15 +1,5 @@
 import Foundation
-
-let packageRoot: String = {
-    var url = URL(fileURLWithPath: #filePath)
-    while url.path != "/" {
-        url.deleteLastPathComponent()
-        if FileManager.default.fileExists(atPath: url.appendingPathComponent("Package.swift").path) { return url.path }
-    }
-    return FileManager.default.currentDirectoryPath
-}()
-
-func path(_ relative: String) -> String { packageRoot + "/" + relative }
+import VsmmuTestSupport
 
 /// The `vsmmu` executable built next to this test bundle.
 let vsmmuBinary: String = {

@@ -1,3 +1,4 @@
+import VsmmuTestSupport
 import Foundation
 import Testing
 #if canImport(FoundationXML)

@@ -1,4 +1,5 @@
 import Foundation
+import VsmmuTestSupport
 import Glibc
 import Testing
 import VsmmuExecutor
@@ -126,15 +127,6 @@ struct SimSysfs: SysfsAccess {
     func unbind(_ a: PCIAddress, driver: String) throws(KernelCallError) { try sim.unbindDriver(a, driver: driver) }
     func driversProbe(_ a: PCIAddress) throws(KernelCallError) { try sim.driversProbe(a) }
 }
-
-let packageRoot: String = {
-    var url = URL(fileURLWithPath: #filePath)
-    while url.path != "/" {
-        url.deleteLastPathComponent()
-        if FileManager.default.fileExists(atPath: url.appendingPathComponent("Package.swift").path) { return url.path }
-    }
-    return FileManager.default.currentDirectoryPath
-}()
 
 /// The calls a kernel receives, with the process's own numbers (fds, VAs) blanked:
 /// ioctls and sysfs writes only (opens, memfds and chown are file-level steps the

@@ -1,19 +1,9 @@
 import Foundation
+import VsmmuTestSupport
 import VsmmuModel
 import VsmmuKernel
 
 /// The package root, found from this file's path.
-let packageRoot: String = {
-    var url = URL(fileURLWithPath: #filePath)
-    while url.path != "/" {
-        url.deleteLastPathComponent()
-        if FileManager.default.fileExists(atPath: url.appendingPathComponent("Package.swift").path) { return url.path }
-    }
-    return FileManager.default.currentDirectoryPath
-}()
-
-func path(_ relative: String) -> String { packageRoot + "/" + relative }
-
 func files(in dir: String) -> [String] {
     let names = (try? FileManager.default.contentsOfDirectory(atPath: path(dir))) ?? []
     return names.filter { $0.hasSuffix(".yaml") }.sorted().map { dir + "/" + $0 }

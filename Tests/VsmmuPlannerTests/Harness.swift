@@ -1,4 +1,5 @@
 import Foundation
+import VsmmuTestSupport
 import Testing
 import VsmmuExecutor
 import VsmmuKernel
@@ -6,17 +7,6 @@ import VsmmuModel
 import VsmmuPlanner
 @testable import VsmmuSim
 import VsmmuYAML
-
-let packageRoot: String = {
-    var url = URL(fileURLWithPath: #filePath)
-    while url.path != "/" {
-        url.deleteLastPathComponent()
-        if FileManager.default.fileExists(atPath: url.appendingPathComponent("Package.swift").path) { return url.path }
-    }
-    return FileManager.default.currentDirectoryPath
-}()
-
-func path(_ relative: String) -> String { packageRoot + "/" + relative }
 
 struct YAMLCodec: HostFileCodec {
     func decode(_ text: String, path: String) throws -> HostDescription {
