@@ -129,10 +129,17 @@ final class AgentProcess {
 }
 
 func runAs(nobody: Bool, _ args: [String]) -> RunResult {
-    // setpriv drops to nobody; the binary's directory must be readable by it
+    // setpriv drops to nobody. A copy of the binary in a world-readable temp dir, since the
+    // checkout may sit under a directory nobody cannot enter.
+    let dir = tempDir()
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let binary = dir + "/vsmmu"
+    try? FileManager.default.copyItem(atPath: vsmmuBinary, toPath: binary)
+    chmod(dir, 0o755)
+    chmod(binary, 0o755)
     let p = Process()
     p.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
-    p.arguments = ["--reuid=65534", "--regid=65534", "--clear-groups", vsmmuBinary] + args
+    p.arguments = ["--reuid=65534", "--regid=65534", "--clear-groups", binary] + args
     p.currentDirectoryURL = URL(fileURLWithPath: "/")
     p.environment = ["PATH": "/usr/bin:/bin", "HOME": "/tmp"]
     let out = Pipe(), err = Pipe()
