@@ -121,10 +121,18 @@ public final class Executor {
                 patches.append(.originalDriver(a, .some(current)))
             }
             try port.writeDriverOverride(a, d)
+            // Verify each binding step before the next (reference §8, safe order).
+            let now = try port.pciDevice(a)?.driverOverride
+            if now != d {
+                throw ApplyError(operation: op, errno: nil, message: "after writing driver_override, \(a) reads \(now.map { "'\($0)'" } ?? "unset"), not \(d.map { "'\($0)'" } ?? "unset")")
+            }
             return patches
 
         case .unbindDriver(let a, let d):
             try port.unbindDriver(a, driver: d)
+            if let still = try port.pciDevice(a)?.driver, still == d {
+                throw ApplyError(operation: op, errno: nil, message: "after unbind, \(a) is still bound to \(d)", hint: "the driver refused to let go of the device; vsmmu does not force it")
+            }
             return []
 
         case .probeDriver(let a, let expect):
