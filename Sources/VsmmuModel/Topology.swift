@@ -118,7 +118,7 @@ public enum TopologySchema {
         SchemaField("name", .scalar(.name, description: "unique within the guest"), required: true),
         SchemaField("physical", .scalar(.text, description: "auto, or the host IOMMU's name, e.g. smmu3.0x0000000016000000")),
         SchemaField("busNumber", .scalar(.uint(max: 255), description: "guest pxb-pcie bus_nr (allocated if absent)")),
-        SchemaField("identifier", .scalar(.uint(max: 255), description: "QEMU identifier (IORT node id), unique per guest")),
+        SchemaField("identifier", .scalar(.uint(max: 255), description: "QEMU identifier (IORT node id), unique per guest; allocated from 1 if absent")),
         SchemaField("ats", .scalar(switchKind, description: "on | off | auto (the physical SMMU's value)")),
         SchemaField("ril", .scalar(switchKind, description: "on | off | auto")),
         SchemaField("ssidSize", .scalar(.uintOrAuto(max: 20), description: "0..20 | auto (PASID bits)")),

@@ -107,8 +107,12 @@ public enum Allocator {
                 ids[s.name] = p; identifiers.insert(p)
             }
         }
+        // From 1: QEMU numbers IORT nodes in one sequence with the ITS group at 0, and with
+        // accel=off it gives the SMMUs 1, 2, … in creation order whatever identifier= says
+        // (seen with QEMU 11.1.3, scripts/qemu-check.sh); dense values from 1, emitted in
+        // identifier order, keep the plan's numbers and the guest's IORT the same.
         for s in guest.vsmmus where ids[s.name] == nil {
-            let id = (0...).first { !identifiers.contains($0) }!
+            let id = (1...).first { !identifiers.contains($0) }!
             ids[s.name] = id
             identifiers.insert(id)
         }

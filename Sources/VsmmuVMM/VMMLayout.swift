@@ -39,7 +39,8 @@ public struct VMMLayout: Sendable {
         func nextChassis() -> Int { chassis += 1; return chassis }
         let byName = Dictionary(uniqueKeysWithValues: g.devices.map { ($0.name, $0) })
         var expanders: [Expander] = []
-        for (i, v) in g.vsmmus.sorted(by: { $0.busNumber < $1.busNumber }).enumerated() {
+        // Created in identifier order: QEMU numbers the SMMUs' IORT nodes in creation order.
+        for (i, v) in g.vsmmus.sorted(by: { ($0.identifier, $0.busNumber) < ($1.identifier, $1.busNumber) }).enumerated() {
             let a = allocation.vsmmus[v.name]?.ports ?? PortAllocation()
             let busID = "pcie.\(i + 1)"
             let bySlot = Dictionary(uniqueKeysWithValues: a.slots.map { ($0.value, $0.key) })

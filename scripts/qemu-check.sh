@@ -1,0 +1,262 @@
+#!/usr/bin/env bash
+# qemu-check: what vsmmu emits for QEMU, checked against a real qemu-system-aarch64 >= 11.
+#
+#   bash scripts/qemu-check.sh          # as root; Debian 12 x86_64; reaches deb.debian.org
+#
+# Timing (2-core Debian 12 x86_64, no KVM, TCG; measured 2026-11-25 with
+# `time bash scripts/qemu-check.sh`):
+#   cold (no cache: debootstrap trixie + apt-get install, 622 MB root): 48-63 s wall
+#        (root setup 28-35 s; debootstrap itself was already installed on the host --
+#        on a fresh machine add its apt-get update + install)
+#   warm (cached root reused):                                          19-28 s wall
+#   (3 guests, 94 checks; each TCG UEFI boot reaches BDS in about 6 s)
+#
+# QEMU comes from Debian: a minimal trixie root (debootstrap, minbase) with
+# qemu-system-arm from trixie-backports (11.1.x; bookworm-backports only has 10.0,
+# which predates accel=on), qemu-efi-aarch64 (the UEFI firmware) and python3, kept
+# under $VSMMU_QEMU_CACHE (default ~/.cache/vsmmu-qemu) and run with chroot inside a
+# private mount namespace (unshare -m), so no mount outlives a run. The host's glibc
+# (2.36) is too old for that QEMU, hence the root.
+#
+# For each guest (examples/<file>.yaml guest, host examples/hosts/grace-2smmu-cmdqv.yaml,
+# a fresh --state-dir for every vsmmu call) scripts/qemu-check/check.py runs:
+#   (a) every -object/-device/-machine property emitted by `vsmmu qemu-args` is listed
+#       by the binary's `TYPE,help`, and its value fits the listed type; each option that
+#       the TCG boot has to change is also started verbatim once (-S): QEMU must parse
+#       it and stop only at the environment gate (KVM for accel=on, no host device
+#       for vfio-pci, no hugepages for the memory backend);
+#   (b) the same topology under TCG with vfio-pci replaced by an emulated PCIe endpoint
+#       ($VSMMU_QEMU_PLACEHOLDER) in the same root ports, accel=off and the features
+#       accel=off refuses set to what it accepts (ats=off ril=on oas=44 ssidsize=0
+#       cmdqv=off), booted with the UEFI firmware until it reaches BDS; QMP query-pci
+#       must show each pxb-pcie as root bus bus_nr and each placeholder at the address
+#       predicted from the args (bus_nr + 1 + rank of its root port's slot), equal to
+#       `vsmmu plan --format json` layout guestAddress and vsid (bus << 8 | devfn);
+#       the ACPI IORT QEMU generated (read from guest RAM with QMP pmemsave) must map
+#       each device's RID 1:1 to that StreamID on its pxb's SMMUv3 node, whose
+#       identifier must be the emitted identifier=.
+# Everything changed for the TCG run is printed as a NOTE line.
+#
+# Output: one PASS/FAIL line per check, NOTE lines, and last `qemu-check: N passed, M failed`;
+# exit 1 on any failure; exit 75 when the Debian archive cannot be reached (nothing checked).
+#
+# Environment:
+#   VSMMU_QEMU_CACHE        cache dir (default $HOME/.cache/vsmmu-qemu)
+#   VSMMU_QEMU_SUITE        Debian suite of the root (default trixie; sid also works)
+#   VSMMU_QEMU_BACKPORTS    suite to take qemu-system-arm from (default trixie-backports
+#                           for trixie, none otherwise; set empty for none)
+#   VSMMU_QEMU_MIRROR       default http://deb.debian.org/debian
+#   VSMMU_QEMU_REFRESH=1    rebuild the cached root (e.g. to pick up a newer QEMU)
+#   VSMMU_QEMU_PLACEHOLDER  default virtio-rng-pci,disable-legacy=on (no backend, no option ROM)
+#   VSMMU_QEMU_BOOT_TIMEOUT seconds to wait for the firmware per guest (default 240)
+#   VSMMU_QEMU_GUESTS       default "two-vsmmus-four-gpus/train0 cmdqv/vm1 one-guest-one-vsmmu/vm1"
+#   VSMMU_QEMU_HOST         default examples/hosts/grace-2smmu-cmdqv.yaml
+#   VSMMU_BIN               default .build/debug/vsmmu (built with `swift build` if missing)
+set -euo pipefail
+
+T0=$(date +%s)
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/.." && pwd)
+CACHE=${VSMMU_QEMU_CACHE:-${HOME:-/root}/.cache/vsmmu-qemu}
+SUITE=${VSMMU_QEMU_SUITE:-trixie}
+if [ "${VSMMU_QEMU_BACKPORTS+set}" = set ]; then
+	BACKPORTS=$VSMMU_QEMU_BACKPORTS
+elif [ "$SUITE" = trixie ]; then
+	BACKPORTS=trixie-backports
+else
+	BACKPORTS=
+fi
+MIRROR=${VSMMU_QEMU_MIRROR:-http://deb.debian.org/debian}
+REFRESH=${VSMMU_QEMU_REFRESH:-0}
+PLACEHOLDER=${VSMMU_QEMU_PLACEHOLDER:-virtio-rng-pci,disable-legacy=on}
+BOOT_TIMEOUT=${VSMMU_QEMU_BOOT_TIMEOUT:-240}
+GUESTS=${VSMMU_QEMU_GUESTS:-two-vsmmus-four-gpus/train0 cmdqv/vm1 one-guest-one-vsmmu/vm1}
+HOSTFILE=${VSMMU_QEMU_HOST:-examples/hosts/grace-2smmu-cmdqv.yaml}
+VSMMU=${VSMMU_BIN:-$REPO/.build/debug/vsmmu}
+PKGS="qemu-system-arm qemu-efi-aarch64 python3"
+ROOT=$CACHE/root-$SUITE${BACKPORTS:+-$BACKPORTS}
+KEY="vsmmu-qemu-root v1 suite=$SUITE backports=$BACKPORTS mirror=$MIRROR pkgs=$PKGS"
+
+say() { printf 'qemu-check: %s\n' "$*"; }
+elapsed() { echo $(($(date +%s) - $1)); }
+fatal() {
+	printf 'FAIL setup: %s\n' "$*"
+	printf 'qemu-check: 0 passed, 1 failed\n'
+	exit 1
+}
+# The Debian archive could not be reached: nothing was checked, and nothing of vsmmu
+# failed. Exit 75 (EX_TEMPFAIL) so CI can tell this from a failed check.
+unreachable() {
+	printf 'SKIP setup: %s\n' "$*"
+	printf 'qemu-check: 0 passed, 0 failed (not run: the archive is unreachable)\n'
+	exit 75
+}
+
+[ "$(id -u)" = 0 ] || fatal "run as root (debootstrap, chroot and unshare need it)"
+for c in unshare chroot flock mknod; do
+	command -v "$c" >/dev/null || fatal "$c is missing (util-linux/coreutils)"
+done
+
+# Run "$@" chrooted into root $1, in a private mount namespace with its own /proc and a
+# small /dev (null zero full random urandom tty, shm, and a /dev/iommu stub: -object
+# iommufd insists that /dev/iommu exists; nothing here ever reaches an iommufd ioctl).
+inroot() {
+	local r=$1
+	shift
+	unshare --mount --propagation private -- /bin/bash -c '
+		set -e
+		r=$1; shift
+		mount -t proc proc "$r/proc"
+		mount -t tmpfs -o mode=0755,size=16m vsmmu-qemu-dev "$r/dev"
+		mknod -m 666 "$r/dev/null" c 1 3
+		mknod -m 666 "$r/dev/zero" c 1 5
+		mknod -m 666 "$r/dev/full" c 1 7
+		mknod -m 666 "$r/dev/random" c 1 8
+		mknod -m 666 "$r/dev/urandom" c 1 9
+		mknod -m 666 "$r/dev/tty" c 5 0
+		mknod -m 600 "$r/dev/iommu" c 1 3
+		mkdir -m 1777 "$r/dev/shm"
+		mount -t tmpfs -o size=256m shm "$r/dev/shm"
+		ln -s /proc/self/fd "$r/dev/fd"
+		ln -s /proc/self/fd/0 "$r/dev/stdin"
+		ln -s /proc/self/fd/1 "$r/dev/stdout"
+		ln -s /proc/self/fd/2 "$r/dev/stderr"
+		exec chroot "$r" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
+			DEBIAN_FRONTEND=noninteractive "$@"
+	' vsmmu-qemu-inroot "$r" "$@"
+}
+
+# --- 1. the cached Debian root with QEMU ---------------------------------------------------
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.lock"
+if ! flock -n 9; then
+	say "waiting for another qemu-check run (lock $CACHE/.lock)"
+	flock -w 1800 9 || fatal "could not lock $CACHE/.lock within 30 minutes"
+fi
+
+setup_root() {
+	local t new log
+	t=$(date +%s)
+	new=$ROOT.new
+	log=$CACHE/setup.log
+	: >"$log"
+	say "setup: building a $SUITE root${BACKPORTS:+ (+$BACKPORTS)} with $PKGS in $ROOT (log $log)"
+	if ! command -v debootstrap >/dev/null; then
+		say "setup: installing debootstrap (apt-get update && apt-get install debootstrap)"
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			debootstrap wget; } >>"$log" 2>&1 ||
+			unreachable "apt-get could not install debootstrap: is the Debian archive reachable? (tail of $log: $(tail -2 "$log" | tr '\n' ' '))"
+	fi
+	if command -v wget >/dev/null; then
+		wget -q -T 20 -t 2 -O /dev/null "$MIRROR/dists/$SUITE/InRelease" >>"$log" 2>&1 ||
+			unreachable "cannot reach the Debian archive at $MIRROR (dists/$SUITE/InRelease); set VSMMU_QEMU_MIRROR or fix the network"
+	fi
+	rm -rf "$new"
+	say "setup: debootstrap --variant=minbase $SUITE (about 30 s)"
+	debootstrap --variant=minbase "$SUITE" "$new" "$MIRROR" >>"$log" 2>&1 ||
+		unreachable "debootstrap $SUITE from $MIRROR failed (archive unreachable? see $log: $(tail -2 "$log" | tr '\n' ' '))"
+	if [ -n "$BACKPORTS" ]; then
+		echo "deb $MIRROR $BACKPORTS main" >"$new/etc/apt/sources.list.d/vsmmu-qemu-backports.list"
+	fi
+	# the archive this runs against may be a dated snapshot whose Release files are past
+	# Valid-Until (sid's already is); signatures are still checked
+	echo 'Acquire::Check-Valid-Until "false";' >"$new/etc/apt/apt.conf.d/99vsmmu-qemu-check"
+	cp -L /etc/resolv.conf "$new/etc/resolv.conf" 2>/dev/null || true
+	say "setup: apt-get install $PKGS${BACKPORTS:+ (-t $BACKPORTS)} in the root"
+	inroot "$new" apt-get update -qq >>"$log" 2>&1 ||
+		unreachable "apt-get update in the $SUITE root failed (archive unreachable? see $log)"
+	# shellcheck disable=SC2086
+	inroot "$new" apt-get install -y -qq --no-install-recommends ${BACKPORTS:+-t "$BACKPORTS"} $PKGS >>"$log" 2>&1 ||
+		unreachable "apt-get install $PKGS in the $SUITE root failed (see $log: $(tail -2 "$log" | tr '\n' ' '))"
+	inroot "$new" apt-get clean >>"$log" 2>&1 || true
+	rm -rf "$new/var/lib/apt/lists/"* "$new/usr/share/doc" "$new/usr/share/man" "$new/usr/share/locale"
+	[ -x "$new/usr/bin/qemu-system-aarch64" ] || fatal "qemu-system-aarch64 is missing in the root after apt-get install"
+	[ -f "$new/usr/share/qemu-efi-aarch64/QEMU_EFI.fd" ] || fatal "QEMU_EFI.fd is missing in the root after apt-get install"
+	{
+		echo "$KEY"
+		date -u +%FT%TZ
+	} >"$new/.vsmmu-qemu-ready"
+	rm -rf "$ROOT"
+	mv "$new" "$ROOT"
+	say "setup: root ready in $(elapsed "$t")s ($(du -sh "$ROOT" | cut -f1))"
+}
+
+if [ "$REFRESH" != 1 ] && [ -f "$ROOT/.vsmmu-qemu-ready" ] && [ "$(head -1 "$ROOT/.vsmmu-qemu-ready")" = "$KEY" ]; then
+	say "setup: reusing cached root $ROOT (built $(sed -n 2p "$ROOT/.vsmmu-qemu-ready"); VSMMU_QEMU_REFRESH=1 rebuilds)"
+else
+	setup_root
+fi
+QVER=$(inroot "$ROOT" qemu-system-aarch64 --version 2>&1 | head -1) || fatal "the cached qemu-system-aarch64 does not run: $QVER"
+QPKG=$(dpkg-query --admindir="$ROOT/var/lib/dpkg" -W -f='${Version}' qemu-system-arm 2>/dev/null || echo '?')
+FWPKG=$(dpkg-query --admindir="$ROOT/var/lib/dpkg" -W -f='${Version}' qemu-efi-aarch64 2>/dev/null || echo '?')
+say "setup: $QVER (Debian qemu-system-arm $QPKG from $SUITE${BACKPORTS:+/$BACKPORTS}), qemu-efi-aarch64 $FWPKG"
+
+# --- 2. vsmmu output for each guest -----------------------------------------------------------
+if [ ! -x "$VSMMU" ]; then
+	say "building vsmmu (swift build) because $VSMMU is missing"
+	(cd "$REPO" && swift build) || fatal "swift build failed"
+	[ -x "$VSMMU" ] || fatal "$VSMMU is still missing after swift build"
+fi
+
+W=$ROOT/tmp/qemu-check # seen as /tmp/qemu-check inside the root
+rm -rf "$W"
+mkdir -p "$W"
+cp "$HERE/qemu-check/check.py" "$W/check.py"
+jstr() { printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g')"; }
+entries=()
+for spec in $GUESTS; do
+	file=${spec%/*}
+	guest=${spec#*/}
+	dir=$(printf '%s' "${file}_$guest" | tr -c 'A-Za-z0-9_.-' '_')
+	mkdir -p "$W/$dir"
+	sd=$(mktemp -d)
+	say "vsmmu qemu-args examples/$file.yaml --guest $guest --host $HOSTFILE --format json"
+	set +e
+	(cd "$REPO" && "$VSMMU" qemu-args "examples/$file.yaml" --guest "$guest" --host "$HOSTFILE" \
+		--state-dir "$sd" --format json) >"$W/$dir/qemu-args.json" 2>"$W/$dir/qemu-args.err"
+	arc=$?
+	rm -rf "$sd"
+	sd=$(mktemp -d)
+	(cd "$REPO" && "$VSMMU" plan "examples/$file.yaml" --host "$HOSTFILE" --state-dir "$sd" --format json) \
+		>"$W/$dir/plan.json" 2>"$W/$dir/plan.err"
+	prc=$?
+	set -e
+	rm -rf "$sd"
+	entries+=("{\"label\": $(jstr "$spec"), \"guest\": $(jstr "$guest"), \"dir\": $(jstr "$dir"), \"args_rc\": $arc, \"plan_rc\": $prc, \"args_err\": $(jstr "$(head -c 2000 "$W/$dir/qemu-args.err")"), \"plan_err\": $(jstr "$(head -c 2000 "$W/$dir/plan.err")")}")
+done
+{
+	echo "{\"qemu\": \"/usr/bin/qemu-system-aarch64\","
+	echo " \"firmware\": \"/usr/share/qemu-efi-aarch64/QEMU_EFI.fd\","
+	echo " \"firmware_version\": $(jstr "qemu-efi-aarch64 $FWPKG"),"
+	echo " \"placeholder\": $(jstr "$PLACEHOLDER"),"
+	echo " \"boot_timeout\": $BOOT_TIMEOUT,"
+	echo " \"t0\": $T0,"
+	echo " \"guests\": ["
+	sep=
+	for e in "${entries[@]}"; do
+		printf '%s  %s\n' "$sep" "$e"
+		sep=,
+	done
+	echo " ]}"
+} | tr -d '\t' | sed 's/\r//g' >"$W/manifest.json"
+
+# --- 3. the checks -----------------------------------------------------------------------------
+say "running the checks in the root (logs: $W)"
+set +e
+inroot "$ROOT" python3 -u /tmp/qemu-check/check.py /tmp/qemu-check 2>"$W/check.err" | tee "$W/check.out"
+rc=${PIPESTATUS[0]}
+set -e
+summary=$(tail -1 "$W/check.out" | grep -E '^qemu-check: [0-9]+ passed, [0-9]+ failed$' || true)
+if [ -s "$W/check.err" ]; then
+	echo "check.py stderr:"
+	sed 's/^/    /' "$W/check.err"
+	[ -z "$summary" ] || echo "$summary"
+fi
+if [ -z "$summary" ]; then
+	printf 'FAIL check.py ended without a summary (exit %s)\n' "$rc"
+	np=$(grep -c '^PASS ' "$W/check.out" || true)
+	nf=$(grep -c '^FAIL ' "$W/check.out" || true)
+	printf 'qemu-check: %d passed, %d failed\n' "$np" "$((nf + 1))"
+	exit 1
+fi
+[ "$rc" = 0 ] || exit 1
