@@ -33,14 +33,15 @@ struct AgentClient {
     func exchange(_ request: Request, console: Console) throws -> Reply {
         let channel = try connect()
         let line = String(decoding: try JSONEncoder().encode(Envelope(request: request)), as: UTF8.self)
-        guard channel.send(line) else { throw CommandError(message: "the agent at \(path) closed the connection") }
+        // Even if sending fails, the agent may have answered (a refusal comes first).
+        let sent = channel.send(line)
         while let l = channel.readLine() {
             guard let reply = try? JSONDecoder().decode(Reply.self, from: Data(l.utf8)) else { continue }
             if let o = reply.out { console.write(o) }
             if let e = reply.err { console.errorRaw(e) }
             if reply.exit != nil { return reply }
         }
-        throw CommandError(message: "the agent at \(path) went away before answering")
+        throw CommandError(message: sent ? "the agent at \(path) went away before answering" : "the agent at \(path) closed the connection")
     }
 
     func run(_ request: Request, console: Console, savePlanTo: String?, hostHint: String?) throws -> Int32 {

@@ -153,6 +153,7 @@ final class AgentServer: @unchecked Sendable {
             let who = channel.peer().map { "uid \($0.uid) (pid \($0.pid))" } ?? "an unknown peer"
             log("refused \(who)")
             reply(channel, AgentClient.Reply(err: "error: \(who) may not use this agent (root, uid \(getuid())\(allowedGID.map { " or group \($0)" } ?? "") only)\n", exit: 1))
+            channel.finish()
             return
         }
         guard let line = channel.readLine(),

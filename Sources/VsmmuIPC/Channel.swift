@@ -51,9 +51,13 @@ public final class Channel: @unchecked Sendable {
         return true
     }
 
-    /// The next line, or nil at end of stream.
+    /// Longest line accepted: a request carries a topology (32 MiB at most) in base64.
+    public static let maxLine = 64 << 20
+
+    /// The next line, or nil at end of stream (or past `maxLine`).
     public func readLine() -> String? {
         while true {
+            if buffer.count > Channel.maxLine { return nil }
             if let i = buffer.firstIndex(of: 10) {
                 let line = String(decoding: buffer[..<i], as: UTF8.self)
                 buffer.removeSubrange(...i)
@@ -76,6 +80,21 @@ public final class Channel: @unchecked Sendable {
         var pid: Int32 = 0
         var uid: UInt32 = 0, gid: UInt32 = 0
         return vsmmu_peer_cred(fd, &pid, &uid, &gid) == 0 ? (pid, uid, gid) : nil
+    }
+
+    /// Stop sending and read what the peer still sends (at most `seconds`), then close:
+    /// closing with unread data would reset the connection and lose our last reply.
+    public func finish(waitingAtMost seconds: Int = 2) {
+        Glibc.shutdown(fd, Int32(SHUT_WR))
+        var tv = timeval(tv_sec: seconds, tv_usec: 0)
+        _ = setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var sink = [UInt8](repeating: 0, count: 4096)
+        var total = 0
+        while total < Channel.maxLine {
+            let n = sink.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if n <= 0 { break }
+            total += n
+        }
     }
 
     public func takeReceivedFDs() -> [Int32] {
