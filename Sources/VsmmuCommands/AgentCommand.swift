@@ -108,6 +108,7 @@ final class AgentServer: @unchecked Sendable {
         log("holding \(session.simulated ? "the simulated kernel in \(session.stateDir)/sim" : "the live kernel"), state in \(session.stateDir), listening on \(socketPath)")
         reconcileNow(reason: "start")
         SystemdNotify.send("READY=1\nSTATUS=serving on \(socketPath)")
+        log("ready")
         if options.reconcileInterval > 0 {
             let interval = options.reconcileInterval
             Thread.detachNewThread { [self] in

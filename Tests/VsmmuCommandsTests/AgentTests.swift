@@ -37,9 +37,10 @@ final class AgentProcess {
         p.standardError = h
         try p.run()
         current = p
-        let deadline = Date().addingTimeInterval(20)
-        while !FileManager.default.fileExists(atPath: socket) && Date() < deadline { usleep(20_000) }
-        usleep(100_000)
+        // Ready once its start-up reconcile ran (it logs "ready" then).
+        let before = logText.components(separatedBy: "vsmmu-agent: ready").count
+        let deadline = Date().addingTimeInterval(30)
+        while logText.components(separatedBy: "vsmmu-agent: ready").count == before && Date() < deadline { usleep(20_000) }
     }
 
     func restart(extra: [String]? = nil) throws {
@@ -92,7 +93,10 @@ final class AgentProcess {
     p.standardOutput = FileHandle.nullDevice
     p.standardError = FileHandle.nullDevice
     try p.run()
-    usleep(400_000)
+    // kill the client once the agent has begun applying (its journal exists)
+    let deadline = Date().addingTimeInterval(20)
+    while !FileManager.default.fileExists(atPath: agent.dir + "/state/journal.log") && Date() < deadline { usleep(10_000) }
+    usleep(100_000)
     kill(p.processIdentifier, SIGKILL)
     p.waitUntilExit()
     // The next request waits for the apply in flight (one writer), then sees it done.
