@@ -241,8 +241,10 @@ enum ScalarParser {
                 (c >= 97 && c <= 122) || (c >= 65 && c <= 90) || (c >= 48 && c <= 57) || c == 95 || c == 45 || c == 46
             } && text.utf8.first != 45
             return ok ? .success(.string(text)) : .failure(ScalarProblem(message: "'\(text)' is not a user name or uid"))
-        case .nullableText, .nullableUInt:
-            fatalError("handled above")
+        case .nullableText:
+            return .success(.string(text))          // (null was handled above)
+        case .nullableUInt(let max):
+            return parse(text, plain: plain, null: false, as: .uint(max: max))
         }
     }
 
