@@ -52,7 +52,9 @@ private struct EventComposer {
         /// Keys seen so far, for duplicate detection; only built for large mappings
         /// (a linear scan is cheaper below that).
         var seenKeys: [String: Mark]?
-        var weight = 1
+        /// `nodes` when the collection started: its weight (nodes it expands to, aliases
+        /// counted as copies) is the difference at its end, with no per-child bookkeeping.
+        let nodesAtStart: Int
     }
 
     /// Children of every open collection, innermost last.
@@ -114,7 +116,7 @@ private struct EventComposer {
                     throw YAMLError("alias *\(name) names no anchor defined before it", at: here)
                 }
                 try count(target.weight, at: here)
-                try add(Node(target.node.content, mark: here), weight: target.weight, to: &stack, root: &root)
+                try add(Node(target.node.content, mark: here), to: &stack, root: &root)
             case YAML_SCALAR_EVENT:
                 let s = event.data.scalar
                 if let tag = EventComposer.string(s.tag), !tag.isEmpty {
@@ -130,7 +132,7 @@ private struct EventComposer {
                 try count(1, at: here)
                 let node = Node(.scalar(text, plain: plain), mark: here)
                 if let anchor = EventComposer.string(s.anchor) { anchors[anchor] = (node, 1) }
-                try add(node, weight: 1, to: &stack, root: &root)
+                try add(node, to: &stack, root: &root)
             case YAML_SEQUENCE_START_EVENT, YAML_MAPPING_START_EVENT:
                 let isMapping = event.type == YAML_MAPPING_START_EVENT
                 let tag = isMapping ? event.data.mapping_start.tag : event.data.sequence_start.tag
@@ -142,7 +144,7 @@ private struct EventComposer {
                 }
                 try count(1, at: here)
                 let anchor = EventComposer.string(isMapping ? event.data.mapping_start.anchor : event.data.sequence_start.anchor)
-                stack.append(Frame(isMapping: isMapping, mark: here, anchor: anchor, start: values.count))
+                stack.append(Frame(isMapping: isMapping, mark: here, anchor: anchor, start: values.count, nodesAtStart: nodes))
             case YAML_SEQUENCE_END_EVENT, YAML_MAPPING_END_EVENT:
                 let frame = stack.removeLast()
                 let content: Node.Content
@@ -160,8 +162,8 @@ private struct EventComposer {
                 }
                 values.removeSubrange(frame.start...)
                 let node = Node(content, mark: frame.mark)
-                if let anchor = frame.anchor { anchors[anchor] = (node, frame.weight) }
-                try add(node, weight: frame.weight, to: &stack, root: &root)
+                if let anchor = frame.anchor { anchors[anchor] = (node, nodes - frame.nodesAtStart + 1) }
+                try add(node, to: &stack, root: &root)
             default:
                 break
             }
@@ -186,13 +188,12 @@ private struct EventComposer {
         }
     }
 
-    mutating func add(_ node: Node, weight: Int, to stack: inout [Frame], root: inout Node?) throws(YAMLError) {
+    mutating func add(_ node: Node, to stack: inout [Frame], root: inout Node?) throws(YAMLError) {
         let top = stack.count - 1
         guard top >= 0 else {
             root = node
             return
         }
-        stack[top].weight += weight
         // In a mapping, children alternate key, value: an even count means `node` is a key.
         let start = stack[top].start
         if stack[top].isMapping && (values.count - start) % 2 == 0 {
