@@ -105,8 +105,19 @@ final class Session: @unchecked Sendable {
         return session
     }
 
+    /// IOMMU facts probed once on a live host (a device bound by this holder cannot be
+    /// bound again for a probe).
+    private var probedIOMMUs: [String: HostIOMMU] = [:]
+
     /// The host description as the kernel shows it now.
-    var host: HostDescription { sim?.currentHost ?? HostDescription(name: "live", kernel: KernelFacts(release: "", iommufd: true, vfioCdev: true), iommus: [], pciDevices: []) }
+    var host: HostDescription {
+        if let sim { return sim.currentHost }
+        guard let linux = port as? LinuxKernel, let r = try? HostDiscovery(kernel: linux).describe(probed: probedIOMMUs) else {
+            return HostDescription(name: "live", kernel: KernelFacts(release: "", iommufd: true, vfioCdev: true), iommus: [], pciDevices: [])
+        }
+        for i in r.host.iommus where i.unknown.isEmpty { probedIOMMUs[i.name] = i }
+        return r.host
+    }
 
     func save() throws {
         try sim?.save()

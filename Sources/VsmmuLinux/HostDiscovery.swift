@@ -63,7 +63,9 @@ public struct HostDiscovery {
         public var notes: [String]
     }
 
-    public func describe() throws(KernelCallError) -> Result {
+    /// `probed`: IOMMUs already probed (by name). A device the caller holds bound cannot be
+    /// bound again for a probe, so a long-lived holder (the agent) keeps what it learned.
+    public func describe(probed: [String: HostIOMMU] = [:]) throws(KernelCallError) -> Result {
         var notes: [String] = []
         var uts = utsname()
         uname(&uts)
@@ -79,6 +81,11 @@ public struct HostDiscovery {
                     let rr = ReservedRegion(start: r.start, size: r.last &- r.start &+ 1, type: r.type)
                     if !regions.contains(rr) { regions.append(rr) }
                 }
+            }
+            if var cached = probed[name] {
+                cached.reservedRegions = regions.sorted { $0.start < $1.start }
+                iommus.append(cached)
+                continue
             }
             let type: IOMMUType = name.hasPrefix("smmu3.") ? .armSMMUv3 : name.hasPrefix("dmar") ? .intelVTd : name.hasPrefix("ivhd") ? .amdVi : .selftest
             var f = IOMMUFeatures()
@@ -103,7 +110,11 @@ public struct HostDiscovery {
                 reservedRegions: regions.sorted { $0.start < $1.start }, cmdqvVCMDQs: f.vcmdqs, unknown: unknown)
             iommus.append(iommu)
         }
-        if kernel.hasIommufd, let selftest = probeSelftest() { iommus.append(selftest) }
+        if let selftest = probed["selftest"] {
+            iommus.append(selftest)
+        } else if kernel.hasIommufd, let selftest = probeSelftest() {
+            iommus.append(selftest)
+        }
         let pci = devices.map { d in
             HostPCIDevice(address: d.address, vendor: d.vendor, device: d.device, classCode: d.classCode, driver: d.driver,
                           iommuGroup: d.iommuGroup, iommu: d.iommu, numaNode: d.numaNode)
