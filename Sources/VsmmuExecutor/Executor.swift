@@ -128,6 +128,9 @@ public final class Executor {
             }
             return patches
 
+        case .forgetOriginalDriver(let a):
+            return [.originalDriver(a, nil)]
+
         case .unbindDriver(let a, let d):
             try port.unbindDriver(a, driver: d)
             if let still = try port.pciDevice(a)?.driver, still == d {

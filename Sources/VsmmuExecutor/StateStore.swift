@@ -185,7 +185,7 @@ extension OpAction {
     /// The guest whose iommufd context the step works in (nil for sysfs steps).
     var guest: String? {
         switch self {
-        case .setDriverOverride, .unbindDriver, .probeDriver: return nil
+        case .setDriverOverride, .unbindDriver, .probeDriver, .forgetOriginalDriver: return nil
         case .openIommufd(let g), .ioasAlloc(let g), .destroyIOAS(let g), .closeIommufd(let g), .closeGuest(let g), .forgetGuest(let g): return g
         case .openDevice(let g, _, _), .bindDevice(let g, _), .mockDevice(let g, _, _), .chownDevice(let g, _, _, _), .attach(let g, _, _),
              .detach(let g, _), .closeDevice(let g, _), .forgetDevice(let g, _): return g

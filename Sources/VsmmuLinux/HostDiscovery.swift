@@ -73,7 +73,11 @@ public struct HostDiscovery {
         let hostname = withUnsafeBytes(of: &uts.nodename) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
         let devices = try kernel.pciDevices()
         var iommus: [HostIOMMU] = []
-        for name in kernel.sysfs.iommuNames() {
+        // The selftest mock IOMMU shows in sysfs as iommufd_selftest_iommu.N; it is described
+        // by probing the mock (below), not from sysfs.
+        let allNames = kernel.sysfs.iommuNames()
+        let mockName = allNames.first { $0.hasPrefix("iommufd_selftest_iommu") }
+        for name in allNames where name != mockName {
             let behind = devices.filter { $0.iommu == name }
             var regions: [ReservedRegion] = []
             for g in Set(behind.compactMap(\.iommuGroup)).sorted() {
@@ -110,9 +114,11 @@ public struct HostDiscovery {
                 reservedRegions: regions.sorted { $0.start < $1.start }, cmdqvVCMDQs: f.vcmdqs, unknown: unknown)
             iommus.append(iommu)
         }
-        if let selftest = probed["selftest"] {
+        let selftestName = mockName ?? "selftest"
+        if let selftest = probed[selftestName] {
             iommus.append(selftest)
-        } else if kernel.hasIommufd, let selftest = probeSelftest() {
+        } else if kernel.hasIommufd, var selftest = probeSelftest() {
+            selftest.name = selftestName
             iommus.append(selftest)
         }
         let pci = devices.map { d in

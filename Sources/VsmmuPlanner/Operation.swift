@@ -23,6 +23,9 @@ public enum OpAction: Codable, Hashable, Sendable {
     case setDriverOverride(address: PCIAddress, driver: String?)
     case unbindDriver(address: PCIAddress, driver: String)
     case probeDriver(address: PCIAddress, expect: String?)
+    /// Drop the record of a device's original driver when there is nothing to give back
+    /// (it was on vfio-pci before vsmmu): bookkeeping, no kernel call.
+    case forgetOriginalDriver(address: PCIAddress)
     // iommufd context
     case openIommufd(guest: String)
     case ioasAlloc(guest: String)
@@ -79,6 +82,7 @@ public struct PlanStep: Codable, Hashable, Sendable {
         case .setDriverOverride: return "SYSFS_DRIVER_OVERRIDE"
         case .unbindDriver: return "SYSFS_UNBIND"
         case .probeDriver: return "SYSFS_DRIVERS_PROBE"
+        case .forgetOriginalDriver: return "FORGET_ORIGINAL_DRIVER"
         case .openIommufd: return "OPEN_IOMMUFD"
         case .ioasAlloc: return "IOMMU_IOAS_ALLOC"
         case .destroyIOAS, .destroyStage2, .destroyVDevice, .destroyVIOMMU, .destroyNested, .destroyEventQueue: return "IOMMU_DESTROY"
@@ -109,7 +113,7 @@ public struct PlanStep: Codable, Hashable, Sendable {
     /// record changes nothing in the kernel).
     public var isMutating: Bool {
         switch action {
-        case .checkHwInfo, .forgetGuest, .forgetDevice: return false
+        case .checkHwInfo, .forgetGuest, .forgetDevice, .forgetOriginalDriver: return false
         default: return true
         }
     }
@@ -121,6 +125,7 @@ public struct PlanStep: Codable, Hashable, Sendable {
         case .setDriverOverride(let a, let d): return ("\(a) driver_override=\(q(d))", "")
         case .unbindDriver(let a, let d): return ("\(a) from \(d)", "")
         case .probeDriver(let a, let e): return ("\(a)", e.map { "driver \($0)" } ?? "no driver")
+        case .forgetOriginalDriver(let a): return ("\(a) stays on vfio-pci, where it was before vsmmu", "")
         case .openIommufd(let g): return ("/dev/iommu for \(g)", "\(g).iommufd")
         case .ioasAlloc(let g): return ("\(g).iommufd flags=0", "\(g).ioas")
         case .destroyIOAS(let g): return ("\(g).ioas", "")

@@ -87,6 +87,10 @@ public struct Planner {
         for (a, _) in observed.holdings.originalDrivers.sorted(by: { $0.key < $1.key }) where !wanted.contains(a) && !held.contains(a) {
             let s = observed.sysfs[a]
             let original = observed.holdings.originalDrivers[a] ?? nil
+            if original == "vfio-pci" {
+                add(.giveBack, "device \(a)", .forgetOriginalDriver(address: a))
+                continue
+            }
             if s?.driver == original && s?.driverOverride == nil { continue }
             changes.append(ResourceChange(action: .destroy, type: "device", name: a.description, summary: "back to \(originalDriverText(a))", attributes: []))
             giveBack(a, resource: "device \(a)")
@@ -127,7 +131,10 @@ public struct Planner {
     mutating func giveBack(_ a: PCIAddress, resource: String) {
         let s = observed.sysfs[a]
         let original = observed.holdings.originalDrivers[a] ?? nil
-        if original == "vfio-pci" { return }
+        if original == "vfio-pci" {
+            add(.giveBack, resource, .forgetOriginalDriver(address: a), needs: ["closed:\(a)"])
+            return
+        }
         if let drv = s?.driver, drv != original {
             add(.giveBack, resource, .unbindDriver(address: a, driver: drv), needs: ["closed:\(a)"], gives: ["unbound:\(a)"])
         }
