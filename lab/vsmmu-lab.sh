@@ -20,8 +20,9 @@ BUILD=${VSMMU_LAB_BUILD:-$REPO/.build-lab}
 
 echo "vsmmu-lab: building a static vsmmu (swift build -c release --static-swift-stdlib)"
 t=$(date +%s)
-if ! (cd "$REPO" && swift build -c release --static-swift-stdlib --product vsmmu --scratch-path "$BUILD" > "$BUILD.log" 2>&1); then
-	tail -20 "$BUILD.log"
+mkdir -p "$BUILD"
+if ! (cd "$REPO" && swift build -c release --static-swift-stdlib --product vsmmu --scratch-path "$BUILD" > "$BUILD/static-build.log" 2>&1); then
+	tail -20 "$BUILD/static-build.log"
 	echo "lab: 0 passed, 1 failed"
 	exit 1
 fi
