@@ -81,7 +81,7 @@ final class Session: @unchecked Sendable {
                 throw CommandError(message: "this kernel has no /dev/iommu (it was built without CONFIG_IOMMUFD), so vsmmu cannot work on it",
                                    hint: "try vsmmu on a simulated host: --host examples/hosts/grace-2smmu-cmdqv.yaml")
             }
-            if let problem = Preflight.accessProblem() {
+            if let problem = Preflight.accessProblem(sysfsRoot: options.sysfsRoot) {
                 throw CommandError(message: problem)
             }
             return Session(port: LinuxKernel(sysfsRoot: options.sysfsRoot), sim: nil, stateDir: stateDir)

@@ -97,6 +97,9 @@ public struct HostDiscovery {
                 do { f = try probeFeatures(probe, type: type) } catch {
                     notes.append("\(name): probing through \(probe.address) failed: \(error)")
                 }
+            } else if type == .intelVTd, let caps = intelRegisters(name) {
+                // VT-d exports cap/ecap in sysfs (reference §6): no device needs binding.
+                f = IOMMUFeatures.intelVTd(caps) ?? IOMMUFeatures()
             } else {
                 notes.append("\(name): no device behind it is bound to vfio-pci, so its features cannot be read (GET_HW_INFO needs a bound device); bind one and run `vsmmu host` again")
             }
@@ -127,6 +130,15 @@ public struct HostDiscovery {
         }
         return Result(host: HostDescription(name: hostname, kernel: KernelFacts(release: release, iommufd: kernel.hasIommufd, vfioCdev: kernel.hasVfioCdev),
                                             iommus: iommus, pciDevices: pci), notes: notes)
+    }
+
+    /// /sys/class/iommu/dmarN/intel-iommu/{cap,ecap} as the 24-byte iommu_hw_info_vtd layout.
+    func intelRegisters(_ name: String) -> [UInt8]? {
+        guard let tree = kernel.sysfs as? SysfsTree,
+              let cap = tree.hexValue(tree.root + "/class/iommu/\(name)/intel-iommu/cap"),
+              let ecap = tree.hexValue(tree.root + "/class/iommu/\(name)/intel-iommu/ecap") else { return nil }
+        func le64(_ v: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: v >> (8 * UInt64($0))) } }
+        return [UInt8](repeating: 0, count: 8) + le64(cap) + le64(ecap)
     }
 
     /// GET_HW_INFO and the nesting/vIOMMU probes, in a throwaway context.

@@ -28,20 +28,29 @@ public final class LinuxKernel: KernelPort {
         if mine { _ = Glibc.close(fd) }
     }
 
+    let sysfsRootPath: String
+
     public init(transport: IoctlTransport = SystemIoctl(), sysfsRoot: String = "/sys", devRoot: String = "/dev") {
         calls = IoctlCalls(transport: transport)
         sysfs = SysfsTree(root: sysfsRoot)
+        sysfsRootPath = sysfsRoot
         self.devRoot = devRoot
     }
 
-    public init(transport: IoctlTransport, sysfs: any SysfsAccess, devRoot: String) {
+    public init(transport: IoctlTransport, sysfs: any SysfsAccess, devRoot: String, sysfsRoot: String = "/sys") {
         calls = IoctlCalls(transport: transport)
         self.sysfs = sysfs
+        sysfsRootPath = sysfsRoot
         self.devRoot = devRoot
     }
 
     public var hasIommufd: Bool { FileManager.default.fileExists(atPath: devRoot + "/iommu") }
-    public var hasVfioCdev: Bool { FileManager.default.fileExists(atPath: devRoot + "/vfio/devices") }
+    /// VFIO cdev support: /dev/vfio/devices appears only while some device is on a VFIO
+    /// driver (seen on the lab's 7.2 kernel), so the vfio-dev class in sysfs counts too.
+    public var hasVfioCdev: Bool {
+        FileManager.default.fileExists(atPath: devRoot + "/vfio/devices")
+            || FileManager.default.fileExists(atPath: sysfsRootPath + "/class/vfio-dev")
+    }
 
     @discardableResult
     func mutating<T>(_ body: () throws(KernelCallError) -> T) throws(KernelCallError) -> T {

@@ -24,7 +24,7 @@ public enum Preflight {
     }
 
     /// Why this process cannot open /dev/iommu, or nil.
-    public static func accessProblem(devRoot: String = "/dev") -> String? {
+    public static func accessProblem(devRoot: String = "/dev", sysfsRoot: String = "/sys") -> String? {
         let path = devRoot + "/iommu"
         guard FileManager.default.fileExists(atPath: path) else {
             return "\(path) does not exist: the kernel was built without CONFIG_IOMMUFD"
@@ -32,7 +32,9 @@ public enum Preflight {
         if access(path, R_OK | W_OK) != 0 {
             return "\(path) is not readable and writable by uid \(getuid()): run vsmmu as root (the agent runs as root)"
         }
-        if !FileManager.default.fileExists(atPath: devRoot + "/vfio/devices") {
+        // /dev/vfio/devices exists only while a device is on vfio-pci; the class is there
+        // as soon as VFIO with cdev support is loaded.
+        if !FileManager.default.fileExists(atPath: devRoot + "/vfio/devices") && !FileManager.default.fileExists(atPath: sysfsRoot + "/class/vfio-dev") {
             return "\(devRoot)/vfio/devices does not exist: the kernel was built without CONFIG_VFIO_DEVICE_CDEV (or vfio-pci is not loaded)"
         }
         return nil

@@ -20,12 +20,17 @@ import Testing
 @Test func missingDeviceNodesAreNamed() {
     let d = NSTemporaryDirectory() + "vsmmu-pre-\(UUID().uuidString)"
     defer { try? FileManager.default.removeItem(atPath: d) }
-    #expect(Preflight.accessProblem(devRoot: d)?.contains("CONFIG_IOMMUFD") == true)
+    let sys = d + "/sys"
+    #expect(Preflight.accessProblem(devRoot: d, sysfsRoot: sys)?.contains("CONFIG_IOMMUFD") == true)
     try? FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
     _ = FileManager.default.createFile(atPath: d + "/iommu", contents: nil)
-    #expect(Preflight.accessProblem(devRoot: d)?.contains("CONFIG_VFIO_DEVICE_CDEV") == true)
+    #expect(Preflight.accessProblem(devRoot: d, sysfsRoot: sys)?.contains("CONFIG_VFIO_DEVICE_CDEV") == true)
+    // no device on vfio-pci yet: no /dev/vfio/devices, but the vfio-dev class is there
+    try? FileManager.default.createDirectory(atPath: sys + "/class/vfio-dev", withIntermediateDirectories: true)
+    #expect(Preflight.accessProblem(devRoot: d, sysfsRoot: sys) == nil)
+    try? FileManager.default.removeItem(atPath: sys)
     try? FileManager.default.createDirectory(atPath: d + "/vfio/devices", withIntermediateDirectories: true)
-    #expect(Preflight.accessProblem(devRoot: d) == nil)
+    #expect(Preflight.accessProblem(devRoot: d, sysfsRoot: sys) == nil)
 }
 
 @Test func anFdIsClosedOnceEvenIfClosedTwice() throws {

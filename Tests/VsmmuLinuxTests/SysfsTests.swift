@@ -140,3 +140,19 @@ func pci(_ s: String) -> PCIAddress { PCIAddress(s)! }
     #expect(r.notes.contains { $0.contains("no device behind it is bound to vfio-pci") })
     #expect(r.host.pciDevices.map(\.address) == [pci("0000:09:01.0")])
 }
+
+@Test func vtdFactsComeFromSysfsWithoutBindingADevice() throws {
+    let f = FakeSysfs()
+    f.iommu("dmar0")
+    f.mkdir("class/iommu/dmar0/intel-iommu")
+    // QEMU's emulated VT-d in the lab: MGAW 38 (39-bit), no ecap.NEST
+    f.file("class/iommu/dmar0/intel-iommu/cap", "d2008c22260286\n")
+    f.file("class/iommu/dmar0/intel-iommu/ecap", "f00f5e\n")
+    f.device("0000:00:01.0", driver: nil, group: 1, iommu: "dmar0")
+    let k = LinuxKernel(sysfsRoot: f.root, devRoot: NSTemporaryDirectory() + "none-\(UUID())")
+    let i = try #require(try HostDiscovery(kernel: k).describe().host.iommus.first)
+    #expect(i.type == .intelVTd)
+    #expect(i.unknown == [])
+    #expect(i.nesting == false)                 // ecap bit 26 clear
+    #expect(i.oas == Int((0xd2008c22260286 as UInt64) >> 16 & 0x3f) + 1)   // cap.MGAW + 1
+}
