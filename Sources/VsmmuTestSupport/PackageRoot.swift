@@ -12,3 +12,19 @@ public let packageRoot: String = {
 
 /// A path inside the package.
 public func path(_ relative: String) -> String { packageRoot + "/" + relative }
+
+/// Every example topology under examples/ with the host file it is written for: what the
+/// golden, convergence, failure-sweep and backend-sequence tests each run over.
+public let exampleTopologies: [(topology: String, host: String)] = [
+    ("one-guest-one-vsmmu", "examples/hosts/grace-2smmu-cmdqv.yaml"),
+    ("two-vsmmus-four-gpus", "examples/hosts/grace-2smmu-cmdqv.yaml"),
+    ("cmdqv", "examples/hosts/grace-2smmu-cmdqv.yaml"),
+    ("several-guests", "examples/hosts/grace-2smmu-cmdqv.yaml"),
+    ("devices-without-vsmmu", "examples/hosts/intel-vtd.yaml"),
+    ("selftest", "examples/hosts/selftest.yaml"),
+]
+
+/// The host file an example topology is written for.
+public func exampleHost(_ topology: String) -> String {
+    exampleTopologies.first { $0.topology == topology }!.host
+}

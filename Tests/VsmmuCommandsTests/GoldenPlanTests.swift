@@ -5,18 +5,10 @@ import Testing
 /// Golden plans of every example on a fresh simulated host: text, --ops, and JSON.
 /// Regenerate after an intended change with VSMMU_UPDATE_GOLDEN=1 swift test --filter Golden,
 /// then review the diff like any other code change.
-let goldenExamples: [(String, String)] = [
-    ("one-guest-one-vsmmu", "examples/hosts/grace-2smmu-cmdqv.yaml"),
-    ("two-vsmmus-four-gpus", "examples/hosts/grace-2smmu-cmdqv.yaml"),
-    ("cmdqv", "examples/hosts/grace-2smmu-cmdqv.yaml"),
-    ("several-guests", "examples/hosts/grace-2smmu-cmdqv.yaml"),
-    ("devices-without-vsmmu", "examples/hosts/intel-vtd.yaml"),
-    ("selftest", "examples/hosts/selftest.yaml"),
-]
 
-@Test(arguments: goldenExamples.map(\.0))
+@Test(arguments: exampleTopologies.map(\.topology))
 func goldenPlans(example: String) throws {
-    let host = goldenExamples.first { $0.0 == example }!.1
+    let host = exampleHost(example)
     let file = "examples/\(example).yaml"
     let variants: [(String, [String])] = [("plan.txt", []), ("ops.txt", ["--ops"]), ("plan.json", ["--format", "json"])]
     for (suffix, extra) in variants {

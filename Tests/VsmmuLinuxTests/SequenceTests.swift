@@ -141,14 +141,7 @@ func comparable(_ trace: [SimCall]) -> [String] {
     }
 }
 
-@Test(arguments: [
-    ("one-guest-one-vsmmu", "examples/hosts/grace-2smmu-cmdqv.yaml"),
-    ("two-vsmmus-four-gpus", "examples/hosts/grace-2smmu-cmdqv.yaml"),
-    ("cmdqv", "examples/hosts/grace-2smmu-cmdqv.yaml"),
-    ("several-guests", "examples/hosts/grace-2smmu-cmdqv.yaml"),
-    ("devices-without-vsmmu", "examples/hosts/intel-vtd.yaml"),
-    ("selftest", "examples/hosts/selftest.yaml"),
-])
+@Test(arguments: exampleTopologies.map { ($0.topology, $0.host) })
 func linuxBackendIssuesTheSameSequenceAsTheSimulatedKernelReceives(example: String, hostFile: String) throws {
     let host = try HostDescription.load(path: packageRoot + "/" + hostFile)
     let (topology, _) = try Topology.load(path: packageRoot + "/examples/\(example).yaml")

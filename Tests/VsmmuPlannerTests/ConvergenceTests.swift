@@ -1,4 +1,5 @@
 import Foundation
+import VsmmuTestSupport
 import Testing
 import VsmmuExecutor
 import VsmmuKernel
@@ -6,9 +7,9 @@ import VsmmuModel
 import VsmmuPlanner
 @testable import VsmmuSim
 
-@Test(arguments: allExamples.map { $0.0 })
+@Test(arguments: exampleTopologies.map(\.topology))
 func applyThenPlanIsEmptyAndASecondApplyMakesNoMutatingCall(example: String) throws {
-    let host = allExamples.first { $0.0 == example }!.1
+    let host = exampleHost(example)
     let h = try Harness(host: host)
     let t = try h.example(example)
     let first = try h.apply(t)
@@ -25,9 +26,9 @@ func applyThenPlanIsEmptyAndASecondApplyMakesNoMutatingCall(example: String) thr
     #expect(h.sim.mutatingCalls == before, "a converged apply made mutating calls")
 }
 
-@Test(arguments: allExamples.map { $0.0 })
+@Test(arguments: exampleTopologies.map(\.topology))
 func destroyGivesEveryDeviceBackAndLeavesNothing(example: String) throws {
-    let host = allExamples.first { $0.0 == example }!.1
+    let host = exampleHost(example)
     let h = try Harness(host: host)
     let original = Dictionary(uniqueKeysWithValues: h.sim.currentHost.pciDevices.map { ($0.address, $0.driver) })
     let t = try h.example(example)

@@ -1,4 +1,5 @@
 import Foundation
+import VsmmuTestSupport
 import Testing
 import VsmmuExecutor
 import VsmmuKernel
@@ -9,9 +10,9 @@ import VsmmuPlanner
 /// For every mutating call k of applying an example: inject a failure at k, then apply
 /// without failure. The failed apply names the step; no device that had a driver is
 /// ever left on none; and the end state equals a clean apply's.
-@Test(arguments: allExamples.map { $0.0 })
+@Test(arguments: exampleTopologies.map(\.topology))
 func failureAtEveryMutatingCallConverges(example: String) throws {
-    let host = allExamples.first { $0.0 == example }!.1
+    let host = exampleHost(example)
     let clean = try Harness(host: host)
     let t = try clean.example(example)
     let originalDrivers = Dictionary(uniqueKeysWithValues: clean.sim.currentHost.pciDevices.map { ($0.address, $0.driver) })

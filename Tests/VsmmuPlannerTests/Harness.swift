@@ -100,11 +100,3 @@ final class Harness {
     }
 }
 
-let allExamples: [(String, String)] = [
-    ("one-guest-one-vsmmu", "examples/hosts/grace-2smmu-cmdqv.yaml"),
-    ("two-vsmmus-four-gpus", "examples/hosts/grace-2smmu-cmdqv.yaml"),
-    ("cmdqv", "examples/hosts/grace-2smmu-cmdqv.yaml"),
-    ("several-guests", "examples/hosts/grace-2smmu-cmdqv.yaml"),
-    ("devices-without-vsmmu", "examples/hosts/intel-vtd.yaml"),
-    ("selftest", "examples/hosts/selftest.yaml"),
-]
