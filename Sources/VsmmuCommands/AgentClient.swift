@@ -44,7 +44,7 @@ struct AgentClient {
         throw CommandError(message: sent ? "the agent at \(path) went away before answering" : "the agent at \(path) closed the connection")
     }
 
-    func run(_ request: Request, console: Console, savePlanTo: String?, hostHint: String?) throws -> Int32 {
+    func run(_ request: Request, console: Console, savePlanTo: String?) throws -> Int32 {
         var request = request
         // Confirmation happens here, where the terminal is: plan (dry run), ask, then apply
         // only that plan (the agent refuses if the state moved in between).
@@ -62,9 +62,7 @@ struct AgentClient {
         }
         let reply = try exchange(request, console: console)
         if let savePlanTo, let b64 = reply.savedPlan, let data = Data(base64Encoded: b64) {
-            guard FileManager.default.createFile(atPath: savePlanTo, contents: data) else {
-                throw CommandError(message: "cannot write the plan to \(savePlanTo)")
-            }
+            try SavedPlan.write(data: data, to: savePlanTo)
             console.error("Saved the plan to \(savePlanTo). Apply exactly this plan with: vsmmu apply \(savePlanTo) --socket \(path)")
         }
         return reply.exit ?? 1

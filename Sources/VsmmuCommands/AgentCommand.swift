@@ -189,9 +189,7 @@ final class AgentServer: @unchecked Sendable {
         let code = Runner.execute(request, session: session, console: remote, outcome: outcome, confirm: nil, shouldStop: { [self] in stopping })
         var final = AgentClient.Reply(exit: code, fingerprint: outcome.fingerprint)
         if let plan = outcome.savedPlan {
-            let e = JSONEncoder()
-            e.outputFormatting = [.sortedKeys, .prettyPrinted]
-            final.savedPlan = (try? e.encode(SavedPlan.File(kind: SavedPlan.kind, plan: plan)))?.base64EncodedString()
+            final.savedPlan = (try? SavedPlan.encode(plan))?.base64EncodedString()
         }
         reply(channel, final)
     }

@@ -16,7 +16,7 @@ enum Dispatch {
                     throw CommandError(message: "this kernel has no /dev/iommu (it was built without CONFIG_IOMMUFD), so vsmmu cannot work on it",
                                        hint: "try vsmmu on a simulated host: --host examples/hosts/grace-2smmu-cmdqv.yaml")
                 }
-                return try AgentClient(path: socket).run(request, console: console, savePlanTo: savePlanTo, hostHint: kernel.host)
+                return try AgentClient(path: socket).run(request, console: console, savePlanTo: savePlanTo)
             }
             let session: Session
             do { session = try Session.open(kernel) } catch let busy as StateLock.Busy {

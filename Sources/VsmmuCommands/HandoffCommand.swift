@@ -55,7 +55,7 @@ enum HandoffMap {
         func walk(_ v: Any) -> Any {
             if var d = v as? [String: Any] {
                 for (k, x) in d { d[k] = walk(x) }
-                for key in d.keys where key.hasSuffix("dIndex") || key == "fdIndex" || key == "iommufdFdIndex" {
+                for key in d.keys where key == "fdIndex" || key == "iommufdFdIndex" {
                     if let i = d[key] as? Int, i < fds.count {
                         let newKey = key == "iommufdFdIndex" ? "iommufdFd" : "fd"
                         d[newKey] = Int(fds[i])

@@ -56,10 +56,18 @@ enum SavedPlan {
     static let kind = "vsmmu-saved-plan"
     struct File: Codable { var kind: String; var plan: Plan }
 
-    static func write(_ plan: Plan, to path: String) throws {
+    /// The saved plan's bytes: the same whether the plan was made in-process or by the agent.
+    static func encode(_ plan: Plan) throws -> Data {
         let e = JSONEncoder()
         e.outputFormatting = [.sortedKeys, .prettyPrinted]
-        let data = try e.encode(File(kind: kind, plan: plan))
+        return try e.encode(File(kind: kind, plan: plan))
+    }
+
+    static func write(_ plan: Plan, to path: String) throws {
+        try write(data: encode(plan), to: path)
+    }
+
+    static func write(data: Data, to path: String) throws {
         guard FileManager.default.createFile(atPath: path, contents: data) else {
             throw CommandError(message: "cannot write the plan to \(path)")
         }

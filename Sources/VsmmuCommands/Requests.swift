@@ -101,16 +101,18 @@ enum Runner {
         let result = Validator.validate(topology, host: host)
         if !result.isValid {
             for d in result.diagnostics { console.error(d.rendered(source: source)) }
-            console.error("\(source.path): \(result.diagnostics.count == 1 ? "1 error" : "\(result.diagnostics.count) errors"); nothing was changed")
+            console.error("\(source.path): \(ValidateRunner.countPhrase(result.diagnostics.count)); nothing was changed")
             throw ExitCode1()
         }
         return (topology, result)
     }
 
-    static func makePlan(_ topology: Topology, validation: ValidationResult, session: Session, store: StateStore,
+    /// `host` is the snapshot the topology was validated against: on a live host each
+    /// `session.host` walks sysfs again, so callers read it once and pass it here.
+    static func makePlan(_ topology: Topology, validation: ValidationResult, host: HostDescription, session: Session, store: StateStore,
                          only guests: Set<String>? = nil, destroying: Bool = false) throws -> Plan {
         do {
-            return try Pipeline.plan(topology, validation: validation, port: session.port, host: session.host, store: store,
+            return try Pipeline.plan(topology, validation: validation, port: session.port, host: host, store: store,
                                      simulated: session.simulated, onlyGuests: guests, destroying: destroying)
         } catch {
             throw CommandError(message: error.message, hint: error.hint)
@@ -122,8 +124,9 @@ enum Runner {
         if !store.interrupted.isEmpty {
             console.error("note: an earlier apply was interrupted inside \(store.interrupted.count) step(s); the plan rebuilds what they touched")
         }
-        let (topology, validation) = try loadValid(try source(r), host: session.host, console: console)
-        let plan = try makePlan(topology, validation: validation, session: session, store: store)
+        let host = session.host
+        let (topology, validation) = try loadValid(try source(r), host: host, console: console)
+        let plan = try makePlan(topology, validation: validation, host: host, session: session, store: store)
         if r.format == "json" {
             console.print(PlanJSON.render(plan).rendered())
         } else {
@@ -163,10 +166,11 @@ enum Runner {
             }
             plan = saved
         } else {
-            let (t, v) = try loadValid(try source(r), host: session.host, console: console)
+            let host = session.host
+            let (t, v) = try loadValid(try source(r), host: host, console: console)
             topology = t
             validation = v
-            plan = try makePlan(t, validation: v, session: session, store: store,
+            plan = try makePlan(t, validation: v, host: host, session: session, store: store,
                                 only: destroying ? Set(t.guests.map(\.name)) : nil, destroying: destroying)
         }
         console.write(PlanText.render(plan, ops: false))
@@ -207,7 +211,8 @@ enum Runner {
 
         // Verify: observe again; nothing may be left to do.
         if let topology, let validation {
-            let again = try makePlan(topology, validation: validation, session: session, store: store,
+            // A fresh host: the apply has just changed driver bindings.
+            let again = try makePlan(topology, validation: validation, host: session.host, session: session, store: store,
                                      only: destroying ? Set(topology.guests.map(\.name)) : nil, destroying: destroying)
             if !again.isEmpty {
                 for c in again.changes {
