@@ -70,6 +70,18 @@ public final class Executor {
         return h
     }
 
+    /// The device leaves the holdings, and its vDevices with it (a vDevice left once the
+    /// device fd is closed is a kernel tombstone).
+    func dropDevice(_ h: GuestHolding, _ g: String, _ d: String) -> [HoldingPatch] {
+        var patches: [HoldingPatch] = [.device(g, d, nil)]
+        for (v, vh) in h.vsmmus where vh.vdevices[d] != nil {
+            var nv = vh
+            nv.vdevices[d] = nil
+            patches.append(.vsmmu(g, v, nv))
+        }
+        return patches
+    }
+
     func device(_ op: PlanStep, _ g: String, _ d: String) throws(ApplyError) -> DeviceHolding {
         guard let h = store.holdings.guests[g]?.devices[d] else {
             throw ApplyError(operation: op, errno: nil, message: "device \(g)/\(d) is not bound (an earlier step did not run)")
@@ -245,23 +257,10 @@ public final class Executor {
             let dev = try device(op, g, d)
             if let stdev = dev.mockStdev { try port.destroy(h.iommufd, id: stdev) }
             if let cdev = dev.cdev { port.close(cdev) }
-            var patches: [HoldingPatch] = [.device(g, d, nil)]
-            for (v, vh) in h.vsmmus where vh.vdevices[d] != nil {
-                var nv = vh
-                nv.vdevices[d] = nil   // a vDevice left now is a kernel tombstone
-                patches.append(.vsmmu(g, v, nv))
-            }
-            return patches
+            return dropDevice(h, g, d)
 
         case .forgetDevice(let g, let d):
-            let h = try guestHolding(op, g)
-            var patches: [HoldingPatch] = [.device(g, d, nil)]
-            for (v, vh) in h.vsmmus where vh.vdevices[d] != nil {
-                var nv = vh
-                nv.vdevices[d] = nil
-                patches.append(.vsmmu(g, v, nv))
-            }
-            return patches
+            return dropDevice(try guestHolding(op, g), g, d)
 
         case .allocStage2(let g, let i, let via, let np):
             let h = try guestHolding(op, g)
@@ -304,7 +303,7 @@ public final class Executor {
             if let m = h.memory[r] { port.releaseGuestMemory(m.memory) }
             return [.memory(g, r, nil)]
 
-        case .checkHwInfo(let g, let v, let via, let expect):
+        case .checkHwInfo(let g, _, let via, let expect):
             let h = try guestHolding(op, g)
             let dev = try device(op, g, via)
             let info = try port.getHwInfo(h.iommufd, devID: dev.devID, requestType: nil)
@@ -318,7 +317,6 @@ public final class Executor {
                     throw ApplyError(operation: op, errno: nil, message: "the SMMU behind \(g)/\(via) lacks nesting: IDR0.S1P=\(idr0 >> 1 & 1) IDR0.S2P=\(idr0 & 1)")
                 }
             }
-            _ = v
             return []
 
         case .allocVIOMMU(let g, let v, let physical, let type, let via):
@@ -405,7 +403,7 @@ public final class Executor {
         if now.driver == nil {
             _ = try? port.driversProbe(address)
             let after = try? port.pciDevice(address)
-            done.append("re-probed \(address): now on \((after ?? nil)?.driver ?? "no driver")")
+            done.append("re-probed \(address): now on \(after?.driver ?? "no driver")")
         }
         return done
     }
@@ -456,7 +454,7 @@ public enum Hints {
             return "the device already has a vDevice, or its vSID is taken on this vIOMMU"
         case ("IOMMU_HWPT_ALLOC", .EOPNOTSUPP):
             return "the IOMMU does not support this HWPT (nest parent needs nesting support)"
-        case (_, .EBUSY) where call == "IOMMU_DESTROY":
+        case ("IOMMU_DESTROY", .EBUSY):
             return "the object is still referenced; run the command again to converge"
         case (_, .ENOMEM):
             return "the kernel is out of memory, or a memlock limit was reached"

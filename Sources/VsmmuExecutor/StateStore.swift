@@ -72,7 +72,7 @@ public final class StateStore {
     /// Writes the snapshot atomically and empties the journal.
     public func checkpoint() throws {
         try ensureDirectory()
-        try write(try encoder().encode(holdings), to: holdingsPath)
+        try write(try encoder.encode(holdings), to: holdingsPath)
         try? journal?.close()
         journal = nil
         try? FileManager.default.removeItem(atPath: journalPath)
@@ -82,14 +82,15 @@ public final class StateStore {
     public func saveAllocations(_ a: Allocations) throws {
         allocations = a
         try ensureDirectory()
-        try write(try encoder().encode(a), to: allocationsPath)
+        try write(try encoder.encode(a), to: allocationsPath)
     }
 
-    func encoder() -> JSONEncoder {
+    /// One encoder for every record: the journal writes two per step.
+    private let encoder: JSONEncoder = {
         let e = JSONEncoder()
         e.outputFormatting = [.sortedKeys]
         return e
-    }
+    }()
 
     func ensureDirectory() throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -116,7 +117,7 @@ public final class StateStore {
             journal = Foundation.FileHandle(forWritingAtPath: journalPath)
             _ = try journal?.seekToEnd()
         }
-        var data = try encoder().encode(record)
+        var data = try encoder.encode(record)
         data.append(10)
         try journal?.write(contentsOf: data)
         // fsync: the record is on disk before the kernel call it announces runs.

@@ -168,8 +168,6 @@ public enum Allocator {
         return out
     }
 
-    static func hex2(_ v: Int) -> String {
-        let s = String(v, radix: 16)
-        return "0x" + (s.count < 2 ? "0" + s : s)
-    }
+    /// A bus or slot number as QEMU and libvirt write it: 0x and at least two digits.
+    public static func hex2(_ v: Int) -> String { YAMLText.hex(UInt64(v), width: 2) }
 }

@@ -53,15 +53,15 @@ public struct VIOMMUFlavor: Hashable, Sendable, Codable {
     public var viommuType: UInt32
     public var nestedDataType: UInt32
     public var eventQueueTypes: [UInt32]
-    public var typeName: String
+    public var typeName: String { viommuTypeName(viommuType) }
 
     public static let armSMMUv3 = VIOMMUFlavor(hwInfoType: UAPI.hwInfoARMSMMUv3, viommuType: UAPI.viommuARMSMMUv3,
-                                               nestedDataType: UAPI.hwptDataARMSMMUv3, eventQueueTypes: [UAPI.veventqARMSMMUv3], typeName: "ARM_SMMUV3")
+                                               nestedDataType: UAPI.hwptDataARMSMMUv3, eventQueueTypes: [UAPI.veventqARMSMMUv3])
     public static let tegra241CMDQV = VIOMMUFlavor(hwInfoType: UAPI.hwInfoARMSMMUv3, viommuType: UAPI.viommuTegra241CMDQV,
                                                    nestedDataType: UAPI.hwptDataARMSMMUv3,
-                                                   eventQueueTypes: [UAPI.veventqARMSMMUv3, UAPI.veventqTegra241CMDQV], typeName: "TEGRA241_CMDQV")
+                                                   eventQueueTypes: [UAPI.veventqARMSMMUv3, UAPI.veventqTegra241CMDQV])
     public static let selftest = VIOMMUFlavor(hwInfoType: UAPI.hwInfoSelftest, viommuType: UAPI.viommuSelftest,
-                                              nestedDataType: UAPI.hwptDataSelftest, eventQueueTypes: [UAPI.veventqSelftest], typeName: "SELFTEST")
+                                              nestedDataType: UAPI.hwptDataSelftest, eventQueueTypes: [UAPI.veventqSelftest])
 }
 
 public struct DesiredVSMMU: Sendable {

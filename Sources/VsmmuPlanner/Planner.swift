@@ -198,6 +198,10 @@ public struct Planner {
             add(.allocIOAS, "guest \(name)", .ioasAlloc(guest: name), gives: ["\(name).ioas"])
         }
         let desiredDevices = Dictionary(uniqueKeysWithValues: g.devices.map { ($0.name, $0) })
+        // Which held vSMMU has each device's vDevice, and the nested HWPTs: looked up per device below.
+        var heldVSMMUOf: [String: String] = [:]
+        for (v, vh) in h.vsmmus { for d in vh.vdevices.keys { heldVSMMUOf[d] = v } }
+        let nestedHWPTs = Set(h.vsmmus.values.flatMap { [$0.abortHWPT, $0.bypassHWPT].compactMap { $0 } })
         let desiredVSMMUs = Dictionary(uniqueKeysWithValues: g.vsmmus.map { ($0.name, $0) })
 
         // vSMMUs that go away or are rebuilt.
@@ -225,7 +229,7 @@ public struct Planner {
         for (dname, d) in h.devices.sorted(by: { $0.key < $1.key }) {
             let key = "\(name)/\(dname)"
             let lost = observed.lostDevices.contains(key)
-            let vsmmuOfHeld = h.vsmmus.first { $0.value.vdevices[dname] != nil }?.key
+            let vsmmuOfHeld = heldVSMMUOf[dname]
             guard let want = desiredDevices[dname] else {
                 // removed from the guest
                 if !lost {
@@ -356,7 +360,7 @@ public struct Planner {
             let key = "\(name)/\(d.name)"
             let held = newDevices.contains(d.name) ? nil : h.devices[d.name]
             let s2 = h.stage2[d.iommu]?.hwpt
-            let heldVSMMU = held.flatMap { _ in h.vsmmus.first { $0.value.vdevices[d.name] != nil }?.key }
+            let heldVSMMU = held == nil ? nil : heldVSMMUOf[d.name]
             let vsidChanged: Bool = {
                 guard let v = d.vsmmu, let hv = h.vsmmus[v], let vd = hv.vdevices[d.name] else { return false }
                 return vd.virtID != d.vsid
@@ -372,7 +376,7 @@ public struct Planner {
             if let v = d.vsmmu {
                 let bypass = h.vsmmus[v]?.bypassHWPT
                 if vsmmuRebuilt || vsidChanged || heldVSMMU != v {
-                    let onNested = held.attached.map { id in h.vsmmus.values.contains { $0.abortHWPT == id || $0.bypassHWPT == id } } ?? false
+                    let onNested = held.attached.map(nestedHWPTs.contains) ?? false
                     if onNested {
                         // Off the nested HWPT that goes away (or must be left to re-latch the vSID).
                         add(.relatch, "device \(key)", .attach(guest: name, device: d.name, target: .stage2(iommu: d.iommu)), gives: ["relatched:\(name)/\(v)", "detached:\(key)"])

@@ -6,8 +6,8 @@ import VsmmuPlanner
 /// (reference/qemu-accel-smmuv3.md §3.1). Attributes upstream libvirt does not have yet
 /// are left out and listed in a comment.
 public enum LibvirtXML {
-    static func hex2(_ v: Int) -> String { let s = String(v, radix: 16); return "0x" + (s.count < 2 ? "0" + s : s) }
-    static func hex4(_ v: Int) -> String { let s = String(v, radix: 16); return "0x" + String(repeating: "0", count: max(0, 4 - s.count)) + s }
+    static func hex2(_ v: Int) -> String { Allocator.hex2(v) }
+    static func hex4(_ v: Int) -> String { YAMLText.hex(UInt64(v), width: 4) }
 
     public static func render(_ layout: VMMLayout, topology: String) -> String {
         var x = "<!-- libvirt devices for guest \(layout.guest.name) (topology \(topology)), as vsmmu plans it -->\n"
