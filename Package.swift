@@ -44,6 +44,8 @@ let package = Package(
             ]
         ),
         .executableTarget(name: "vsmmu", dependencies: ["VsmmuCommands"]),
+        // The remote executor (C, static in the lab guests): docs/remote-executor.md.
+        .executableTarget(name: "vsmmu-remote", dependencies: ["CVsmmuUAPI"]),
         // Shared by the test targets only.
         .target(name: "VsmmuTestSupport"),
         .executableTarget(

@@ -23,7 +23,9 @@ struct Agent: ParsableCommand {
         It re-observes the kernel every --reconcile-interval seconds and on request: \
         --reconcile=report logs drift, --reconcile=fix re-applies the last applied topology \
         (after a restart this re-creates what the kernel destroyed). SIGTERM finishes the \
-        running step, then exits. With --host FILE it runs over the simulated kernel.
+        running step, then exits. With --host FILE it runs over the simulated kernel; with \
+        --remote unix:PATH over the kernel behind a vsmmu-remote executor (handoff is then \
+        refused: the fds live in the executor's process).
 
         Example:
           vsmmu agent --host examples/hosts/grace-2smmu-cmdqv.yaml --socket /tmp/vsmmu.sock --state-dir /tmp/vsmmu
@@ -32,6 +34,8 @@ struct Agent: ParsableCommand {
     enum ReconcileMode: String, ExpressibleByArgument, CaseIterable { case report, fix }
 
     @OptionGroup var kernel: KernelOptions
+
+    @OptionGroup var remote: RemoteOptions
 
     @Option(help: "What a reconcile does with drift: report (log it) or fix (re-apply the last applied topology).")
     var reconcile: ReconcileMode = .report
@@ -44,6 +48,11 @@ struct Agent: ParsableCommand {
 
     @Option(help: ArgumentHelp("Socket mode, octal (for tests).", valueName: "MODE", visibility: .hidden))
     var socketMode: String?
+
+    func validate() throws {
+        if remote.remote != nil, kernel.host != nil { throw ValidationError("--remote and --host exclude each other: a remote kernel is a live one") }
+        if remote.remote != nil, kernel.sysfsRoot != "/sys" { throw ValidationError("--sysfs-root does not apply with --remote: start vsmmu-remote with --root DIR instead") }
+    }
 
     func run() throws {
         let console = Console.standard()
@@ -75,7 +84,7 @@ final class AgentServer: @unchecked Sendable {
     func serve() throws -> Int32 {
         var opts = options.kernel
         opts.socket = nil
-        let s = try Session.open(opts)
+        let s = try Session.open(opts, remote: try options.remote.connect())
         session = s
         if s.lock == nil { s.lock = try StateLock(directory: s.stateDir) }
         s.holdsLock = true
@@ -105,7 +114,9 @@ final class AgentServer: @unchecked Sendable {
             source.resume()
             Self.keep.append(source)
         }
-        log("holding \(session.simulated ? "the simulated kernel in \(session.stateDir)/sim" : "the live kernel"), state in \(session.stateDir), listening on \(socketPath)")
+        let kernelName = session.simulated ? "the simulated kernel in \(session.stateDir)/sim"
+            : session.remote.map { "the kernel behind the \($0.location)" } ?? "the live kernel"
+        log("holding \(kernelName), state in \(session.stateDir), listening on \(socketPath)")
         reconcileNow(reason: "start")
         SystemdNotify.send("READY=1\nSTATUS=serving on \(socketPath)")
         log("ready")
@@ -242,6 +253,12 @@ final class AgentServer: @unchecked Sendable {
     /// every object id. Over the simulated kernel the fds are stand-in memfds that name
     /// the simulated fd they stand for.
     func handoff(_ guest: String, _ channel: Channel) {
+        if let remote = session.remote {
+            // Its fd numbers are handles in the executor's process: sending them from here
+            // would pass whatever this process has under those numbers.
+            reply(channel, AgentClient.Reply(err: "error: guest '\(guest)' is held through the \(remote.location): its fds live in that process and cannot be handed off from here\n", exit: 1))
+            return
+        }
         guard let store = try? StateStore(directory: session.stateDir), let g = store.holdings.guests[guest] else {
             reply(channel, AgentClient.Reply(err: "error: the agent holds no guest '\(guest)'\n", exit: 1))
             return

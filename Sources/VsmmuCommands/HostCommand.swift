@@ -12,7 +12,9 @@ struct Host: ParsableCommand {
         and, for one device per IOMMU that is already bound to vfio-pci, the IOMMU's \
         registers (IOMMU_GET_HW_INFO) and two probes in a private iommufd context: a \
         nest-parent HWPT (nesting) and a vIOMMU (CANWBS or S2FWB). Facts it cannot read are \
-        listed under `unknown`, never guessed. The output is what `--host FILE` takes.
+        listed under `unknown`, never guessed. The output is what `--host FILE` takes. \
+        With --remote unix:PATH it describes the kernel behind a vsmmu-remote executor \
+        (docs/remote-executor.md), e.g. a lab guest, instead of this machine.
 
         Example:
           vsmmu host > host.yaml && vsmmu validate topology.yaml --host host.yaml
@@ -22,11 +24,18 @@ struct Host: ParsableCommand {
 
     @OptionGroup var kernel: KernelOptions
 
+    @OptionGroup var remote: RemoteOptions
+
     @Option(help: "yaml or json.")
     var format: Format = .yaml
 
     @Option(help: ArgumentHelp("Where the device nodes are (for tests).", valueName: "DIR", visibility: .hidden))
     var devRoot: String = "/dev"
+
+    func validate() throws {
+        if remote.remote != nil, kernel.host != nil { throw ValidationError("--remote and --host exclude each other: a remote kernel is a live one") }
+        if remote.remote != nil, kernel.sysfsRoot != "/sys" { throw ValidationError("--sysfs-root does not apply with --remote: start vsmmu-remote with --root DIR instead") }
+    }
 
     func run() throws {
         let console = Console.standard()
@@ -36,9 +45,13 @@ struct Host: ParsableCommand {
             if kernel.host != nil {
                 host = try Session.open(kernel).host
             } else {
-                let linux = LinuxKernel(sysfsRoot: kernel.sysfsRoot, devRoot: devRoot)
-                if !linux.hasIommufd && kernel.sysfsRoot == "/sys" {
-                    throw CommandError(message: "this kernel has no /dev/iommu (it was built without CONFIG_IOMMUFD): there is no iommufd host to describe",
+                let executor = try remote.connect()
+                let linux = executor.map { LinuxKernel(remote: $0) } ?? LinuxKernel(sysfsRoot: kernel.sysfsRoot, devRoot: devRoot)
+                let iommufd = linux.hasIommufd
+                // A remote that stopped answering is not a kernel without iommufd.
+                if let failure = executor?.transportFailure { throw CommandError(message: failure) }
+                if !iommufd && kernel.sysfsRoot == "/sys" {
+                    throw CommandError(message: "\(executor.map { "the kernel behind the \($0.location)" } ?? "this kernel") has no /dev/iommu (it was built without CONFIG_IOMMUFD): there is no iommufd host to describe",
                                        hint: "describe a simulated host instead: vsmmu host --host examples/hosts/grace-2smmu-cmdqv.yaml")
                 }
                 do {
@@ -46,9 +59,12 @@ struct Host: ParsableCommand {
                     host = r.host
                     notes = r.notes
                 } catch {
+                    if let executor {
+                        throw CommandError(message: "cannot read the devices of the kernel behind the \(executor.location): \(error)")
+                    }
                     throw CommandError(message: "cannot read this machine's devices: \(error)", hint: "is sysfs mounted at \(kernel.sysfsRoot)?")
                 }
-                if !linux.hasIommufd { notes.insert("no /dev/iommu under \(devRoot): the kernel has no iommufd", at: 0) }
+                if !linux.hasIommufd { notes.insert("no /dev/iommu under \(linux.devRoot): the kernel has no iommufd", at: 0) }
             }
             for n in notes { console.error("note: \(n)") }
             switch format {

@@ -185,8 +185,9 @@ enum Runner {
             console.print("Dry run: nothing was changed.")
             return 0
         }
-        if !session.simulated, let topology {
-            // Guest RAM is pinned when it is mapped: check the budget before anything moves.
+        if !session.simulated, session.remote == nil, let topology {
+            // Guest RAM is pinned when it is mapped: check the budget before anything moves
+            // (this process's limit; a remote executor's is not readable through the protocol).
             let total = topology.guests.flatMap(\.memory).reduce(UInt64(0)) { $0 &+ $1.size }
             if let problem = Preflight.memlockProblem(pinning: total) { throw CommandError(message: problem + "; nothing was changed") }
         }

@@ -37,6 +37,34 @@ struct KernelOptions: ParsableArguments {
     }
 }
 
+/// `--remote unix:PATH`, for the commands that can work on another kernel (host, agent).
+struct RemoteOptions: ParsableArguments {
+    static let help = "Run the kernel calls through a vsmmu-remote executor (docs/remote-executor.md) instead of this machine's kernel. "
+        + "The /dev/iommu and VFIO cdev checks then go through the executor; this machine's RLIMIT_MEMLOCK "
+        + "and device-node access checks are skipped."
+
+    @Option(help: ArgumentHelp(RemoteOptions.help, valueName: "unix:PATH"))
+    var remote: String?
+
+    @Option(help: ArgumentHelp("Seconds to wait for each answer of the remote executor.", valueName: "SECONDS", visibility: .hidden))
+    var remoteTimeout: Double = 30
+
+    func validate() throws {
+        if let remote, !remote.hasPrefix("unix:") || remote.count <= 5 {
+            throw ValidationError("--remote takes unix:PATH (the executor's socket), not '\(remote)'")
+        }
+        if remoteTimeout <= 0 { throw ValidationError("--remote-timeout must be positive") }
+    }
+
+    /// The executor, connected and greeted; nil without --remote.
+    func connect() throws -> RemoteExecutor? {
+        guard let remote else { return nil }
+        do { return try RemoteExecutor(address: remote, timeout: remoteTimeout) } catch {
+            throw CommandError(message: "\(error)", hint: "is vsmmu-remote serving \(remote)? (docs/remote-executor.md)")
+        }
+    }
+}
+
 /// A command-level failure: printed as `error: message` (+ hint), exit status 1.
 struct CommandError: Error, CustomStringConvertible {
     var message: String
@@ -62,6 +90,9 @@ final class Session: @unchecked Sendable {
     let sim: SimulatedKernel?
     let stateDir: String
     let simulated: Bool
+    /// The kernel is behind a vsmmu-remote executor: its fds are not this process's, and
+    /// this machine's limits say nothing about it.
+    var remote: RemoteExecutor?
     /// The state directory's lock, held for the whole session (simulated host, agent).
     var lock: StateLock?
     var holdsLock = false
@@ -74,8 +105,15 @@ final class Session: @unchecked Sendable {
         self.port = port; self.sim = sim; self.stateDir = stateDir; simulated = sim != nil
     }
 
-    static func open(_ options: KernelOptions) throws -> Session {
+    static func open(_ options: KernelOptions, remote: RemoteExecutor? = nil) throws -> Session {
         let stateDir = options.resolvedStateDir
+        if let remote {
+            let linux = LinuxKernel(remote: remote)
+            if let problem = Preflight.remoteAccessProblem(linux) { throw CommandError(message: problem) }
+            let session = Session(port: linux, sim: nil, stateDir: stateDir)
+            session.remote = remote
+            return session
+        }
         guard let hostFile = options.host else {
             if !FileManager.default.fileExists(atPath: "/dev/iommu") {
                 throw CommandError(message: "this kernel has no /dev/iommu (it was built without CONFIG_IOMMUFD), so vsmmu cannot work on it",

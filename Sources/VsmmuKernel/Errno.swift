@@ -22,13 +22,16 @@ public struct Errno: Error, Hashable, Sendable, Codable, CustomStringConvertible
     public static let ENOTTY = Errno(25)
     public static let ENOSPC = Errno(28)
     public static let ESPIPE = Errno(29)
+    public static let EPIPE = Errno(32)
     public static let ERANGE = Errno(34)
     public static let EDEADLK = Errno(35)
+    public static let EPROTO = Errno(71)
     public static let EOVERFLOW = Errno(75)
     public static let EBADFD = Errno(77)
     public static let EMSGSIZE = Errno(90)
     public static let EOPNOTSUPP = Errno(95)
     public static let EADDRINUSE = Errno(98)
+    public static let ETIMEDOUT = Errno(110)
 
     private static let table: [(Int32, String, String)] = [
         (1, "EPERM", "operation not permitted"),
@@ -49,13 +52,16 @@ public struct Errno: Error, Hashable, Sendable, Codable, CustomStringConvertible
         (25, "ENOTTY", "inappropriate ioctl for device"),
         (28, "ENOSPC", "no space left on device"),
         (29, "ESPIPE", "illegal seek"),
+        (32, "EPIPE", "broken pipe"),
         (34, "ERANGE", "numerical result out of range"),
         (35, "EDEADLK", "resource deadlock avoided"),
+        (71, "EPROTO", "protocol error"),
         (75, "EOVERFLOW", "value too large for defined data type"),
         (77, "EBADFD", "file descriptor in bad state"),
         (90, "EMSGSIZE", "message too long"),
         (95, "EOPNOTSUPP", "operation not supported"),
         (98, "EADDRINUSE", "address already in use"),
+        (110, "ETIMEDOUT", "connection timed out"),
     ]
 
     /// The C name, e.g. "EBUSY"; "errno N" for values outside the table.

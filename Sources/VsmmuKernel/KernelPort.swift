@@ -124,6 +124,10 @@ public protocol KernelPort: AnyObject {
     func closeEventFD(_ fd: IommufdHandle, _ eventFD: KernelFile)
     func hwQueueAlloc(_ fd: IommufdHandle, viommuID: ObjectID, type: UInt32, index: UInt32, iova: UInt64, length: UInt64) throws(KernelCallError) -> ObjectID
 
+    /// IOMMU_HWPT_INVALIDATE (§2.17, ARM §5.5) on a nested HWPT or a vIOMMU: `entries`
+    /// holds `entryNum` requests of `entryLen` bytes each. Returns the number handled.
+    func hwptInvalidate(_ fd: IommufdHandle, hwptID: ObjectID, dataType: UInt32, entryLen: UInt32, entryNum: UInt32, entries: [UInt8]) throws(KernelCallError) -> UInt32
+
     // MARK: selftest mock devices (CONFIG_IOMMUFD_TEST, reference §7)
     func mockDomain(_ fd: IommufdHandle, ptID: ObjectID) throws(KernelCallError) -> MockDevice
     func mockDomainReplace(_ fd: IommufdHandle, stdevID: ObjectID, ptID: ObjectID) throws(KernelCallError) -> ObjectID

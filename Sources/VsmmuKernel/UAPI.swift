@@ -42,6 +42,11 @@ public enum UAPI {
     public static let hwInfoFlagInputType: UInt32 = 0x1
     public static let hwCapPCIATSNotSupported: UInt64 = 0x8
 
+    // IOMMU_HWPT_INVALIDATE data types (§2.17) and the ARM command entry (§5.5)
+    public static let invalidateDataVTDS1: UInt32 = 0
+    public static let invalidateDataARMSMMUv3: UInt32 = 1
+    public static let armInvalidateEntrySize: UInt32 = 16
+
     // vIOMMU types (§2.19, §7.3)
     public static let viommuARMSMMUv3: UInt32 = 1
     public static let viommuTegra241CMDQV: UInt32 = 2

@@ -67,10 +67,8 @@ public struct HostDiscovery {
     /// bound again for a probe, so a long-lived holder (the agent) keeps what it learned.
     public func describe(probed: [String: HostIOMMU] = [:]) throws(KernelCallError) -> Result {
         var notes: [String] = []
-        var uts = utsname()
-        uname(&uts)
-        let release = withUnsafeBytes(of: &uts.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        let hostname = withUnsafeBytes(of: &uts.nodename) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        // uname of the kernel the port works on (a remote executor's, not necessarily this one).
+        let (release, hostname) = kernel.files.systemName()
         let devices = try kernel.pciDevices()
         var iommus: [HostIOMMU] = []
         // The selftest mock IOMMU shows in sysfs as iommufd_selftest_iommu.N; it is described

@@ -9,6 +9,13 @@ public protocol IoctlTransport: AnyObject {
     /// ioctl(fd, request, arg) where arg points at `bytes`. Returns 0 (or a non-negative
     /// result) on success, -errno on failure.
     func ioctl(_ fd: Int32, _ request: UInt32, _ bytes: UnsafeMutableRawBufferPointer) -> Int32
+    /// Set once the transport itself has failed (a remote executor that went away): the
+    /// -errno results then come from it, not from the kernel, and errors say so.
+    var transportFailure: String? { get }
+}
+
+extension IoctlTransport {
+    public var transportFailure: String? { nil }
 }
 
 public final class SystemIoctl: IoctlTransport {
@@ -32,7 +39,7 @@ public struct IoctlCalls {
         repeat {
             r = withUnsafeMutableBytes(of: &value) { transport.ioctl(fd, request, $0) }
         } while r == -Errno.EINTR.rawValue
-        if r < 0 { throw KernelCallError(name, Errno(-r), "fd=\(fd) " + detail()) }
+        if r < 0 { throw KernelCallError(name, Errno(-r), "fd=\(fd) " + detail() + (transport.transportFailure.map { "; \($0)" } ?? "")) }
         return r
     }
 
@@ -109,6 +116,22 @@ public struct IoctlCalls {
                      "flags=\(hex(flags)) dev_id=\(devID) pt_id=\(ptID) data_type=\(hex(dataType)) data_len=\(data.count)")
         }
         return s.out_hwpt_id
+    }
+
+    public func hwptInvalidate(_ fd: Int32, hwptID: ObjectID, dataType: UInt32, entryLen: UInt32, entryNum: UInt32, entries: [UInt8]) throws(KernelCallError) -> UInt32 {
+        var s = vsmmu_iommu_hwpt_invalidate()
+        s.size = Self.size(vsmmu_iommu_hwpt_invalidate.self)
+        s.hwpt_id = hwptID
+        s.data_type = dataType
+        s.entry_len = entryLen
+        s.entry_num = entryNum
+        var payload = entries
+        try withBytes(&payload) { (b) throws(KernelCallError) in
+            s.data_uptr = entries.isEmpty ? 0 : UInt64(UInt(bitPattern: b.baseAddress))
+            try call("IOMMU_HWPT_INVALIDATE", fd, UInt32(VSMMU_IOMMU_HWPT_INVALIDATE), &s,
+                     "hwpt_id=\(hwptID) data_type=\(dataType) entry_len=\(entryLen) entry_num=\(entryNum)")
+        }
+        return s.entry_num
     }
 
     public func getHwInfo(_ fd: Int32, devID: ObjectID, requestType: UInt32?) throws(KernelCallError) -> HwInfo {

@@ -5,11 +5,13 @@ import Glibc
 import VsmmuKernel
 
 /// The kernel port on the real kernel: ioctls on /dev/iommu and /dev/vfio/devices/vfioN
-/// through one `IoctlTransport`, sysfs through `SysfsTree`. `devRoot` and `sysfs` move
-/// for tests; production uses /dev and /sys.
+/// through one `IoctlTransport`, every other system call through one `HostFiles`, sysfs
+/// through `SysfsTree`. Both seams are this machine's by default, or a remote executor's
+/// (`init(remote:)`). `devRoot` and `sysfs` move for tests; production uses /dev and /sys.
 public final class LinuxKernel: KernelPort {
     public let calls: IoctlCalls
     public let sysfs: any SysfsAccess
+    public let files: any HostFiles
     public let devRoot: String
     public private(set) var mutatingCalls = 0
     /// Every fd this port opened and has not closed: a close is done once, a second
@@ -25,31 +27,38 @@ public final class LinuxKernel: KernelPort {
         let mine = owned.remove(fd) != nil
         ownedLock.unlock()
         mutatingCalls += 1
-        if mine { _ = Glibc.close(fd) }
+        if mine { files.close(fd) }
     }
 
     let sysfsRootPath: String
 
-    public init(transport: IoctlTransport = SystemIoctl(), sysfsRoot: String = "/sys", devRoot: String = "/dev") {
+    public init(transport: IoctlTransport = SystemIoctl(), files: any HostFiles = LocalHostFiles(), sysfsRoot: String = "/sys", devRoot: String = "/dev") {
         calls = IoctlCalls(transport: transport)
-        sysfs = SysfsTree(root: sysfsRoot)
+        self.files = files
+        sysfs = SysfsTree(root: sysfsRoot, files: files)
         sysfsRootPath = sysfsRoot
         self.devRoot = devRoot
     }
 
-    public init(transport: IoctlTransport, sysfs: any SysfsAccess, devRoot: String, sysfsRoot: String = "/sys") {
+    public init(transport: IoctlTransport, sysfs: any SysfsAccess, devRoot: String, sysfsRoot: String = "/sys", files: any HostFiles = LocalHostFiles()) {
         calls = IoctlCalls(transport: transport)
         self.sysfs = sysfs
+        self.files = files
         sysfsRootPath = sysfsRoot
         self.devRoot = devRoot
     }
 
-    public var hasIommufd: Bool { FileManager.default.fileExists(atPath: devRoot + "/iommu") }
+    /// Every call goes to the kernel behind a vsmmu-remote executor, at its /dev and /sys
+    /// (the executor's `--root` moves them, not this side).
+    public convenience init(remote: RemoteExecutor) {
+        self.init(transport: remote, files: remote, sysfsRoot: "/sys", devRoot: "/dev")
+    }
+
+    public var hasIommufd: Bool { files.exists(devRoot + "/iommu") }
     /// VFIO cdev support: /dev/vfio/devices appears only while some device is on a VFIO
     /// driver (seen on the lab's 7.2 kernel), so the vfio-dev class in sysfs counts too.
     public var hasVfioCdev: Bool {
-        FileManager.default.fileExists(atPath: devRoot + "/vfio/devices")
-            || FileManager.default.fileExists(atPath: sysfsRootPath + "/class/vfio-dev")
+        files.exists(devRoot + "/vfio/devices") || files.exists(sysfsRootPath + "/class/vfio-dev")
     }
 
     @discardableResult
@@ -59,10 +68,7 @@ public final class LinuxKernel: KernelPort {
     }
 
     func openFile(_ call: String, _ path: String) throws(KernelCallError) -> Int32 {
-        var fd: Int32
-        repeat { fd = open(path, O_RDWR | O_CLOEXEC) } while fd < 0 && errno == EINTR
-        guard fd >= 0 else { throw KernelCallError(call, Errno(errno), path) }
-        return own(fd)
+        do { return own(try files.open(path, flags: O_RDWR)) } catch { throw error.renamed(call) }
     }
 
     // MARK: iommufd
@@ -164,28 +170,21 @@ public final class LinuxKernel: KernelPort {
             case .memfd, .hugetlbfs:
                 // memfd (MFD_HUGETLB for huge pages): mapped into the IOAS by IOAS_MAP_FILE and
                 // by the VMM itself, never into this process (reference §9.16).
-                let fd = vsmmu_memfd_create(name, vsmmu_memfd_flags(huge != nil || backing == .hugetlbfs ? 1 : 0, huge ?? 0))
-                guard fd >= 0 else { throw KernelCallError("MEMFD_CREATE", Errno(-fd), "name=\(name)") }
-                guard ftruncate(fd, off_t(truncatingIfNeeded: size)) == 0 else {
-                    let e = errno
-                    _ = Glibc.close(fd)
-                    throw KernelCallError("MEMFD_CREATE", Errno(e), "ftruncate \(name) to \(size)")
-                }
-                return GuestMemory(file: KernelFile(fd: own(fd)), userVA: 0, size: size)
+                let flags = vsmmu_memfd_flags(huge != nil || backing == .hugetlbfs ? 1 : 0, huge ?? 0)
+                do throws(KernelCallError) {
+                    return GuestMemory(file: KernelFile(fd: own(try files.memfd(name: name, size: size, flags: flags))), userVA: 0, size: size)
+                } catch { throw error.renamed("MEMFD_CREATE") }
             case .anonymous:
-                var flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE
-                if let huge { flags |= MAP_HUGETLB | Int32(bitPattern: huge << 26) }
-                guard let p = mmap(nil, Int(size), PROT_READ | PROT_WRITE, flags, -1, 0), p != MAP_FAILED else {
-                    throw KernelCallError("MMAP_ANON", Errno(errno), "size=\(size)")
-                }
-                return GuestMemory(file: nil, userVA: UInt64(UInt(bitPattern: p)), size: size)
+                do throws(KernelCallError) {
+                    return GuestMemory(file: nil, userVA: try files.mapAnonymous(size: size, hugepageLog2: huge), size: size)
+                } catch { throw error.renamed("MMAP_ANON") }
             }
         }
     }
 
     public func releaseGuestMemory(_ memory: GuestMemory) {
         if let f = memory.file { closeOwned(f.fd) } else { mutatingCalls += 1 }
-        if memory.userVA != 0, let p = UnsafeMutableRawPointer(bitPattern: UInt(memory.userVA)) { _ = munmap(p, Int(memory.size)) }
+        if memory.userVA != 0 { files.unmap(address: memory.userVA, size: memory.size) }
     }
 
     // MARK: sysfs
@@ -215,19 +214,16 @@ public final class LinuxKernel: KernelPort {
     // MARK: this process's files
 
     public func openFiles() throws(KernelCallError) -> [OpenFileInfo] {
-        guard let fds = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd") else {
-            throw KernelCallError("PROC_FD", .ENOENT, "/proc/self/fd")
-        }
         var out: [OpenFileInfo] = []
-        for name in fds {
-            guard let fd = Int32(name), fd > 2, let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(name)") else { continue }
+        for held in try files.heldFiles() {
+            let fd = held.fd, target = held.target
+            guard fd > 2 else { continue }
             let kind: OpenFileInfo.Kind
             if target == devRoot + "/iommu" {
                 kind = .iommufd
             } else if target.hasPrefix(devRoot + "/vfio/devices/vfio") {
                 // fdinfo names the device: `vfio-device-syspath: /sys/devices/.../0000:09:01.0`
-                let info = (try? String(contentsOfFile: "/proc/self/fdinfo/\(name)", encoding: .utf8)) ?? ""
-                let path = info.split(separator: "\n").first { $0.hasPrefix("vfio-device-syspath:") }
+                let path = held.fdinfo.split(separator: "\n").first { $0.hasPrefix("vfio-device-syspath:") }
                 kind = .vfioDevice(path.flatMap { PCIAddress(String($0.split(separator: "/").last ?? "")) })
             } else if target.contains("[iommufd-viommu-event]") {
                 kind = .eventQueue
@@ -245,22 +241,20 @@ public final class LinuxKernel: KernelPort {
     public func closeFile(_ fd: Int32) {
         ownedLock.lock(); owned.remove(fd); ownedLock.unlock()
         mutatingCalls += 1
-        _ = Glibc.close(fd)
+        files.close(fd)
     }
 
     // MARK: ownership
 
     public func chownVfioDevice(index: Int, uid: UInt32, gid: UInt32) throws(KernelCallError) {
         try mutating { () throws(KernelCallError) in
-            let path = devRoot + "/vfio/devices/vfio\(index)"
-            guard chown(path, uid, gid) == 0 else { throw KernelCallError("CHOWN_VFIO_DEVICE", Errno(errno), path) }
+            do throws(KernelCallError) { try files.chown(devRoot + "/vfio/devices/vfio\(index)", uid: uid, gid: gid) } catch { throw error.renamed("CHOWN_VFIO_DEVICE") }
         }
     }
 
     public func vfioDeviceOwner(index: Int) throws(KernelCallError) -> (uid: UInt32, gid: UInt32)? {
-        var st = stat()
-        guard stat(devRoot + "/vfio/devices/vfio\(index)", &st) == 0 else { return nil }
-        return (st.st_uid, st.st_gid)
+        guard let st = files.status(devRoot + "/vfio/devices/vfio\(index)") else { return nil }
+        return (st.uid, st.gid)
     }
 }
 #endif

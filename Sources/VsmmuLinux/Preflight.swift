@@ -39,5 +39,21 @@ public enum Preflight {
         }
         return nil
     }
+
+    /// `accessProblem` for a kernel behind a remote executor: the same device-node checks,
+    /// through the executor. Whether it may open them is its uid's business (it says so
+    /// when vsmmu opens them), so access(2) for this process is not asked.
+    public static func remoteAccessProblem(_ kernel: LinuxKernel) -> String? {
+        let remote = kernel.files.location
+        let iommufd = kernel.hasIommufd
+        if let failure = kernel.calls.transport.transportFailure { return failure }
+        if !iommufd {
+            return "\(kernel.devRoot)/iommu does not exist on the kernel behind the \(remote): it was built without CONFIG_IOMMUFD (or the executor cannot be reached)"
+        }
+        if !kernel.hasVfioCdev {
+            return "\(kernel.devRoot)/vfio/devices does not exist on the kernel behind the \(remote): it was built without CONFIG_VFIO_DEVICE_CDEV (or vfio-pci is not loaded)"
+        }
+        return nil
+    }
 }
 #endif

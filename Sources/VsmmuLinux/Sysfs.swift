@@ -17,11 +17,13 @@ public protocol SysfsAccess {
     func driversProbe(_ a: PCIAddress) throws(KernelCallError)
 }
 
-/// sysfs under a root (`/sys`, or a fake tree in tests), reference §8. Only validated
-/// PCI addresses and checked driver names ever become part of a path.
+/// sysfs under a root (`/sys`, or a fake tree in tests), reference §8, read through
+/// `files` (this machine, or a remote executor's). Only validated PCI addresses and
+/// checked driver names ever become part of a path.
 public struct SysfsTree: SysfsAccess, Sendable {
     public let root: String
-    public init(root: String = "/sys") { self.root = root }
+    public let files: any HostFiles
+    public init(root: String = "/sys", files: any HostFiles = LocalHostFiles()) { self.root = root; self.files = files }
 
     var devices: String { root + "/bus/pci/devices" }
 
@@ -33,14 +35,16 @@ public struct SysfsTree: SysfsAccess, Sendable {
     }
 
     func read(_ path: String) -> String? {
-        guard let data = FileManager.default.contents(atPath: path) else { return nil }
+        guard let data = try? files.read(path) else { return nil }
         return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     func linkName(_ path: String) -> String? {
-        guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: path) else { return nil }
+        guard let target = try? files.readLink(path) else { return nil }
         return (target as NSString).lastPathComponent
     }
+
+    func list(_ path: String) -> [String] { (try? files.listDirectory(path)) ?? [] }
 
     func hexValue(_ path: String) -> UInt64? {
         guard let s = read(path) else { return nil }
@@ -49,19 +53,22 @@ public struct SysfsTree: SysfsAccess, Sendable {
     }
 
     public func pciAddresses() throws(KernelCallError) -> [PCIAddress] {
-        guard let names = try? FileManager.default.contentsOfDirectory(atPath: devices) else {
-            throw KernelCallError("SYSFS_READ", .ENOENT, "\(devices) is missing")
+        let names: [String]
+        do { names = try files.listDirectory(devices) } catch {
+            // A remote that went away says so; anything else means no such directory.
+            if error.errno == .ENOENT { throw KernelCallError("SYSFS_READ", .ENOENT, "\(devices) is missing") }
+            throw error.renamed("SYSFS_READ")
         }
         return names.compactMap(PCIAddress.init).sorted()
     }
 
     public func device(_ a: PCIAddress) -> SysfsPCIDevice? {
         let dir = devices + "/" + a.description
-        guard FileManager.default.fileExists(atPath: dir) else { return nil }
+        guard files.exists(dir) else { return nil }
         var override = read(dir + "/driver_override")
         if override == "(null)" || override == "" { override = nil }
         var vfioIndex: Int?
-        if let entries = try? FileManager.default.contentsOfDirectory(atPath: dir + "/vfio-dev") {
+        if let entries = try? files.listDirectory(dir + "/vfio-dev") {
             vfioIndex = entries.compactMap { $0.hasPrefix("vfio") ? Int($0.dropFirst(4)) : nil }.min()
         }
         return SysfsPCIDevice(
@@ -79,11 +86,11 @@ public struct SysfsTree: SysfsAccess, Sendable {
 
     public func groupMembers(_ group: Int) -> [PCIAddress] {
         let dir = root + "/kernel/iommu_groups/\(group)/devices"
-        return ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).compactMap(PCIAddress.init).sorted()
+        return list(dir).compactMap(PCIAddress.init).sorted()
     }
 
     public func iommuNames() -> [String] {
-        ((try? FileManager.default.contentsOfDirectory(atPath: root + "/class/iommu")) ?? []).sorted()
+        list(root + "/class/iommu").sorted()
     }
 
     /// `0x%016llx 0x%016llx <type>` per line (reference §8).
@@ -98,20 +105,13 @@ public struct SysfsTree: SysfsAccess, Sendable {
 
     public func driverLoaded(_ name: String) -> Bool {
         guard let d = Self.checkedDriver(name) else { return false }
-        return FileManager.default.fileExists(atPath: root + "/bus/pci/drivers/" + d)
+        return files.exists(root + "/bus/pci/drivers/" + d)
     }
 
     /// write(2) of `text` to a sysfs attribute; the errno is the kernel's answer.
     func write(_ call: String, _ path: String, _ text: String) throws(KernelCallError) {
         // O_TRUNC as `echo x > attr` does: harmless on sysfs, and a fake tree gets whole values.
-        let fd = open(path, O_WRONLY | O_TRUNC | O_CLOEXEC)
-        guard fd >= 0 else { throw KernelCallError(call, Errno(errno), "open \(path)") }
-        defer { close(fd) }
-        var r: Int
-        repeat {
-            r = text.withCString { Glibc.write(fd, $0, strlen($0)) }
-        } while r < 0 && errno == EINTR
-        if r < 0 { throw KernelCallError(call, Errno(errno), "\(path) <- \(text.trimmingCharacters(in: .newlines))") }
+        do { try files.write(path, Array(text.utf8)) } catch { throw error.renamed(call) }
     }
 
     public func writeDriverOverride(_ a: PCIAddress, _ driver: String?) throws(KernelCallError) {

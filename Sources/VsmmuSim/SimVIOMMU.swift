@@ -241,3 +241,57 @@ extension SimulatedKernel {
         }
     }
 }
+
+// MARK: IOMMU_HWPT_INVALIDATE (§2.17, ARM §5.5)
+
+/// ARM command-queue opcodes a guest may forward through its vIOMMU (§5.5); any other is EIO.
+let armInvalidateOpcodes: Set<UInt8> = [0x10, 0x11, 0x12, 0x13, 0x30, 0x05, 0x06, 0x40]
+/// The opcodes whose StreamID field is a vSID the kernel translates (§5.5).
+let armVSIDOpcodes: Set<UInt8> = [0x05, 0x06, 0x40]
+
+extension SimulatedKernel {
+    /// The core's checks in its order, then the target's driver. Only the ARM SMMUv3
+    /// vIOMMU's invalidation is modelled; the selftest mock's and VT-d's are refused as
+    /// unmodelled (EOPNOTSUPP), which no caller of the simulation relies on.
+    func hwptInvalidateImpl(_ fd: Int32, hwptID: ObjectID, dataType: UInt32, entryLen: UInt32, entryNum: UInt32, entries: [UInt8]) throws(Refusal) -> UInt32 {
+        let cid = try context(ofIommufd: fd)
+        if entryNum != 0 {
+            if entries.isEmpty { throw Refusal(.EINVAL, "entry_num \(entryNum) with no data") }
+            if entryLen == 0 || entryLen > 4096 { throw Refusal(.EINVAL, "entry_len \(entryLen) is not in 1...4096") }
+            if entryNum > 1 << 19 { throw Refusal(.EINVAL, "entry_num \(entryNum) exceeds 2^19") }
+        }
+        guard let target = object(cid, hwptID) else { throw Refusal(.ENOENT, missing(cid, hwptID, "hwpt_id")) }
+        let viommu: VIOMMUObject
+        switch target {
+        case .viommu(let v): viommu = v
+        case .hwptNested(let nested):
+            // ARM nested HWPTs have no invalidation op: the guest's commands go to the vIOMMU.
+            if hostIOMMU(nested.iommu)?.type == .armSMMUv3 { throw Refusal(.EOPNOTSUPP, "ARM nested HWPT \(hwptID) has no invalidation op; use the vIOMMU") }
+            throw Refusal(.EOPNOTSUPP, "invalidation of a \(nested.iommu) nested HWPT is not modelled")
+        default:
+            throw Refusal(.EINVAL, "hwpt_id \(hwptID) is a \(target.typeName), not a nested HWPT or a vIOMMU")
+        }
+        guard hostIOMMU(viommu.iommu)?.type == .armSMMUv3 else {
+            throw Refusal(.EOPNOTSUPP, "invalidation on a \(viommu.iommu) vIOMMU is not modelled")
+        }
+        if dataType != UAPI.invalidateDataARMSMMUv3 { throw Refusal(.EINVAL, "data_type \(dataType) is not ARM_SMMUV3 (1)") }
+        if entryNum == 0 { throw Refusal(.EINVAL, "the ARM driver rejects an empty command array") }
+        if entries.count < Int(entryLen) * Int(entryNum) { throw Refusal(.EFAULT, "the command array is shorter than entry_len × entry_num") }
+        let size = Int(UAPI.armInvalidateEntrySize)
+        for k in 0..<Int(entryNum) {
+            let raw = Array(entries[(k * Int(entryLen))..<((k + 1) * Int(entryLen))])
+            let cmd = try copyStruct(raw, minimum: 1, size: size, what: "iommu_viommu_arm_smmuv3_invalidate")
+            let opcode = cmd[0]
+            if !armInvalidateOpcodes.contains(opcode) { throw Refusal(.EIO, "opcode \(hex(UInt32(opcode))) is not accepted from a guest (entry \(k))") }
+            if armVSIDOpcodes.contains(opcode) {
+                let vsid = le64(cmd, 0) >> 32
+                let known = objects(cid).contains { entry in
+                    if case .vdevice(let v) = entry.object { return v.viommu == hwptID && v.virtID == vsid }
+                    return false
+                }
+                if !known { throw Refusal(.EIO, "vSID \(hex(vsid)) has no vDevice on vIOMMU \(hwptID) (entry \(k))") }
+            }
+        }
+        return entryNum
+    }
+}

@@ -163,6 +163,13 @@ public final class SimulatedKernel: KernelPort {
         }
     }
 
+    public func hwptInvalidate(_ fd: IommufdHandle, hwptID: ObjectID, dataType: UInt32, entryLen: UInt32, entryNum: UInt32, entries: [UInt8]) throws(KernelCallError) -> UInt32 {
+        try call("IOMMU_HWPT_INVALIDATE", nil,
+                 detail: "fd=\(fd.fd) hwpt_id=\(hwptID) data_type=\(dataType) entry_len=\(entryLen) entry_num=\(entryNum)") { () throws(Refusal) in
+            try hwptInvalidateImpl(fd.fd, hwptID: hwptID, dataType: dataType, entryLen: entryLen, entryNum: entryNum, entries: entries)
+        }
+    }
+
     public func vdeviceAlloc(_ fd: IommufdHandle, viommuID: ObjectID, devID: ObjectID, virtID: UInt64) throws(KernelCallError) -> ObjectID {
         try call("IOMMU_VDEVICE_ALLOC", .vdeviceAlloc(fd: fd.fd, viommuID: viommuID, devID: devID, virtID: virtID),
                  detail: "fd=\(fd.fd) viommu_id=\(viommuID) dev_id=\(devID) virt_id=\(hex(virtID))") { () throws(Refusal) in

@@ -237,3 +237,35 @@ func runAs(nobody: Bool, _ args: [String]) -> RunResult {
     #expect(r.stderr.contains("no vsmmu agent is running at /tmp/no-such-vsmmu.sock"))
     #expect(r.stderr.contains("hint: start it"))
 }
+
+@Test func anAgentOverARemoteExecutorServesAndRefusesHandoff() throws {
+    let binary = try #require(vsmmuRemoteBinary, "vsmmu-remote is not built next to the tests (swift build builds it)")
+    let dir = tempDir()
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let root = dir + "/guest"
+    for p in ["sys/bus/pci/devices", "sys/class/iommu", "dev/vfio/devices"] {
+        try FileManager.default.createDirectory(atPath: root + "/" + p, withIntermediateDirectories: true)
+    }
+    _ = FileManager.default.createFile(atPath: root + "/dev/iommu", contents: nil)
+    let server = try UnixSocketExecutor(binary: binary, root: root)
+    let socket = dir + "/agent.sock", log = dir + "/agent.log"
+    _ = FileManager.default.createFile(atPath: log, contents: nil)
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: vsmmuBinary)
+    p.arguments = ["agent", "--remote", "unix:" + server.path, "--socket", socket, "--state-dir", dir + "/state", "--reconcile-interval", "0"]
+    p.environment = ["PATH": "/usr/bin:/bin"]
+    let h = FileHandle(forWritingAtPath: log)!
+    p.standardOutput = h
+    p.standardError = h
+    try p.run()
+    defer { if p.isRunning { kill(p.processIdentifier, SIGTERM); p.waitUntilExit() } }
+    let logText = { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
+    let deadline = Date().addingTimeInterval(30)
+    while !logText().contains("vsmmu-agent: ready") && p.isRunning && Date() < deadline { usleep(20_000) }
+    #expect(logText().contains("holding the kernel behind the remote executor at unix:\(server.path)"), "\(logText())")
+    let show = vsmmu(["show", "--socket", socket])
+    #expect(show.code == 0, "\(show.stderr)")
+    let handoff = vsmmu(["handoff", "--guest", "vm1", "--socket", socket])
+    #expect(handoff.code != 0)
+    #expect(handoff.stderr.contains("its fds live in that process"))
+}

@@ -35,6 +35,9 @@ final class OverridingPort: KernelPort {
     func hwptAlloc(_ fd: IommufdHandle, flags: UInt32, devID: ObjectID, ptID: ObjectID, dataType: UInt32, data: [UInt8]) throws(KernelCallError) -> ObjectID {
         try inner.hwptAlloc(fd, flags: flags, devID: devID, ptID: ptID, dataType: dataType, data: data)
     }
+    func hwptInvalidate(_ fd: IommufdHandle, hwptID: ObjectID, dataType: UInt32, entryLen: UInt32, entryNum: UInt32, entries: [UInt8]) throws(KernelCallError) -> UInt32 {
+        try inner.hwptInvalidate(fd, hwptID: hwptID, dataType: dataType, entryLen: entryLen, entryNum: entryNum, entries: entries)
+    }
     func getHwInfo(_ fd: IommufdHandle, devID: ObjectID, requestType: UInt32?) throws(KernelCallError) -> HwInfo {
         try inner.getHwInfo(fd, devID: devID, requestType: requestType)
     }

@@ -103,6 +103,16 @@ struct vsmmu_iommu_hwpt_alloc {         // 48 bytes
     uint32_t __reserved2;
 };
 
+struct vsmmu_iommu_hwpt_invalidate {    // 32 bytes (reference §2.17)
+    uint32_t size;
+    uint32_t hwpt_id;
+    VSMMU_ALIGNED_U64 data_uptr;
+    uint32_t data_type;
+    uint32_t entry_len;
+    uint32_t entry_num;                 // in: requests; out: requests handled (also on error)
+    uint32_t __reserved;
+};
+
 struct vsmmu_iommu_hw_info {            // 40 bytes
     uint32_t size;
     uint32_t flags;

@@ -1,0 +1,163 @@
+#if os(Linux)
+import CVsmmuUAPI
+import Foundation
+import Glibc
+import VsmmuKernel
+
+/// What stat(2) says about a path.
+public struct FileStatus: Hashable, Sendable {
+    public var mode: UInt32
+    public var uid: UInt32
+    public var gid: UInt32
+    public init(mode: UInt32, uid: UInt32, gid: UInt32) { self.mode = mode; self.uid = uid; self.gid = gid }
+}
+
+/// One fd the backend holds, as /proc/<pid>/fd and fdinfo show it.
+public struct HeldFile: Hashable, Sendable {
+    public var fd: Int32
+    /// readlink of /proc/<pid>/fd/N: a path, `anon_inode:[...]`, `/memfd:name (deleted)`.
+    public var target: String
+    public var fdinfo: String
+    public init(fd: Int32, target: String, fdinfo: String) { self.fd = fd; self.target = target; self.fdinfo = fdinfo }
+}
+
+/// The one seam for every operating-system call the Linux backend makes besides ioctl:
+/// device files, sysfs, memfd, stat/chown, anonymous memory and the list of held fds.
+/// `LocalHostFiles` performs them on this machine; `RemoteExecutor` on another kernel
+/// through vsmmu-remote (docs/remote-executor.md). fds are handles, valid only through the
+/// seam that returned them. Failures are `KernelCallError`s with a generic call name
+/// (OPEN, WRITE, ...); callers rename the call and keep errno and detail.
+public protocol HostFiles: AnyObject, Sendable {
+    /// Where the calls run, for messages: "this machine", "remote executor at unix:/path".
+    var location: String { get }
+    /// uname's release and node name of the kernel the calls run on.
+    func systemName() -> (release: String, hostname: String)
+    /// open(2) with O_CLOEXEC added; EINTR retried.
+    func open(_ path: String, flags: Int32) throws(KernelCallError) -> Int32
+    func close(_ fd: Int32)
+    /// The whole file (sysfs attributes are small).
+    func read(_ path: String) throws(KernelCallError) -> [UInt8]
+    func readLink(_ path: String) throws(KernelCallError) -> String
+    /// Entry names, without `.` and `..`, in no particular order.
+    func listDirectory(_ path: String) throws(KernelCallError) -> [String]
+    /// open(O_WRONLY|O_TRUNC) and one write(2), as `echo x > attr` does.
+    func write(_ path: String, _ data: [UInt8]) throws(KernelCallError)
+    /// memfd_create(2) with `flags`, ftruncated to `size`.
+    func memfd(name: String, size: UInt64, flags: UInt32) throws(KernelCallError) -> Int32
+    /// stat(2) (following links); nil when the path does not exist or cannot be seen.
+    func status(_ path: String) -> FileStatus?
+    func chown(_ path: String, uid: UInt32, gid: UInt32) throws(KernelCallError)
+    /// Private anonymous read/write memory; returns its address in the process that maps it.
+    func mapAnonymous(size: UInt64, hugepageLog2: UInt32?) throws(KernelCallError) -> UInt64
+    func unmap(address: UInt64, size: UInt64)
+    /// The fds the backend holds (locally: every fd of this process).
+    func heldFiles() throws(KernelCallError) -> [HeldFile]
+}
+
+extension HostFiles {
+    public func exists(_ path: String) -> Bool { status(path) != nil }
+}
+
+extension KernelCallError {
+    /// The same failure under the caller's call name.
+    func renamed(_ call: String) -> KernelCallError { KernelCallError(call, errno, detail) }
+}
+
+/// The system calls on this machine, exactly as the backend made them before the seam.
+public final class LocalHostFiles: HostFiles {
+    public init() {}
+
+    public var location: String { "this machine" }
+
+    public func systemName() -> (release: String, hostname: String) {
+        var uts = utsname()
+        uname(&uts)
+        let release = withUnsafeBytes(of: &uts.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let hostname = withUnsafeBytes(of: &uts.nodename) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        return (release, hostname)
+    }
+
+    public func open(_ path: String, flags: Int32) throws(KernelCallError) -> Int32 {
+        var fd: Int32
+        repeat { fd = Glibc.open(path, flags | O_CLOEXEC) } while fd < 0 && errno == EINTR
+        guard fd >= 0 else { throw KernelCallError("OPEN", Errno(errno), path) }
+        return fd
+    }
+
+    public func close(_ fd: Int32) { _ = Glibc.close(fd) }
+
+    public func read(_ path: String) throws(KernelCallError) -> [UInt8] {
+        guard let data = FileManager.default.contents(atPath: path) else { throw KernelCallError("READ", .ENOENT, path) }
+        return [UInt8](data)
+    }
+
+    public func readLink(_ path: String) throws(KernelCallError) -> String {
+        guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: path) else { throw KernelCallError("READLINK", .ENOENT, path) }
+        return target
+    }
+
+    public func listDirectory(_ path: String) throws(KernelCallError) -> [String] {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: path) else { throw KernelCallError("LISTDIR", .ENOENT, path) }
+        return names
+    }
+
+    public func write(_ path: String, _ data: [UInt8]) throws(KernelCallError) {
+        let fd = Glibc.open(path, O_WRONLY | O_TRUNC | O_CLOEXEC)
+        guard fd >= 0 else { throw KernelCallError("WRITE", Errno(errno), "open \(path)") }
+        defer { _ = Glibc.close(fd) }
+        var r: Int
+        repeat {
+            r = data.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+        } while r < 0 && errno == EINTR
+        if r < 0 {
+            throw KernelCallError("WRITE", Errno(errno), "\(path) <- \(String(decoding: data, as: UTF8.self).trimmingCharacters(in: .newlines))")
+        }
+    }
+
+    public func memfd(name: String, size: UInt64, flags: UInt32) throws(KernelCallError) -> Int32 {
+        let fd = vsmmu_memfd_create(name, flags)
+        guard fd >= 0 else { throw KernelCallError("MEMFD_CREATE", Errno(-fd), "name=\(name)") }
+        guard ftruncate(fd, off_t(truncatingIfNeeded: size)) == 0 else {
+            let e = errno
+            _ = Glibc.close(fd)
+            throw KernelCallError("MEMFD_CREATE", Errno(e), "ftruncate \(name) to \(size)")
+        }
+        return fd
+    }
+
+    public func status(_ path: String) -> FileStatus? {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
+        return FileStatus(mode: st.st_mode, uid: st.st_uid, gid: st.st_gid)
+    }
+
+    public func chown(_ path: String, uid: UInt32, gid: UInt32) throws(KernelCallError) {
+        guard Glibc.chown(path, uid, gid) == 0 else { throw KernelCallError("CHOWN", Errno(errno), path) }
+    }
+
+    public func mapAnonymous(size: UInt64, hugepageLog2: UInt32?) throws(KernelCallError) -> UInt64 {
+        var flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE
+        if let huge = hugepageLog2 { flags |= MAP_HUGETLB | Int32(bitPattern: huge << 26) }
+        guard let p = mmap(nil, Int(size), PROT_READ | PROT_WRITE, flags, -1, 0), p != MAP_FAILED else {
+            throw KernelCallError("MMAP_ANON", Errno(errno), "size=\(size)")
+        }
+        return UInt64(UInt(bitPattern: p))
+    }
+
+    public func unmap(address: UInt64, size: UInt64) {
+        if let p = UnsafeMutableRawPointer(bitPattern: UInt(address)) { _ = munmap(p, Int(size)) }
+    }
+
+    public func heldFiles() throws(KernelCallError) -> [HeldFile] {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd") else {
+            throw KernelCallError("PROC_FD", .ENOENT, "/proc/self/fd")
+        }
+        // The directory's own fd is listed but gone by now: readlink fails and it is skipped.
+        return names.compactMap { name in
+            guard let fd = Int32(name), let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(name)") else { return nil }
+            let info = (try? String(contentsOfFile: "/proc/self/fdinfo/\(name)", encoding: .utf8)) ?? ""
+            return HeldFile(fd: fd, target: target, fdinfo: info)
+        }
+    }
+}
+#endif
