@@ -46,6 +46,9 @@ let package = Package(
         .executableTarget(name: "vsmmu", dependencies: ["VsmmuCommands"]),
         // The remote executor (C, static in the lab guests): docs/remote-executor.md.
         .executableTarget(name: "vsmmu-remote", dependencies: ["CVsmmuUAPI"]),
+        // Differential fidelity: a corpus of kernel calls run on a real and on the simulated kernel.
+        .target(name: "VsmmuFidelity", dependencies: ["VsmmuKernel"]),
+        .executableTarget(name: "vsmmu-fidelity", dependencies: ["VsmmuFidelity", "VsmmuKernel", "VsmmuSim", "VsmmuLinux", "VsmmuModel"]),
         // Shared by the test targets only.
         .target(name: "VsmmuTestSupport"),
         .executableTarget(
@@ -55,6 +58,11 @@ let package = Package(
         .testTarget(name: "VsmmuYAMLTests", dependencies: ["VsmmuYAML"]),
         .testTarget(name: "VsmmuModelTests", dependencies: ["VsmmuModel", "VsmmuYAML", "VsmmuKernel", "VsmmuTestSupport"]),
         .testTarget(name: "VsmmuSimTests", dependencies: ["VsmmuSim", "VsmmuKernel"]),
+        .testTarget(
+            name: "VsmmuFidelityTests",
+            dependencies: ["VsmmuFidelity", "VsmmuSim", "VsmmuKernel", "VsmmuModel", "VsmmuTestSupport"],
+            exclude: ["corpus"]
+        ),
         .testTarget(
             name: "VsmmuLinuxTests",
             dependencies: ["VsmmuLinux", "CVsmmuUAPI", "VsmmuKernel", "VsmmuSim", "VsmmuModel", "VsmmuPlanner", "VsmmuExecutor", "VsmmuYAML", "VsmmuTestSupport"]

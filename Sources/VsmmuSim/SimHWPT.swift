@@ -5,6 +5,8 @@ import VsmmuKernel
 
 /// The selftest mock domain's aperture (§7.3, §9.19).
 let mockAperture = IovaRange(start: 0x100_0000, last: 0x7FFF_FFFF)
+/// The selftest mock domain's page size (MOCK_IO_PAGE_SIZE = PAGE_SIZE / 2, §7.3).
+let mockPageSize: UInt64 = 0x800
 
 /// ARM SMMUv3 vSTE masks of the fields a guest may set (§5.3).
 let vsteWord0Allowed: UInt64 = 0xF80F_FFFF_FFFF_FFFF
@@ -116,7 +118,8 @@ extension SimulatedKernel {
                 if dataType != UAPI.hwptDataSelftest { throw Refusal(.EOPNOTSUPP, "the mock takes only data_type SELFTEST") }
                 let cfg = try copyStruct(data, minimum: 4, size: 8, what: "iommu_hwpt_selftest")
                 let pagetableType = le32(cfg, 4)
-                if pagetableType > 1 { throw Refusal(.EINVAL, "unknown mock pagetable_type \(pagetableType)") }
+                // The x86 lab's 7.2 answers EOPNOTSUPP (not EINVAL) for an unknown type.
+                if pagetableType > 1 { throw Refusal(.EOPNOTSUPP, "unknown mock pagetable_type \(pagetableType)") }
             }
         }
         let aperture = domainAperture(iommu, flags: flags)

@@ -172,6 +172,8 @@ struct HWQueueObject: Hashable, Codable {
     var length: UInt64
     /// The IOAS whose pages the queue pins and locks.
     var ioas: ObjectID
+    /// The ID of the internal access that pins them (reserved, not an object).
+    var accessID: ObjectID? = nil
     var last: UInt64 { iova &+ (length &- 1) }
 }
 

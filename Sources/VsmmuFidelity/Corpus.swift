@@ -1,0 +1,130 @@
+import VsmmuKernel
+
+/// A differential-fidelity corpus: short sequences of kernel calls, run on a real kernel
+/// and on the simulated kernel, whose printed results must be identical (ids, counts,
+/// errnos). Text format, one call per line:
+///
+///     # comment
+///     host examples/hosts/selftest.yaml     (the host the simulated kernel models)
+///     device 0000:00:02.0                   (the PCI device `device_open` opens; optional)
+///     case destroy-while-referenced
+///       ioas = ioas_alloc
+///       m = mock_domain pt=ioas             (binds m.stdev, m.hwpt, m.idev)
+///       destroy id=ioas                     (EBUSY: the mock's HWPT holds it)
+///
+/// Values: integers (`12`, `0x1100`), names bound earlier (`ioas`, `m.idev`), named
+/// constants (`NEST_PARENT`, see `Corpus.constants`), byte strings `hex:00ff..` and
+/// little-endian 64-bit words `le64:0x9,0x0` (a vSTE, an ARM command).
+public struct Corpus: Sendable {
+    public struct Call: Sendable, Equatable {
+        public var line: Int
+        public var result: String?
+        public var op: String
+        public var args: [(key: String, value: String)]
+        public static func == (a: Call, b: Call) -> Bool {
+            a.line == b.line && a.result == b.result && a.op == b.op && a.args.map(\.key) == b.args.map(\.key) && a.args.map(\.value) == b.args.map(\.value)
+        }
+    }
+    public struct Case: Sendable, Equatable {
+        public var name: String
+        public var line: Int
+        public var calls: [Call]
+    }
+
+    public var hostPath: String?
+    public var device: PCIAddress?
+    public var cases: [Case]
+
+    /// Every op the runner knows, with the arguments it requires and those it accepts.
+    static let ops: [String: (required: [String], optional: [String])] = [
+        "ioas_alloc": ([], []),
+        "destroy": (["id"], []),
+        "iova_ranges": (["ioas"], []),
+        "memfd": (["size"], []),
+        "map_file": (["ioas", "mem", "length", "iova", "flags"], ["offset"]),
+        "unmap": (["ioas", "iova", "length"], []),
+        "hwpt_alloc": (["dev", "pt"], ["flags", "type", "data"]),
+        "hw_info": (["dev"], ["type"]),
+        "viommu_alloc": (["type", "dev", "hwpt"], ["data"]),
+        "vdevice_alloc": (["viommu", "dev", "virt"], []),
+        "veventq_alloc": (["viommu", "type", "depth"], []),
+        "close_eventq": (["q"], []),
+        "hw_queue_alloc": (["viommu", "type", "index", "iova", "length"], []),
+        "mock_domain": (["pt"], []),
+        "mock_replace": (["stdev", "pt"], []),
+        "device_open": ([], []),
+        "bind": (["dev"], []),
+        "attach": (["dev", "pt"], []),
+        "detach": (["dev"], []),
+        "device_close": (["dev"], []),
+        "invalidate": (["hwpt", "entry_len", "entries"], ["type", "num"]),
+    ]
+
+    /// Names for the uAPI numbers a corpus uses most (reference §2, §5, §7).
+    public static let constants: [String: UInt64] = [
+        "NEST_PARENT": UInt64(UAPI.hwptAllocNestParent), "DIRTY_TRACKING": UInt64(UAPI.hwptAllocDirtyTracking),
+        "PASID": UInt64(UAPI.hwptAllocPASID),
+        "DATA_NONE": UInt64(UAPI.hwptDataNone), "DATA_ARM_SMMUV3": UInt64(UAPI.hwptDataARMSMMUv3),
+        "DATA_SELFTEST": UInt64(UAPI.hwptDataSelftest),
+        "VIOMMU_ARM_SMMUV3": UInt64(UAPI.viommuARMSMMUv3), "VIOMMU_SELFTEST": UInt64(UAPI.viommuSelftest),
+        "VEVENTQ_ARM_SMMUV3": UInt64(UAPI.veventqARMSMMUv3), "VEVENTQ_SELFTEST": UInt64(UAPI.veventqSelftest),
+        "HW_QUEUE_SELFTEST": UInt64(UAPI.hwQueueSelftest),
+        "INVALIDATE_ARM_SMMUV3": UInt64(UAPI.invalidateDataARMSMMUv3),
+        "READ_WRITE": UInt64(UAPI.ioasMapReadable | UAPI.ioasMapWriteable),
+        "FIXED_READ_WRITE": UInt64(UAPI.ioasMapFixedIOVA | UAPI.ioasMapReadable | UAPI.ioasMapWriteable),
+        "HW_INFO_ARM_SMMUV3": UInt64(UAPI.hwInfoARMSMMUv3), "HW_INFO_SELFTEST": UInt64(UAPI.hwInfoSelftest),
+    ]
+
+    public struct ParseError: Error, CustomStringConvertible {
+        public var line: Int
+        public var message: String
+        public var description: String { "line \(line): \(message)" }
+    }
+
+    public static func parse(_ text: String) throws(ParseError) -> Corpus {
+        var corpus = Corpus(hostPath: nil, device: nil, cases: [])
+        var names: Set<String> = []
+        for (index, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let line = index + 1
+            let body = raw.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
+            var words = body.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
+            guard let first = words.first else { continue }
+            switch first {
+            case "host":
+                guard words.count == 2 else { throw ParseError(line: line, message: "`host` takes one path") }
+                corpus.hostPath = words[1]
+            case "device":
+                guard words.count == 2, let address = PCIAddress(words[1]) else { throw ParseError(line: line, message: "`device` takes one PCI address") }
+                corpus.device = address
+            case "case":
+                guard words.count == 2 else { throw ParseError(line: line, message: "`case` takes one name") }
+                if !names.insert(words[1]).inserted { throw ParseError(line: line, message: "case '\(words[1])' is defined twice") }
+                corpus.cases.append(Case(name: words[1], line: line, calls: []))
+            default:
+                guard !corpus.cases.isEmpty else { throw ParseError(line: line, message: "a call outside any `case`") }
+                var result: String?
+                if words.count >= 3, words[1] == "=" { result = words[0]; words.removeFirst(2) }
+                let op = words.removeFirst()
+                guard let shape = ops[op] else {
+                    throw ParseError(line: line, message: "unknown op '\(op)' (known: \(ops.keys.sorted().joined(separator: ", ")))")
+                }
+                var args: [(key: String, value: String)] = []
+                for word in words {
+                    guard let eq = word.firstIndex(of: "="), eq != word.startIndex, word.index(after: eq) != word.endIndex else {
+                        throw ParseError(line: line, message: "argument '\(word)' is not key=value")
+                    }
+                    let key = String(word[..<eq])
+                    guard shape.required.contains(key) || shape.optional.contains(key) else {
+                        throw ParseError(line: line, message: "\(op) takes no argument '\(key)'")
+                    }
+                    args.append((key, String(word[word.index(after: eq)...])))
+                }
+                for key in shape.required where !args.contains(where: { $0.key == key }) {
+                    throw ParseError(line: line, message: "\(op) needs \(key)=")
+                }
+                corpus.cases[corpus.cases.count - 1].calls.append(Call(line: line, result: result, op: op, args: args))
+            }
+        }
+        return corpus
+    }
+}
