@@ -51,6 +51,12 @@ public struct CorpusRunner {
                 let result = try perform(call, fd: fd, scope: &scope, vfioIndex: vfioIndex)
                 out.append("\(head) -> ok" + (result.isEmpty ? "" : " " + result))
             } catch let error as KernelCallError {
+                // A failed call's name stands for ID 0 (never an object), so that later calls
+                // naming it reach the kernel and fail there, on both kernels alike.
+                if let name = call.result {
+                    scope.ids[name] = 0
+                    if call.op == "mock_domain" { for f in ["stdev", "hwpt", "idev"] { scope.ids[name + "." + f] = 0 } }
+                }
                 out.append("\(head) -> \(error.errno.name)")
             } catch {
                 out.append("\(head) -> corpus error: \(error)")
