@@ -37,6 +37,8 @@ struct Agent: ParsableCommand {
 
     @OptionGroup var remote: RemoteOptions
 
+    @OptionGroup var probe: ProbeOptions
+
     @Option(help: "What a reconcile does with drift: report (log it) or fix (re-apply the last applied topology).")
     var reconcile: ReconcileMode = .report
 
@@ -117,6 +119,8 @@ final class AgentServer: @unchecked Sendable {
         let kernelName = session.simulated ? "the simulated kernel in \(session.stateDir)/sim"
             : session.remote.map { "the kernel behind the \($0.location)" } ?? "the live kernel"
         log("holding \(kernelName), state in \(session.stateDir), listening on \(socketPath)")
+        // Learn the IOMMUs' features now, before any plan: plans only read.
+        for note in session.probeIOMMUs(driverless: options.probe.probeDriverless) { log(note) }
         reconcileNow(reason: "start")
         SystemdNotify.send("READY=1\nSTATUS=serving on \(socketPath)")
         log("ready")

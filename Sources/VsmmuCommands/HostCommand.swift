@@ -11,8 +11,10 @@ struct Host: ParsableCommand {
         Reads sysfs (PCI devices, drivers, IOMMU groups, reserved regions, /sys/class/iommu) \
         and, for one device per IOMMU that is already bound to vfio-pci, the IOMMU's \
         registers (IOMMU_GET_HW_INFO) and two probes in a private iommufd context: a \
-        nest-parent HWPT (nesting) and a vIOMMU (CANWBS or S2FWB). Facts it cannot read are \
-        listed under `unknown`, never guessed. The output is what `--host FILE` takes. \
+        nest-parent HWPT (nesting) and a vIOMMU (CANWBS or S2FWB). When no device behind an \
+        IOMMU is on vfio-pci, a device with no driver is bound to vfio-pci for the probe and \
+        given back (--no-probe-driverless: never). Facts it cannot read are listed under \
+        `unknown`, never guessed. The output is what `--host FILE` takes. \
         With --remote unix:PATH it describes the kernel behind a vsmmu-remote executor \
         (docs/remote-executor.md), e.g. a lab guest, instead of this machine.
 
@@ -25,6 +27,8 @@ struct Host: ParsableCommand {
     @OptionGroup var kernel: KernelOptions
 
     @OptionGroup var remote: RemoteOptions
+
+    @OptionGroup var probe: ProbeOptions
 
     @Option(help: "yaml or json.")
     var format: Format = .yaml
@@ -55,7 +59,7 @@ struct Host: ParsableCommand {
                                        hint: "describe a simulated host instead: vsmmu host --host examples/hosts/grace-2smmu-cmdqv.yaml")
                 }
                 do {
-                    let r = try HostDiscovery(kernel: linux).describe()
+                    let r = try HostDiscovery(kernel: linux).describe(probeDriverless: probe.probeDriverless)
                     host = r.host
                     notes = r.notes
                 } catch {

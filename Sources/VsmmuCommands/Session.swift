@@ -38,6 +38,15 @@ struct KernelOptions: ParsableArguments {
 }
 
 /// `--remote unix:PATH`, for the commands that can work on another kernel (host, agent).
+/// Whether discovery may bind a driverless device to vfio-pci to read its IOMMU (host, agent).
+struct ProbeOptions: ParsableArguments {
+    @Flag(inversion: .prefixedNo, help: ArgumentHelp(
+        "When no device behind an IOMMU is on vfio-pci, read the IOMMU's features through a device that has no driver: "
+        + "bound to vfio-pci for the probe, then given back to no driver (a device with a driver is never moved). "
+        + "Without it such an IOMMU's nesting, coherency and the rest are listed as unknown."))
+    var probeDriverless = true
+}
+
 struct RemoteOptions: ParsableArguments {
     static let help = "Run the kernel calls through a vsmmu-remote executor (docs/remote-executor.md) instead of this machine's kernel. "
         + "The /dev/iommu and VFIO cdev checks then go through the executor; this machine's RLIMIT_MEMLOCK "
@@ -146,6 +155,20 @@ final class Session: @unchecked Sendable {
     /// IOMMU facts probed once on a live host (a device bound by this holder cannot be
     /// bound again for a probe).
     private var probedIOMMUs: [String: HostIOMMU] = [:]
+
+    /// Reads the live host once, probing IOMMUs through driverless devices (ProbeOptions),
+    /// and keeps what it learned for every later `host` (which never binds anything).
+    /// Returns discovery's notes. Nothing on a simulated host.
+    func probeIOMMUs(driverless: Bool) -> [String] {
+        guard sim == nil, let linux = port as? LinuxKernel else { return [] }
+        do {
+            let r = try HostDiscovery(kernel: linux).describe(probed: probedIOMMUs, probeDriverless: driverless)
+            for i in r.host.iommus where i.unknown.isEmpty { probedIOMMUs[i.name] = i }
+            return r.notes
+        } catch {
+            return ["reading the host failed: \(error)"]
+        }
+    }
 
     /// The host description as the kernel shows it now.
     var host: HostDescription {

@@ -65,7 +65,12 @@ public struct HostDiscovery {
 
     /// `probed`: IOMMUs already probed (by name). A device the caller holds bound cannot be
     /// bound again for a probe, so a long-lived holder (the agent) keeps what it learned.
-    public func describe(probed: [String: HostIOMMU] = [:]) throws(KernelCallError) -> Result {
+    ///
+    /// `probeDriverless`: when no device behind an IOMMU is on vfio-pci but one has no driver
+    /// (and nothing else in its IOMMU group has one), bind that device to vfio-pci for the
+    /// probe and give it back to no driver. A device without a driver serves no one, so
+    /// this disturbs nothing; a device with a driver is never moved for a probe.
+    public func describe(probed: [String: HostIOMMU] = [:], probeDriverless: Bool = false) throws(KernelCallError) -> Result {
         var notes: [String] = []
         // uname of the kernel the port works on (a remote executor's, not necessarily this one).
         let (release, hostname) = kernel.files.systemName()
@@ -98,8 +103,15 @@ public struct HostDiscovery {
             } else if type == .intelVTd, let caps = intelRegisters(name) {
                 // VT-d exports cap/ecap in sysfs (reference §6): no device needs binding.
                 f = IOMMUFeatures.intelVTd(caps) ?? IOMMUFeatures()
+            } else if probeDriverless, kernel.hasIommufd, let spare = behind.first(where: { isSpare($0, among: devices) }) {
+                do {
+                    f = try probeThroughDriverless(spare, type: type)
+                    notes.append("\(name): probed through \(spare.address), which had no driver: bound to vfio-pci for the probe, then given back to no driver")
+                } catch {
+                    notes.append("\(name): probing through \(spare.address) (no driver) failed: \(error)")
+                }
             } else {
-                notes.append("\(name): no device behind it is bound to vfio-pci, so its features cannot be read (GET_HW_INFO needs a bound device); bind one and run `vsmmu host` again")
+                notes.append("\(name): no device behind it is bound to vfio-pci or free of a driver, so its features cannot be read (GET_HW_INFO needs a device on vfio-pci); bind one and run `vsmmu host` again")
             }
             var unknown: [String] = []
             func known<T>(_ v: T?, _ field: String, _ fallback: T) -> T {
@@ -128,6 +140,31 @@ public struct HostDiscovery {
         }
         return Result(host: HostDescription(name: hostname, kernel: KernelFacts(release: release, iommufd: kernel.hasIommufd, vfioCdev: kernel.hasVfioCdev),
                                             iommus: iommus, pciDevices: pci), notes: notes)
+    }
+
+    /// An endpoint with no driver, in an IOMMU group where every other device is on no driver, vfio-pci or
+    /// pcieport (so its cdev can be opened once it is on vfio-pci).
+    func isSpare(_ d: SysfsPCIDevice, among devices: [SysfsPCIDevice]) -> Bool {
+        // Bridges (class 06) are never endpoints to hand to vfio-pci.
+        guard d.driver == nil, d.classCode >> 16 != 0x06, let group = d.iommuGroup else { return false }
+        return devices.allSatisfy { $0.iommuGroup != group || $0.driver == nil || $0.driver == "vfio-pci" || $0.driver == "pcieport" }
+    }
+
+    /// driver_override + drivers_probe to vfio-pci, the probe, then unbind and clear the
+    /// override (no drivers_probe: it had no driver and stays so), also when the probe fails.
+    func probeThroughDriverless(_ d: SysfsPCIDevice, type: IOMMUType) throws(KernelCallError) -> IOMMUFeatures {
+        let a = d.address
+        try kernel.writeDriverOverride(a, "vfio-pci")
+        defer {
+            let now: SysfsPCIDevice?? = try? kernel.pciDevice(a)
+            if case .some(.some(let d)) = now, d.driver == "vfio-pci" { try? kernel.unbindDriver(a, driver: "vfio-pci") }
+            try? kernel.writeDriverOverride(a, nil)
+        }
+        try kernel.driversProbe(a)
+        guard let bound = try kernel.pciDevice(a), bound.driver == "vfio-pci", bound.vfioDevIndex != nil else {
+            throw KernelCallError("SYSFS_DRIVERS_PROBE", .ENODEV, "\(a) did not bind to vfio-pci for the probe")
+        }
+        return try probeFeatures(bound, type: type)
     }
 
     /// /sys/class/iommu/dmarN/intel-iommu/{cap,ecap} as the 24-byte iommu_hw_info_vtd layout.
