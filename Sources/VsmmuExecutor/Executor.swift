@@ -167,7 +167,7 @@ public final class Executor {
 
         case .openIommufd(let g):
             let fd = try port.openIommufd()
-            return [.guest(g, GuestHolding(iommufd: fd))]
+            return [.guest(g, GuestHolding(iommufd: fd, holder: port.holderIdentity))]
 
         case .ioasAlloc(let g):
             let h = try guestHolding(op, g)

@@ -100,6 +100,9 @@ public protocol KernelPort: AnyObject {
     var hasVfioCdev: Bool { get }
     /// Number of mutating calls made through this port since it was created.
     var mutatingCalls: Int { get }
+    /// Names the process whose fds hold the iommufd contexts (this process, a remote
+    /// executor's connection, the simulated process): contexts live exactly as long as it.
+    var holderIdentity: String { get }
 
     // MARK: iommufd context
     func openIommufd() throws(KernelCallError) -> IommufdHandle

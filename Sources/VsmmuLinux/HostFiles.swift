@@ -30,6 +30,9 @@ public struct HeldFile: Hashable, Sendable {
 public protocol HostFiles: AnyObject, Sendable {
     /// Where the calls run, for messages: "this machine", "remote executor at unix:/path".
     var location: String { get }
+    /// Names the process that holds the fds: it differs after that process was replaced
+    /// (a restarted agent, a new executor connection).
+    var processIdentity: String { get }
     /// uname's release and node name of the kernel the calls run on.
     func systemName() -> (release: String, hostname: String)
     /// open(2) with O_CLOEXEC added; EINTR retried.
@@ -65,6 +68,13 @@ extension KernelCallError {
 
 /// The system calls on this machine, exactly as the backend made them before the seam.
 public final class LocalHostFiles: HostFiles {
+    /// pid and start time (field 22 of /proc/self/stat): a reused pid is another process.
+    public let processIdentity: String = {
+        let stat = (try? String(contentsOfFile: "/proc/self/stat", encoding: .utf8)) ?? ""
+        let fields = stat.split(separator: ")").last?.split(separator: " ") ?? []
+        return "pid \(getpid()) started \(fields.count > 19 ? String(fields[19]) : "?")"
+    }()
+
     public init() {}
 
     public var location: String { "this machine" }

@@ -55,6 +55,7 @@ public final class LinuxKernel: KernelPort {
     }
 
     public var hasIommufd: Bool { files.exists(devRoot + "/iommu") }
+    public var holderIdentity: String { files.processIdentity }
     /// VFIO cdev support: /dev/vfio/devices appears only while some device is on a VFIO
     /// driver (seen on the lab's 7.2 kernel), so the vfio-dev class in sysfs counts too.
     public var hasVfioCdev: Bool {

@@ -26,6 +26,8 @@ public final class RemoteExecutor: IoctlTransport, HostFiles, @unchecked Sendabl
     /// "unix:/path", or what a test calls its fd pair.
     public let endpoint: String
     public var location: String { "remote executor at \(endpoint)" }
+    /// One executor process serves one connection (and closes every fd when it ends).
+    public let processIdentity = "remote connection \(UUID().uuidString)"
     /// Seconds to wait for each reply.
     public let timeout: Double
     /// HELLO's answer: the executor's `uname -r` and `uname -m`.

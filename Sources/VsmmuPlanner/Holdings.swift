@@ -25,8 +25,11 @@ public struct GuestHolding: Codable, Hashable, Sendable {
     /// Set when an apply was interrupted inside this context: what the kernel holds is
     /// then uncertain, and the next apply rebuilds the context.
     public var uncertain = false
+    /// The kernel port's `holderIdentity` when the context was opened (nil: recorded by an
+    /// older vsmmu). Another holder now means the context died with its process.
+    public var holder: String?
 
-    public init(iommufd: IommufdHandle) { self.iommufd = iommufd }
+    public init(iommufd: IommufdHandle, holder: String? = nil) { self.iommufd = iommufd; self.holder = holder }
 }
 
 public struct DeviceHolding: Codable, Hashable, Sendable {

@@ -26,13 +26,24 @@ public struct ObservedState: Sendable {
         var dead = Set<String>()
         var lost = Set<String>()
         for (name, g) in holdings.guests.sorted(by: { $0.key < $1.key }) {
-            // Liveness: IOAS_IOVA_RANGES reads only. EBADF: the fd is gone; ENOENT on a
-            // recorded IOAS: the context is not the one we made. ID 0 is never an object,
-            // so ENOENT for it means the context is alive but holds no IOAS yet.
+            // A context lives exactly as long as the process holding its fd: opened by
+            // another holder (the agent restarted), it is gone, whatever its fd number now
+            // names in this process.
+            if let holder = g.holder, holder != port.holderIdentity { dead.insert(name); continue }
+            // Ours: IOAS_IOVA_RANGES (read only) checks it. ID 0 is never an object, so
+            // ENOENT for it means the context holds no IOAS yet. Any other failure of our
+            // own live fd is an error to report, never a context to drop: dropping it would
+            // leak its fds and keep its devices bound (seen with fail_iommufd in the lab).
             do {
                 _ = try port.ioasIovaRanges(g.iommufd, ioas: g.ioas ?? 0)
             } catch {
-                if g.ioas != nil || error.errno != .ENOENT { dead.insert(name) }
+                if g.ioas == nil && error.errno == .ENOENT {
+                    // alive, no IOAS yet
+                } else if g.holder == nil {
+                    dead.insert(name)   // recorded by an older vsmmu: the old rule
+                } else {
+                    throw error
+                }
             }
             guard !dead.contains(name) else { continue }
             for (dname, d) in g.devices where d.cdev != nil {

@@ -89,6 +89,7 @@ extension SimulatedKernel {
     }
 
     func processExitImpl() {
+        state.processGeneration += 1
         for fd in state.files.keys.sorted() { _ = closeFD(fd) }
         for id in state.memories.keys.sorted() { updateMemory(id) { $0.vaMapped = false } }
         collectGuestMemory()

@@ -286,6 +286,8 @@ struct SimState: Hashable, Codable {
     var nextMockSerial: Int = 0
     /// Sequence number of the last logged call folded into this state (SimStore).
     var appliedSequence: UInt64 = 0
+    /// How many times the simulated holding process exited: names the current one.
+    var processGeneration: Int = 0
     /// The host description last written to host.yaml: the base against which user
     /// edits of host.yaml are detected (SimStore).
     var savedHost: HostDescription?
@@ -298,7 +300,7 @@ extension SimState {
     private struct ContextEntry: Codable { var id: Int; var context: IommufdContext }
     private enum CodingKeys: String, CodingKey {
         case formatVersion, hostName, kernel, iommus, devices, ignoredHostDevices, files, contexts, nextContext
-        case memories, nextMemory, nextMockSerial, appliedSequence, savedHost
+        case memories, nextMemory, nextMockSerial, appliedSequence, savedHost, processGeneration
     }
 
     init(from decoder: Decoder) throws {
@@ -317,6 +319,7 @@ extension SimState {
         nextMockSerial = try c.decode(Int.self, forKey: .nextMockSerial)
         appliedSequence = try c.decode(UInt64.self, forKey: .appliedSequence)
         savedHost = try c.decodeIfPresent(HostDescription.self, forKey: .savedHost)
+        processGeneration = try c.decodeIfPresent(Int.self, forKey: .processGeneration) ?? 0
     }
 
     func encode(to encoder: Encoder) throws {
@@ -335,5 +338,6 @@ extension SimState {
         try c.encode(nextMockSerial, forKey: .nextMockSerial)
         try c.encode(appliedSequence, forKey: .appliedSequence)
         try c.encodeIfPresent(savedHost, forKey: .savedHost)
+        try c.encode(processGeneration, forKey: .processGeneration)
     }
 }

@@ -67,6 +67,7 @@ public final class SimulatedKernel: KernelPort {
     public var hasIommufd: Bool { state.kernel.iommufd }
     public var hasVfioCdev: Bool { state.kernel.vfioCdev }
     public var mutatingCalls: Int { mutatingCallCount }
+    public var holderIdentity: String { "simulated process \(state.processGeneration)" }
 
     /// The host description as sysfs shows it now (drivers included).
     public var currentHost: HostDescription {

@@ -15,6 +15,7 @@ final class ForgettingFiles: HostFiles, @unchecked Sendable {
     let local = LocalHostFiles()
     weak var transport: SimBackedTransport?
     var location: String { local.location }
+    var processIdentity: String { local.processIdentity }
     func systemName() -> (release: String, hostname: String) { local.systemName() }
     func open(_ path: String, flags: Int32) throws(KernelCallError) -> Int32 { try local.open(path, flags: flags) }
     func close(_ fd: Int32) {

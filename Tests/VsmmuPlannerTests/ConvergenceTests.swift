@@ -61,6 +61,28 @@ func destroyGivesEveryDeviceBackAndLeavesNothing(example: String) throws {
     #expect(try h.plan(t).isEmpty)
 }
 
+/// The lab's fail_iommufd found it: a failed liveness read of a context this process
+/// still holds was taken for a lost context, which was then forgotten with its fds open.
+@Test func aFailedLivenessReadOfOurOwnContextIsAnErrorNotALostContext() throws {
+    let h = try Harness(host: "examples/hosts/selftest.yaml")
+    let t = try h.example("selftest")
+    try h.apply(t)
+    let clean = h.summary()
+    let fds = h.sim.state.files.count
+    try h.reopen(environment: ["VSMMU_SIM_FAIL": "IOMMU_IOAS_IOVA_RANGES#1:ENOENT"])
+    do {
+        _ = try h.plan(t)
+        Issue.record("the plan took the failed read for a lost context")
+    } catch {
+        #expect("\(error)".contains("IOMMU_IOAS_IOVA_RANGES"))
+        #expect("\(error)".contains("ENOENT"))
+    }
+    #expect(h.sim.state.files.count == fds, "no fd was closed or leaked")
+    try h.reopen()
+    #expect(try h.plan(t).isEmpty)
+    #expect(h.summary() == clean)
+}
+
 @Test func driftInHostYAMLShowsAndConverges() throws {
     let h = try Harness(host: "examples/hosts/grace-2smmu-cmdqv.yaml")
     let t = try h.example("two-vsmmus-four-gpus")

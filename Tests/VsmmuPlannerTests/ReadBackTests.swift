@@ -19,6 +19,7 @@ final class OverridingPort: KernelPort {
     var hasIommufd: Bool { inner.hasIommufd }
     var hasVfioCdev: Bool { inner.hasVfioCdev }
     var mutatingCalls: Int { inner.mutatingCalls }
+    var holderIdentity: String { inner.holderIdentity }
     func openIommufd() throws(KernelCallError) -> IommufdHandle { try inner.openIommufd() }
     func close(_ iommufd: IommufdHandle) { inner.close(iommufd) }
     func destroy(_ fd: IommufdHandle, id: ObjectID) throws(KernelCallError) { try inner.destroy(fd, id: id) }
