@@ -213,8 +213,14 @@ enum Runner {
         // Verify: observe again; nothing may be left to do.
         if let topology, let validation {
             // A fresh host: the apply has just changed driver bindings.
-            let again = try makePlan(topology, validation: validation, host: session.host, session: session, store: store,
+            let again: Plan
+            do {
+                again = try makePlan(topology, validation: validation, host: session.host, session: session, store: store,
                                      only: destroying ? Set(topology.guests.map(\.name)) : nil, destroying: destroying)
+            } catch {
+                throw CommandError(message: "every step succeeded, but reading the kernel back to verify them failed: \(error)",
+                                   hint: "run `vsmmu plan` to check the result")
+            }
             if !again.isEmpty {
                 for c in again.changes {
                     console.error("\(c.address): desired \(c.action == .destroy ? "absent" : c.summary), current \(c.action == .create ? "absent" : (c.forcedBy ?? c.attributes.map { "\($0.name) \($0.from ?? "none")" }.joined(separator: ", ")))")

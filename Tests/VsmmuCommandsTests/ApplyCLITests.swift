@@ -68,6 +68,23 @@ let grace = "examples/hosts/grace-2smmu-cmdqv.yaml"
     #expect(!again.stdout.contains("+ vsmmu train0/smmu0"), "only what failed is left to do")
 }
 
+/// The lab's fail_iommufd found it: a read failing in the check after all steps succeeded
+/// was reported as "the kernel still differs", naming neither the call nor the errno.
+@Test func aFailedVerificationReadNamesTheCallAndTheErrno() throws {
+    let dir = tempDir()
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let t = "examples/selftest.yaml", host = "examples/hosts/selftest.yaml"
+    let r = vsmmu(["apply", t, "--host", host, "--state-dir", dir, "--auto-approve"], env: ["VSMMU_SIM_FAIL": "IOMMU_IOAS_IOVA_RANGES#1:EIO"])
+    #expect(r.code == 1)
+    #expect(r.stderr.contains("every step succeeded, but reading the kernel back to verify them failed"), "\(r.stderr)")
+    #expect(r.stderr.contains("IOMMU_IOAS_IOVA_RANGES"))
+    #expect(r.stderr.contains("EIO"))
+    #expect(!r.stderr.contains("still differs"))
+    let again = vsmmu(["plan", t, "--host", host, "--state-dir", dir])
+    #expect(again.code == 0)
+    #expect(again.stdout.contains("No changes."), "\(again.stdout)")
+}
+
 @Test func bindFailureGivesTheDeviceBackToItsDriver() throws {
     let dir = tempDir()
     defer { try? FileManager.default.removeItem(atPath: dir) }
