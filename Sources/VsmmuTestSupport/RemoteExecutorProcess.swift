@@ -3,19 +3,22 @@ import Foundation
 import Glibc
 #endif
 
-/// The `vsmmu-remote` executable `swift build` puts next to the test bundle, or nil.
-public let vsmmuRemoteBinary: String? = {
+/// An executable product `swift build` put next to the test bundle (xctest bundles on
+/// Linux are plain executables in the build directory), else in .build/debug, or nil.
+public func builtProduct(_ name: String) -> String? {
     let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
     var dir = URL(fileURLWithPath: exe).deletingLastPathComponent()
-    // xctest bundles on Linux are plain executables in the build directory
     for _ in 0..<3 {
-        let candidate = dir.appendingPathComponent("vsmmu-remote").path
+        let candidate = dir.appendingPathComponent(name).path
         if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
         dir.deleteLastPathComponent()
     }
-    let fallback = packageRoot + "/.build/debug/vsmmu-remote"
+    let fallback = packageRoot + "/.build/debug/" + name
     return FileManager.default.isExecutableFile(atPath: fallback) ? fallback : nil
-}()
+}
+
+/// The `vsmmu-remote` executable, or nil.
+public let vsmmuRemoteBinary: String? = builtProduct("vsmmu-remote")
 
 #if os(Linux)
 /// A Unix socket where each connection gets its own `vsmmu-remote --root ROOT` on the

@@ -2,17 +2,7 @@ import Foundation
 import VsmmuTestSupport
 
 /// The `vsmmu` executable built next to this test bundle.
-let vsmmuBinary: String = {
-    let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-    var dir = URL(fileURLWithPath: exe).deletingLastPathComponent()
-    // xctest bundles on Linux are plain executables in the build directory
-    for _ in 0..<3 {
-        let candidate = dir.appendingPathComponent("vsmmu").path
-        if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
-        dir.deleteLastPathComponent()
-    }
-    return packageRoot + "/.build/debug/vsmmu"
-}()
+let vsmmuBinary: String = builtProduct("vsmmu") ?? packageRoot + "/.build/debug/vsmmu"
 
 struct RunResult {
     var code: Int32
