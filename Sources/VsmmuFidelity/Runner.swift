@@ -239,5 +239,3 @@ public struct CorpusRunner {
         return nil
     }
 }
-
-func hex<T: BinaryInteger>(_ v: T) -> String { "0x" + String(v, radix: 16) }

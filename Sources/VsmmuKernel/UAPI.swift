@@ -70,3 +70,6 @@ public enum UAPI {
     public static let armMSIWindowStart: UInt64 = 0x800_0000
     public static let armMSIWindowSize: UInt64 = 0x10_0000
 }
+
+/// Lower-case hex with 0x, for call details and errors (one definition for every backend).
+public func hex<T: BinaryInteger>(_ value: T) -> String { "0x" + String(value, radix: 16) }

@@ -246,5 +246,4 @@ func withBytes<R>(_ a: inout [UInt8], _ body: (UnsafeMutableRawBufferPointer) th
     return try result!.get()
 }
 
-func hex<T: BinaryInteger>(_ v: T) -> String { "0x" + String(v, radix: 16) }
 #endif

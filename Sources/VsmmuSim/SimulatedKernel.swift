@@ -335,6 +335,3 @@ public final class SimulatedKernel: KernelPort {
         }
     }
 }
-
-/// Lower-case hex with 0x, for call details.
-func hex<T: BinaryInteger>(_ value: T) -> String { "0x" + String(value, radix: 16) }
