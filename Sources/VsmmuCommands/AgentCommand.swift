@@ -52,8 +52,7 @@ struct Agent: ParsableCommand {
     var socketMode: String?
 
     func validate() throws {
-        if remote.remote != nil, kernel.host != nil { throw ValidationError("--remote and --host exclude each other: a remote kernel is a live one") }
-        if remote.remote != nil, kernel.sysfsRoot != "/sys" { throw ValidationError("--sysfs-root does not apply with --remote: start vsmmu-remote with --root DIR instead") }
+        try remote.check(against: kernel)
     }
 
     func run() throws {

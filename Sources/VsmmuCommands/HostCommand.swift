@@ -37,8 +37,7 @@ struct Host: ParsableCommand {
     var devRoot: String = "/dev"
 
     func validate() throws {
-        if remote.remote != nil, kernel.host != nil { throw ValidationError("--remote and --host exclude each other: a remote kernel is a live one") }
-        if remote.remote != nil, kernel.sysfsRoot != "/sys" { throw ValidationError("--sysfs-root does not apply with --remote: start vsmmu-remote with --root DIR instead") }
+        try remote.check(against: kernel)
     }
 
     func run() throws {

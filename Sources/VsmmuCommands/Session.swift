@@ -65,6 +65,13 @@ struct RemoteOptions: ParsableArguments {
         if remoteTimeout <= 0 { throw ValidationError("--remote-timeout must be positive") }
     }
 
+    /// --remote names a live kernel elsewhere: no simulated host, no local sysfs root.
+    func check(against kernel: KernelOptions) throws {
+        guard remote != nil else { return }
+        if kernel.host != nil { throw ValidationError("--remote and --host exclude each other: a remote kernel is a live one") }
+        if kernel.sysfsRoot != "/sys" { throw ValidationError("--sysfs-root does not apply with --remote: start vsmmu-remote with --root DIR instead") }
+    }
+
     /// The executor, connected and greeted; nil without --remote.
     func connect() throws -> RemoteExecutor? {
         guard let remote else { return nil }
@@ -160,24 +167,25 @@ final class Session: @unchecked Sendable {
     /// and keeps what it learned for every later `host` (which never binds anything).
     /// Returns discovery's notes. Nothing on a simulated host.
     func probeIOMMUs(driverless: Bool) -> [String] {
-        guard sim == nil, let linux = port as? LinuxKernel else { return [] }
-        do {
-            let r = try HostDiscovery(kernel: linux).describe(probed: probedIOMMUs, probeDriverless: driverless)
-            for i in r.host.iommus where i.unknown.isEmpty { probedIOMMUs[i.name] = i }
-            return r.notes
-        } catch {
-            return ["reading the host failed: \(error)"]
-        }
+        guard sim == nil else { return [] }
+        do { return try describeLive(probeDriverless: driverless)?.notes ?? [] } catch { return ["reading the host failed: \(error)"] }
     }
 
     /// The host description as the kernel shows it now.
     var host: HostDescription {
         if let sim { return sim.currentHost }
-        guard let linux = port as? LinuxKernel, let r = try? HostDiscovery(kernel: linux).describe(probed: probedIOMMUs) else {
+        guard let r = try? describeLive(probeDriverless: false) else {
             return HostDescription(name: "live", kernel: KernelFacts(release: "", iommufd: true, vfioCdev: true), iommus: [], pciDevices: [])
         }
-        for i in r.host.iommus where i.unknown.isEmpty { probedIOMMUs[i.name] = i }
         return r.host
+    }
+
+    /// Discovery on the live port, keeping every IOMMU it could read fully.
+    private func describeLive(probeDriverless: Bool) throws -> HostDiscovery.Result? {
+        guard let linux = port as? LinuxKernel else { return nil }
+        let r = try HostDiscovery(kernel: linux).describe(probed: probedIOMMUs, probeDriverless: probeDriverless)
+        for i in r.host.iommus where i.unknown.isEmpty { probedIOMMUs[i.name] = i }
+        return r
     }
 
     func save() throws {
