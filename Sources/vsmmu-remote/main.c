@@ -21,6 +21,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define PROTOCOL_VERSION 1
@@ -35,10 +36,10 @@
 #define TEST_OP_TRIGGER_VEVENT 17  // not in vsmmu_uapi.h (reference §7.2)
 
 enum { OP_HELLO, OP_OPEN, OP_CLOSE, OP_IOCTL, OP_READ, OP_READLINK, OP_LISTDIR, OP_WRITE,
-       OP_MEMFD, OP_STAT, OP_CHOWN, OP_MMAP_ANON, OP_MUNMAP, OP_FDS, OP_BYE, OP_COUNT };
+       OP_MEMFD, OP_STAT, OP_CHOWN, OP_MMAP_ANON, OP_MUNMAP, OP_FDS, OP_BYE, OP_SPAWN, OP_WAIT, OP_COUNT };
 static const char *const op_names[OP_COUNT] = {
     "HELLO", "OPEN", "CLOSE", "IOCTL", "READ", "READLINK", "LISTDIR", "WRITE",
-    "MEMFD", "STAT", "CHOWN", "MMAP_ANON", "MUNMAP", "FDS", "BYE"};
+    "MEMFD", "STAT", "CHOWN", "MMAP_ANON", "MUNMAP", "FDS", "BYE", "SPAWN", "WAIT"};
 
 static const char *root = "";       // --root: prefix of every /dev and /sys path
 static FILE *logfile;                  // --log: one line per request
@@ -541,9 +542,11 @@ static int op_fds(struct in *c, struct out *o) {
 
 static int op_bye(struct in *c, struct out *o) { (void)o; return args_ok(c) ? 0 : MALFORMED; }
 
+#include "spawn.h"
+
 static int (*const handlers[OP_COUNT])(struct in *, struct out *) = {
     op_hello, op_open, op_close, op_ioctl, op_read, op_readlink, op_listdir, op_write,
-    op_memfd, op_stat, op_chown, op_mmap_anon, op_munmap, op_fds, op_bye};
+    op_memfd, op_stat, op_chown, op_mmap_anon, op_munmap, op_fds, op_bye, op_spawn, op_wait};
 
 // ---- The stream ----
 
@@ -579,7 +582,7 @@ static int write_full(const void *b, size_t n) {
 }
 
 static void usage(void) {
-    fprintf(stderr, "usage: vsmmu-remote [--root DIR] [--log FILE] [PORT]\n");
+    fprintf(stderr, "usage: vsmmu-remote [--root DIR] [--log FILE] [--vmm PATH [--vmm-log DIR]] [PORT]\n");
     exit(2);
 }
 
@@ -588,6 +591,8 @@ int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--root") == 0 && i + 1 < argc) root = argv[++i];
         else if (strcmp(argv[i], "--log") == 0 && i + 1 < argc) logpath = argv[++i];
+        else if (strcmp(argv[i], "--vmm") == 0 && i + 1 < argc) vmm_path = argv[++i];
+        else if (strcmp(argv[i], "--vmm-log") == 0 && i + 1 < argc) vmm_log_dir = argv[++i];
         else if (argv[i][0] != '-' && !port) port = argv[i];
         else usage();
     }
@@ -604,6 +609,7 @@ int main(int argc, char **argv) {
         if (in_fd < 0) { perror(port); return 1; }
         out_fd = in_fd;
     }
+    if (vmm_check_options()) return 2;
     signal(SIGPIPE, SIG_IGN); // a vanished client shows up as a write error, not a kill
     struct rlimit rl;         // keeps every fd below MAX_FDS, the size of held[]
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur > MAX_FDS) {
