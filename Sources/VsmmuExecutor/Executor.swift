@@ -144,6 +144,15 @@ public final class Executor {
             return [.originalDriver(a, nil)]
 
         case .unbindDriver(let a, let d):
+            // An unbind of a device whose VFIO cdev or group is open blocks in the kernel
+            // until that fd closes, uninterruptibly after a signal (docs/contract.md §7):
+            // ask who holds it first, and refuse.
+            let holders = try port.deviceHolders(a)
+            if !holders.isEmpty {
+                throw ApplyError(operation: op, errno: nil,
+                                 message: "\(a) is held open by \(holders.map(\.description).joined(separator: ", ")): writing unbind would block until it closes",
+                                 hint: "stop that process first (a running VMM: `vsmmu show` names it), then run again")
+            }
             try port.unbindDriver(a, driver: d)
             if let still = try port.pciDevice(a)?.driver, still == d {
                 throw ApplyError(operation: op, errno: nil, message: "after unbind, \(a) is still bound to \(d)", hint: "the driver refused to let go of the device; vsmmu does not force it")
@@ -410,8 +419,8 @@ public final class Executor {
 }
 
 /// Driver data for the nested HWPTs that exist before the guest runs.
-enum NestedData {
-    static func bytes(dataType: UInt32, kind: NestedKind) -> [UInt8] {
+public enum NestedData {
+    public static func bytes(dataType: UInt32, kind: NestedKind) -> [UInt8] {
         switch dataType {
         case UAPI.hwptDataARMSMMUv3:
             // vSTE words 0 and 1, little-endian (reference §5.3): abort {0x1, 0}, bypass {0x9, 0}.

@@ -50,6 +50,12 @@ public struct IoctlCalls {
         try call("IOMMU_DESTROY", fd, UInt32(VSMMU_IOMMU_DESTROY), &s, "id=\(id)")
     }
 
+    public func option(_ fd: Int32, option: UInt32, op: UInt16, objectID: ObjectID, value: UInt64) throws(KernelCallError) -> UInt64 {
+        var s = vsmmu_iommu_option(size: Self.size(vsmmu_iommu_option.self), option_id: option, op: op, __reserved: 0, object_id: objectID, val64: value)
+        try call("IOMMU_OPTION", fd, UInt32(VSMMU_IOMMU_OPTION), &s, "option_id=\(option) op=\(op) object_id=\(objectID) val64=\(value)")
+        return s.val64
+    }
+
     public func ioasAlloc(_ fd: Int32) throws(KernelCallError) -> ObjectID {
         var s = vsmmu_iommu_ioas_alloc(size: Self.size(vsmmu_iommu_ioas_alloc.self), flags: 0, out_ioas_id: 0)
         try call("IOMMU_IOAS_ALLOC", fd, UInt32(VSMMU_IOMMU_IOAS_ALLOC), &s, "flags=0")

@@ -33,6 +33,19 @@ public struct Planner {
                     allocations: desired.allocations, layout: Planner.layout(desired))
     }
 
+    /// What a launch runs before it hands a prepared guest to its VMM (docs/contract.md
+    /// §6): every object of the guest's context destroyed and every fd closed, in a
+    /// destroy's order, but guest RAM kept (its memfds go to the VMM) and host state
+    /// (drivers, cdev owners) untouched.
+    public static func release(guest: String, holding: GuestHolding, observed: ObservedState) -> [PlanStep] {
+        var p = Planner(desired: DesiredState(topologyName: "", guests: [], allocations: Allocations()), observed: observed)
+        p.teardownGuest(guest, holding)
+        return p.order().filter {
+            if case .releaseMemory = $0.action { return false }
+            return true
+        }
+    }
+
     mutating func add(_ phase: Phase, _ resource: String, _ action: OpAction, needs: [String] = [], gives: [String] = []) {
         phases[phase.rawValue].append(Pending(resource: resource, action: action, needs: needs, gives: gives))
     }

@@ -45,6 +45,11 @@ enum SimRequest: Hashable, Codable {
     case driversProbe(address: PCIAddress)
     case chownVfioDevice(index: Int, uid: UInt32, gid: UInt32)
     case processExit
+    case iommuOption(fd: Int32, option: UInt32, objectID: ObjectID, value: UInt64)
+    case spawnProcess(pid: Int32, command: String)
+    case transferFiles(fds: [Int32], process: Int)
+    /// Not a call: the calls after it are this process's (SimProcesses.swift).
+    case switchProcess(Int)
 }
 
 /// One line of calls.log.
@@ -102,6 +107,10 @@ extension SimulatedKernel {
         case .driversProbe(let address): try? driversProbeImpl(address)
         case .chownVfioDevice(let index, let uid, let gid): try? chownImpl(index: index, uid: uid, gid: gid)
         case .processExit: processExitImpl()
+        case .iommuOption(let fd, let option, let objectID, let value): _ = try? iommuOptionImpl(fd, option: option, objectID: objectID, set: value)
+        case .spawnProcess(let pid, let command): spawnProcessImpl(pid: pid, command: command)
+        case .transferFiles(let fds, let process): try? transferFilesImpl(fds, to: process)
+        case .switchProcess(let n): state.currentProcess = n
         }
     }
 }

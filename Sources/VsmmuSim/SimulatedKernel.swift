@@ -200,6 +200,25 @@ public final class SimulatedKernel: KernelPort {
 
     // MARK: selftest mock devices
 
+    public func iommuOption(_ fd: IommufdHandle, option: IommuOption, objectID: ObjectID, set value: UInt64?) throws(KernelCallError) -> UInt64 {
+        let detail = "fd=\(fd.fd) option_id=\(option.rawValue) op=\(value == nil ? 1 : 0) object_id=\(objectID) val64=\(value ?? 0)"
+        if let value {
+            return try call("IOMMU_OPTION", .iommuOption(fd: fd.fd, option: option.rawValue, objectID: objectID, value: value), detail: detail) { () throws(Refusal) in
+                try iommuOptionImpl(fd.fd, option: option.rawValue, objectID: objectID, set: value)
+            }
+        }
+        return try call("IOMMU_OPTION", nil, detail: detail) { () throws(Refusal) in
+            try iommuOptionImpl(fd.fd, option: option.rawValue, objectID: objectID, set: nil)
+        }
+    }
+
+    public func deviceHolders(_ address: PCIAddress) throws(KernelCallError) -> [FileHolder] {
+        // The Linux backend reads the device (its vfio index and group) before it walks
+        // /proc: the same read here keeps the two call sequences alike.
+        guard try pciDevice(address) != nil else { return [] }
+        return try call("PROC_FD_SCAN", nil, detail: "\(address)") { () throws(Refusal) in deviceHoldersImpl(address) }
+    }
+
     public func mockDomain(_ fd: IommufdHandle, ptID: ObjectID) throws(KernelCallError) -> MockDevice {
         try call("IOMMU_TEST_CMD", .mockDomain(fd: fd.fd, ptID: ptID), detail: "fd=\(fd.fd) op=MOCK_DOMAIN id=\(ptID)") { () throws(Refusal) in
             try mockDomainImpl(fd.fd, ptID: ptID)

@@ -136,9 +136,30 @@ static int one_component(const char *p, const char *pre, const char *suf, const 
 }
 static int vfio_cdev(const char *p) { return one_component(p, "/dev/vfio/devices/vfio", "", "0123456789"); }
 
+// /proc/<pid>/<rest>: the reads that find which process holds a VFIO device open
+// (docs/remote-executor.md: a device is never unbound while a process holds it).
+static int proc_pid(const char *p, const char *rest) {
+    if (!starts(p, "/proc/")) return 0;
+    const char *q = p + 6;
+    size_t digits = strspn(q, "0123456789");
+    if (digits == 0 || digits > 10) return 0;
+    return strcmp(q + digits, rest) == 0;
+}
+static int proc_fd_link(const char *p) {
+    if (!starts(p, "/proc/")) return 0;
+    const char *q = p + 6;
+    size_t digits = strspn(q, "0123456789");
+    if (digits == 0 || digits > 10 || strncmp(q + digits, "/fd/", 4) != 0) return 0;
+    const char *fd = q + digits + 4;
+    return *fd && strspn(fd, "0123456789") == strlen(fd) && strlen(fd) <= 10;
+}
 static int allow_open(const char *p) { return strcmp(p, "/dev/iommu") == 0 || vfio_cdev(p); }
 static int allow_sys(const char *p) { return starts(p, "/sys/"); }
-static int allow_listdir(const char *p) { return allow_sys(p) || strcmp(p, "/dev/vfio/devices") == 0; }
+static int allow_read(const char *p) { return allow_sys(p) || proc_pid(p, "/comm") || proc_pid(p, "/stat"); }
+static int allow_link(const char *p) { return allow_sys(p) || proc_fd_link(p); }
+static int allow_listdir(const char *p) {
+    return allow_sys(p) || strcmp(p, "/dev/vfio/devices") == 0 || strcmp(p, "/proc") == 0 || proc_pid(p, "/fd");
+}
 static int allow_write(const char *p) {
     return one_component(p, "/sys/bus/pci/devices/", "/driver_override", "0123456789abcdefABCDEF:.") ||
            one_component(p, "/sys/bus/pci/drivers/", "/unbind", NULL) ||
@@ -210,7 +231,7 @@ static int op_read(struct in *c, struct out *o) {
     uint8_t *s = get_bytes(c, &n);
     if (!args_ok(c)) return MALFORMED;
     char full[PATH_MAX];
-    int e = resolve(s, n, allow_sys, full);
+    int e = resolve(s, n, allow_read, full);
     if (e) return e;
     uint8_t *buf = malloc(MAX_READ);
     if (!buf) return -ENOMEM;
@@ -225,7 +246,7 @@ static int op_readlink(struct in *c, struct out *o) {
     uint8_t *s = get_bytes(c, &n);
     if (!args_ok(c)) return MALFORMED;
     char full[PATH_MAX], target[PATH_MAX];
-    int e = resolve(s, n, allow_sys, full);
+    int e = resolve(s, n, allow_link, full);
     if (e) return e;
     ssize_t r = readlink(full, target, sizeof target);
     if (r < 0) return -errno;
@@ -391,6 +412,7 @@ static const struct ioctl_rule rules[] = {
       F(iommu_ioas_iova_ranges, num_iovas), 0, NONE),
     R(IOMMU_IOAS_MAP, iommu_ioas_map, NO_PTR, 0, 0, 0, MAP_IN_REGION),
     R(IOMMU_IOAS_UNMAP, iommu_ioas_unmap, NO_PTR, 0, 0, 0, NONE),
+    R(IOMMU_OPTION, iommu_option, NO_PTR, 0, 0, 0, NONE),
     R(IOMMU_HWPT_ALLOC, iommu_hwpt_alloc, LEN_U32, F(iommu_hwpt_alloc, data_uptr), F(iommu_hwpt_alloc, data_len), 0, NONE),
     R(IOMMU_GET_HW_INFO, iommu_hw_info, LEN_U32, F(iommu_hw_info, data_uptr), F(iommu_hw_info, data_len), 0, NONE),
     R(IOMMU_HWPT_INVALIDATE, iommu_hwpt_invalidate, LEN_ENTRIES, F(iommu_hwpt_invalidate, data_uptr),
