@@ -43,9 +43,9 @@ final class AgentProcess {
         while logText.components(separatedBy: "vsmmu-agent: ready").count == before && Date() < deadline { usleep(20_000) }
     }
 
-    func restart(extra: [String]? = nil) throws {
+    func restart(extra: [String]? = nil, env: [String: String]? = nil) throws {
         stop()
-        try start(host: host, env: env, extra: extra ?? self.extra)
+        try start(host: host, env: env ?? self.env, extra: extra ?? self.extra)
     }
 
     func stop() {
@@ -55,6 +55,21 @@ final class AgentProcess {
     }
 
     var logText: String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
+
+    var pid: Int32 { current?.processIdentifier ?? 0 }
+
+    /// How many mutating calls the simulated kernel has executed so far: the sequence number
+    /// of the last one, in the redo log or else in the saved state.
+    func simulatedCallCount() -> UInt64 {
+        let sim = dir + "/state/sim"
+        var seq: UInt64 = 0
+        if let data = FileManager.default.contents(atPath: sim + "/kernel.json"),
+           let o = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let n = o["appliedSequence"] as? Int { seq = UInt64(n) }
+        for line in ((try? String(contentsOfFile: sim + "/calls.log", encoding: .utf8)) ?? "").split(separator: "\n") {
+            if let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], let n = o["seq"] as? Int { seq = max(seq, UInt64(n)) }
+        }
+        return seq
+    }
 
     deinit {
         stop()
