@@ -266,14 +266,19 @@ final class AgentServer: @unchecked Sendable {
             reply(channel, AgentClient.Reply(err: "error: guest '\(guest)' is held through the \(remote.location): its fds live in that process and cannot be handed off from here\n", exit: 1))
             return
         }
-        guard let store = try? StateStore(directory: session.stateDir), let g = store.holdings.guests[guest] else {
-            reply(channel, AgentClient.Reply(err: "error: the agent holds no guest '\(guest)'\n", exit: 1))
+        let adoptable: AdoptHandover
+        do {
+            adoptable = try GuestLifecycle(session: session).adoptable(guest, store: try StateStore(directory: session.stateDir))
+        } catch {
+            reply(channel, AgentClient.Reply(err: "error: \(error)\n", exit: 1))
             return
         }
         var fds: [Int32] = []
         var standIns: [Int32] = []
-        func pass(_ fd: Int32, _ what: String) -> JSONValue {
+        let names = Dictionary(adoptable.placeholders.map { ($0.fd, $0.name) }, uniquingKeysWith: { a, _ in a })
+        func pass(_ fd: Int32) -> JSONValue {
             if session.simulated {
+                let what = names[fd] ?? "fd \(fd)"
                 let s = vsmmu_memfd_create("vsmmu-standin:\(what)", vsmmu_memfd_flags(0, 0))
                 guard s >= 0 else { return .null }
                 let text = "{\"standsFor\":\"\(what)\",\"simulatedFd\":\(fd)}"
@@ -285,37 +290,7 @@ final class AgentServer: @unchecked Sendable {
             }
             return .int(Int64(fds.count - 1))
         }
-        var devices: [String: JSONValue] = [:]
-        for (name, d) in g.devices.sorted(by: { $0.key < $1.key }) {
-            var o: [String: JSONValue] = ["host": .string(d.source), "devId": .int(Int64(d.devID))]
-            if let c = d.cdev { o["fdIndex"] = pass(c.fd, "\(guest)/\(name).cdev") }
-            if let a = d.attached { o["attachedHwpt"] = .int(Int64(a)) }
-            devices[name] = .object(o)
-        }
-        var vsmmus: [String: JSONValue] = [:]
-        for (name, v) in g.vsmmus.sorted(by: { $0.key < $1.key }) {
-            var queues: [String: JSONValue] = [:]
-            for (t, q) in v.eventQueues.sorted(by: { $0.key < $1.key }) {
-                queues[String(t)] = ["id": .int(Int64(q.id)), "fdIndex": pass(q.fd.fd, "\(guest)/\(name).veventq[\(t)]")]
-            }
-            var vdevs: [String: JSONValue] = [:]
-            for (d, vd) in v.vdevices { vdevs[d] = ["id": .int(Int64(vd.id)), "vsid": .uint(vd.virtID)] }
-            vsmmus[name] = ["physical": .string(v.physical), "viommu": .int(Int64(v.viommu)), "viommuType": .int(Int64(v.viommuType)),
-                            "abortHwpt": v.abortHWPT.map { .int(Int64($0)) } ?? .null, "bypassHwpt": v.bypassHWPT.map { .int(Int64($0)) } ?? .null,
-                            "veventqs": .object(queues), "vdevices": .object(vdevs)]
-        }
-        var memory: [String: JSONValue] = [:]
-        for (name, m) in g.memory.sorted(by: { $0.key < $1.key }) {
-            var o: [String: JSONValue] = ["iova": .uint(m.iova), "size": .uint(m.length), "backing": .string(m.backing.rawValue)]
-            if let f = m.memory.file { o["fdIndex"] = pass(f.fd, "\(guest)/\(name).memfd") }
-            memory[name] = .object(o)
-        }
-        var stage2: [String: JSONValue] = [:]
-        for (i, s) in g.stage2 { stage2[i] = .int(Int64(s.hwpt)) }
-        let iommufdIndex = pass(g.iommufd.fd, "\(guest).iommufd")
-        let map: JSONValue = ["guest": .string(guest), "simulated": .bool(session.simulated), "iommufdFdIndex": iommufdIndex,
-                              "ioas": g.ioas.map { .int(Int64($0)) } ?? .null, "stage2": .object(stage2),
-                              "devices": .object(devices), "vsmmus": .object(vsmmus), "memory": .object(memory)]
+        let map = adoptable.map(simulated: session.simulated, fdRef: pass)
         reply(channel, AgentClient.Reply(handoff: JSONText(map.rendered(pretty: false))), fds: fds)
         for s in standIns { close(s) }
         reply(channel, AgentClient.Reply(exit: 0))
@@ -346,11 +321,9 @@ extension AgentServer {
                               err: { s in self.reply(channel, AgentClient.Reply(err: s)) })
         let code = (try? runReporting(console) { () throws -> Int32 in
             try Runner.settleLifecycle(session: session, console: console)
-            guard request.vmm == .qemu else {
-                throw CommandError(message: "--vmm adopt is served by `vsmmu handoff --guest \(request.guest)` in this version", hint: "use --vmm qemu for a stock VMM")
-            }
             let store = try StateStore(directory: session.stateDir)
             let lifecycle = GuestLifecycle(session: session)
+            if request.vmm == .adopt { return try adopt(request, channel, peer: peer, store: store, console: console) }
             let handover: Handover
             do { handover = try lifecycle.handOver(request.guest, store: store, note: { console.error("note: \($0)") }) } catch let e as LaunchError {
                 throw CommandError(message: e.message, hint: e.hint)
@@ -393,6 +366,36 @@ extension AgentServer {
             return 0
         }) ?? 1
         reply(channel, AgentClient.Reply(exit: code))
+    }
+
+    /// `--vmm adopt`: the prepared context itself (docs/handoff-adopt.md).
+    func adopt(_ request: LaunchRequest, _ channel: Channel, peer: (pid: Int32, uid: UInt32, gid: UInt32), store: StateStore, console: Console) throws -> Int32 {
+        if let remote = session.remote {
+            throw CommandError(message: "guest \(request.guest) is held through the \(remote.location): its fds live in that process and cannot be adopted from here",
+                               hint: "use --vmm qemu: the executor then starts the VMM with fresh fds")
+        }
+        let lifecycle = GuestLifecycle(session: session)
+        let a = try lifecycle.adoptable(request.guest, store: store)
+        log("adopt of guest \(request.guest) by pid \(peer.pid) (uid \(peer.uid)): \(request.command.joined(separator: " "))")
+        var answer = LaunchReply(memlock: a.holding.memory.values.reduce(0) { $0 &+ $1.length })
+        let start = LocalProcess.find(peer.pid)?.startTime
+        if let sim = session.sim {
+            let process = sim.spawnProcess(pid: peer.pid, command: request.command.first.map { ($0 as NSString).lastPathComponent } ?? "vmm")
+            try sim.transferFiles(a.placeholders.map(\.fd), to: process)
+            answer.simulatedFD = Dictionary(uniqueKeysWithValues: a.placeholders.map { ($0.name, $0.fd) })
+            answer.adoptMap = JSONText(a.map(simulated: true) { .int(Int64($0)) }.rendered(pretty: false))
+            try lifecycle.finishAdopt(a, pid: peer.pid, startTime: start, command: request.command, store: store, transferredTo: process)
+            _ = channel.send(String(decoding: (try? JSONEncoder().encode(AgentClient.Reply(launch: answer))) ?? Data(), as: UTF8.self))
+        } else {
+            if vsmmu_raise_memlock(peer.pid, answer.memlock) != 0 { console.error("note: could not raise RLIMIT_MEMLOCK of pid \(peer.pid)") }
+            let fds = a.placeholders.map(\.fd)
+            answer.fdIndex = Dictionary(uniqueKeysWithValues: a.placeholders.enumerated().map { ($0.element.name, $0.offset) })
+            answer.adoptMap = JSONText(a.map(simulated: false) { fd in fds.firstIndex(of: fd).map { .int(Int64($0)) } ?? .null }.rendered(pretty: false))
+            _ = channel.send(String(decoding: (try? JSONEncoder().encode(AgentClient.Reply(launch: answer))) ?? Data(), as: UTF8.self), fds: fds)
+            try lifecycle.finishAdopt(a, pid: peer.pid, startTime: start, command: request.command, store: store)
+        }
+        if let r = (try? StateStore(directory: session.stateDir))?.holdings.running[request.guest] { watch(request.guest, r) }
+        return 0
     }
 
     /// Prepares again the guests whose VMM exited, and watches every VMM still running.

@@ -102,6 +102,10 @@ struct Launch: ParsableCommand {
                     _ = vsmmu_clear_cloexec(fds[i])
                 }
                 _ = vsmmu_raise_memlock(0, answer.memlock)
+                if let map = answer.adoptMap {
+                    // The adopting VMM reads the object ids (and its fd numbers) from here.
+                    setenv("VSMMU_ADOPT_MAP", answer.simulatedFD != nil ? map.text : HandoffMap.localize(map.text, fds: fds, pretty: false), 1)
+                }
                 return try FDPlaceholders.substitute(request.command, numbers: numbers)
             }
         }
@@ -114,11 +118,20 @@ struct Launch: ParsableCommand {
             throw CommandError(message: "on a live host, launch is a client of the agent: no agent socket was given",
                                hint: "start the agent (systemctl start vsmmu) or give --socket PATH; --host FILE launches on a simulated host")
         }
-        guard request.vmm == .qemu else { throw CommandError(message: "--vmm adopt needs the agent (vsmmu handoff)") }
         let session = try Session.open(kernel)
         try Runner.settleLifecycle(session: session, console: console)
         let store = try StateStore(directory: session.stateDir)
         let lifecycle = GuestLifecycle(session: session)
+        if request.vmm == .adopt, let sim = session.sim {
+            let a = try lifecycle.adoptable(request.guest, store: store)
+            let me = LocalProcess.current
+            let process = sim.spawnProcess(pid: me.pid, command: request.command.first.map { ($0 as NSString).lastPathComponent } ?? "vmm")
+            try sim.transferFiles(a.placeholders.map(\.fd), to: process)
+            setenv("VSMMU_ADOPT_MAP", a.map(simulated: true) { .int(Int64($0)) }.rendered(pretty: false), 1)
+            try lifecycle.finishAdopt(a, pid: me.pid, startTime: me.startTime, command: request.command, store: store, transferredTo: process)
+            console.error("Guest \(request.guest) adopted by pid \(me.pid) (simulated host: VSMMU_ADOPT_MAP has its object ids).")
+            return try FDPlaceholders.substitute(request.command, numbers: Dictionary(uniqueKeysWithValues: a.placeholders.map { ($0.name, $0.fd) }))
+        }
         let handover = try lifecycle.handOver(request.guest, store: store, note: { console.error("note: \($0)") })
         let me = LocalProcess.current
         let process: SimProcessID

@@ -150,3 +150,36 @@ private let topology = "examples/one-guest-one-vsmmu.yaml"
 func openFDs(_ pid: Int32) -> Int {
     ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []).count
 }
+
+@Test(arguments: [false, true])
+func adoptHandsThePreparedContextItself(throughAgent: Bool) throws {
+    let dir = tempDir()
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let agent = throughAgent ? try AgentProcess() : nil
+    let ctx = agent.map { ["--socket", $0.socket] } ?? ["--host", grace, "--state-dir", dir]
+    #expect(vsmmu(["apply", topology, "--auto-approve"] + ctx).code == 0)
+    let mapFile = dir + "/map.json"
+    let vmm = try LaunchedVMM(["launch", "--guest", "vm1", "--vmm", "adopt"] + ctx
+                              + ["--", "/bin/sh", "-c", "printf %s \"$VSMMU_ADOPT_MAP\" > \(mapFile); echo {vsmmu-vm1-iommufd} > \(mapFile).fd; exec sleep 600"])
+    #expect(vmm.waitForExec("sleep"))
+    // the VMM got the map of every object id (the vIOMMU, the vDevice with its vSID) and the fd
+    let map = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: mapFile))) as? [String: Any])
+    let vsmmus = map["vsmmus"] as? [String: [String: Any]] ?? [:]
+    #expect(vsmmus["smmu0"]?["viommu"] is Int)
+    #expect(((vsmmus["smmu0"]?["vdevices"] as? [String: [String: Any]])?["gpu0"]?["vsid"] as? Int) == 0x1100)
+    let fdText = try String(contentsOfFile: mapFile + ".fd", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+    #expect(Int(fdText) != nil, "the placeholder was not replaced: \(fdText)")
+    let show = vsmmu(["show", "--format", "json"] + ctx)
+    let doc = try JSONSerialization.jsonObject(with: Data(show.stdout.utf8)) as! [String: Any]
+    let vm1 = (doc["guests"] as! [String: Any])["vm1"] as! [String: Any]
+    #expect(vm1["state"] as? String == "running")
+    #expect(vm1["vmm"] as? String == "adopt")
+    #expect(vm1["iommufdFd"] == nil, "vsmmu still holds the adopted context")
+    vmm.kill()
+    if let agent {
+        let deadline = Date().addingTimeInterval(20)
+        while !agent.logText.contains("its VMM (pid \(vmm.pid)) exited") && Date() < deadline { usleep(50_000) }
+    }
+    #expect(vsmmu(["plan", topology, "--detailed-exitcode"] + ctx).code == 0)
+    #expect(vsmmu(["show"] + ctx).stdout.contains("state: prepared"))
+}
