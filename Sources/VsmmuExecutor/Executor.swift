@@ -60,7 +60,7 @@ public final class Executor {
 
     func fail(_ op: PlanStep, _ e: KernelCallError) -> ApplyError {
         ApplyError(operation: op, errno: e.errno, message: e.detail.isEmpty ? "the kernel refused" : e.detail,
-                   hint: Hints.hint(call: op.call, errno: e.errno, action: op.action))
+                   hint: Hints.hint(call: op.kernelCall, errno: e.errno, action: op.action))
     }
 
     func guestHolding(_ op: PlanStep, _ g: String) throws(ApplyError) -> GuestHolding {
@@ -266,8 +266,8 @@ public final class Executor {
             let h = try guestHolding(op, g)
             let dev = try device(op, g, via)
             guard let ioas = h.ioas else { throw ApplyError(operation: op, errno: nil, message: "guest \(g) has no IOAS") }
-            let id = try port.hwptAlloc(h.iommufd, flags: np ? UAPI.hwptAllocNestParent : 0, devID: dev.devID, ptID: ioas,
-                                        dataType: UAPI.hwptDataNone, data: [])
+            let id = try port.hwptAlloc(h.iommufd, flags: np ? .nestParent : [], devID: dev.devID, ptID: ioas,
+                                        dataType: .none, data: [])
             return [.stage2(g, i, Stage2Holding(hwpt: id, nestParent: np))]
 
         case .destroyStage2(let g, let i):
@@ -286,7 +286,7 @@ public final class Executor {
             // memfd and hugetlbfs RAM go in by IOAS_MAP_FILE, so another process (the VMM)
             // can map the same pages and the pin accounting can move (reference §9.16).
             let source: MapSource = m.memory.file.map { .file($0, offset: 0) } ?? .userVA(m.memory.userVA)
-            m.iova = try port.ioasMap(h.iommufd, ioas: ioas, flags: UAPI.ioasMapFixedIOVA | UAPI.ioasMapWriteable | UAPI.ioasMapReadable,
+            m.iova = try port.ioasMap(h.iommufd, ioas: ioas, flags: [.fixedIOVA, .writeable, .readable],
                                       source: source, length: m.length, iova: iova)
             m.mapped = true
             return [.memory(g, r, m)]
@@ -308,14 +308,11 @@ public final class Executor {
             let dev = try device(op, g, via)
             let info = try port.getHwInfo(h.iommufd, devID: dev.devID, requestType: nil)
             guard info.dataType == expect else {
-                throw ApplyError(operation: op, errno: nil, message: "GET_HW_INFO for \(g)/\(via) reports type \(info.dataType), not \(expect): the device is not behind the IOMMU the plan expects",
+                throw ApplyError(operation: op, errno: nil, message: "GET_HW_INFO for \(g)/\(via) reports type \(info.dataType.rawValue), not \(expect.rawValue): the device is not behind the IOMMU the plan expects",
                                  hint: "run `vsmmu host` and compare with the host description the plan used")
             }
-            if expect == UAPI.hwInfoARMSMMUv3, info.data.count >= 12 {
-                let idr0 = UInt32(info.data[8]) | UInt32(info.data[9]) << 8 | UInt32(info.data[10]) << 16 | UInt32(info.data[11]) << 24
-                if idr0 & 0x3 != 0x3 {
-                    throw ApplyError(operation: op, errno: nil, message: "the SMMU behind \(g)/\(via) lacks nesting: IDR0.S1P=\(idr0 >> 1 & 1) IDR0.S2P=\(idr0 & 1)")
-                }
+            if expect == .armSMMUv3, let arm = ARMSMMUv3HWInfo(info.data), !(arm.s1p && arm.s2p) {
+                throw ApplyError(operation: op, errno: nil, message: "the SMMU behind \(g)/\(via) lacks nesting: IDR0.S1P=\(arm.s1p ? 1 : 0) IDR0.S2P=\(arm.s2p ? 1 : 0)")
             }
             return []
 
@@ -324,9 +321,9 @@ public final class Executor {
             let dev = try device(op, g, via)
             guard let s2 = h.stage2[physical] else { throw ApplyError(operation: op, errno: nil, message: "no stage-2 HWPT held for \(physical)") }
             // TEGRA241_CMDQV takes a 16-byte in/out struct (mmap offset and length).
-            let data = type == UAPI.viommuTegra241CMDQV ? [UInt8](repeating: 0, count: 16) : []
+            let data = type == .tegra241CMDQV ? [UInt8](repeating: 0, count: 16) : []
             let r = try port.viommuAlloc(h.iommufd, type: type, devID: dev.devID, hwptID: s2.hwpt, data: data)
-            return [.vsmmu(g, v, VSMMUHolding(physical: physical, viommu: r.id, viommuType: type))]
+            return [.vsmmu(g, v, VSMMUHolding(physical: physical, viommu: r.id, viommuType: type.rawValue))]
 
         case .allocVDevice(let g, let v, let d, let virt):
             let h = try guestHolding(op, g)
@@ -349,18 +346,18 @@ public final class Executor {
             let h = try guestHolding(op, g)
             var vh = try vsmmu(op, g, v)
             let r = try port.veventqAlloc(h.iommufd, viommuID: vh.viommu, type: type, depth: depth)
-            vh.eventQueues[type] = EventQueueHolding(id: r.id, fd: r.eventFD)
+            vh.eventQueues[type.rawValue] = EventQueueHolding(id: r.id, fd: r.eventFD)
             return [.vsmmu(g, v, vh)]
 
         case .destroyEventQueue(let g, let v, let type):
             let h = try guestHolding(op, g)
             var vh = try vsmmu(op, g, v)
-            if let q = vh.eventQueues[type] {
+            if let q = vh.eventQueues[type.rawValue] {
                 // An open vEVENTQ fd blocks its own DESTROY (reference §9.8).
                 port.closeEventFD(h.iommufd, q.fd)
                 try port.destroy(h.iommufd, id: q.id)
             }
-            vh.eventQueues[type] = nil
+            vh.eventQueues[type.rawValue] = nil
             return [.vsmmu(g, v, vh)]
 
         case .destroyNested(let g, let v, let kind):
@@ -411,55 +408,47 @@ public final class Executor {
 
 /// Driver data for the nested HWPTs that exist before the guest runs.
 enum NestedData {
-    static func bytes(dataType: UInt32, kind: NestedKind) -> [UInt8] {
+    static func bytes(dataType: HWPTDataType, kind: NestedKind) -> [UInt8] {
         switch dataType {
-        case UAPI.hwptDataARMSMMUv3:
+        case .armSMMUv3:
             // vSTE words 0 and 1, little-endian (reference §5.3): abort {0x1, 0}, bypass {0x9, 0}.
             let w0: UInt64 = kind == .abort ? UAPI.vsteAbort.0 : UAPI.vsteBypass.0
-            return le64(w0) + le64(0)
-        case UAPI.hwptDataSelftest:
+            return LE.bytes(w0) + LE.bytes(UInt64(0))
+        case .selftest:
             // iommu_hwpt_selftest {iotlb, pagetable_type} (reference §7.3).
             return [UInt8](repeating: 0, count: 8)
         default:
             return []
         }
     }
-
-    static func le64(_ v: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: v >> (8 * UInt64($0))) } }
 }
 
 /// What to do about a kernel error, per call (reference §9: errno ≠ cause).
 public enum Hints {
-    public static func hint(call: String, errno: Errno, action: OpAction) -> String? {
-        switch (call, errno) {
-        case ("VFIO_DEVICE_BIND_IOMMUFD", .EPERM):
-            return "the IOMMU group is not viable (a sibling is on a host driver) or MSI cannot be isolated (iommufd.allow_unsafe_interrupts)"
-        case ("VFIO_DEVICE_BIND_IOMMUFD", .EINVAL):
-            return "the device is already bound through another fd, or its IOMMU is not cache-coherent"
-        case ("VFIO_DEVICE_BIND_IOMMUFD", .EBUSY):
-            return "the device's legacy VFIO group node /dev/vfio/<group> is open in another process"
-        case ("SYSFS_UNBIND", .EBUSY):
-            return "the device is in use: close whatever holds it, vsmmu never forces an unbind"
-        case ("IOMMU_VIOMMU_ALLOC", .EOPNOTSUPP):
-            return "the SMMU cannot nest, or is neither CANWBS nor S2FWB (check `vsmmu host`)"
-        case ("IOMMU_IOAS_MAP", .EINVAL), ("IOMMU_IOAS_MAP_FILE", .EINVAL):
-            return "guest RAM overlaps an IOVA range the kernel reserves (the MSI window) or lies beyond the stage-2 aperture"
-        case ("IOMMU_IOAS_MAP", .ENOMEM), ("IOMMU_IOAS_MAP_FILE", .ENOMEM), ("IOMMU_HWPT_ALLOC", .ENOMEM):
-            return "pinning guest RAM exceeds RLIMIT_MEMLOCK: raise it (LimitMEMLOCK=) or run with CAP_IPC_LOCK"
-        case ("VFIO_DEVICE_ATTACH_IOMMUFD_PT", .EINVAL):
-            return "the device sits behind another IOMMU than the HWPT, or a device of its IOMMU group is attached elsewhere"
-        case ("VFIO_DEVICE_ATTACH_IOMMUFD_PT", .EADDRINUSE):
-            return "a reserved region of the device (MSI window) collides with mapped guest RAM"
-        case ("IOMMU_VDEVICE_ALLOC", .EEXIST):
-            return "the device already has a vDevice, or its vSID is taken on this vIOMMU"
-        case ("IOMMU_HWPT_ALLOC", .EOPNOTSUPP):
-            return "the IOMMU does not support this HWPT (nest parent needs nesting support)"
-        case ("IOMMU_DESTROY", .EBUSY):
-            return "the object is still referenced; run the command again to converge"
-        case (_, .ENOMEM):
-            return "the kernel is out of memory, or a memlock limit was reached"
-        default:
-            return nil
-        }
+    static let byCall: [KernelCall: [Errno: String]] = [
+        .bindIommufd: [
+            .EPERM: "the IOMMU group is not viable (a sibling is on a host driver) or MSI cannot be isolated (iommufd.allow_unsafe_interrupts)",
+            .EINVAL: "the device is already bound through another fd, or its IOMMU is not cache-coherent",
+            .EBUSY: "the device's legacy VFIO group node /dev/vfio/<group> is open in another process",
+        ],
+        .sysfsUnbind: [.EBUSY: "the device is in use: close whatever holds it, vsmmu never forces an unbind"],
+        .viommuAlloc: [.EOPNOTSUPP: "the SMMU cannot nest, or is neither CANWBS nor S2FWB (check `vsmmu host`)"],
+        .ioasMap: [.EINVAL: mapOutsideAperture, .ENOMEM: memlock],
+        .ioasMapFile: [.EINVAL: mapOutsideAperture, .ENOMEM: memlock],
+        .hwptAlloc: [.ENOMEM: memlock, .EOPNOTSUPP: "the IOMMU does not support this HWPT (nest parent needs nesting support)"],
+        .attach: [
+            .EINVAL: "the device sits behind another IOMMU than the HWPT, or a device of its IOMMU group is attached elsewhere",
+            .EADDRINUSE: "a reserved region of the device (MSI window) collides with mapped guest RAM",
+        ],
+        .vdeviceAlloc: [.EEXIST: "the device already has a vDevice, or its vSID is taken on this vIOMMU"],
+        .destroy: [.EBUSY: "the object is still referenced; run the command again to converge"],
+    ]
+    static let mapOutsideAperture = "guest RAM overlaps an IOVA range the kernel reserves (the MSI window) or lies beyond the stage-2 aperture"
+    static let memlock = "pinning guest RAM exceeds RLIMIT_MEMLOCK: raise it (LimitMEMLOCK=) or run with CAP_IPC_LOCK"
+
+    public static func hint(call: KernelCall?, errno: Errno, action: OpAction) -> String? {
+        if let call, let hint = byCall[call]?[errno] { return hint }
+        if errno == .ENOMEM { return "the kernel is out of memory, or a memlock limit was reached" }
+        return nil
     }
 }

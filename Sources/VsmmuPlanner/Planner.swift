@@ -173,7 +173,7 @@ public struct Planner {
             add(.destroyVDevices, "device \(g)/\(d)", .destroyVDevice(guest: g, vsmmu: v, device: d), gives: ["vdev-gone:\(g)/\(v)"])
         }
         for (t, _) in h.eventQueues.sorted(by: { $0.key < $1.key }) {
-            add(.destroyEventQueues, r, .destroyEventQueue(guest: g, vsmmu: v, type: t), gives: ["evq-gone:\(g)/\(v)"])
+            add(.destroyEventQueues, r, .destroyEventQueue(guest: g, vsmmu: v, type: VEventQType(rawValue: t)), gives: ["evq-gone:\(g)/\(v)"])
         }
         add(.destroyVIOMMUs, r, .destroyVIOMMU(guest: g, vsmmu: v), needs: ["nested:\(g)/\(v)", "vdev-gone:\(g)/\(v)", "evq-gone:\(g)/\(v)"], gives: ["gone:\(g)/\(v)"])
     }
@@ -210,7 +210,7 @@ public struct Planner {
             if let want = desiredVSMMUs[vname] {
                 var forced: String?
                 if want.resolved.physical != v.physical { forced = "physical (\(v.physical) → \(want.resolved.physical))" }
-                else if want.flavor.viommuType != v.viommuType { forced = "cmdqv (vIOMMU type \(viommuTypeName(v.viommuType)) → \(viommuTypeName(want.flavor.viommuType)))" }
+                else if want.flavor.viommuType.rawValue != v.viommuType { forced = "cmdqv (vIOMMU type \(VIOMMUType(rawValue: v.viommuType).name) → \(want.flavor.viommuType.name))" }
                 if let forced {
                     rebuiltVSMMUs.insert(vname)
                     changes.append(ResourceChange(action: .replace, type: "vsmmu", name: "\(name)/\(vname)", summary: vsmmuSummary(want), attributes: [], forcedBy: forced))
@@ -442,7 +442,7 @@ public struct Planner {
                     needs: ["viommu:\(name)/\(v.name)"], gives: ["bypass:\(name)/\(v.name)"])
                 needNestedAttach.formUnion(v.devices)
             }
-            for t in v.flavor.eventQueueTypes where heldV?.eventQueues[t] == nil {
+            for t in v.flavor.eventQueueTypes where heldV?.eventQueues[t.rawValue] == nil {
                 add(.buildVSMMUs, r, .allocEventQueue(guest: name, vsmmu: v.name, type: t, depth: eventQueueDepth), needs: ["viommu:\(name)/\(v.name)"])
             }
             for dname in v.devices where needNestedAttach.contains(dname) {
