@@ -3,8 +3,27 @@ import VsmmuKernel
 import VsmmuModel
 import VsmmuPlanner
 
-/// The steps, by what they act on; `Executor.performKernel` dispatches to them.
+/// The steps, grouped by what they act on.
 extension Executor {
+    /// One step: the group that acts on what it names (the switch is exhaustive, so a new
+    /// OpAction is pointed at here).
+    func performKernel(_ op: PlanStep) throws -> [HoldingPatch] {
+        switch op.action {
+        case .setDriverOverride, .forgetOriginalDriver, .unbindDriver, .probeDriver:
+            return try performHostBinding(op)
+        case .openIommufd, .ioasAlloc, .destroyIOAS, .closeIommufd, .closeGuest, .forgetGuest:
+            return try performContext(op)
+        case .openDevice, .bindDevice, .mockDevice, .chownDevice, .attach, .detach, .closeDevice, .forgetDevice:
+            return try performDevice(op)
+        case .allocStage2, .destroyStage2, .createMemory, .mapMemory, .unmapMemory, .releaseMemory:
+            return try performStage2AndMemory(op)
+        case .checkHwInfo, .allocVIOMMU, .allocVDevice, .allocNested, .allocEventQueue:
+            return try performVSMMUBuild(op)
+        case .destroyEventQueue, .destroyNested, .destroyVDevice, .destroyVIOMMU:
+            return try performVSMMUTeardown(op)
+        }
+    }
+
     /// A sysfs binding step, each read back before the next (reference §8, safe order).
     func performHostBinding(_ op: PlanStep) throws -> [HoldingPatch] {
         switch op.action {

@@ -123,23 +123,6 @@ public final class Executor {
         }
     }
 
-    func performKernel(_ op: PlanStep) throws -> [HoldingPatch] {
-        switch op.action {
-        case .setDriverOverride, .forgetOriginalDriver, .unbindDriver, .probeDriver:
-            return try performHostBinding(op)
-        case .openIommufd, .ioasAlloc, .destroyIOAS, .closeIommufd, .closeGuest, .forgetGuest:
-            return try performContext(op)
-        case .openDevice, .bindDevice, .mockDevice, .chownDevice, .attach, .detach, .closeDevice, .forgetDevice:
-            return try performDevice(op)
-        case .allocStage2, .destroyStage2, .createMemory, .mapMemory, .unmapMemory, .releaseMemory:
-            return try performStage2AndMemory(op)
-        case .checkHwInfo, .allocVIOMMU, .allocVDevice, .allocNested, .allocEventQueue:
-            return try performVSMMUBuild(op)
-        case .destroyEventQueue, .destroyNested, .destroyVDevice, .destroyVIOMMU:
-            return try performVSMMUTeardown(op)
-        }
-    }
-
     // MARK: - safety after a failure
 
     /// A failed move to vfio-pci must not leave the device on no driver (SPEC §7):
