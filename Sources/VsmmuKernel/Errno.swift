@@ -92,15 +92,26 @@ public struct Errno: Error, Hashable, Sendable, Codable, CustomStringConvertible
 
 /// A failed kernel call: which call, on what, and the errno the kernel returned.
 public struct KernelCallError: Error, Sendable, CustomStringConvertible {
-    public var call: String
+    public var kernelCall: KernelCall
     public var errno: Errno
     public var detail: String
 
-    public init(_ call: String, _ errno: Errno, _ detail: String = "") {
-        self.call = call
+    public init(_ call: KernelCall, _ errno: Errno, _ detail: String = "") {
+        self.kernelCall = call
         self.errno = errno
         self.detail = detail
     }
+
+    /// A failure of a seam's own system call (`KernelCall.system`), e.g. "OPEN".
+    public init(_ name: String, _ errno: Errno, _ detail: String = "") {
+        self.init(.system(name), errno, detail)
+    }
+
+    /// The call's C name.
+    public var call: String { kernelCall.name }
+
+    /// The same failure, reported as `call` (the port's name for the seam step that failed).
+    public func renamed(_ call: KernelCall) -> KernelCallError { KernelCallError(call, errno, detail) }
 
     public var description: String {
         detail.isEmpty ? "\(call): \(errno)" : "\(call) [\(detail)]: \(errno)"

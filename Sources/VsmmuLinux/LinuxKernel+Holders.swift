@@ -14,7 +14,7 @@ extension LinuxKernel {
         if let group = device.iommuGroup { targets.insert(devRoot + "/vfio/\(group)") }
         guard !targets.isEmpty else { return [] }
         let pids: [String]
-        do throws(KernelCallError) { pids = try files.listDirectory(procRoot) } catch { throw error.renamed("PROC_LIST") }
+        do throws(KernelCallError) { pids = try files.listDirectory(procRoot) } catch { throw error.renamed(.procFDScan) }
         var holders: [FileHolder] = []
         for name in pids {
             guard let pid = Int32(name), pid > 0 else { continue }

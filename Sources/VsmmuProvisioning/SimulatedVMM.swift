@@ -65,7 +65,7 @@ public enum QEMURealize {
             guard let first = members.first, let firstID = r.devIDs[first.name] else { continue }
             var target = r.ioas
             if layout.nestParent[iommu] == true {
-                target = try port.hwptAlloc(files.iommufd, flags: UAPI.hwptAllocNestParent, devID: firstID, ptID: r.ioas, dataType: UAPI.hwptDataNone, data: [])
+                target = try port.hwptAlloc(files.iommufd, flags: .nestParent, devID: firstID, ptID: r.ioas, dataType: .none, data: [])
             }
             for d in members { if let cdev = files.devices[d.name] { stage2[iommu] = try port.attach(cdev, ptID: target) } }
         }
@@ -73,19 +73,20 @@ public enum QEMURealize {
             guard let file = files.memory[m.name] else { continue }
             // QEMU maps its own mapping of the memfd (IOAS_MAP of a user VA); a simulated
             // process has no address space, so the same pages go in by file.
-            _ = try port.ioasMap(files.iommufd, ioas: r.ioas, flags: UAPI.ioasMapFixedIOVA | UAPI.ioasMapWriteable | UAPI.ioasMapReadable,
+            _ = try port.ioasMap(files.iommufd, ioas: r.ioas, flags: [.fixedIOVA, .writeable, .readable],
                                  source: .file(file, offset: 0), length: m.length, iova: m.iova)
         }
         for v in layout.vsmmus {
             guard let first = layout.devices.first(where: { $0.vsmmu == v.name }), let devID = r.devIDs[first.name],
                   let s2 = stage2[v.physical] else { continue }
             _ = try port.getHwInfo(files.iommufd, devID: devID, requestType: nil)
-            let data = v.viommuType == UAPI.viommuTegra241CMDQV ? [UInt8](repeating: 0, count: 16) : []
-            let viommu = try port.viommuAlloc(files.iommufd, type: v.viommuType, devID: devID, hwptID: s2, data: data).id
+            let type = VIOMMUType(rawValue: v.viommuType)
+            let data = type == .tegra241CMDQV ? [UInt8](repeating: 0, count: 16) : []
+            let viommu = try port.viommuAlloc(files.iommufd, type: type, devID: devID, hwptID: s2, data: data).id
             r.viommus[v.name] = viommu
             for kind in [NestedKind.abort, .bypass] {
-                _ = try port.hwptAlloc(files.iommufd, flags: 0, devID: devID, ptID: viommu, dataType: UAPI.hwptDataARMSMMUv3,
-                                       data: NestedData.bytes(dataType: UAPI.hwptDataARMSMMUv3, kind: kind))
+                _ = try port.hwptAlloc(files.iommufd, flags: [], devID: devID, ptID: viommu, dataType: .armSMMUv3,
+                                       data: NestedData.bytes(dataType: .armSMMUv3, kind: kind))
             }
         }
         return r

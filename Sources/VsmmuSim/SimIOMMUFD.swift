@@ -346,12 +346,12 @@ extension SimulatedKernel {
 
     // MARK: IOMMU_IOAS_MAP / IOMMU_IOAS_MAP_FILE (§2.6, §2.7)
 
-    func ioasMapImpl(_ fd: Int32, ioas ioasID: ObjectID, flags: UInt32, source: MapSource, length: UInt64, iova: UInt64) throws(Refusal) -> UInt64 {
+    func ioasMapImpl(_ fd: Int32, ioas ioasID: ObjectID, flags: IOASMapFlags, source: MapSource, length: UInt64, iova: UInt64) throws(Refusal) -> UInt64 {
         let cid = try context(ofIommufd: fd)
-        let known = UAPI.ioasMapFixedIOVA | UAPI.ioasMapWriteable | UAPI.ioasMapReadable
-        if flags & ~known != 0 { throw Refusal(.EOPNOTSUPP, "unknown flag bits \(hex(flags & ~known))") }
+        let unknown = flags.subtracting([.fixedIOVA, .writeable, .readable])
+        if !unknown.isEmpty { throw Refusal(.EOPNOTSUPP, "unknown flag bits \(hex(unknown.rawValue))") }
         if iova == UInt64.max || length == UInt64.max { throw Refusal(.EOVERFLOW, "iova or length is 2^64-1") }
-        if flags & (UAPI.ioasMapWriteable | UAPI.ioasMapReadable) == 0 { throw Refusal(.EINVAL, "neither READABLE nor WRITEABLE") }
+        if flags.isDisjoint(with: [.writeable, .readable]) { throw Refusal(.EINVAL, "neither READABLE nor WRITEABLE") }
         guard var ioas = ioasObject(cid, ioasID) else { throw Refusal(.ENOENT, missing(cid, ioasID, "ioas_id")) }
 
         let mappingSource: MappingSource
@@ -373,7 +373,7 @@ extension SimulatedKernel {
         }
 
         let alignment = ioasAlignment(cid, ioas: ioasID)
-        let fixed = flags & UAPI.ioasMapFixedIOVA != 0
+        let fixed = flags.contains(.fixedIOVA)
         if length % alignment != 0 || (fixed && iova % alignment != 0) || (sourceAddress % simPageSize) % alignment != 0 {
             throw Refusal(.EINVAL, "length, iova or the source's page offset is not a multiple of the IOAS alignment \(hex(alignment))")
         }
@@ -393,8 +393,8 @@ extension SimulatedKernel {
             start = try allocateIOVA(cid, ioas: ioasID, mappings: ioas.mappings, length: length, address: sourceAddress, alignment: alignment)
         }
 
-        var mapping = Mapping(iova: start, length: length, readable: flags & UAPI.ioasMapReadable != 0,
-                              writable: flags & UAPI.ioasMapWriteable != 0, source: mappingSource, pinned: false)
+        var mapping = Mapping(iova: start, length: length, readable: flags.contains(.readable),
+                              writable: flags.contains(.writeable), source: mappingSource, pinned: false)
         // §2.6: pages are pinned now only when the IOAS already holds a HWPT.
         if ioasHasHWPT(cid, ioas: ioasID) { mapping = try pin(mapping) }
         ioas.mappings.append(mapping)

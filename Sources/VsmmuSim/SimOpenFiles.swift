@@ -15,6 +15,6 @@ extension SimulatedKernel {
     }
 
     public func closeFile(_ fd: Int32) {
-        callQuietly("CLOSE_FD", .close(fd: fd), detail: "fd=\(fd)") { closeFD(fd) }
+        callQuietly(.closeFD(fd: fd), .close(fd: fd)) { closeFD(fd) }
     }
 }

@@ -16,7 +16,7 @@ extension SimulatedKernel {
     /// A new process standing for the real process `pid` running `command`; it holds no fd.
     public func spawnProcess(pid: Int32, command: String) -> SimProcessID {
         let n = state.nextProcess
-        callQuietly("PROCESS_SPAWN", .spawnProcess(pid: pid, command: command), detail: "pid=\(pid) \(command)") {
+        callQuietly(.processSpawn(pid: pid, command: command), .spawnProcess(pid: pid, command: command)) {
             spawnProcessImpl(pid: pid, command: command)
             return nil
         }
@@ -32,7 +32,7 @@ extension SimulatedKernel {
     /// does: the open files (and whatever they bind or reference) are unchanged.
     /// Returns EBADF for an fd the holder does not hold (nothing moves then).
     public func transferFiles(_ fds: [Int32], to process: SimProcessID) throws(KernelCallError) {
-        try call("SCM_RIGHTS", .transferFiles(fds: fds, process: process.number), detail: "fds=\(fds) to=\(process)") { () throws(Refusal) in
+        try call(.sendFDs(fds: fds, process: process.number), .transferFiles(fds: fds, process: process.number)) { () throws(Refusal) in
             try transferFilesImpl(fds, to: process.number)
         }
     }
@@ -52,7 +52,7 @@ extension SimulatedKernel {
     public func exitProcess(_ process: SimProcessID) {
         guard state.processes[process.number] != nil else { return }
         run(as: process) {
-            callQuietly("PROCESS_EXIT", .processExit, detail: "\(process)") { processExitImpl(); return nil }
+            callQuietly(.processExit, .processExit) { processExitImpl(); return nil }
         }
     }
 

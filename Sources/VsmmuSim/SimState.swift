@@ -70,12 +70,12 @@ struct PagingHWPT: Hashable, Codable {
     var ioas: ObjectID
     /// The IOMMU instance whose driver made the domain (the dev_id's IOMMU).
     var iommu: String
-    var flags: UInt32
+    var flags: HWPTAllocFlags
     /// Created by attach-to-IOAS; destroyed with its last device (§3.3).
     var automatic: Bool
     /// The domain's input range; everything outside is reserved in the IOAS.
     var aperture: IovaRange
-    var nestParent: Bool { flags & UAPI.hwptAllocNestParent != 0 }
+    var nestParent: Bool { flags.contains(.nestParent) }
 }
 
 enum NestedParent: Hashable, Codable {
@@ -144,7 +144,7 @@ struct MmapRegion: Hashable, Codable {
 }
 
 struct VIOMMUObject: Hashable, Codable {
-    var type: UInt32
+    var type: VIOMMUType
     var parent: ObjectID
     var iommu: String
     var mmap: MmapRegion?
@@ -158,7 +158,7 @@ struct VDeviceObject: Hashable, Codable {
 
 struct VEventQObject: Hashable, Codable {
     var viommu: ObjectID
-    var type: UInt32
+    var type: VEventQType
     var depth: UInt32
     /// The event fd while it is open (it blocks this object's DESTROY, §4.2).
     var fd: Int32?
@@ -166,7 +166,7 @@ struct VEventQObject: Hashable, Codable {
 
 struct HWQueueObject: Hashable, Codable {
     var viommu: ObjectID
-    var type: UInt32
+    var type: HWQueueType
     var index: UInt32
     var iova: UInt64
     var length: UInt64

@@ -258,7 +258,7 @@ extension SimulatedKernel {
         // Without CONFIG_IOMMUFD_TEST the request is beyond the table: VFIO-container
         // emulation, ENOTTY (§1.2).
         guard let iommu = state.iommus.first(where: { $0.type == .selftest }) else {
-            throw Refusal(.ENOTTY, "IOMMU_TEST_CMD needs a kernel with CONFIG_IOMMUFD_TEST (no selftest IOMMU in the host)")
+            throw Refusal(.ENOTTY, "\(KernelCall.testCmd) needs a kernel with CONFIG_IOMMUFD_TEST (no selftest IOMMU in the host)")
         }
         return iommu
     }
