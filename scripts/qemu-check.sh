@@ -8,8 +8,8 @@
 #   measured 2026-11-25 with `time bash scripts/qemu-check.sh` (3 guests, 94 checks):
 #   cold 48-63 s wall, warm 19-28 s; each TCG UEFI boot reaches BDS in about 6 s.
 #   measured 2026-12-03, with qemu-system-x86, libvirt-common and libxml2-utils added and
-#   the hand-over checks (c) (4 guests, 122 checks), on the shared machine under load:
-#   cold 210 s (root setup 182 s, 692 MB), warm 28-36 s.
+#   the hand-over checks (c), on the shared machine under load:
+#   cold 210 s (root setup 182 s, 692 MB), warm 28-36 s (125 checks with 6 guests).
 #
 # QEMU comes from Debian: a minimal trixie root (debootstrap, minbase) with
 # qemu-system-arm and qemu-system-x86 from trixie-backports (11.1.x; bookworm-backports
@@ -62,6 +62,8 @@
 #   VSMMU_QEMU_GUESTS       default "two-vsmmus-four-gpus/train0 cmdqv/vm1 one-guest-one-vsmmu/vm1
 #                           devices-without-vsmmu/vm1@examples/hosts/intel-vtd.yaml" (FILE/GUEST[@HOST])
 #   VSMMU_QEMU_HOST         default examples/hosts/grace-2smmu-cmdqv.yaml (for a GUEST without @HOST)
+#   VSMMU_QEMU_XML_GUESTS   more guests whose libvirt-xml only is validated (no QEMU run)
+#                           (default "several-guests/vm1 several-guests/vm3")
 #   VSMMU_BIN               default .build/debug/vsmmu (built with `swift build` if missing)
 set -euo pipefail
 
@@ -91,6 +93,7 @@ PLACEHOLDER=${VSMMU_QEMU_PLACEHOLDER:-virtio-rng-pci,disable-legacy=on}
 BOOT_TIMEOUT=${VSMMU_QEMU_BOOT_TIMEOUT:-240}
 GUESTS=${VSMMU_QEMU_GUESTS:-two-vsmmus-four-gpus/train0 cmdqv/vm1 one-guest-one-vsmmu/vm1 devices-without-vsmmu/vm1@examples/hosts/intel-vtd.yaml}
 HOSTFILE=${VSMMU_QEMU_HOST:-examples/hosts/grace-2smmu-cmdqv.yaml}
+XML_GUESTS=${VSMMU_QEMU_XML_GUESTS:-several-guests/vm1 several-guests/vm3}
 VSMMU=${VSMMU_BIN:-$REPO/.build/debug/vsmmu}
 PKGS="qemu-system-arm qemu-system-x86 qemu-efi-aarch64 python3 libvirt-common libxml2-utils"
 ROOT=$CACHE/root-$SUITE${BACKPORTS:+-$BACKPORTS}
@@ -226,6 +229,16 @@ rm -rf "$W"
 mkdir -p "$W"
 cp "$HERE/qemu-check/check.py" "$W/check.py"
 jstr() { printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g' | sed ':a;N;$!ba;s/\n/\\n/g')"; }
+# each output from a fresh state directory, as the plan would allocate
+vs() { # vs OUTFILE ARGS...: run vsmmu into $W/$dir/OUTFILE (stderr to OUTFILE.err)
+	local out=$1 sd rc
+	shift
+	sd=$(mktemp -d)
+	(cd "$REPO" && "$VSMMU" "$@" --host "$hostfile" --state-dir "$sd") >"$W/$dir/$out" 2>"$W/$dir/$out.err"
+	rc=$?
+	rm -rf "$sd"
+	return $rc
+}
 entries=()
 for spec in $GUESTS; do
 	hostfile=$HOSTFILE
@@ -236,16 +249,6 @@ for spec in $GUESTS; do
 	mkdir -p "$W/$dir"
 	say "vsmmu qemu-args / libvirt-xml examples/$file.yaml --guest $guest --host $hostfile"
 	set +e
-	# each output from a fresh state directory, as the plan would allocate
-	vs() { # vs OUTFILE ARGS...: run vsmmu into $W/$dir/OUTFILE (stderr to OUTFILE.err)
-		local out=$1 sd rc
-		shift
-		sd=$(mktemp -d)
-		(cd "$REPO" && "$VSMMU" "$@" --host "$hostfile" --state-dir "$sd") >"$W/$dir/$out" 2>"$W/$dir/$out.err"
-		rc=$?
-		rm -rf "$sd"
-		return $rc
-	}
 	vs qemu-args.json qemu-args "examples/$file.yaml" --guest "$guest" --format json
 	arc=$?
 	vs plan.json plan "examples/$file.yaml" --format json
@@ -257,6 +260,21 @@ for spec in $GUESTS; do
 	xrc=$?
 	set -e
 	entries+=("{\"label\": $(jstr "$spec"), \"guest\": $(jstr "$guest"), \"dir\": $(jstr "$dir"), \"args_rc\": $arc, \"plan_rc\": $prc, \"xml_rc\": $xrc, \"args_err\": $(jstr "$(head -c 2000 "$W/$dir/qemu-args.json.err")"), \"plan_err\": $(jstr "$(head -c 2000 "$W/$dir/plan.json.err")"), \"xml_err\": $(jstr "$(head -c 2000 "$W/$dir/libvirt.xml.err")")}")
+done
+xml_entries=()
+for spec in $XML_GUESTS; do
+	hostfile=$HOSTFILE
+	case $spec in *@*) hostfile=${spec#*@} spec=${spec%@*} ;; esac
+	file=${spec%/*}
+	guest=${spec#*/}
+	dir=$(printf '%s' "${file}_$guest" | tr -c 'A-Za-z0-9_.-' '_')
+	mkdir -p "$W/$dir"
+	say "vsmmu libvirt-xml examples/$file.yaml --guest $guest --host $hostfile"
+	set +e
+	vs libvirt.xml libvirt-xml "examples/$file.yaml" --guest "$guest"
+	xrc=$?
+	set -e
+	xml_entries+=("{\"label\": $(jstr "$spec"), \"guest\": $(jstr "$guest"), \"dir\": $(jstr "$dir"), \"xml_rc\": $xrc, \"xml_err\": $(jstr "$(head -c 2000 "$W/$dir/libvirt.xml.err")")}")
 done
 {
 	echo "{\"qemu\": \"/usr/bin/qemu-system-aarch64\","
@@ -271,6 +289,13 @@ done
 	echo " \"guests\": ["
 	sep=
 	for e in "${entries[@]}"; do
+		printf '%s  %s\n' "$sep" "$e"
+		sep=,
+	done
+	echo " ],"
+	echo " \"libvirt_only\": ["
+	sep=
+	for e in "${xml_entries[@]}"; do
 		printf '%s  %s\n' "$sep" "$e"
 		sep=,
 	done
