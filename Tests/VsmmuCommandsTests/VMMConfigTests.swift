@@ -235,3 +235,16 @@ func argvIsTheArgumentsOnOneLine(key: String) throws {
     #expect(r.stderr.contains("needs libvirt >= 12.7.0"))
     #expect(r.stderr.contains("the SMMUv3 identifier has no libvirt attribute"))
 }
+
+/// The help examples are one option per line and survive an 80-column terminal unwrapped.
+@Test func vmmHelpExamplesFitEightyColumns() {
+    for (command, lines) in [("qemu-args", ["  vsmmu qemu-args examples/two-vsmmus-four-gpus.yaml \\", "      --guest train0 \\",
+                                            "      $(vsmmu qemu-args examples/devices-without-vsmmu.yaml \\", "          --format argv)"]),
+                             ("libvirt-xml", ["  vsmmu libvirt-xml examples/two-vsmmus-four-gpus.yaml \\", "      > train0.xml"])] {
+        let r = vsmmu([command, "--help"], env: ["COLUMNS": "80"])
+        let help = r.stdout.components(separatedBy: "\n")
+        for l in lines { #expect(help.contains(l), "\(command) --help lost the line '\(l)'") }
+        let examples = help.drop { !$0.hasPrefix("Example") }.prefix { !$0.hasPrefix("USAGE") }
+        #expect(!examples.isEmpty && examples.allSatisfy { $0.count <= 80 }, "\(command) --help examples wider than 80 columns")
+    }
+}
