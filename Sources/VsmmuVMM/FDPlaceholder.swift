@@ -50,7 +50,9 @@ public enum FDPlaceholder {
             left += unresolved(in: s)
             return s
         }
-        if !left.isEmpty { throw Unresolved(names: left.reduce(into: []) { if !$0.contains($1) { $0.append($1) } }) }
+        if !left.isEmpty {
+            throw Unresolved(names: left.reduce(into: []) { if !$0.contains($1) { $0.append($1) } }, available: numbers.keys.sorted())
+        }
         return out
     }
 
@@ -66,12 +68,16 @@ public enum FDPlaceholder {
         return found
     }
 
+    /// Placeholders no fd was given for: the command was written for another guest, or
+    /// names an fd this hand-over does not pass.
     public struct Unresolved: Error, Sendable, CustomStringConvertible {
         public var names: [String]
+        public var available: [String]
         public var description: String {
-            "no fd was given for " + names.map { "{\($0)}" }.joined(separator: ", ")
-                + ": each fd placeholder in the command must be one the handover passes"
+            "the command names " + names.map { "{\($0)}" }.joined(separator: ", ")
+                + ", which " + (names.count == 1 ? "is" : "are") + " no fd of this hand-over"
         }
+        public var hint: String { "its fds: " + available.map { "{\($0)}" }.joined(separator: ", ") }
     }
 
     public struct Collision: Error, Sendable, CustomStringConvertible {

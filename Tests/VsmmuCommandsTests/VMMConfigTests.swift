@@ -163,7 +163,8 @@ func everyFDReferenceIsAPlaceholder(key: String) throws {
         Issue.record("a missing fd number must be an error")
     } catch {
         #expect(error.names == ["vsmmu-vm1-gpu0", "vsmmu-vm1-ram0"])
-        #expect("\(error)".contains("{vsmmu-vm1-gpu0}, {vsmmu-vm1-ram0}"))
+        #expect("\(error)".contains("{vsmmu-vm1-gpu0}, {vsmmu-vm1-ram0}, which are no fd of this hand-over"))
+        #expect(error.hint == "its fds: {vsmmu-vm1-iommufd}")
     }
 }
 
