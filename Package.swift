@@ -79,7 +79,7 @@ let package = Package(
         ),
         .testTarget(
             name: "VsmmuCommandsTests",
-            dependencies: ["VsmmuCommands", "VsmmuModel", "VsmmuTestSupport"],
+            dependencies: ["VsmmuCommands", "VsmmuModel", "VsmmuVMM", "VsmmuTestSupport"],
             exclude: ["golden"]
         ),
     ]
