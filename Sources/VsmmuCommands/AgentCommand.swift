@@ -3,6 +3,7 @@ import CVsmmuUAPI
 import Dispatch
 import Foundation
 import VsmmuProvisioning
+import VsmmuVMM
 import VsmmuExecutor
 import VsmmuIPC
 import VsmmuKernel
@@ -341,7 +342,7 @@ extension AgentServer {
                                             vmm: request.vmm, store: store, simulatedProcess: process)
                 answer.simulatedFD = handover.placeholders
             } else if let remote = session.remote {
-                let argv = try FDPlaceholders.substitute(request.command, numbers: handover.placeholders)
+                let argv = try FDPlaceholder.resolve(request.command, numbers: handover.placeholders)
                 let pid = try remote.spawnVMM(argv: argv, fds: handover.allFDs)
                 for fd in handover.allFDs { session.port.closeFile(fd) }
                 try lifecycle.recordRunning(handover, pid: pid, startTime: nil, command: argv, vmm: request.vmm, store: store, remote: remote.location)

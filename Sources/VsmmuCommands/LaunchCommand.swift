@@ -6,6 +6,7 @@ import VsmmuIPC
 import VsmmuKernel
 import VsmmuPlanner
 import VsmmuProvisioning
+import VsmmuVMM
 import VsmmuSim
 
 extension RunningGuest.VMMKind: ExpressibleByArgument {}
@@ -106,7 +107,7 @@ struct Launch: ParsableCommand {
                     // The adopting VMM reads the object ids (and its fd numbers) from here.
                     setenv("VSMMU_ADOPT_MAP", answer.simulatedFD != nil ? map.text : HandoffMap.localize(map.text, fds: fds, pretty: false), 1)
                 }
-                return try FDPlaceholders.substitute(request.command, numbers: numbers)
+                return try FDPlaceholder.resolve(request.command, numbers: numbers)
             }
         }
         throw CommandError(message: "the agent went away before answering")
@@ -130,7 +131,7 @@ struct Launch: ParsableCommand {
             setenv("VSMMU_ADOPT_MAP", a.map(simulated: true) { .int(Int64($0)) }.rendered(pretty: false), 1)
             try lifecycle.finishAdopt(a, pid: me.pid, startTime: me.startTime, command: request.command, store: store, transferredTo: process)
             console.error("Guest \(request.guest) adopted by pid \(me.pid) (simulated host: VSMMU_ADOPT_MAP has its object ids).")
-            return try FDPlaceholders.substitute(request.command, numbers: Dictionary(uniqueKeysWithValues: a.placeholders.map { ($0.name, $0.fd) }))
+            return try FDPlaceholder.resolve(request.command, numbers: Dictionary(uniqueKeysWithValues: a.placeholders.map { ($0.name, $0.fd) }))
         }
         let handover = try lifecycle.handOver(request.guest, store: store, note: { console.error("note: \($0)") })
         let me = LocalProcess.current
@@ -142,7 +143,7 @@ struct Launch: ParsableCommand {
         try lifecycle.recordRunning(handover, pid: me.pid, startTime: me.startTime, command: request.command, vmm: request.vmm,
                                     store: store, simulatedProcess: process)
         console.error("Guest \(request.guest) handed over to pid \(me.pid) (simulated host: the fds are the simulated kernel's \(handover.placeholders.count) fds).")
-        return try FDPlaceholders.substitute(request.command, numbers: handover.placeholders)
+        return try FDPlaceholder.resolve(request.command, numbers: handover.placeholders)
     }
 
     static func exec(_ argv: [String]) -> Int32 {

@@ -4,6 +4,7 @@ import VsmmuKernel
 import VsmmuModel
 import VsmmuPlanner
 import VsmmuSim
+import VsmmuVMM
 
 /// `--vmm adopt` (docs/handoff-adopt.md): the prepared context itself goes to a VMM written
 /// to take it: the iommufd, the bound cdevs, the vEVENTQ fds and the guest-RAM memfds, with
@@ -51,12 +52,12 @@ public struct AdoptHandover {
     init(guest: String, holding g: GuestHolding) {
         self.guest = guest
         holding = g
-        var p: [(String, Int32)] = [(GuestLifecycle.placeholder(guest: guest, "iommufd"), g.iommufd.fd)]
-        for (name, d) in g.devices.sorted(by: { $0.key < $1.key }) { if let c = d.cdev { p.append((GuestLifecycle.placeholder(guest: guest, name), c.fd)) } }
+        var p: [(String, Int32)] = [(FDPlaceholder.name(guest: guest, thing: .iommufd), g.iommufd.fd)]
+        for (name, d) in g.devices.sorted(by: { $0.key < $1.key }) { if let c = d.cdev { p.append((FDPlaceholder.name(guest: guest, thing: .device(name)), c.fd)) } }
         for (name, v) in g.vsmmus.sorted(by: { $0.key < $1.key }) {
-            for (t, q) in v.eventQueues.sorted(by: { $0.key < $1.key }) { p.append((GuestLifecycle.placeholder(guest: guest, "\(name)-veventq\(t)"), q.fd.fd)) }
+            for (t, q) in v.eventQueues.sorted(by: { $0.key < $1.key }) { p.append((FDPlaceholder.name(guest: guest, thing: .eventQueue(vsmmu: name, type: t)), q.fd.fd)) }
         }
-        for (name, m) in g.memory.sorted(by: { $0.key < $1.key }) { if let f = m.memory.file { p.append((GuestLifecycle.placeholder(guest: guest, name), f.fd)) } }
+        for (name, m) in g.memory.sorted(by: { $0.key < $1.key }) { if let f = m.memory.file { p.append((FDPlaceholder.name(guest: guest, thing: .memory(name)), f.fd)) } }
         placeholders = p
     }
 }

@@ -4,6 +4,7 @@ import VsmmuKernel
 import VsmmuLinux
 import VsmmuPlanner
 import VsmmuSim
+import VsmmuVMM
 
 /// A launch refused before anything changed.
 public struct LaunchError: Error, CustomStringConvertible {
@@ -31,9 +32,6 @@ public final class GuestLifecycle {
     public init(session: Session) { self.session = session }
 
     var port: KernelPort { session.port }
-
-    /// The placeholder `qemu-args --fds` writes for one of a guest's fds.
-    public static func placeholder(guest: String, _ thing: String) -> String { "vsmmu-\(guest)-\(thing)" }
 
     // MARK: status
 
@@ -176,9 +174,9 @@ public final class GuestLifecycle {
             throw LaunchError(message: "releasing guest \(guest)'s held objects failed: \(error)",
                               hint: "run vsmmu apply to prepare it again, then launch")
         }
-        var placeholders: [String: Int32] = [Self.placeholder(guest: guest, "iommufd"): iommufd.fd]
-        for (n, c) in devices { placeholders[Self.placeholder(guest: guest, n)] = c.fd }
-        for (n, f) in memory { placeholders[Self.placeholder(guest: guest, n)] = f.fd }
+        var placeholders: [String: Int32] = [FDPlaceholder.name(guest: guest, thing: .iommufd): iommufd.fd]
+        for (n, c) in devices { placeholders[FDPlaceholder.name(guest: guest, thing: .device(n))] = c.fd }
+        for (n, f) in memory { placeholders[FDPlaceholder.name(guest: guest, thing: .memory(n))] = f.fd }
         return Handover(guest: guest, files: VMMFiles(iommufd: iommufd, devices: devices, memory: memory),
                         layout: layout, placeholders: placeholders, pinnedBytes: pinned)
     }
@@ -220,25 +218,11 @@ public struct LaunchRequest: Codable, Sendable {
     public init(guest: String, vmm: RunningGuest.VMMKind, command: [String]) { self.guest = guest; self.vmm = vmm; self.command = command }
 }
 
-/// `{name}` placeholders in a VMM's arguments (as `qemu-args --fds` writes them).
-public enum FDPlaceholders {
-    /// Replaces every `{vsmmu-…}` placeholder with its number; one that names no fd of the
-    /// handover is an error (the command was written for another guest).
-    public static func substitute(_ args: [String], numbers: [String: Int32]) throws -> [String] {
-        try args.map { arg in
-            var out = ""
-            var rest = Substring(arg)
-            while let open = rest.range(of: "{vsmmu-") {
-                guard let close = rest[open.upperBound...].firstIndex(of: "}") else { break }
-                let name = String(rest[rest.index(after: open.lowerBound)..<close])
-                guard let n = numbers[name] else {
-                    throw LaunchError(message: "the VMM's command names {\(name)}, which is no fd of this handover",
-                                      hint: "its fds: \(numbers.keys.sorted().map { "{\($0)}" }.joined(separator: ", "))")
-                }
-                out += rest[..<open.lowerBound] + String(n)
-                rest = rest[rest.index(after: close)...]
-            }
-            return out + rest
+extension FDPlaceholder {
+    /// `substitute`, with its error as a launch error (message and the fds it does pass).
+    public static func resolve(_ args: [String], numbers: [String: Int32]) throws -> [String] {
+        do { return try substitute(in: args, numbers: numbers) } catch {
+            throw LaunchError(message: "\(error)", hint: error.hint)
         }
     }
 }

@@ -11,11 +11,13 @@ public enum FDPlaceholder {
         case iommufd             // the guest's fresh /dev/iommu fd
         case device(String)      // a device's VFIO cdev, by the device's name in the topology
         case memory(String)      // a memory region's memfd (or hugetlbfs file), by its name
+        case eventQueue(vsmmu: String, type: UInt32)   // a vEVENTQ fd (`--vmm adopt` only)
 
         var suffix: String {
             switch self {
             case .iommufd: "iommufd"
             case .device(let n), .memory(let n): n
+            case .eventQueue(let v, let t): "\(v)-veventq\(t)"
             }
         }
     }
@@ -92,6 +94,7 @@ public enum FDPlaceholder {
             case .iommufd: "the guest's iommufd"
             case .device(let n): "device '\(n)'"
             case .memory(let n): "memory region '\(n)'"
+            case .eventQueue(let v, let t): "vSMMU '\(v)''s vEVENTQ of type \(t)"
             }
         }
     }
