@@ -28,18 +28,20 @@ let package = Package(
         ),
         .target(name: "VsmmuYAML", dependencies: ["CYAML"]),
         .target(name: "VsmmuKernel"),
+        // Files under the state directory: openat from one directory fd, never following links.
+        .target(name: "VsmmuFiles"),
         .target(name: "CVsmmuUAPI"),
         .target(name: "VsmmuLinux", dependencies: ["CVsmmuUAPI", "VsmmuKernel"]),
         .target(name: "VsmmuIPC", dependencies: ["CVsmmuUAPI"]),
         .target(name: "VsmmuModel", dependencies: ["VsmmuYAML", "VsmmuKernel"]),
-        .target(name: "VsmmuSim", dependencies: ["VsmmuKernel"]),
+        .target(name: "VsmmuSim", dependencies: ["VsmmuKernel", "VsmmuFiles"]),
         .target(name: "VsmmuPlanner", dependencies: ["VsmmuKernel", "VsmmuModel"]),
-        .target(name: "VsmmuExecutor", dependencies: ["VsmmuPlanner", "VsmmuKernel", "VsmmuModel"]),
+        .target(name: "VsmmuExecutor", dependencies: ["VsmmuPlanner", "VsmmuKernel", "VsmmuModel", "VsmmuFiles"]),
         .target(name: "VsmmuVMM", dependencies: ["VsmmuPlanner", "VsmmuKernel", "VsmmuModel"]),
         .target(
             name: "VsmmuCommands",
             dependencies: [
-                "VsmmuModel", "VsmmuKernel", "VsmmuSim", "VsmmuLinux", "VsmmuPlanner", "VsmmuExecutor", "VsmmuIPC", "CVsmmuUAPI", "VsmmuVMM",
+                "VsmmuModel", "VsmmuKernel", "VsmmuSim", "VsmmuLinux", "VsmmuPlanner", "VsmmuExecutor", "VsmmuIPC", "CVsmmuUAPI", "VsmmuVMM", "VsmmuFiles",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -69,7 +71,7 @@ let package = Package(
         ),
         .testTarget(
             name: "VsmmuPlannerTests",
-            dependencies: ["VsmmuPlanner", "VsmmuExecutor", "VsmmuSim", "VsmmuModel", "VsmmuKernel", "VsmmuYAML", "VsmmuTestSupport"]
+            dependencies: ["VsmmuPlanner", "VsmmuExecutor", "VsmmuSim", "VsmmuModel", "VsmmuKernel", "VsmmuYAML", "VsmmuTestSupport", "VsmmuFiles"]
         ),
         .testTarget(
             name: "VsmmuCommandsTests",
@@ -78,3 +80,4 @@ let package = Package(
         ),
     ]
 )
+

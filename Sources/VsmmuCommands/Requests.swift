@@ -24,13 +24,15 @@ public struct Request: Codable, Sendable {
     /// apply: refuse unless a fresh plan has this fingerprint (the plan the user approved).
     public var expectFingerprint: String?
     public var guest: String?
+    /// apply: rebuild a lost holdings.json from the journal and the kernel first.
+    public var rebuildState = false
 
     public init(command: String) { self.command = command }
 
     // Absent keys take their defaults, so older and newer clients of protocol version 1
     // can leave out what they do not use.
     enum CodingKeys: String, CodingKey {
-        case command, file, contentBase64, format, ops, detailedExitcode, autoApprove, dryRun, wantSavedPlan, expectFingerprint, guest
+        case command, file, contentBase64, format, ops, detailedExitcode, autoApprove, dryRun, wantSavedPlan, expectFingerprint, guest, rebuildState
     }
 
     public init(from decoder: Decoder) throws {
@@ -46,6 +48,7 @@ public struct Request: Codable, Sendable {
         wantSavedPlan = try c.decodeIfPresent(Bool.self, forKey: .wantSavedPlan) ?? false
         expectFingerprint = try c.decodeIfPresent(String.self, forKey: .expectFingerprint)
         guest = try c.decodeIfPresent(String.self, forKey: .guest)
+        rebuildState = try c.decodeIfPresent(Bool.self, forKey: .rebuildState) ?? false
     }
 
     var content: [UInt8]? { contentBase64.flatMap { Data(base64Encoded: $0) }.map { [UInt8]($0) } }
@@ -142,7 +145,8 @@ enum Runner {
                       shouldStop: @escaping () -> Bool) throws -> Int32 {
         let lock: StateLock? = r.dryRun || session.holdsLock ? nil : try StateLock(directory: session.stateDir)
         defer { _ = lock }
-        let store = try StateStore(directory: session.stateDir)
+        let store = try StateStore(directory: session.stateDir, allowingLostState: r.rebuildState && !r.dryRun)
+        if r.rebuildState && !r.dryRun { for line in try Recovery.rebuild(port: session.port, store: store) { console.error("Rebuilding: \(line)") }; try session.save() }
         if !store.interrupted.isEmpty && !r.dryRun {
             let steps = store.interrupted.map { "\($0.index) \($0.call) (\($0.resource))" }.joined(separator: ", ")
             console.error("Recovering: an earlier run was interrupted inside step(s) \(steps); what they touched is rebuilt.")
@@ -235,9 +239,10 @@ enum Runner {
     }
 
     static func show(_ r: Request, session: Session, console: Console) throws -> Int32 {
-        let store = try StateStore(directory: session.stateDir)
+        let store = try StateStore(directory: session.stateDir, allowingLostState: true)
         let observed = try ObservedState.observe(port: session.port, holdings: store.holdings, addresses: [])
-        let doc = ShowDocument.build(observed, host: session.host.name, simulated: session.simulated, interrupted: store.interrupted.count)
+        let doc = ShowDocument.build(observed, host: session.host.name, simulated: session.simulated, interrupted: store.interrupted.count,
+                                     lost: store.lostState(port: session.port))
         if r.format == "json" { console.print(doc.rendered()) } else { console.write(ShowDocument.yaml(doc)) }
         return 0
     }

@@ -123,14 +123,20 @@ public final class Executor {
         }
     }
 
+    /// On vfio-pci through a driver_override of vfio-pci, with no record of where it came
+    /// from: vsmmu's own doing whose record was lost (or an operator's identical one). The
+    /// driver before is then unknown, not vfio-pci.
+    static func vsmmuMovedIt(_ d: SysfsPCIDevice?) -> Bool { d?.driver == "vfio-pci" && d?.driverOverride == "vfio-pci" }
+
     func performKernel(_ op: PlanStep) throws -> [HoldingPatch] {
         switch op.action {
         case .setDriverOverride(let a, let d):
             var patches: [HoldingPatch] = []
-            if d == "vfio-pci", store.holdings.originalDrivers[a] == nil {
-                // Remember where the device came from, before it moves (for destroy).
-                let current = try port.pciDevice(a)?.driver
-                patches.append(.originalDriver(a, .some(current)))
+            if d == "vfio-pci", store.holdings.originalDrivers[a] == nil, !store.holdings.originalUnknown(a) {
+                // Remember where the device came from, before it moves (for destroy); never
+                // what vsmmu itself set (a step that died before its record was written).
+                let current = try port.pciDevice(a)
+                patches.append(Self.vsmmuMovedIt(current) ? .originalDriverUnknown(a) : .originalDriver(a, .some(current?.driver)))
             }
             try port.writeDriverOverride(a, d)
             // Verify each binding step before the next (reference §8, safe order).
@@ -203,7 +209,9 @@ public final class Executor {
             }
             let cdev = try port.openVfioDevice(index: index)
             var patches: [HoldingPatch] = [.device(g, d, DeviceHolding(source: a.description, cdev: cdev, vfioIndex: index, mockStdev: nil, devID: 0))]
-            if store.holdings.originalDrivers[a] == nil { patches.insert(.originalDriver(a, .some("vfio-pci")), at: 0) }
+            if store.holdings.originalDrivers[a] == nil, !store.holdings.originalUnknown(a) {
+                patches.insert(Self.vsmmuMovedIt(s) ? .originalDriverUnknown(a) : .originalDriver(a, .some("vfio-pci")), at: 0)
+            }
             return patches
 
         case .bindDevice(let g, let d):

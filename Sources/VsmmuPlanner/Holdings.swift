@@ -11,7 +11,14 @@ public struct Holdings: Codable, Hashable, Sendable {
     /// The driver each device had before vsmmu moved it to vfio-pci (nil: none), kept
     /// until the device is given back, so `destroy` restores it.
     public var originalDrivers: [PCIAddress: String?] = [:]
+    /// Devices vsmmu holds on vfio-pci whose driver before that is not known (the record
+    /// was lost and rebuilt): left on vfio-pci at destroy, never given to a guess.
+    /// Optional: absent in files written before it existed.
+    public var unknownOriginalDrivers: Set<PCIAddress>?
     public init() {}
+
+    /// Whether vsmmu must not give `a` back to any driver (it does not know which).
+    public func originalUnknown(_ a: PCIAddress) -> Bool { unknownOriginalDrivers?.contains(a) ?? false }
 }
 
 public struct GuestHolding: Codable, Hashable, Sendable {

@@ -84,6 +84,9 @@ public struct Planner {
         // record was lost, or an interrupted apply): give them back too.
         var held = Set<PCIAddress>()
         for g in observed.holdings.guests.values { for d in g.devices.values { if let a = PCIAddress(d.source) { held.insert(a) } } }
+        for a in (observed.holdings.unknownOriginalDrivers ?? []).sorted() where !wanted.contains(a) && !held.contains(a) {
+            add(.giveBack, "device \(a)", .forgetOriginalDriver(address: a))
+        }
         for (a, _) in observed.holdings.originalDrivers.sorted(by: { $0.key < $1.key }) where !wanted.contains(a) && !held.contains(a) {
             let s = observed.sysfs[a]
             let original = observed.holdings.originalDrivers[a] ?? nil
@@ -123,6 +126,7 @@ public struct Planner {
     func closePhase(_ d: DeviceHolding) -> Phase { d.mockStdev != nil ? .unmapMemory : .closeDevices }
 
     func originalDriverText(_ a: PCIAddress) -> String {
+        if observed.holdings.originalUnknown(a) { return "its original driver, which is unknown (its record was lost): it stays on vfio-pci; bind it by hand" }
         guard let o = observed.holdings.originalDrivers[a] else { return "its original driver" }
         return o ?? "no driver"
     }
@@ -131,7 +135,7 @@ public struct Planner {
     mutating func giveBack(_ a: PCIAddress, resource: String) {
         let s = observed.sysfs[a]
         let original = observed.holdings.originalDrivers[a] ?? nil
-        if original == "vfio-pci" {
+        if original == "vfio-pci" || observed.holdings.originalUnknown(a) {
             add(.giveBack, resource, .forgetOriginalDriver(address: a), needs: ["closed:\(a)"])
             return
         }
