@@ -75,7 +75,7 @@ let package = Package(
         ),
         .testTarget(
             name: "VsmmuCommandsTests",
-            dependencies: ["VsmmuCommands", "VsmmuModel", "VsmmuTestSupport"],
+            dependencies: ["VsmmuCommands", "VsmmuModel", "VsmmuTestSupport", "VsmmuIPC"],
             exclude: ["golden"]
         ),
     ]

@@ -78,7 +78,6 @@ final class AgentServer: @unchecked Sendable {
     }
 
     var socketPath: String { AgentProtocol.socket(options.kernel.socket) }
-    var appliedPath: String { session.stateDir + "/agent-topology" }
 
     func log(_ s: String) { console.error("vsmmu-agent: \(s)") }
 
@@ -132,10 +131,7 @@ final class AgentServer: @unchecked Sendable {
                 }
             }
         }
-        while let channel = listener.accept() {
-            if stopping { break }
-            Thread.detachNewThread { [self] in handle(channel) }
-        }
+        serveConnections(listener)
         SystemdNotify.send("STOPPING=1")
         // Wait for the request in flight: it stops after its running step.
         requestLock.lock()
@@ -212,8 +208,7 @@ final class AgentServer: @unchecked Sendable {
 
     func rememberApplied(_ t: Topology, _ bytes: [UInt8]?) {
         guard let bytes else { return }
-        _ = FileManager.default.createFile(atPath: appliedPath + ".yaml", contents: Data(bytes))
-        try? t.file.write(toFile: appliedPath + ".path", atomically: true, encoding: .utf8)
+        saveApplied(bytes, path: t.file)
     }
 
     /// Re-observes; logs drift (report) or re-applies the last applied topology (fix).
@@ -223,8 +218,7 @@ final class AgentServer: @unchecked Sendable {
         let locked = channel == nil
         if locked { requestLock.lock() }
         defer { if locked { requestLock.unlock() } }
-        guard let bytes = FileManager.default.contents(atPath: appliedPath + ".yaml") else { return false }
-        let path = (try? String(contentsOfFile: appliedPath + ".path", encoding: .utf8)) ?? "applied topology"
+        guard let (bytes, path) = loadApplied() else { return false }
         var request = Request(command: "plan")
         request.file = path
         request.contentBase64 = bytes.base64EncodedString()

@@ -56,6 +56,8 @@ final class AgentProcess {
 
     var logText: String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
 
+    var pid: Int32 { current?.processIdentifier ?? 0 }
+
     deinit {
         stop()
         try? FileManager.default.removeItem(atPath: dir)
