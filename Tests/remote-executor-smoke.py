@@ -287,6 +287,33 @@ def main():
 
         res, _ = x.call("OPEN", bstr("/dev/other") + u32(os.O_RDWR))
         check("OPEN non-allowed -EACCES", res == -errno.EACCES, res)
+
+        # Links inside the tree never lead out of it (openat2 RESOLVE_BENEATH, or the
+        # component walk with VSMMU_REMOTE_NO_OPENAT2=1): past the root, absolute, a
+        # device link and a cdev pointing outside.
+        out = f"{t}/outside"
+        os.makedirs(out)
+        for name, text in [("secret", "outside\n"), ("driver_override", "keep\n"), ("cdev", "")]:
+            open(f"{out}/{name}", "w").write(text)
+        os.symlink("../../outside", f"{root}/sys/up")
+        os.symlink(out, f"{root}/sys/abs")
+        os.symlink(out, f"{root}/sys/bus/pci/devices/0000:00:02.0")
+        os.symlink("../../../../outside", f"{root}/sys/bus/pci/devices/0000:00:03.0")
+        os.symlink(f"{out}/cdev", f"{root}/dev/vfio/devices/vfio1")
+        for path in ["/sys/up/secret", "/sys/abs/secret"]:
+            res, r = x.call("READ", bstr(path))
+            check(f"READ {path} (link out of --root) refused", res < 0 and r.done(), res)
+            res, r = x.call("STAT", bstr(path))
+            check(f"STAT {path} (link out of --root) refused", res < 0, res)
+        res, _ = x.call("LISTDIR", bstr("/sys/abs"))
+        check("LISTDIR through an absolute link refused", res < 0, res)
+        for dev in ["0000:00:02.0", "0000:00:03.0"]:
+            res, _ = x.call("WRITE", bstr(f"/sys/bus/pci/devices/{dev}/driver_override") + bstr("x"))
+            check(f"WRITE through {dev} (link out of --root) refused", res < 0 and open(f"{out}/driver_override").read() == "keep\n", res)
+        res, _ = x.call("OPEN", bstr("/dev/vfio/devices/vfio1") + u32(os.O_RDWR))
+        check("OPEN of a cdev linked out of --root refused", res < 0, res)
+        res, r = x.call("READ", bstr(f"{D}/vendor"))
+        check("READ through a link inside --root still works", res == 7 and r.bytes() == b"0x1af4\n", res)
         res, _ = x.call("OPEN", bstr("/dev/vfio/devices/../../iommu") + u32(os.O_RDWR))
         check("OPEN with .. -EACCES", res == -errno.EACCES, res)
         res, _ = x.call("OPEN", bstr("/dev/iommu") + u32(os.O_RDWR | os.O_CREAT))

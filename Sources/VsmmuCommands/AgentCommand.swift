@@ -139,10 +139,7 @@ final class AgentServer: @unchecked Sendable {
                 }
             }
         }
-        while let channel = listener.accept() {
-            if stopping { break }
-            Thread.detachNewThread { [self] in handle(channel) }
-        }
+        serveConnections(listener)
         SystemdNotify.send("STOPPING=1")
         // Wait for the request in flight: it stops after its running step.
         requestLock.lock()

@@ -25,13 +25,15 @@ public struct Request: Codable, Sendable {
     /// apply: refuse unless a fresh plan has this fingerprint (the plan the user approved).
     public var expectFingerprint: String?
     public var guest: String?
+    /// apply: rebuild a lost holdings.json from the journal and the kernel first.
+    public var rebuildState = false
 
     public init(command: String) { self.command = command }
 
     // Absent keys take their defaults, so older and newer clients of protocol version 1
     // can leave out what they do not use.
     enum CodingKeys: String, CodingKey {
-        case command, file, contentBase64, format, ops, detailedExitcode, autoApprove, dryRun, wantSavedPlan, expectFingerprint, guest
+        case command, file, contentBase64, format, ops, detailedExitcode, autoApprove, dryRun, wantSavedPlan, expectFingerprint, guest, rebuildState
     }
 
     public init(from decoder: Decoder) throws {
@@ -47,6 +49,7 @@ public struct Request: Codable, Sendable {
         wantSavedPlan = try c.decodeIfPresent(Bool.self, forKey: .wantSavedPlan) ?? false
         expectFingerprint = try c.decodeIfPresent(String.self, forKey: .expectFingerprint)
         guest = try c.decodeIfPresent(String.self, forKey: .guest)
+        rebuildState = try c.decodeIfPresent(Bool.self, forKey: .rebuildState) ?? false
     }
 
     var content: [UInt8]? { contentBase64.flatMap { Data(base64Encoded: $0) }.map { [UInt8]($0) } }
@@ -125,8 +128,8 @@ enum Runner {
     /// Run before every request, so the in-process simulated host behaves as the agent
     /// (which also does it as soon as a VMM exits).
     static func settleLifecycle(session: Session, console: Console, shouldStop: @escaping () -> Bool = { false }) throws {
-        let store = try StateStore(directory: session.stateDir)
-        guard !store.holdings.running.isEmpty else { return }
+        // A state directory that cannot be read is the request's own error to report.
+        guard let store = try? StateStore(directory: session.stateDir), !store.holdings.running.isEmpty else { return }
         let lifecycle = GuestLifecycle(session: session)
         let before = store.holdings.running
         let gone = try lifecycle.collectExited(store: store)
@@ -187,7 +190,8 @@ enum Runner {
         let lock: StateLock? = r.dryRun || session.holdsLock ? nil : try StateLock(directory: session.stateDir)
         defer { _ = lock }
         if !settled && !r.dryRun { try settleLifecycle(session: session, console: console, shouldStop: shouldStop) }
-        let store = try StateStore(directory: session.stateDir)
+        let store = try StateStore(directory: session.stateDir, allowingLostState: r.rebuildState && !r.dryRun)
+        if r.rebuildState && !r.dryRun { for line in try Recovery.rebuild(port: session.port, store: store) { console.error("Rebuilding: \(line)") }; try session.save() }
         if !store.interrupted.isEmpty && !r.dryRun {
             let steps = store.interrupted.map { "\($0.index) \($0.call) (\($0.resource))" }.joined(separator: ", ")
             console.error("Recovering: an earlier run was interrupted inside step(s) \(steps); what they touched is rebuilt.")
@@ -289,11 +293,11 @@ enum Runner {
 
     static func show(_ r: Request, session: Session, console: Console) throws -> Int32 {
         try settleLifecycle(session: session, console: console)
-        let store = try StateStore(directory: session.stateDir)
+        let store = try StateStore(directory: session.stateDir, allowingLostState: true)
         let observed = try ObservedState.observe(port: session.port, holdings: store.holdings, addresses: [])
         let statuses = GuestLifecycle(session: session).statuses(store.holdings)
         let doc = ShowDocument.build(observed, host: session.host.name, simulated: session.simulated, interrupted: store.interrupted.count,
-                                     lifecycle: statuses)
+                                     lost: store.lostState(port: session.port), lifecycle: statuses)
         if r.format == "json" { console.print(doc.rendered()) } else { console.write(ShowDocument.yaml(doc)) }
         return 0
     }

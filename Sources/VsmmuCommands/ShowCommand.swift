@@ -34,7 +34,7 @@ struct Show: ParsableCommand {
 }
 
 enum ShowDocument {
-    static func build(_ o: ObservedState, host: String, simulated: Bool, interrupted: Int, lifecycle: [GuestStatus] = []) -> JSONValue {
+    static func build(_ o: ObservedState, host: String, simulated: Bool, interrupted: Int, lost: LostState? = nil, lifecycle: [GuestStatus] = []) -> JSONValue {
         var guests: [String: JSONValue] = [:]
         var drift: [JSONValue] = []
         // Guests a VMM holds: vsmmu holds none of their objects (docs/contract.md §6).
@@ -94,9 +94,18 @@ enum ShowDocument {
         for (a, orig) in o.holdings.originalDrivers {
             bindings[a.description] = ["driver": o.sysfs[a]?.driver.map(JSONValue.string) ?? .null, "originalDriver": orig.map(JSONValue.string) ?? .null]
         }
+        for a in o.holdings.unknownOriginalDrivers ?? [] {
+            bindings[a.description] = ["driver": o.sysfs[a]?.driver.map(JSONValue.string) ?? .null, "originalDriver": "unknown"]
+        }
         if interrupted > 0 { drift.append(.string("\(interrupted) step(s) of an earlier apply did not finish; the next apply recovers")) }
-        return ["host": .string(host), "simulated": .bool(simulated), "guests": .object(guests), "bindings": .object(bindings),
-                "drift": .array(drift.sorted { $0.rendered() < $1.rendered() })]
+        var doc: [String: JSONValue] = ["host": .string(host), "simulated": .bool(simulated), "guests": .object(guests), "bindings": .object(bindings),
+                                        "drift": .array(drift.sorted { $0.rendered() < $1.rendered() })]
+        // A lost holdings.json: what says state existed, and how to rebuild it.
+        if let lost {
+            doc["lostState"] = ["missing": .string(lost.holdingsPath), "found": .array(lost.found.map(JSONValue.string)),
+                                "recover": "vsmmu apply FILE --rebuild-state"]
+        }
+        return .object(doc)
     }
 
     /// YAML rendering of the same document (block style, keys sorted).

@@ -29,10 +29,11 @@ extension Executor {
         switch op.action {
         case .setDriverOverride(let a, let d):
             var patches: [HoldingPatch] = []
-            if d == "vfio-pci", store.holdings.originalDrivers[a] == nil {
-                // Remember where the device came from, before it moves (for destroy).
-                let current = try port.pciDevice(a)?.driver
-                patches.append(.originalDriver(a, .some(current)))
+            if d == "vfio-pci", store.holdings.originalDrivers[a] == nil, !store.holdings.originalUnknown(a) {
+                // Remember where the device came from, before it moves (for destroy); never
+                // what vsmmu itself set (a step that died before its record was written).
+                let current = try port.pciDevice(a)
+                patches.append(Executor.vsmmuMovedIt(current) ? .originalDriverUnknown(a) : .originalDriver(a, .some(current?.driver)))
             }
             try port.writeDriverOverride(a, d)
             // Verify each binding step before the next (reference §8, safe order).
@@ -130,7 +131,9 @@ extension Executor {
             }
             let cdev = try port.openVfioDevice(index: index)
             var patches: [HoldingPatch] = [.device(g, d, DeviceHolding(source: a.description, cdev: cdev, vfioIndex: index, mockStdev: nil, devID: 0))]
-            if store.holdings.originalDrivers[a] == nil { patches.insert(.originalDriver(a, .some("vfio-pci")), at: 0) }
+            if store.holdings.originalDrivers[a] == nil, !store.holdings.originalUnknown(a) {
+                patches.insert(Executor.vsmmuMovedIt(s) ? .originalDriverUnknown(a) : .originalDriver(a, .some("vfio-pci")), at: 0)
+            }
             return patches
 
         case .bindDevice(let g, let d):

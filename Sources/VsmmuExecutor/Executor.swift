@@ -22,6 +22,11 @@ public struct ApplyError: Error, CustomStringConvertible {
 /// Runs a plan's operations against the kernel port, one by one, each journaled
 /// before it runs; stops at the first failure.
 public final class Executor {
+    /// On vfio-pci through a driver_override of vfio-pci, with no record of where it came
+    /// from: vsmmu's own doing whose record was lost (or an operator's identical one). The
+    /// driver before is then unknown, not vfio-pci.
+    static func vsmmuMovedIt(_ d: SysfsPCIDevice?) -> Bool { d?.driver == "vfio-pci" && d?.driverOverride == "vfio-pci" }
+
     let port: KernelPort
     let store: StateStore
     let progress: (String) -> Void

@@ -15,6 +15,9 @@ public enum Pipeline {
     /// `onlyGuests` limits the plan to those guests' holdings; `destroying` plans their teardown.
     public static func plan(_ topology: Topology, validation: ValidationResult, port: KernelPort, host: HostDescription,
                             store: StateStore, simulated: Bool, onlyGuests: Set<String>? = nil, destroying: Bool = false) throws(Failure) -> Plan {
+        if let lost = store.lostState(port: port) {
+            throw Failure(message: lost.description, hint: "vsmmu apply \(topology.file) --rebuild-state")
+        }
         var holdings = store.holdings
         if let onlyGuests { holdings.guests = holdings.guests.filter { onlyGuests.contains($0.key) } }
         // A running guest belongs to its VMM (docs/contract.md §6): vsmmu plans none of its

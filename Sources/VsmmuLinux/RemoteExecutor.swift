@@ -120,6 +120,22 @@ public final class RemoteExecutor: IoctlTransport, HostFiles, @unchecked Sendabl
         mutating func u64() throws(Short) -> UInt64 { try take(8).reversed().reduce(0) { $0 << 8 | UInt64($1) } }
         mutating func data() throws(Short) -> [UInt8] { Array(try take(Int(try u32()))) }
         mutating func string() throws(Short) -> String { String(decoding: try data(), as: UTF8.self) }
+        /// A count of items of at least `itemBytes` each, checked against the bytes that
+        /// remain before anything is allocated for them (a count of 0xFFFFFFFF in a short
+        /// reply is malformed, not 4 G items).
+        mutating func count(itemBytes: Int) throws(Short) -> Int {
+            let n = Int(try u32())
+            guard n <= (bytes.count - at) / max(1, itemBytes) else { throw Short() }
+            return n
+        }
+        /// `count(itemBytes:)` items read by `item`.
+        mutating func items<T>(itemBytes: Int, _ item: (inout Payload) throws(Short) -> T) throws(Short) -> [T] {
+            let n = try count(itemBytes: itemBytes)
+            var out: [T] = []
+            out.reserveCapacity(n)
+            for _ in 0..<n { out.append(try item(&self)) }
+            return out
+        }
     }
 
     struct Reply {
@@ -285,7 +301,7 @@ public final class RemoteExecutor: IoctlTransport, HostFiles, @unchecked Sendabl
     public func listDirectory(_ path: String) throws(KernelCallError) -> [String] {
         let r = try call(.listDirectory, path) { $0.string(path) }
         return try decode(.listDirectory, r) { (p) throws(Payload.Short) in
-            try (0..<Int(try p.u32())).map { (_) throws(Payload.Short) in try p.string() }
+            try p.items(itemBytes: 4) { (p) throws(Payload.Short) in try p.string() }
         }
     }
 
@@ -324,7 +340,7 @@ public final class RemoteExecutor: IoctlTransport, HostFiles, @unchecked Sendabl
     public func heldFiles() throws(KernelCallError) -> [HeldFile] {
         let r = try call(.fds, "") { _ in }
         return try decode(.fds, r) { (p) throws(Payload.Short) in
-            try (0..<Int(try p.u32())).map { (_) throws(Payload.Short) in HeldFile(fd: try p.i32(), target: try p.string(), fdinfo: try p.string()) }
+            try p.items(itemBytes: 12) { (p) throws(Payload.Short) in HeldFile(fd: try p.i32(), target: try p.string(), fdinfo: try p.string()) }
         }
     }
 
@@ -424,7 +440,7 @@ public final class RemoteExecutor: IoctlTransport, HostFiles, @unchecked Sendabl
         if reply.payload.atEnd { return reply.result }
         let returned = try? decode(.ioctl, reply) { (p) throws(Payload.Short) in
             let arg = try p.data()
-            let buffers = try (0..<Int(try p.u32())).map { (_) throws(Payload.Short) in try p.data() }
+            let buffers = try p.items(itemBytes: 4) { (p) throws(Payload.Short) in try p.data() }
             return (arg, buffers)
         }
         guard let (arg, buffers) = returned else { return -Errno.EPROTO.rawValue }

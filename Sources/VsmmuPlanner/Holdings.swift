@@ -14,9 +14,16 @@ public struct Holdings: Codable, Hashable, Sendable {
     /// Guests a VMM holds now (docs/contract.md §6): vsmmu holds none of their iommufd
     /// objects, only watches the process and the host state of their devices.
     public var running: [String: RunningGuest] = [:]
+    /// Devices vsmmu holds on vfio-pci whose driver before that is not known (the record
+    /// was lost and rebuilt): left on vfio-pci at destroy, never given to a guess.
+    /// Optional: absent in files written before it existed.
+    public var unknownOriginalDrivers: Set<PCIAddress>?
     public init() {}
 
-    private enum CodingKeys: String, CodingKey { case formatVersion, guests, originalDrivers, running }
+    /// Whether vsmmu must not give `a` back to any driver (it does not know which).
+    public func originalUnknown(_ a: PCIAddress) -> Bool { unknownOriginalDrivers?.contains(a) ?? false }
+
+    private enum CodingKeys: String, CodingKey { case formatVersion, guests, originalDrivers, running, unknownOriginalDrivers }
 
     public init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
@@ -24,6 +31,7 @@ public struct Holdings: Codable, Hashable, Sendable {
         guests = try c.decode([String: GuestHolding].self, forKey: .guests)
         originalDrivers = try c.decode([PCIAddress: String?].self, forKey: .originalDrivers)
         running = try c.decodeIfPresent([String: RunningGuest].self, forKey: .running) ?? [:]
+        unknownOriginalDrivers = try c.decodeIfPresent(Set<PCIAddress>.self, forKey: .unknownOriginalDrivers)
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -32,6 +40,7 @@ public struct Holdings: Codable, Hashable, Sendable {
         try c.encode(guests, forKey: .guests)
         try c.encode(originalDrivers, forKey: .originalDrivers)
         if !running.isEmpty { try c.encode(running, forKey: .running) }
+        try c.encodeIfPresent(unknownOriginalDrivers, forKey: .unknownOriginalDrivers)
     }
 }
 

@@ -19,6 +19,7 @@ public struct ObservedState: Sendable {
             for d in g.devices.values { if let a = PCIAddress(d.source) { all.insert(a) } }
         }
         for a in holdings.originalDrivers.keys { all.insert(a) }
+        for a in holdings.unknownOriginalDrivers ?? [] { all.insert(a) }
         var sysfs: [PCIAddress: SysfsPCIDevice] = [:]
         for a in all.sorted() {
             if let d = try port.pciDevice(a) { sysfs[a] = d }

@@ -18,7 +18,7 @@ extension Planner {
     mutating func giveBack(_ a: PCIAddress, resource: String) {
         let s = observed.sysfs[a]
         let original = observed.holdings.originalDrivers[a] ?? nil
-        if original == "vfio-pci" {
+        if original == "vfio-pci" || observed.holdings.originalUnknown(a) {
             add(.giveBack, resource, .forgetOriginalDriver(address: a), needs: [.cdevClosed(a)])
             return
         }

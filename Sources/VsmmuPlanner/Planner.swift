@@ -140,6 +140,9 @@ public struct Planner {
     mutating func strayAddresses(wanted: Set<PCIAddress>) {
         var held = Set<PCIAddress>()
         for g in observed.holdings.guests.values { for d in g.devices.values { if let a = PCIAddress(d.source) { held.insert(a) } } }
+        for a in (observed.holdings.unknownOriginalDrivers ?? []).sorted() where !wanted.contains(a) && !held.contains(a) {
+            add(.giveBack, "device \(a)", .forgetOriginalDriver(address: a))
+        }
         for (a, _) in observed.holdings.originalDrivers.sorted(by: { $0.key < $1.key }) where !wanted.contains(a) && !held.contains(a) {
             let s = observed.sysfs[a]
             let original = observed.holdings.originalDrivers[a] ?? nil
@@ -175,6 +178,7 @@ public struct Planner {
     }
 
     func originalDriverText(_ a: PCIAddress) -> String {
+        if observed.holdings.originalUnknown(a) { return "its original driver, which is unknown (its record was lost): it stays on vfio-pci; bind it by hand" }
         guard let o = observed.holdings.originalDrivers[a] else { return "its original driver" }
         return o ?? "no driver"
     }

@@ -1,34 +1,35 @@
 import Foundation
+import VsmmuFiles
 
 /// The topology last applied on this state directory, kept so that what only vsmmu can do
 /// later (re-prepare a guest whose VMM exited, reconcile with --reconcile=fix) applies the
-/// same file: `<state>/applied-topology.yaml` and `.path` (the name the user gave it, for
-/// FILE:LINE:COL in messages).
+/// same file: `applied-topology.yaml` and `.path` (the name the user gave it, for
+/// FILE:LINE:COL in messages), reached through the checked state directory (never a link).
 public enum AppliedTopology {
-    static func base(_ stateDir: String) -> String { stateDir + "/applied-topology" }
+    static let base = "applied-topology"
     /// Where an agent of an earlier vsmmu kept it.
-    static func legacyBase(_ stateDir: String) -> String { stateDir + "/agent-topology" }
+    static let legacyBase = "agent-topology"
 
     public static func save(stateDir: String, path: String, bytes: [UInt8]) {
-        let b = base(stateDir)
-        try? Data(bytes).write(to: URL(fileURLWithPath: b + ".yaml"), options: .atomic)
-        try? Data(path.utf8).write(to: URL(fileURLWithPath: b + ".path"), options: .atomic)
-        for suffix in [".yaml", ".path"] { try? FileManager.default.removeItem(atPath: legacyBase(stateDir) + suffix) }
+        guard let dir = try? StateDirectory(stateDir) else { return }
+        try? dir.writeAtomically(base + ".yaml", bytes)
+        try? dir.writeAtomically(base + ".path", Array(path.utf8))
+        for suffix in [".yaml", ".path"] { try? dir.remove(legacyBase + suffix) }
     }
 
     public static func load(stateDir: String) -> (path: String, bytes: [UInt8])? {
-        for b in [base(stateDir), legacyBase(stateDir)] {
-            guard let data = FileManager.default.contents(atPath: b + ".yaml") else { continue }
-            let path = (try? String(contentsOfFile: b + ".path", encoding: .utf8)) ?? "applied topology"
-            return (path, [UInt8](data))
+        guard let dir = try? StateDirectory(stateDir, create: false) else { return nil }
+        for b in [base, legacyBase] {
+            guard let bytes = (try? dir.read(b + ".yaml")).flatMap({ $0 }) else { continue }
+            let path = (try? dir.read(b + ".path")).flatMap { $0 }.map { String(decoding: $0, as: UTF8.self) }
+            return (path ?? "applied topology", bytes)
         }
         return nil
     }
 
     /// After a destroy of that topology: nothing is to be re-applied any more.
     public static func forget(stateDir: String) {
-        for b in [base(stateDir), legacyBase(stateDir)] {
-            for suffix in [".yaml", ".path"] { try? FileManager.default.removeItem(atPath: b + suffix) }
-        }
+        guard let dir = try? StateDirectory(stateDir, create: false) else { return }
+        for b in [base, legacyBase] { for suffix in [".yaml", ".path"] { try? dir.remove(b + suffix) } }
     }
 }

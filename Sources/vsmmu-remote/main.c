@@ -20,6 +20,7 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -41,7 +42,9 @@ static const char *const op_names[OP_COUNT] = {
     "HELLO", "OPEN", "CLOSE", "IOCTL", "READ", "READLINK", "LISTDIR", "WRITE",
     "MEMFD", "STAT", "CHOWN", "MMAP_ANON", "MUNMAP", "FDS", "BYE", "SPAWN", "WAIT"};
 
-static const char *root = "";       // --root: prefix of every /dev and /sys path
+static const char *root = "";       // --root: the directory every /dev and /sys path is beneath
+static int rootfd = -1;              // O_PATH of root ("/" without --root); paths never leave it
+static int no_openat2;               // VSMMU_REMOTE_NO_OPENAT2=1 (tests), or the kernel lacks it
 static FILE *logfile;                  // --log: one line per request
 static char detail[160];             // what the current request was about, for the log
 static unsigned char held[MAX_FDS];  // the fds held for the client: the only ones it may use
@@ -168,16 +171,123 @@ static int allow_write(const char *p) {
 }
 static int allow_stat(const char *p) { return starts(p, "/dev/") || starts(p, "/sys/"); }
 
-// Checks the client's path against `allow` and writes root + path to full. 0 or -errno.
-static int resolve(const uint8_t *s, uint32_t n, int (*allow)(const char *), char *full) {
+// Checks the client's path against `allow` and writes it relative to root (no leading
+// '/') to rel. 0 or -errno.
+static int resolve(const uint8_t *s, uint32_t n, int (*allow)(const char *), char *rel) {
     char path[PATH_MAX];
     int ok = clean_path(s, n, path, sizeof path);
     size_t k = 0; // the log gets the path with unprintable bytes as '?'
     for (; k < n && k < 120; k++) detail[k] = s[k] >= 0x20 && s[k] < 0x7f ? (char)s[k] : '?';
     detail[k] = 0;
     if (!ok || !allow(path)) return -EACCES;
-    if ((size_t)snprintf(full, PATH_MAX, "%s%s", root, path) >= PATH_MAX) return -ENAMETOOLONG;
+    memcpy(rel, path + 1, strlen(path)); // drops the '/', keeps the NUL
     return 0;
+}
+
+// ---- Resolution beneath root: a link inside the tree (sysfs is full of relative ones)
+// is followed, but nothing resolves outside root — not an absolute link, not "..". ----
+
+#ifndef RESOLVE_BENEATH
+#define RESOLVE_NO_MAGICLINKS 0x02
+#define RESOLVE_BENEATH 0x08
+#endif
+#ifndef SYS_openat2
+#define SYS_openat2 437 // the same number on every architecture
+#endif
+struct vsmmu_open_how { uint64_t flags, mode, resolve; };
+
+#define MAX_WALK_DEPTH 128
+#define MAX_LINKS 40
+
+// openat2's fallback (kernels before 5.6): one component at a time from root, each
+// directory opened O_PATH|O_NOFOLLOW from the one before (nothing can be swapped under
+// it), a link expanded by hand: absolute -> EXDEV, ".." at root -> EXDEV.
+static int walk_beneath(const char *rel, int flags) {
+    char rest[2 * PATH_MAX], name[NAME_MAX + 1], target[PATH_MAX], tmp[2 * PATH_MAX];
+    int dirs[MAX_WALK_DEPTH];
+    int depth = 0, links = 0, result;
+    if (strlen(rel) >= sizeof rest) return -ENAMETOOLONG;
+    strcpy(rest, rel);
+    dirs[0] = rootfd;
+    const char *p = rest;
+    for (;;) {
+        while (*p == '/') p++;
+        if (!*p) { result = openat(dirs[depth], ".", flags); result = result < 0 ? -errno : result; break; }
+        size_t len = strcspn(p, "/");
+        if (len > NAME_MAX) { result = -ENAMETOOLONG; break; }
+        memcpy(name, p, len);
+        name[len] = 0;
+        p += len;
+        const char *after = p;
+        while (*after == '/') after++;
+        int last = *after == 0;
+        if (strcmp(name, ".") == 0) continue;
+        if (strcmp(name, "..") == 0) {
+            if (depth == 0) { result = -EXDEV; break; }
+            close(dirs[depth--]);
+            continue;
+        }
+        ssize_t n = readlinkat(dirs[depth], name, target, sizeof target - 1);
+        if (n >= 0) {
+            target[n] = 0;
+            if (++links > MAX_LINKS) { result = -ELOOP; break; }
+            if (target[0] == '/') { result = -EXDEV; break; }
+            if ((size_t)snprintf(tmp, sizeof tmp, "%s%s", target, p) >= sizeof tmp) { result = -ENAMETOOLONG; break; }
+            strcpy(rest, tmp);
+            p = rest;
+            continue;
+        }
+        int fd = last ? openat(dirs[depth], name, flags | O_NOFOLLOW)
+                      : openat(dirs[depth], name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0) {
+            // ELOOP/ENOTDIR: it became a link after readlinkat looked; look again.
+            if ((errno == ELOOP || errno == ENOTDIR) && ++links <= MAX_LINKS) { p -= len; continue; }
+            result = -errno;
+            break;
+        }
+        struct stat st;
+        if ((flags & O_PATH) && last && fstat(fd, &st) == 0 && S_ISLNK(st.st_mode)) { // O_PATH opened the link itself
+            close(fd);
+            if (++links > MAX_LINKS) { result = -ELOOP; break; }
+            p -= len;
+            continue;
+        }
+        if (last) { result = fd; break; }
+        if (depth + 1 >= MAX_WALK_DEPTH) { close(fd); result = -ENAMETOOLONG; break; }
+        dirs[++depth] = fd;
+    }
+    while (depth > 0) close(dirs[depth--]);
+    return result;
+}
+
+// open(2) of rel beneath root. fd or -errno.
+static int open_beneath(const char *rel, int flags) {
+    flags |= O_CLOEXEC;
+    if (!(flags & O_PATH)) flags |= O_NOCTTY; // openat2 refuses O_PATH with other flags
+    if (!*rel) rel = ".";
+    if (!no_openat2) {
+        struct vsmmu_open_how how = {.flags = (uint64_t)flags, .resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS};
+        int fd;
+        do fd = (int)syscall(SYS_openat2, rootfd, rel, &how, sizeof how); while (fd < 0 && errno == EINTR);
+        if (fd >= 0) return fd;
+        if (errno != ENOSYS && errno != EPERM) return -errno; // EPERM: a seccomp filter
+        no_openat2 = 1;
+    }
+    int fd;
+    do fd = walk_beneath(rel, flags); while (fd == -EINTR);
+    return fd;
+}
+
+// The directory holding rel's last component (opened beneath root), and that component,
+// for calls that must not follow it (READLINK, CHOWN). fd or -errno.
+static int parent_beneath(const char *rel, const char **last) {
+    const char *slash = strrchr(rel, '/');
+    char dir[PATH_MAX];
+    if (!slash) { *last = rel; return open_beneath("", O_PATH | O_DIRECTORY); }
+    memcpy(dir, rel, (size_t)(slash - rel));
+    dir[slash - rel] = 0;
+    *last = slash + 1;
+    return open_beneath(dir, O_PATH | O_DIRECTORY);
 }
 
 // ---- File operations ----
@@ -188,15 +298,14 @@ static int op_open(struct in *c, struct out *o) {
     uint8_t *s = get_bytes(c, &n);
     flags = get_u32(c);
     if (!args_ok(c)) return MALFORMED;
-    char full[PATH_MAX];
-    int e = resolve(s, n, allow_open, full);
+    char rel[PATH_MAX];
+    int e = resolve(s, n, allow_open, rel);
     if (e) return e;
     // Only bits with the same value on x86_64 and aarch64 (O_DIRECTORY etc. differ), and
     // never O_CREAT/O_TRUNC on a device path.
     if (flags & ~(uint32_t)(O_ACCMODE | O_NONBLOCK | O_CLOEXEC)) return -EINVAL;
-    int fd;
-    do fd = open(full, (int)flags | O_CLOEXEC | O_NOCTTY); while (fd < 0 && errno == EINTR);
-    return fd < 0 ? -errno : hold(fd);
+    int fd = open_beneath(rel, (int)flags);
+    return fd < 0 ? fd : hold(fd);
 }
 
 static int op_close(struct in *c, struct out *o) {
@@ -209,11 +318,9 @@ static int op_close(struct in *c, struct out *o) {
     return close(fd) < 0 && errno != EINTR ? -errno : 0;
 }
 
-// Reads up to max bytes of path; returns bytes read or -errno.
-static int read_file(const char *path, uint8_t *buf, size_t max) {
-    int fd;
-    do fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY); while (fd < 0 && errno == EINTR);
-    if (fd < 0) return -errno;
+// Reads up to max bytes of an open fd, then closes it; returns bytes read or -errno.
+static int read_fd(int fd, uint8_t *buf, size_t max) {
+    if (fd < 0) return fd;
     size_t got = 0;
     while (got < max) {
         ssize_t r = read(fd, buf + got, max - got);
@@ -226,16 +333,25 @@ static int read_file(const char *path, uint8_t *buf, size_t max) {
     return (int)got;
 }
 
+// Reads up to max bytes of an absolute path of this machine (/proc/self: the executor's own).
+static int read_file(const char *path, uint8_t *buf, size_t max) {
+    int fd;
+    do fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY); while (fd < 0 && errno == EINTR);
+    return read_fd(fd < 0 ? -errno : fd, buf, max);
+}
+
 static int op_read(struct in *c, struct out *o) {
     uint32_t n;
     uint8_t *s = get_bytes(c, &n);
     if (!args_ok(c)) return MALFORMED;
-    char full[PATH_MAX];
-    int e = resolve(s, n, allow_read, full);
+    char rel[PATH_MAX];
+    int e = resolve(s, n, allow_read, rel);
     if (e) return e;
+    int fd = open_beneath(rel, O_RDONLY);
+    if (fd < 0) return fd;
     uint8_t *buf = malloc(MAX_READ);
-    if (!buf) return -ENOMEM;
-    int r = read_file(full, buf, MAX_READ);
+    if (!buf) { close(fd); return -ENOMEM; }
+    int r = read_fd(fd, buf, MAX_READ);
     if (r >= 0) put_bytes(o, buf, (size_t)r);
     free(buf);
     return r;
@@ -245,11 +361,16 @@ static int op_readlink(struct in *c, struct out *o) {
     uint32_t n;
     uint8_t *s = get_bytes(c, &n);
     if (!args_ok(c)) return MALFORMED;
-    char full[PATH_MAX], target[PATH_MAX];
-    int e = resolve(s, n, allow_link, full);
+    char rel[PATH_MAX], target[PATH_MAX];
+    int e = resolve(s, n, allow_link, rel);
     if (e) return e;
-    ssize_t r = readlink(full, target, sizeof target);
-    if (r < 0) return -errno;
+    const char *last;
+    int dir = parent_beneath(rel, &last);
+    if (dir < 0) return dir;
+    ssize_t r = readlinkat(dir, last, target, sizeof target);
+    e = errno;
+    close(dir);
+    if (r < 0) return -e;
     put_bytes(o, target, (size_t)r);
     return 0;
 }
@@ -258,11 +379,13 @@ static int op_listdir(struct in *c, struct out *o) {
     uint32_t n;
     uint8_t *s = get_bytes(c, &n);
     if (!args_ok(c)) return MALFORMED;
-    char full[PATH_MAX];
-    int e = resolve(s, n, allow_listdir, full);
+    char rel[PATH_MAX];
+    int e = resolve(s, n, allow_listdir, rel);
     if (e) return e;
-    DIR *d = opendir(full);
-    if (!d) return -errno;
+    int fd = open_beneath(rel, O_RDONLY | O_DIRECTORY);
+    if (fd < 0) return fd;
+    DIR *d = fdopendir(fd);
+    if (!d) { e = errno; close(fd); return -e; }
     size_t at = o->n;
     uint32_t count = 0;
     put_u32(o, 0);
@@ -283,12 +406,11 @@ static int op_write(struct in *c, struct out *o) {
     uint8_t *s = get_bytes(c, &n);
     uint8_t *data = get_bytes(c, &dn);
     if (!args_ok(c)) return MALFORMED;
-    char full[PATH_MAX];
-    int e = resolve(s, n, allow_write, full);
+    char rel[PATH_MAX];
+    int e = resolve(s, n, allow_write, rel);
     if (e) return e;
-    int fd; // no O_CREAT: only existing attributes are written
-    do fd = open(full, O_WRONLY | O_TRUNC | O_CLOEXEC | O_NOCTTY); while (fd < 0 && errno == EINTR);
-    if (fd < 0) return -errno;
+    int fd = open_beneath(rel, O_WRONLY | O_TRUNC); // no O_CREAT: only existing attributes are written
+    if (fd < 0) return fd;
     ssize_t r;
     do r = write(fd, data ? data : (uint8_t *)"", dn); while (r < 0 && errno == EINTR);
     e = r < 0 ? -errno : (int)r;
@@ -320,11 +442,15 @@ static int op_stat(struct in *c, struct out *o) {
     uint32_t n;
     uint8_t *s = get_bytes(c, &n);
     if (!args_ok(c)) return MALFORMED;
-    char full[PATH_MAX];
-    int e = resolve(s, n, allow_stat, full);
+    char rel[PATH_MAX];
+    int e = resolve(s, n, allow_stat, rel);
     if (e) return e;
+    int fd = open_beneath(rel, O_PATH);
+    if (fd < 0) return fd;
     struct stat st;
-    if (stat(full, &st) < 0) return -errno;
+    e = fstat(fd, &st) < 0 ? -errno : 0;
+    close(fd);
+    if (e) return e;
     put_u32(o, st.st_mode);
     put_u32(o, st.st_uid);
     put_u32(o, st.st_gid);
@@ -337,11 +463,16 @@ static int op_chown(struct in *c, struct out *o) {
     uint8_t *s = get_bytes(c, &n);
     uint32_t uid = get_u32(c), gid = get_u32(c);
     if (!args_ok(c)) return MALFORMED;
-    char full[PATH_MAX];
-    int e = resolve(s, n, vfio_cdev, full);
+    char rel[PATH_MAX];
+    int e = resolve(s, n, vfio_cdev, rel);
     if (e) return e;
+    const char *last;
+    int dir = parent_beneath(rel, &last);
+    if (dir < 0) return dir;
     // NOFOLLOW: change the node itself, never what a planted symlink points at.
-    return fchownat(AT_FDCWD, full, uid, gid, AT_SYMLINK_NOFOLLOW) < 0 ? -errno : 0;
+    e = fchownat(dir, last, uid, gid, AT_SYMLINK_NOFOLLOW) < 0 ? -errno : 0;
+    close(dir);
+    return e;
 }
 
 // ---- Memory for IOAS_MAP ----
@@ -622,6 +753,8 @@ int main(int argc, char **argv) {
     snprintf(rootbuf, sizeof rootbuf, "%s", root);
     for (size_t n = strlen(rootbuf); n > 0 && rootbuf[n - 1] == '/'; n--) rootbuf[n - 1] = 0;
     root = rootbuf;
+    no_openat2 = getenv("VSMMU_REMOTE_NO_OPENAT2") != NULL && strcmp(getenv("VSMMU_REMOTE_NO_OPENAT2"), "1") == 0;
+    if ((rootfd = open(root[0] ? root : "/", O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0) { perror(root); return 1; }
     if (logpath) {
         if (!(logfile = fopen(logpath, "ae"))) { perror(logpath); return 1; }
         setvbuf(logfile, NULL, _IOLBF, 0);
@@ -652,18 +785,18 @@ int main(int argc, char **argv) {
             // Skip the body so the next frame is read from the right place.
             uint8_t chunk[4096];
             uint32_t left = len;
-            if (read_full(hdr, 8)) break;
+            if (read_full(hdr, 8)) { free(o.p); break; }
             seq = le32(hdr + 4);
             for (left -= 8; left; ) {
                 uint32_t k = left < sizeof chunk ? left : (uint32_t)sizeof chunk;
-                if (read_full(chunk, k)) goto out;
+                if (read_full(chunk, k)) { free(o.p); goto out; } // the reply being built too
                 left -= k;
             }
             snprintf(detail, sizeof detail, "length %u over the limit", len);
             res = MALFORMED;
         } else {
             uint8_t *body = malloc(len ? len : 1);
-            if (!body || read_full(body, len)) { free(body); break; }
+            if (!body || read_full(body, len)) { free(body); free(o.p); break; }
             struct in c = {body, len, 0};
             uint32_t op32 = get_u32(&c);
             seq = get_u32(&c);

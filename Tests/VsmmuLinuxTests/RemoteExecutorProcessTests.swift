@@ -5,21 +5,22 @@ import VsmmuKernel
 import VsmmuTestSupport
 
 /// The real executor serving `--root <dir>` on one end of a socketpair (its stdin and
-/// stdout); `sys` is a fake sysfs tree linked in as `<dir>/sys`, and `<dir>/dev` holds
+/// stdout); `sys` is a fake sysfs tree built as `<dir>/sys`, and `<dir>/dev` holds
 /// a /dev/iommu that is a plain file.
 final class SpawnedExecutor {
-    let sys = FakeSysfs()
     let dir = NSTemporaryDirectory() + "vsmmu-remote-root-\(UUID().uuidString)"
+    /// Inside --root: the executor never follows a link out of it.
+    let sys: FakeSysfs
     let process = Process()
     let clientFD: Int32
     let remote: RemoteExecutor
     let endpoint: String
 
     init(timeout: Double = 10, extraArguments: [String] = []) throws {
+        sys = FakeSysfs(root: dir + "/sys")
         let binary = try #require(vsmmuRemoteBinary, "vsmmu-remote is not built next to the tests (swift build builds it)")
         try FileManager.default.createDirectory(atPath: dir + "/dev/vfio/devices", withIntermediateDirectories: true)
         _ = FileManager.default.createFile(atPath: dir + "/dev/iommu", contents: nil)
-        try FileManager.default.createSymbolicLink(atPath: dir + "/sys", withDestinationPath: sys.root)
         var sv: [Int32] = [0, 0]
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &sv) == 0 else { throw Errno(errno) }
         let childEnd = FileHandle(fileDescriptor: sv[1], closeOnDealloc: false)
@@ -156,12 +157,10 @@ final class SpawnedExecutor {
 
 @Test func anExecutorBehindAUnixSocketIsReachedByAddress() throws {
     let binary = try #require(vsmmuRemoteBinary, "vsmmu-remote is not built next to the tests (swift build builds it)")
-    let sys = FakeSysfs()
-    sys.device("0000:09:01.0", driver: "nvidia", group: 12, iommu: nil)
     let root = NSTemporaryDirectory() + "vsmmu-remote-root-\(UUID().uuidString)"
-    try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+    let sys = FakeSysfs(root: root + "/sys")
+    sys.device("0000:09:01.0", driver: "nvidia", group: 12, iommu: nil)
     defer { try? FileManager.default.removeItem(atPath: root) }
-    try FileManager.default.createSymbolicLink(atPath: root + "/sys", withDestinationPath: sys.root)
     let server = try UnixSocketExecutor(binary: binary, root: root)
     let remote = try RemoteExecutor(address: "unix:" + server.path)
     #expect(remote.location == "remote executor at unix:\(server.path)")
