@@ -8,6 +8,7 @@
 //   VsmmuSim (simulated kernel implementing the port)
 //   VsmmuPlanner (desired graph, allocations, diff, operations)
 //   VsmmuExecutor (lock, journal, apply, verify)
+//   VsmmuProvisioning (sessions, the guest lifecycle: the API below the CLI and the agent)
 //   VsmmuCommands (CLI commands) -> vsmmu (one-file main)
 import PackageDescription
 
@@ -36,10 +37,15 @@ let package = Package(
         .target(name: "VsmmuPlanner", dependencies: ["VsmmuKernel", "VsmmuModel"]),
         .target(name: "VsmmuExecutor", dependencies: ["VsmmuPlanner", "VsmmuKernel", "VsmmuModel"]),
         .target(name: "VsmmuVMM", dependencies: ["VsmmuPlanner", "VsmmuKernel", "VsmmuModel"]),
+        // The provisioning API the CLI and the agent both call: sessions, the guest lifecycle.
+        .target(
+            name: "VsmmuProvisioning",
+            dependencies: ["VsmmuExecutor", "VsmmuPlanner", "VsmmuSim", "VsmmuLinux", "VsmmuModel", "VsmmuKernel", "VsmmuYAML", "VsmmuVMM", "CVsmmuUAPI"]
+        ),
         .target(
             name: "VsmmuCommands",
             dependencies: [
-                "VsmmuModel", "VsmmuKernel", "VsmmuSim", "VsmmuLinux", "VsmmuPlanner", "VsmmuExecutor", "VsmmuIPC", "CVsmmuUAPI", "VsmmuVMM",
+                "VsmmuModel", "VsmmuKernel", "VsmmuSim", "VsmmuLinux", "VsmmuPlanner", "VsmmuExecutor", "VsmmuIPC", "CVsmmuUAPI", "VsmmuVMM", "VsmmuProvisioning",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -69,11 +75,11 @@ let package = Package(
         ),
         .testTarget(
             name: "VsmmuPlannerTests",
-            dependencies: ["VsmmuPlanner", "VsmmuExecutor", "VsmmuSim", "VsmmuModel", "VsmmuKernel", "VsmmuYAML", "VsmmuTestSupport"]
+            dependencies: ["VsmmuPlanner", "VsmmuExecutor", "VsmmuSim", "VsmmuModel", "VsmmuKernel", "VsmmuYAML", "VsmmuTestSupport", "VsmmuProvisioning"]
         ),
         .testTarget(
             name: "VsmmuCommandsTests",
-            dependencies: ["VsmmuCommands", "VsmmuModel", "VsmmuTestSupport"],
+            dependencies: ["VsmmuCommands", "VsmmuModel", "VsmmuVMM", "VsmmuTestSupport"],
             exclude: ["golden"]
         ),
     ]

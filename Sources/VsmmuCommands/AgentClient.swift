@@ -1,4 +1,5 @@
 import Foundation
+import VsmmuProvisioning
 import VsmmuIPC
 import VsmmuPlanner
 
@@ -11,6 +12,7 @@ struct AgentClient {
         var version = AgentProtocol.version
         var request: Request?
         var handoff: String?
+        var launch: LaunchRequest?
     }
 
     struct Reply: Codable {
@@ -20,6 +22,7 @@ struct AgentClient {
         var fingerprint: String?
         var savedPlan: String?
         var handoff: JSONText?
+        var launch: LaunchReply?
     }
 
     func connect() throws -> Channel {

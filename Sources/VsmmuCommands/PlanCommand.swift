@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import VsmmuProvisioning
 import VsmmuExecutor
 import VsmmuModel
 import VsmmuPlanner
@@ -89,6 +90,10 @@ func runReporting(_ console: Console, _ body: () throws -> Int32) throws -> Int3
     } catch is ExitCode1 {
         return 1
     } catch let e as CommandError {
+        console.error("error: \(e.message)")
+        if let h = e.hint { console.error("hint: \(h)") }
+        return 1
+    } catch let e as LaunchError {
         console.error("error: \(e.message)")
         if let h = e.hint { console.error("hint: \(h)") }
         return 1

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import VsmmuProvisioning
 
 struct Reconcile: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -1,4 +1,5 @@
 import Foundation
+import VsmmuProvisioning
 import VsmmuExecutor
 import VsmmuKernel
 import VsmmuLinux
@@ -119,14 +120,57 @@ enum Runner {
         }
     }
 
+    /// Guests whose VMM exited go back to prepared (docs/contract.md §6): their records go,
+    /// and the topology last applied here is applied again, which rebuilds their graphs.
+    /// Run before every request, so the in-process simulated host behaves as the agent
+    /// (which also does it as soon as a VMM exits).
+    static func settleLifecycle(session: Session, console: Console, shouldStop: @escaping () -> Bool = { false }) throws {
+        let store = try StateStore(directory: session.stateDir)
+        guard !store.holdings.running.isEmpty else { return }
+        let lifecycle = GuestLifecycle(session: session)
+        let before = store.holdings.running
+        let gone = try lifecycle.collectExited(store: store)
+        guard !gone.isEmpty else { return }
+        for g in gone { console.error("note: guest \(g)'s VMM (pid \(before[g]?.pid ?? 0)) exited; preparing the guest again") }
+        try reprepare(session: session, console: console, shouldStop: shouldStop)
+    }
+
+    /// Applies the topology last applied on this state directory (nothing if none).
+    /// Returns the apply's exit code.
+    @discardableResult
+    static func reprepare(session: Session, console: Console, shouldStop: @escaping () -> Bool = { false }) throws -> Int32 {
+        guard let applied = AppliedTopology.load(stateDir: session.stateDir) else { return 0 }
+        var request = Request(command: "apply")
+        request.file = applied.path
+        request.contentBase64 = Data(applied.bytes).base64EncodedString()
+        request.autoApprove = true
+        let quiet = Console(out: { _ in }, err: { console.errorRaw($0) })
+        return try apply(request, session: session, console: quiet, confirm: nil, destroying: false, shouldStop: shouldStop, settled: true)
+    }
+
+    /// The lifecycle state of `topology`'s guests, and of running guests it no longer has.
+    static func guestStatuses(_ topology: Topology, session: Session, store: StateStore) -> [GuestStatus] {
+        let names = Set(topology.guests.map(\.name))
+        var out: [GuestStatus] = []
+        for var s in GuestLifecycle(session: session).statuses(store.holdings) {
+            if names.contains(s.name) { out.append(s); continue }
+            guard s.state == .running || s.state == .handedOver else { continue }
+            s.notes.append("not in \(topology.file): torn down when its VMM exits")
+            out.append(s)
+        }
+        return out
+    }
+
     static func plan(_ r: Request, session: Session, console: Console, outcome: RequestOutcome) throws -> Int32 {
+        try settleLifecycle(session: session, console: console)
         let store = try StateStore(directory: session.stateDir)
         if !store.interrupted.isEmpty {
             console.error("note: an earlier apply was interrupted inside \(store.interrupted.count) step(s); the plan rebuilds what they touched")
         }
         let host = session.host
         let (topology, validation) = try loadValid(try source(r), host: host, console: console)
-        let plan = try makePlan(topology, validation: validation, host: host, session: session, store: store)
+        var plan = try makePlan(topology, validation: validation, host: host, session: session, store: store)
+        plan.guests = guestStatuses(topology, session: session, store: store)
         if r.format == "json" {
             console.print(PlanJSON.render(plan).rendered())
         } else {
@@ -139,9 +183,10 @@ enum Runner {
 
     /// Apply and destroy: lock, recover, plan, confirm, execute, verify.
     static func apply(_ r: Request, session: Session, console: Console, confirm: ((Plan) -> Bool)?, destroying: Bool,
-                      shouldStop: @escaping () -> Bool) throws -> Int32 {
+                      shouldStop: @escaping () -> Bool, settled: Bool = false) throws -> Int32 {
         let lock: StateLock? = r.dryRun || session.holdsLock ? nil : try StateLock(directory: session.stateDir)
         defer { _ = lock }
+        if !settled && !r.dryRun { try settleLifecycle(session: session, console: console, shouldStop: shouldStop) }
         let store = try StateStore(directory: session.stateDir)
         if !store.interrupted.isEmpty && !r.dryRun {
             let steps = store.interrupted.map { "\($0.index) \($0.call) (\($0.resource))" }.joined(separator: ", ")
@@ -208,7 +253,15 @@ enum Runner {
             throw error
         }
         try session.save()
-        if !destroying, let topology { session.remember(topology, source: r.content) }
+        if let topology, let bytes = r.content {
+            if !destroying {
+                AppliedTopology.save(stateDir: session.stateDir, path: topology.file, bytes: bytes)
+            } else if let applied = AppliedTopology.load(stateDir: session.stateDir),
+                      (try? Topology.parse(SourceText(path: applied.path, bytes: applied.bytes)))?.name == topology.name {
+                // Destroyed: a reconcile must not build it again.
+                AppliedTopology.forget(stateDir: session.stateDir)
+            }
+        }
 
         // Verify: observe again; nothing may be left to do.
         if let topology, let validation {
@@ -235,9 +288,12 @@ enum Runner {
     }
 
     static func show(_ r: Request, session: Session, console: Console) throws -> Int32 {
+        try settleLifecycle(session: session, console: console)
         let store = try StateStore(directory: session.stateDir)
         let observed = try ObservedState.observe(port: session.port, holdings: store.holdings, addresses: [])
-        let doc = ShowDocument.build(observed, host: session.host.name, simulated: session.simulated, interrupted: store.interrupted.count)
+        let statuses = GuestLifecycle(session: session).statuses(store.holdings)
+        let doc = ShowDocument.build(observed, host: session.host.name, simulated: session.simulated, interrupted: store.interrupted.count,
+                                     lifecycle: statuses)
         if r.format == "json" { console.print(doc.rendered()) } else { console.write(ShowDocument.yaml(doc)) }
         return 0
     }

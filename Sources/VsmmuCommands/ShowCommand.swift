@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import VsmmuProvisioning
 import VsmmuExecutor
 import VsmmuKernel
 import VsmmuModel
@@ -33,9 +34,22 @@ struct Show: ParsableCommand {
 }
 
 enum ShowDocument {
-    static func build(_ o: ObservedState, host: String, simulated: Bool, interrupted: Int) -> JSONValue {
+    static func build(_ o: ObservedState, host: String, simulated: Bool, interrupted: Int, lifecycle: [GuestStatus] = []) -> JSONValue {
         var guests: [String: JSONValue] = [:]
         var drift: [JSONValue] = []
+        // Guests a VMM holds: vsmmu holds none of their objects (docs/contract.md §6).
+        for s in lifecycle where s.state == .running || s.state == .handedOver {
+            guard let r = o.holdings.running[s.name] else { continue }
+            var devices: [String: JSONValue] = [:]
+            for (d, a) in r.devices { devices[d] = ["host": .string(a.description), "driver": o.sysfs[a]?.driver.map(JSONValue.string) ?? .null] }
+            var entry: [String: JSONValue] = ["state": .string(s.state!.rawValue), "pid": .int(Int64(r.pid)), "command": .string(r.commandLine),
+                                              "vmm": .string(r.vmm.rawValue), "since": .string(ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: r.since))),
+                                              "devices": .object(devices)]
+            if let remote = r.remote { entry["remote"] = .string(remote) }
+            if !s.notes.isEmpty { entry["notes"] = .array(s.notes.map { .string($0) }) }
+            for n in s.notes { drift.append(.string("guest \(s.name) (running, pid \(r.pid)): \(n)")) }
+            guests[s.name] = .object(entry)
+        }
         for (name, g) in o.holdings.guests {
             let dead = o.deadGuests.contains(name)
             if dead { drift.append(.string("guest \(name): its iommufd context is gone (the holding process exited); apply re-creates it")) }
@@ -73,7 +87,7 @@ enum ShowDocument {
                              "vdevices": .object(vdevs), "veventqs": .object(queues)]
             }
             guests[name] = ["iommufdFd": .int(Int64(g.iommufd.fd)), "ioasId": g.ioas.map { .int(Int64($0)) } ?? .null,
-                            "state": .string(dead ? "lost" : g.uncertain ? "uncertain" : "ok"),
+                            "state": .string(dead ? "lost" : g.uncertain ? "uncertain" : GuestLifecycleState.prepared.rawValue),
                             "devices": .object(devices), "stage2": .object(stage2), "memory": .object(memory), "vsmmus": .object(vsmmus)]
         }
         var bindings: [String: JSONValue] = [:]

@@ -165,6 +165,7 @@ public enum HoldingPatch: Codable, Hashable, Sendable {
     case memory(String, String, MemoryHolding?)
     case vsmmu(String, String, VSMMUHolding?)
     case originalDriver(PCIAddress, String??)
+    case running(String, RunningGuest?)
 }
 
 extension Holdings {
@@ -178,6 +179,7 @@ extension Holdings {
         case .vsmmu(let g, let v, let h): guests[g]?.vsmmus[v] = h
         case .originalDriver(let a, let d):
             if let d { originalDrivers[a] = .some(d) } else { originalDrivers[a] = nil }
+        case .running(let g, let r): running[g] = r
         }
     }
 }

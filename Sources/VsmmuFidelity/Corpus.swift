@@ -60,20 +60,21 @@ public struct Corpus: Sendable {
         "invalidate": (["hwpt", "entry_len", "entries"], ["type", "num"]),
     ]
 
-    /// Names for the uAPI numbers a corpus uses most (reference §2, §5, §7).
-    public static let constants: [String: UInt64] = [
-        "NEST_PARENT": UInt64(UAPI.hwptAllocNestParent), "DIRTY_TRACKING": UInt64(UAPI.hwptAllocDirtyTracking),
-        "PASID": UInt64(UAPI.hwptAllocPASID),
-        "DATA_NONE": UInt64(UAPI.hwptDataNone), "DATA_ARM_SMMUV3": UInt64(UAPI.hwptDataARMSMMUv3),
-        "DATA_SELFTEST": UInt64(UAPI.hwptDataSelftest),
-        "VIOMMU_ARM_SMMUV3": UInt64(UAPI.viommuARMSMMUv3), "VIOMMU_SELFTEST": UInt64(UAPI.viommuSelftest),
-        "VEVENTQ_ARM_SMMUV3": UInt64(UAPI.veventqARMSMMUv3), "VEVENTQ_SELFTEST": UInt64(UAPI.veventqSelftest),
-        "HW_QUEUE_SELFTEST": UInt64(UAPI.hwQueueSelftest),
-        "INVALIDATE_ARM_SMMUV3": UInt64(UAPI.invalidateDataARMSMMUv3),
-        "READ_WRITE": UInt64(UAPI.ioasMapReadable | UAPI.ioasMapWriteable),
-        "FIXED_READ_WRITE": UInt64(UAPI.ioasMapFixedIOVA | UAPI.ioasMapReadable | UAPI.ioasMapWriteable),
-        "HW_INFO_ARM_SMMUV3": UInt64(UAPI.hwInfoARMSMMUv3), "HW_INFO_SELFTEST": UInt64(UAPI.hwInfoSelftest),
-    ]
+    /// Names for the uAPI numbers a corpus uses most (reference §2, §5, §7): the typed
+    /// values' C names, with the kind as prefix where the bare name would be ambiguous.
+    public static let constants: [String: UInt64] = {
+        var c: [String: UInt64] = [:]
+        for f in [HWPTAllocFlags.nestParent, .dirtyTracking, .pasid] { c[f.description] = UInt64(f.rawValue) }
+        for t in [HWPTDataType.none, .armSMMUv3, .selftest] { c["DATA_" + t.name] = UInt64(t.rawValue) }
+        for t in [VIOMMUType.armSMMUv3, .selftest] { c["VIOMMU_" + t.name] = UInt64(t.rawValue) }
+        for t in [VEventQType.armSMMUv3, .selftest] { c["VEVENTQ_" + t.name] = UInt64(t.rawValue) }
+        for t in [HWQueueType.selftest] { c["HW_QUEUE_" + t.name] = UInt64(t.rawValue) }
+        for t in [InvalidateDataType.armSMMUv3] { c["INVALIDATE_" + t.name] = UInt64(t.rawValue) }
+        for t in [HWInfoType.armSMMUv3, .selftest] { c["HW_INFO_" + t.name] = UInt64(t.rawValue) }
+        c["READ_WRITE"] = UInt64(IOASMapFlags([.readable, .writeable]).rawValue)
+        c["FIXED_READ_WRITE"] = UInt64(IOASMapFlags([.fixedIOVA, .readable, .writeable]).rawValue)
+        return c
+    }()
 
     public struct ParseError: Error, CustomStringConvertible {
         public var line: Int

@@ -111,27 +111,27 @@ public struct CorpusRunner {
             return ""
         case "map_file":
             guard let raw = text("mem"), let memory = scope.memories[raw], let file = memory.file else { throw CorpusError(description: "mem= names no memfd") }
-            let iova = try port.ioasMap(fd, ioas: try id("ioas"), flags: try u32("flags"), source: .file(file, offset: try number("offset", default: 0)),
+            let iova = try port.ioasMap(fd, ioas: try id("ioas"), flags: IOASMapFlags(rawValue: try u32("flags")), source: .file(file, offset: try number("offset", default: 0)),
                                         length: try number("length"), iova: try number("iova"))
             bindID(iova); return hex(iova)
         case "unmap":
             let n = try port.ioasUnmap(fd, ioas: try id("ioas"), iova: try number("iova"), length: try number("length"))
             return hex(n)
         case "hwpt_alloc":
-            let id = try port.hwptAlloc(fd, flags: try u32("flags", default: 0), devID: try id("dev"), ptID: try id("pt"),
-                                        dataType: try u32("type", default: 0), data: try bytes("data"))
+            let id = try port.hwptAlloc(fd, flags: HWPTAllocFlags(rawValue: try u32("flags", default: 0)), devID: try id("dev"), ptID: try id("pt"),
+                                        dataType: HWPTDataType(rawValue: try u32("type", default: 0)), data: try bytes("data"))
             bindID(UInt64(id)); return "\(id)"
         case "hw_info":
-            let info = try port.getHwInfo(fd, devID: try id("dev"), requestType: text("type") == nil ? nil : try u32("type"))
-            return "type \(hex(info.dataType)) capabilities \(hex(info.capabilities))"
+            let info = try port.getHwInfo(fd, devID: try id("dev"), requestType: text("type") == nil ? nil : HWInfoType(rawValue: try u32("type")))
+            return "type \(hex(info.dataType.rawValue)) capabilities \(hex(info.capabilities.rawValue))"
         case "viommu_alloc":
-            let r = try port.viommuAlloc(fd, type: try u32("type"), devID: try id("dev"), hwptID: try id("hwpt"), data: try bytes("data"))
+            let r = try port.viommuAlloc(fd, type: VIOMMUType(rawValue: try u32("type")), devID: try id("dev"), hwptID: try id("hwpt"), data: try bytes("data"))
             bindID(UInt64(r.id)); return "\(r.id)"
         case "vdevice_alloc":
             let id = try port.vdeviceAlloc(fd, viommuID: try id("viommu"), devID: try id("dev"), virtID: try number("virt"))
             bindID(UInt64(id)); return "\(id)"
         case "veventq_alloc":
-            let r = try port.veventqAlloc(fd, viommuID: try id("viommu"), type: try u32("type"), depth: try u32("depth"))
+            let r = try port.veventqAlloc(fd, viommuID: try id("viommu"), type: VEventQType(rawValue: try u32("type")), depth: try u32("depth"))
             bindID(UInt64(r.id))
             if let name = call.result { scope.eventFDs[name] = r.eventFD }
             return "\(r.id)"
@@ -139,7 +139,7 @@ public struct CorpusRunner {
             guard let raw = text("q"), let file = scope.eventFDs.removeValue(forKey: raw) else { throw CorpusError(description: "q= names no open vEVENTQ") }
             port.closeEventFD(fd, file); return ""
         case "hw_queue_alloc":
-            let id = try port.hwQueueAlloc(fd, viommuID: try id("viommu"), type: try u32("type"), index: try u32("index"),
+            let id = try port.hwQueueAlloc(fd, viommuID: try id("viommu"), type: HWQueueType(rawValue: try u32("type")), index: try u32("index"),
                                            iova: try number("iova"), length: try number("length"))
             bindID(UInt64(id)); return "\(id)"
         case "mock_domain":
@@ -170,7 +170,7 @@ public struct CorpusRunner {
             let entries = try bytes("entries")
             let entryLen = try u32("entry_len")
             let num = try u32("num", default: entryLen == 0 ? 0 : UInt64(entries.count) / UInt64(entryLen))
-            let done = try port.hwptInvalidate(fd, hwptID: try id("hwpt"), dataType: try u32("type", default: UInt64(UAPI.invalidateDataARMSMMUv3)),
+            let done = try port.hwptInvalidate(fd, hwptID: try id("hwpt"), dataType: InvalidateDataType(rawValue: try u32("type", default: UInt64(InvalidateDataType.armSMMUv3.rawValue))),
                                                entryLen: entryLen, entryNum: num, entries: entries)
             return "\(done)"
         default:

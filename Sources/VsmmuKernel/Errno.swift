@@ -6,6 +6,7 @@ public struct Errno: Error, Hashable, Sendable, Codable, CustomStringConvertible
 
     public static let EPERM = Errno(1)
     public static let ENOENT = Errno(2)
+    public static let ESRCH = Errno(3)
     public static let EINTR = Errno(4)
     public static let EIO = Errno(5)
     public static let ENXIO = Errno(6)
@@ -36,6 +37,7 @@ public struct Errno: Error, Hashable, Sendable, Codable, CustomStringConvertible
     private static let table: [(Int32, String, String)] = [
         (1, "EPERM", "operation not permitted"),
         (2, "ENOENT", "no such object"),
+        (3, "ESRCH", "no such process"),
         (4, "EINTR", "interrupted system call"),
         (5, "EIO", "input/output error"),
         (6, "ENXIO", "no such device or address"),
@@ -90,15 +92,26 @@ public struct Errno: Error, Hashable, Sendable, Codable, CustomStringConvertible
 
 /// A failed kernel call: which call, on what, and the errno the kernel returned.
 public struct KernelCallError: Error, Sendable, CustomStringConvertible {
-    public var call: String
+    public var kernelCall: KernelCall
     public var errno: Errno
     public var detail: String
 
-    public init(_ call: String, _ errno: Errno, _ detail: String = "") {
-        self.call = call
+    public init(_ call: KernelCall, _ errno: Errno, _ detail: String = "") {
+        self.kernelCall = call
         self.errno = errno
         self.detail = detail
     }
+
+    /// A failure of a seam's own system call (`KernelCall.system`), e.g. "OPEN".
+    public init(_ name: String, _ errno: Errno, _ detail: String = "") {
+        self.init(.system(name), errno, detail)
+    }
+
+    /// The call's C name.
+    public var call: String { kernelCall.name }
+
+    /// The same failure, reported as `call` (the port's name for the seam step that failed).
+    public func renamed(_ call: KernelCall) -> KernelCallError { KernelCallError(call, errno, detail) }
 
     public var description: String {
         detail.isEmpty ? "\(call): \(errno)" : "\(call) [\(detail)]: \(errno)"

@@ -20,11 +20,11 @@ public struct IovaRange: Hashable, Sendable, Codable {
 }
 
 public struct HwInfo: Hashable, Sendable, Codable {
-    public var dataType: UInt32
-    public var data: [UInt8]          // driver payload (ARM: 40 bytes of IDRs)
+    public var dataType: HWInfoType
+    public var data: [UInt8]          // driver payload (ARM: 40 bytes of IDRs), decoded by HardwareInfo.swift
     public var maxPasidLog2: UInt8
-    public var capabilities: UInt64
-    public init(dataType: UInt32, data: [UInt8], maxPasidLog2: UInt8, capabilities: UInt64) {
+    public var capabilities: HWInfoCapabilities
+    public init(dataType: HWInfoType, data: [UInt8], maxPasidLog2: UInt8, capabilities: HWInfoCapabilities) {
         self.dataType = dataType; self.data = data; self.maxPasidLog2 = maxPasidLog2; self.capabilities = capabilities
     }
 }
@@ -92,6 +92,24 @@ public struct OpenFileInfo: Hashable, Sendable, Codable {
     public init(fd: Int32, kind: Kind) { self.fd = fd; self.kind = kind }
 }
 
+/// A process that holds a file open, as /proc/<pid>/fd shows it.
+public struct FileHolder: Hashable, Sendable, Codable, CustomStringConvertible {
+    public var pid: Int32
+    /// /proc/<pid>/comm ("?" when it could not be read).
+    public var command: String
+    public init(pid: Int32, command: String) { self.pid = pid; self.command = command }
+    public var description: String { "pid \(pid) (\(command))" }
+}
+
+/// IOMMU_OPTION's options (docs/kernel-interface.md §2.11).
+public enum IommuOption: UInt32, Sendable, Codable {
+    /// 0: pinned pages are charged to the user, 1: to the process (mm). Global; SET needs
+    /// CAP_SYS_RESOURCE and a context that holds no object yet.
+    case rlimitMode = 0
+    /// Per IOAS: 0 maps in PAGE_SIZE pieces.
+    case hugePages = 1
+}
+
 public protocol KernelPort: AnyObject {
     // MARK: facts
     /// /dev/iommu exists (kernel with IOMMUFD).
@@ -113,23 +131,27 @@ public protocol KernelPort: AnyObject {
     func ioasAlloc(_ fd: IommufdHandle) throws(KernelCallError) -> ObjectID
     func ioasIovaRanges(_ fd: IommufdHandle, ioas: ObjectID) throws(KernelCallError) -> (ranges: [IovaRange], alignment: UInt64)
     /// IOMMU_IOAS_MAP (source .userVA) or IOMMU_IOAS_MAP_FILE (source .file); returns the IOVA.
-    func ioasMap(_ fd: IommufdHandle, ioas: ObjectID, flags: UInt32, source: MapSource, length: UInt64, iova: UInt64) throws(KernelCallError) -> UInt64
+    func ioasMap(_ fd: IommufdHandle, ioas: ObjectID, flags: IOASMapFlags, source: MapSource, length: UInt64, iova: UInt64) throws(KernelCallError) -> UInt64
     /// Returns the number of bytes unmapped.
     func ioasUnmap(_ fd: IommufdHandle, ioas: ObjectID, iova: UInt64, length: UInt64) throws(KernelCallError) -> UInt64
-    func hwptAlloc(_ fd: IommufdHandle, flags: UInt32, devID: ObjectID, ptID: ObjectID, dataType: UInt32, data: [UInt8]) throws(KernelCallError) -> ObjectID
+    func hwptAlloc(_ fd: IommufdHandle, flags: HWPTAllocFlags, devID: ObjectID, ptID: ObjectID, dataType: HWPTDataType, data: [UInt8]) throws(KernelCallError) -> ObjectID
     /// `requestType` non-nil sets IOMMU_HW_INFO_FLAG_INPUT_TYPE with that type.
-    func getHwInfo(_ fd: IommufdHandle, devID: ObjectID, requestType: UInt32?) throws(KernelCallError) -> HwInfo
+    func getHwInfo(_ fd: IommufdHandle, devID: ObjectID, requestType: HWInfoType?) throws(KernelCallError) -> HwInfo
     /// Returns the vIOMMU id and the driver data written back (Tegra241: mmap offset/length, 16 bytes).
-    func viommuAlloc(_ fd: IommufdHandle, type: UInt32, devID: ObjectID, hwptID: ObjectID, data: [UInt8]) throws(KernelCallError) -> (id: ObjectID, dataOut: [UInt8])
+    func viommuAlloc(_ fd: IommufdHandle, type: VIOMMUType, devID: ObjectID, hwptID: ObjectID, data: [UInt8]) throws(KernelCallError) -> (id: ObjectID, dataOut: [UInt8])
     func vdeviceAlloc(_ fd: IommufdHandle, viommuID: ObjectID, devID: ObjectID, virtID: UInt64) throws(KernelCallError) -> ObjectID
-    func veventqAlloc(_ fd: IommufdHandle, viommuID: ObjectID, type: UInt32, depth: UInt32) throws(KernelCallError) -> (id: ObjectID, eventFD: KernelFile)
+    func veventqAlloc(_ fd: IommufdHandle, viommuID: ObjectID, type: VEventQType, depth: UInt32) throws(KernelCallError) -> (id: ObjectID, eventFD: KernelFile)
     /// Closes a vEVENTQ fd (its DESTROY is EBUSY while it is open).
     func closeEventFD(_ fd: IommufdHandle, _ eventFD: KernelFile)
-    func hwQueueAlloc(_ fd: IommufdHandle, viommuID: ObjectID, type: UInt32, index: UInt32, iova: UInt64, length: UInt64) throws(KernelCallError) -> ObjectID
+    func hwQueueAlloc(_ fd: IommufdHandle, viommuID: ObjectID, type: HWQueueType, index: UInt32, iova: UInt64, length: UInt64) throws(KernelCallError) -> ObjectID
 
     /// IOMMU_HWPT_INVALIDATE (§2.17, ARM §5.5) on a nested HWPT or a vIOMMU: `entries`
     /// holds `entryNum` requests of `entryLen` bytes each. Returns the number handled.
-    func hwptInvalidate(_ fd: IommufdHandle, hwptID: ObjectID, dataType: UInt32, entryLen: UInt32, entryNum: UInt32, entries: [UInt8]) throws(KernelCallError) -> UInt32
+    func hwptInvalidate(_ fd: IommufdHandle, hwptID: ObjectID, dataType: InvalidateDataType, entryLen: UInt32, entryNum: UInt32, entries: [UInt8]) throws(KernelCallError) -> UInt32
+
+    /// IOMMU_OPTION (§2.11): SET (`value` non-nil) or GET; returns val64 as the kernel wrote it back.
+    @discardableResult
+    func iommuOption(_ fd: IommufdHandle, option: IommuOption, objectID: ObjectID, set value: UInt64?) throws(KernelCallError) -> UInt64
 
     // MARK: selftest mock devices (CONFIG_IOMMUFD_TEST, reference §7)
     func mockDomain(_ fd: IommufdHandle, ptID: ObjectID) throws(KernelCallError) -> MockDevice
@@ -165,6 +187,12 @@ public protocol KernelPort: AnyObject {
     func unbindDriver(_ address: PCIAddress, driver: String) throws(KernelCallError)
     /// Writes the address to /sys/bus/pci/drivers_probe.
     func driversProbe(_ address: PCIAddress) throws(KernelCallError)
+
+    // MARK: who holds a device
+    /// Every process that holds the device's VFIO cdev (or its VFIO group) open, this one
+    /// included: writing `unbind` for such a device blocks in the kernel until the fd
+    /// closes (docs/contract.md §7), so vsmmu asks first.
+    func deviceHolders(_ address: PCIAddress) throws(KernelCallError) -> [FileHolder]
 
     // MARK: this process's files
     /// Every fd this process holds that the kernel port cares about. After an interrupted

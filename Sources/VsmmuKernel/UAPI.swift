@@ -1,67 +1,157 @@
 /// uAPI values from reference/iommufd-uapi.md (Linux 7.2). Numbers only; struct
-/// layouts live with the Linux backend's C shim.
+/// layouts live with the Linux backend's C shim. Each kind of value is its own type
+/// that keeps the C name findable (as swift-system's Errno does): a raw number that is
+/// not in the table still goes to the kernel as it is (the fidelity corpora send some).
 public typealias ObjectID = UInt32
 
+/// A u32 uAPI enumeration (a HWPT data type, a vIOMMU type, …): the raw value, and the
+/// C name (without the common prefix) of the values the table knows.
+public protocol UAPIEnumeration: RawRepresentable, Hashable, Sendable, Codable, Comparable, CustomStringConvertible,
+    ExpressibleByIntegerLiteral where RawValue == UInt32, IntegerLiteralType == UInt32 {
+    init(rawValue: UInt32)
+    /// The C names of the known values, e.g. `ARM_SMMUV3` for IOMMU_HWPT_DATA_ARM_SMMUV3.
+    static var names: [UInt32: String] { get }
+}
+
+extension UAPIEnumeration {
+    public init(integerLiteral value: UInt32) { self.init(rawValue: value) }
+    /// The C name without its prefix, or the number in hex for a value outside the table.
+    public var name: String { Self.names[rawValue] ?? hex(rawValue) }
+    public var description: String { name }
+    public static func < (a: Self, b: Self) -> Bool { a.rawValue < b.rawValue }
+}
+
+/// IOMMU_HWPT_ALLOC data_type (§2.13).
+public struct HWPTDataType: UAPIEnumeration {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+    public static let none: Self = 0
+    public static let vtdS1: Self = 1
+    public static let armSMMUv3: Self = 2
+    public static let selftest: Self = 0xdead
+    public static let names: [UInt32: String] = [0: "NONE", 1: "VTD_S1", 2: "ARM_SMMUV3", 0xdead: "SELFTEST"]
+}
+
+/// IOMMU_GET_HW_INFO data_type (§2.14).
+public struct HWInfoType: UAPIEnumeration {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+    public static let none: Self = 0
+    public static let intelVTD: Self = 1
+    public static let armSMMUv3: Self = 2
+    public static let tegra241CMDQV: Self = 3
+    public static let amd: Self = 4
+    public static let selftest: Self = 0xfeedbeef
+    public static let names: [UInt32: String] = [0: "NONE", 1: "INTEL_VTD", 2: "ARM_SMMUV3", 3: "TEGRA241_CMDQV", 4: "AMD",
+                                                 0xfeedbeef: "SELFTEST"]
+}
+
+/// IOMMU_VIOMMU_ALLOC type (§2.19, §7.3).
+public struct VIOMMUType: UAPIEnumeration {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+    public static let armSMMUv3: Self = 1
+    public static let tegra241CMDQV: Self = 2
+    public static let selftest: Self = 0xdeadbeef
+    public static let names: [UInt32: String] = [1: "ARM_SMMUV3", 2: "TEGRA241_CMDQV", 0xdeadbeef: "SELFTEST"]
+}
+
+/// IOMMU_VEVENTQ_ALLOC type (§2.21, §7.3).
+public struct VEventQType: UAPIEnumeration {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+    public static let armSMMUv3: Self = 1
+    public static let tegra241CMDQV: Self = 2
+    public static let selftest: Self = 0xbeefbeef
+    public static let names: [UInt32: String] = [1: "ARM_SMMUV3", 2: "TEGRA241_CMDQV", 0xbeefbeef: "SELFTEST"]
+    /// The largest veventq_depth the kernel accepts.
+    public static let maxDepth: UInt32 = 524_288
+}
+
+/// IOMMU_HW_QUEUE_ALLOC type (§2.22).
+public struct HWQueueType: UAPIEnumeration {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+    public static let tegra241CMDQV: Self = 1
+    public static let selftest: Self = 0xdeadbeef
+    public static let names: [UInt32: String] = [1: "TEGRA241_CMDQV", 0xdeadbeef: "SELFTEST"]
+}
+
+/// IOMMU_HWPT_INVALIDATE data_type (§2.17) and the size of one ARM command (§5.5).
+public struct InvalidateDataType: UAPIEnumeration {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+    public static let vtdS1: Self = 0
+    public static let armSMMUv3: Self = 1
+    public static let names: [UInt32: String] = [0: "VTD_S1", 1: "ARM_SMMUV3"]
+    public static let armEntrySize: UInt32 = 16
+}
+
+/// A u32/u64 flags word of the uAPI: an option set whose known bits have C names.
+public protocol UAPIFlags: OptionSet, Hashable, Sendable, Codable, CustomStringConvertible, ExpressibleByIntegerLiteral
+    where RawValue: FixedWidthInteger & UnsignedInteger & Codable & Sendable, IntegerLiteralType == RawValue {
+    static var names: [(RawValue, String)] { get }
+}
+
+extension UAPIFlags {
+    public init(integerLiteral value: RawValue) { self.init(rawValue: value) }
+    /// The C spelling of a union: `.fixedIOVA | .readable`.
+    public static func | (a: Self, b: Self) -> Self { a.union(b) }
+    /// `NEST_PARENT|DIRTY_TRACKING`, unknown bits in hex, `0` for none.
+    public var description: String {
+        var rest = rawValue
+        var parts: [String] = []
+        for (bit, name) in Self.names where rawValue & bit == bit && bit != 0 {
+            parts.append(name)
+            rest &= ~bit
+        }
+        if rest != 0 { parts.append(hex(rest)) }
+        return parts.isEmpty ? "0" : parts.joined(separator: "|")
+    }
+}
+
+/// IOMMU_HWPT_ALLOC flags (§2.13).
+public struct HWPTAllocFlags: UAPIFlags {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+    public static let nestParent: Self = 0x1
+    public static let dirtyTracking: Self = 0x2
+    public static let faultIDValid: Self = 0x4
+    public static let pasid: Self = 0x8
+    public static let names: [(UInt32, String)] = [(0x1, "NEST_PARENT"), (0x2, "DIRTY_TRACKING"), (0x4, "FAULT_ID_VALID"), (0x8, "PASID")]
+}
+
+/// IOMMU_IOAS_MAP / IOMMU_IOAS_MAP_FILE flags (§2.6).
+public struct IOASMapFlags: UAPIFlags {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+    public static let fixedIOVA: Self = 0x1
+    public static let writeable: Self = 0x2
+    public static let readable: Self = 0x4
+    public static let names: [(UInt32, String)] = [(0x1, "FIXED_IOVA"), (0x2, "WRITEABLE"), (0x4, "READABLE")]
+}
+
+/// IOMMU_GET_HW_INFO flags (§2.14).
+public struct HWInfoFlags: UAPIFlags {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+    public static let inputType: Self = 0x1
+    public static let names: [(UInt32, String)] = [(0x1, "INPUT_TYPE")]
+}
+
+/// IOMMU_GET_HW_INFO out_capabilities (§2.14).
+public struct HWInfoCapabilities: UAPIFlags {
+    public let rawValue: UInt64
+    public init(rawValue: UInt64) { self.rawValue = rawValue }
+    public static let dirtyTracking: Self = 0x1
+    public static let pciPASIDExec: Self = 0x2
+    public static let pciPASIDPriv: Self = 0x4
+    public static let pciATSNotSupported: Self = 0x8
+    public static let names: [(UInt64, String)] = [(0x1, "DIRTY_TRACKING"), (0x2, "PCI_PASID_EXEC"), (0x4, "PCI_PASID_PRIV"),
+                                                   (0x8, "PCI_ATS_NOT_SUPPORTED")]
+}
+
 public enum UAPI {
-    // Request numbers (§1.1), used to name operations in plans, errors and VSMMU_SIM_FAIL.
-    public static let requests: [String: UInt32] = [
-        "IOMMU_DESTROY": 0x3B80, "IOMMU_IOAS_ALLOC": 0x3B81, "IOMMU_IOAS_ALLOW_IOVAS": 0x3B82,
-        "IOMMU_IOAS_COPY": 0x3B83, "IOMMU_IOAS_IOVA_RANGES": 0x3B84, "IOMMU_IOAS_MAP": 0x3B85,
-        "IOMMU_IOAS_UNMAP": 0x3B86, "IOMMU_OPTION": 0x3B87, "IOMMU_VFIO_IOAS": 0x3B88,
-        "IOMMU_HWPT_ALLOC": 0x3B89, "IOMMU_GET_HW_INFO": 0x3B8A, "IOMMU_HWPT_INVALIDATE": 0x3B8D,
-        "IOMMU_IOAS_MAP_FILE": 0x3B8F, "IOMMU_VIOMMU_ALLOC": 0x3B90, "IOMMU_VDEVICE_ALLOC": 0x3B91,
-        "IOMMU_VEVENTQ_ALLOC": 0x3B93, "IOMMU_HW_QUEUE_ALLOC": 0x3B94, "IOMMU_TEST_CMD": 0x3BA0,
-        "VFIO_DEVICE_BIND_IOMMUFD": 0x3B76, "VFIO_DEVICE_ATTACH_IOMMUFD_PT": 0x3B77,
-        "VFIO_DEVICE_DETACH_IOMMUFD_PT": 0x3B78,
-    ]
-
-    // IOMMU_HWPT_ALLOC flags (§2.13)
-    public static let hwptAllocNestParent: UInt32 = 0x1
-    public static let hwptAllocDirtyTracking: UInt32 = 0x2
-    public static let hwptAllocFaultIDValid: UInt32 = 0x4
-    public static let hwptAllocPASID: UInt32 = 0x8
-
-    // HWPT data types
-    public static let hwptDataNone: UInt32 = 0
-    public static let hwptDataVTDS1: UInt32 = 1
-    public static let hwptDataARMSMMUv3: UInt32 = 2
-    public static let hwptDataSelftest: UInt32 = 0xdead
-
-    // IOAS_MAP flags (§2.6)
-    public static let ioasMapFixedIOVA: UInt32 = 0x1
-    public static let ioasMapWriteable: UInt32 = 0x2
-    public static let ioasMapReadable: UInt32 = 0x4
-
-    // GET_HW_INFO types (§2.14)
-    public static let hwInfoNone: UInt32 = 0
-    public static let hwInfoIntelVTD: UInt32 = 1
-    public static let hwInfoARMSMMUv3: UInt32 = 2
-    public static let hwInfoTegra241CMDQV: UInt32 = 3
-    public static let hwInfoAMD: UInt32 = 4
-    public static let hwInfoSelftest: UInt32 = 0xfeedbeef
-    public static let hwInfoFlagInputType: UInt32 = 0x1
-    public static let hwCapPCIATSNotSupported: UInt64 = 0x8
-
-    // IOMMU_HWPT_INVALIDATE data types (§2.17) and the ARM command entry (§5.5)
-    public static let invalidateDataVTDS1: UInt32 = 0
-    public static let invalidateDataARMSMMUv3: UInt32 = 1
-    public static let armInvalidateEntrySize: UInt32 = 16
-
-    // vIOMMU types (§2.19, §7.3)
-    public static let viommuARMSMMUv3: UInt32 = 1
-    public static let viommuTegra241CMDQV: UInt32 = 2
-    public static let viommuSelftest: UInt32 = 0xdeadbeef
-
-    // vEVENTQ types (§2.21, §7.3)
-    public static let veventqARMSMMUv3: UInt32 = 1
-    public static let veventqTegra241CMDQV: UInt32 = 2
-    public static let veventqSelftest: UInt32 = 0xbeefbeef
-    public static let veventqMaxDepth: UInt32 = 524_288
-
-    // HW queue types (§2.22)
-    public static let hwQueueTegra241CMDQV: UInt32 = 1
-    public static let hwQueueSelftest: UInt32 = 0xdeadbeef
-
     // vSTE words for the nested HWPTs that exist before the guest runs (§5.3)
     public static let vsteAbort: (UInt64, UInt64) = (0x1, 0x0)
     public static let vsteBypass: (UInt64, UInt64) = (0x9, 0x0)

@@ -3,53 +3,6 @@ import Foundation
 import Glibc
 import VsmmuKernel
 
-/// Decoded IOMMU registers (reference §5.1, §5.8, §6).
-public struct IOMMUFeatures: Hashable, Sendable {
-    public var nesting: Bool?
-    public var coherent: Bool?
-    public var ats: Bool?
-    public var ril: Bool?
-    public var pasid: Bool?
-    public var ssidSize: Int?
-    public var oas: Int?
-    public var vcmdqs: Int?
-
-    /// ARM SMMUv3 `iommu_hw_info_arm_smmuv3` (40 bytes: flags, reserved, idr[6], iidr, aidr).
-    public static func armSMMUv3(_ data: [UInt8], maxPasidLog2: UInt8, capabilities: UInt64) -> IOMMUFeatures? {
-        guard data.count >= 40 else { return nil }
-        func u32(_ off: Int) -> UInt32 { (0..<4).reduce(0) { $0 | UInt32(data[off + $1]) << (8 * UInt32($1)) } }
-        let idr0 = u32(8), idr1 = u32(12), idr3 = u32(20), idr5 = u32(28)
-        let oasCodes = [0: 32, 1: 36, 2: 40, 3: 42, 4: 44, 5: 48, 6: 52]
-        var f = IOMMUFeatures()
-        // Necessary, not sufficient (errata): the NEST_PARENT probe decides (§9.23).
-        f.nesting = idr0 & 0x3 == 0x3
-        // S2FWB makes a vIOMMU possible; without it, only the CANWBS firmware flag can (probe).
-        f.coherent = idr3 & (1 << 8) != 0 ? true : nil
-        f.ats = idr0 & (1 << 10) != 0 && capabilities & UAPI.hwCapPCIATSNotSupported == 0
-        f.ril = idr3 & (1 << 10) != 0
-        f.ssidSize = Int(idr1 >> 6 & 0x1f)
-        f.pasid = f.ssidSize! > 0
-        f.oas = oasCodes[Int(idr5 & 0x7)] ?? 48
-        return f
-    }
-
-    /// Intel `iommu_hw_info_vtd`: cap at 8, ecap at 16.
-    public static func intelVTd(_ data: [UInt8]) -> IOMMUFeatures? {
-        guard data.count >= 24 else { return nil }
-        func u64(_ off: Int) -> UInt64 { (0..<8).reduce(0) { $0 | UInt64(data[off + $1]) << (8 * UInt64($1)) } }
-        let cap = u64(8), ecap = u64(16)
-        var f = IOMMUFeatures()
-        f.nesting = ecap & (1 << 26) != 0          // ecap.NEST
-        f.coherent = ecap & 1 != 0                 // ecap.C (page-walk coherency)
-        f.ats = ecap & (1 << 2) != 0               // ecap.DT (device TLB)
-        f.pasid = ecap & (1 << 40) != 0            // ecap.PASID
-        f.ssidSize = f.pasid! ? Int(ecap >> 35 & 0x1f) + 1 : 0   // ecap.PSS + 1
-        f.ril = false
-        f.oas = Int(cap >> 16 & 0x3f) + 1          // cap.MGAW + 1
-        return f
-    }
-}
-
 /// `vsmmu host`: the Host description of this machine (SPEC §3), from sysfs and, for one
 /// device per IOMMU that is already on vfio-pci, GET_HW_INFO and two probes in a private
 /// iommufd context (everything in it dies with the fd). What cannot be known without a
@@ -162,7 +115,7 @@ public struct HostDiscovery {
         }
         try kernel.driversProbe(a)
         guard let bound = try kernel.pciDevice(a), bound.driver == "vfio-pci", bound.vfioDevIndex != nil else {
-            throw KernelCallError("SYSFS_DRIVERS_PROBE", .ENODEV, "\(a) did not bind to vfio-pci for the probe")
+            throw KernelCallError(.sysfsDriversProbe, .ENODEV, "\(a) did not bind to vfio-pci for the probe")
         }
         return try probeFeatures(bound, type: type)
     }
@@ -172,8 +125,7 @@ public struct HostDiscovery {
         guard let tree = kernel.sysfs as? SysfsTree,
               let cap = tree.hexValue(tree.root + "/class/iommu/\(name)/intel-iommu/cap"),
               let ecap = tree.hexValue(tree.root + "/class/iommu/\(name)/intel-iommu/ecap") else { return nil }
-        func le64(_ v: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: v >> (8 * UInt64($0))) } }
-        return [UInt8](repeating: 0, count: 8) + le64(cap) + le64(ecap)
+        return IntelVTdHWInfo(cap: cap, ecap: ecap).bytes
     }
 
     /// GET_HW_INFO and the nesting/vIOMMU probes, in a throwaway context.
@@ -185,16 +137,16 @@ public struct HostDiscovery {
         let devID = try kernel.bindIommufd(dev, iommufd: ctx)
         let info = try kernel.getHwInfo(ctx, devID: devID, requestType: nil)
         switch info.dataType {
-        case UAPI.hwInfoARMSMMUv3:
+        case .armSMMUv3:
             guard var f = IOMMUFeatures.armSMMUv3(info.data, maxPasidLog2: info.maxPasidLog2, capabilities: info.capabilities) else { return IOMMUFeatures() }
             let ioas = try kernel.ioasAlloc(ctx)
             // Nesting for real: errata can hide it behind set IDR bits (§9.23).
             do {
-                let s2 = try kernel.hwptAlloc(ctx, flags: UAPI.hwptAllocNestParent, devID: devID, ptID: ioas, dataType: 0, data: [])
+                let s2 = try kernel.hwptAlloc(ctx, flags: .nestParent, devID: devID, ptID: ioas, dataType: .none, data: [])
                 f.nesting = true
                 // vIOMMU possible = nesting and (CANWBS or S2FWB): the only way to see CANWBS.
                 do {
-                    let v = try kernel.viommuAlloc(ctx, type: UAPI.viommuARMSMMUv3, devID: devID, hwptID: s2, data: [])
+                    let v = try kernel.viommuAlloc(ctx, type: .armSMMUv3, devID: devID, hwptID: s2, data: [])
                     f.coherent = true
                     try? kernel.destroy(ctx, id: v.id)
                 } catch where error.errno == .EOPNOTSUPP {
@@ -205,11 +157,11 @@ public struct HostDiscovery {
                 f.nesting = false
                 if f.coherent == nil { f.coherent = false }
             }
-            if let cmdqv = try? kernel.getHwInfo(ctx, devID: devID, requestType: UAPI.hwInfoTegra241CMDQV), cmdqv.data.count >= 8 {
-                f.vcmdqs = 1 << Int(cmdqv.data[5])
+            if let cmdqv = try? kernel.getHwInfo(ctx, devID: devID, requestType: .tegra241CMDQV), let info = Tegra241CMDQVHWInfo(cmdqv.data) {
+                f.vcmdqs = info.vcmdqs
             }
             return f
-        case UAPI.hwInfoIntelVTD:
+        case .intelVTD:
             return IOMMUFeatures.intelVTd(info.data) ?? IOMMUFeatures()
         default:
             return IOMMUFeatures()
@@ -221,7 +173,7 @@ public struct HostDiscovery {
         guard let ctx = try? kernel.openIommufd() else { return nil }
         defer { kernel.close(ctx) }
         guard let ioas = try? kernel.ioasAlloc(ctx), let mock = try? kernel.mockDomain(ctx, ptID: ioas),
-              let info = try? kernel.getHwInfo(ctx, devID: mock.idevID, requestType: nil), info.dataType == UAPI.hwInfoSelftest else { return nil }
+              let info = try? kernel.getHwInfo(ctx, devID: mock.idevID, requestType: nil), info.dataType == .selftest else { return nil }
         return HostIOMMU(name: "selftest", type: .selftest, nesting: true, coherent: true, ats: false, ril: false, pasid: true,
                          ssidSize: 20, oas: 48, reservedRegions: [], cmdqvVCMDQs: nil)
     }

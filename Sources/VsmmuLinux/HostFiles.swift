@@ -61,11 +61,6 @@ extension HostFiles {
     public func exists(_ path: String) -> Bool { status(path) != nil }
 }
 
-extension KernelCallError {
-    /// The same failure under the caller's call name.
-    func renamed(_ call: String) -> KernelCallError { KernelCallError(call, errno, detail) }
-}
-
 /// The system calls on this machine, exactly as the backend made them before the seam.
 public final class LocalHostFiles: HostFiles {
     /// pid and start time (field 22 of /proc/self/stat): a reused pid is another process.
@@ -126,11 +121,11 @@ public final class LocalHostFiles: HostFiles {
 
     public func memfd(name: String, size: UInt64, flags: UInt32) throws(KernelCallError) -> Int32 {
         let fd = vsmmu_memfd_create(name, flags)
-        guard fd >= 0 else { throw KernelCallError("MEMFD_CREATE", Errno(-fd), "name=\(name)") }
+        guard fd >= 0 else { throw KernelCallError(.memfdCreate, Errno(-fd), "name=\(name)") }
         guard ftruncate(fd, off_t(truncatingIfNeeded: size)) == 0 else {
             let e = errno
             _ = Glibc.close(fd)
-            throw KernelCallError("MEMFD_CREATE", Errno(e), "ftruncate \(name) to \(size)")
+            throw KernelCallError(.memfdCreate, Errno(e), "ftruncate \(name) to \(size)")
         }
         return fd
     }
@@ -149,7 +144,7 @@ public final class LocalHostFiles: HostFiles {
         var flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE
         if let huge = hugepageLog2 { flags |= MAP_HUGETLB | Int32(bitPattern: huge << 26) }
         guard let p = mmap(nil, Int(size), PROT_READ | PROT_WRITE, flags, -1, 0), p != MAP_FAILED else {
-            throw KernelCallError("MMAP_ANON", Errno(errno), "size=\(size)")
+            throw KernelCallError(.mmapAnon, Errno(errno), "size=\(size)")
         }
         return UInt64(UInt(bitPattern: p))
     }

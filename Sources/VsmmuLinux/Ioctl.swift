@@ -32,14 +32,16 @@ public struct IoctlCalls {
     public let transport: IoctlTransport
     public init(transport: IoctlTransport) { self.transport = transport }
 
-    /// Runs one request on `value`'s bytes.
+    /// Runs one request on `value`'s bytes, on the fd the request names.
     @discardableResult
-    func call<T>(_ name: String, _ fd: Int32, _ request: UInt32, _ value: inout T, _ detail: @autoclosure () -> String) throws(KernelCallError) -> Int32 {
+    func call<T>(_ request: KernelRequest, _ fd: Int32, _ value: inout T) throws(KernelCallError) -> Int32 {
+        let kernelCall = request.call
+        guard let number = kernelCall.request else { preconditionFailure("\(kernelCall) is not an ioctl") }
         var r: Int32
         repeat {
-            r = withUnsafeMutableBytes(of: &value) { transport.ioctl(fd, request, $0) }
+            r = withUnsafeMutableBytes(of: &value) { transport.ioctl(fd, number, $0) }
         } while r == -Errno.EINTR.rawValue
-        if r < 0 { throw KernelCallError(name, Errno(-r), "fd=\(fd) " + detail() + (transport.transportFailure.map { "; \($0)" } ?? "")) }
+        if r < 0 { throw KernelCallError(kernelCall, Errno(-r), request.detail + (transport.transportFailure.map { "; \($0)" } ?? "")) }
         return r
     }
 
@@ -47,12 +49,21 @@ public struct IoctlCalls {
 
     public func destroy(_ fd: Int32, id: ObjectID) throws(KernelCallError) {
         var s = vsmmu_iommu_destroy(size: Self.size(vsmmu_iommu_destroy.self), id: id)
-        try call("IOMMU_DESTROY", fd, UInt32(VSMMU_IOMMU_DESTROY), &s, "id=\(id)")
+        try call(.destroy(fd: fd, id: id), fd, &s)
+    }
+
+    /// IOMMU_OPTION: SET when `value` is given, else GET; returns val64 as written back.
+    public func option(_ fd: Int32, option: IommuOption, objectID: ObjectID, value: UInt64?) throws(KernelCallError) -> UInt64 {
+        let op = UInt16(value == nil ? VSMMU_IOMMU_OPTION_OP_GET : VSMMU_IOMMU_OPTION_OP_SET)
+        var s = vsmmu_iommu_option(size: Self.size(vsmmu_iommu_option.self), option_id: option.rawValue, op: op, __reserved: 0,
+                                   object_id: objectID, val64: value ?? 0)
+        try call(.option(fd: fd, option: option, objectID: objectID, value: value), fd, &s)
+        return s.val64
     }
 
     public func ioasAlloc(_ fd: Int32) throws(KernelCallError) -> ObjectID {
         var s = vsmmu_iommu_ioas_alloc(size: Self.size(vsmmu_iommu_ioas_alloc.self), flags: 0, out_ioas_id: 0)
-        try call("IOMMU_IOAS_ALLOC", fd, UInt32(VSMMU_IOMMU_IOAS_ALLOC), &s, "flags=0")
+        try call(.ioasAlloc(fd: fd), fd, &s)
         return s.out_ioas_id
     }
 
@@ -67,7 +78,7 @@ public struct IoctlCalls {
             do throws(KernelCallError) {
                 try buffer.withUnsafeMutableBufferPointer { (b) throws(KernelCallError) in
                     s.allowed_iovas = UInt64(UInt(bitPattern: b.baseAddress))
-                    try call("IOMMU_IOAS_IOVA_RANGES", fd, UInt32(VSMMU_IOMMU_IOAS_IOVA_RANGES), &s, "ioas=\(ioas) num_iovas=\(capacity)")
+                    try call(.ioasIovaRanges(fd: fd, ioas: ioas, numIovas: capacity), fd, &s)
                 }
             } catch {
                 // EMSGSIZE comes after num_iovas was written back with the count needed (§2.4).
@@ -79,90 +90,84 @@ public struct IoctlCalls {
         }
     }
 
-    public func ioasMap(_ fd: Int32, ioas: ObjectID, flags: UInt32, userVA: UInt64, length: UInt64, iova: UInt64) throws(KernelCallError) -> UInt64 {
-        var s = vsmmu_iommu_ioas_map(size: Self.size(vsmmu_iommu_ioas_map.self), flags: flags, ioas_id: ioas, __reserved: 0,
+    public func ioasMap(_ fd: Int32, ioas: ObjectID, flags: IOASMapFlags, userVA: UInt64, length: UInt64, iova: UInt64) throws(KernelCallError) -> UInt64 {
+        var s = vsmmu_iommu_ioas_map(size: Self.size(vsmmu_iommu_ioas_map.self), flags: flags.rawValue, ioas_id: ioas, __reserved: 0,
                                      user_va: userVA, length: length, iova: iova)
-        try call("IOMMU_IOAS_MAP", fd, UInt32(VSMMU_IOMMU_IOAS_MAP), &s,
-                 "ioas=\(ioas) flags=\(hex(flags)) user_va=\(hex(userVA)) length=\(hex(length)) iova=\(hex(iova))")
+        try call(.ioasMap(fd: fd, ioas: ioas, flags: flags, source: .userVA(userVA), length: length, iova: iova), fd, &s)
         return s.iova
     }
 
-    public func ioasMapFile(_ fd: Int32, ioas: ObjectID, flags: UInt32, file: Int32, start: UInt64, length: UInt64, iova: UInt64) throws(KernelCallError) -> UInt64 {
-        var s = vsmmu_iommu_ioas_map_file(size: Self.size(vsmmu_iommu_ioas_map_file.self), flags: flags, ioas_id: ioas, fd: file,
+    public func ioasMapFile(_ fd: Int32, ioas: ObjectID, flags: IOASMapFlags, file: Int32, start: UInt64, length: UInt64, iova: UInt64) throws(KernelCallError) -> UInt64 {
+        var s = vsmmu_iommu_ioas_map_file(size: Self.size(vsmmu_iommu_ioas_map_file.self), flags: flags.rawValue, ioas_id: ioas, fd: file,
                                           start: start, length: length, iova: iova)
-        try call("IOMMU_IOAS_MAP_FILE", fd, UInt32(VSMMU_IOMMU_IOAS_MAP_FILE), &s,
-                 "ioas=\(ioas) flags=\(hex(flags)) memfd=\(file) start=\(hex(start)) length=\(hex(length)) iova=\(hex(iova))")
+        try call(.ioasMap(fd: fd, ioas: ioas, flags: flags, source: .file(KernelFile(fd: file), offset: start), length: length, iova: iova), fd, &s)
         return s.iova
     }
 
     public func ioasUnmap(_ fd: Int32, ioas: ObjectID, iova: UInt64, length: UInt64) throws(KernelCallError) -> UInt64 {
         var s = vsmmu_iommu_ioas_unmap(size: Self.size(vsmmu_iommu_ioas_unmap.self), ioas_id: ioas, iova: iova, length: length)
-        try call("IOMMU_IOAS_UNMAP", fd, UInt32(VSMMU_IOMMU_IOAS_UNMAP), &s, "ioas=\(ioas) iova=\(hex(iova)) length=\(hex(length))")
+        try call(.ioasUnmap(fd: fd, ioas: ioas, iova: iova, length: length), fd, &s)
         return s.length
     }
 
-    public func hwptAlloc(_ fd: Int32, flags: UInt32, devID: ObjectID, ptID: ObjectID, dataType: UInt32, data: [UInt8]) throws(KernelCallError) -> ObjectID {
+    public func hwptAlloc(_ fd: Int32, flags: HWPTAllocFlags, devID: ObjectID, ptID: ObjectID, dataType: HWPTDataType, data: [UInt8]) throws(KernelCallError) -> ObjectID {
         var s = vsmmu_iommu_hwpt_alloc()
         s.size = Self.size(vsmmu_iommu_hwpt_alloc.self)
-        s.flags = flags
+        s.flags = flags.rawValue
         s.dev_id = devID
         s.pt_id = ptID
-        s.data_type = dataType
+        s.data_type = dataType.rawValue
         s.data_len = UInt32(data.count)
         var payload = data
         try withBytes(&payload) { (b) throws(KernelCallError) in
             s.data_uptr = data.isEmpty ? 0 : UInt64(UInt(bitPattern: b.baseAddress))
-            try call("IOMMU_HWPT_ALLOC", fd, UInt32(VSMMU_IOMMU_HWPT_ALLOC), &s,
-                     "flags=\(hex(flags)) dev_id=\(devID) pt_id=\(ptID) data_type=\(hex(dataType)) data_len=\(data.count)")
+            try call(.hwptAlloc(fd: fd, flags: flags, devID: devID, ptID: ptID, dataType: dataType, dataLength: data.count), fd, &s)
         }
         return s.out_hwpt_id
     }
 
-    public func hwptInvalidate(_ fd: Int32, hwptID: ObjectID, dataType: UInt32, entryLen: UInt32, entryNum: UInt32, entries: [UInt8]) throws(KernelCallError) -> UInt32 {
+    public func hwptInvalidate(_ fd: Int32, hwptID: ObjectID, dataType: InvalidateDataType, entryLen: UInt32, entryNum: UInt32, entries: [UInt8]) throws(KernelCallError) -> UInt32 {
         var s = vsmmu_iommu_hwpt_invalidate()
         s.size = Self.size(vsmmu_iommu_hwpt_invalidate.self)
         s.hwpt_id = hwptID
-        s.data_type = dataType
+        s.data_type = dataType.rawValue
         s.entry_len = entryLen
         s.entry_num = entryNum
         var payload = entries
         try withBytes(&payload) { (b) throws(KernelCallError) in
             s.data_uptr = entries.isEmpty ? 0 : UInt64(UInt(bitPattern: b.baseAddress))
-            try call("IOMMU_HWPT_INVALIDATE", fd, UInt32(VSMMU_IOMMU_HWPT_INVALIDATE), &s,
-                     "hwpt_id=\(hwptID) data_type=\(dataType) entry_len=\(entryLen) entry_num=\(entryNum)")
+            try call(.hwptInvalidate(fd: fd, hwptID: hwptID, dataType: dataType, entryLen: entryLen, entryNum: entryNum), fd, &s)
         }
         return s.entry_num
     }
 
-    public func getHwInfo(_ fd: Int32, devID: ObjectID, requestType: UInt32?) throws(KernelCallError) -> HwInfo {
+    public func getHwInfo(_ fd: Int32, devID: ObjectID, requestType: HWInfoType?) throws(KernelCallError) -> HwInfo {
         var buffer = [UInt8](repeating: 0, count: 64)
         var s = vsmmu_iommu_hw_info()
         s.size = Self.size(vsmmu_iommu_hw_info.self)
-        s.flags = requestType == nil ? 0 : UAPI.hwInfoFlagInputType
+        s.flags = requestType == nil ? 0 : HWInfoFlags.inputType.rawValue
         s.dev_id = devID
         s.data_len = UInt32(buffer.count)
-        s.data_type = requestType ?? 0
+        s.data_type = requestType?.rawValue ?? 0
         try withBytes(&buffer) { (b) throws(KernelCallError) in
             s.data_uptr = UInt64(UInt(bitPattern: b.baseAddress))
-            try call("IOMMU_GET_HW_INFO", fd, UInt32(VSMMU_IOMMU_GET_HW_INFO), &s,
-                     "dev_id=\(devID)" + (requestType.map { " in_data_type=\(hex($0))" } ?? ""))
+            try call(.getHwInfo(fd: fd, devID: devID, requestType: requestType), fd, &s)
         }
-        return HwInfo(dataType: s.data_type, data: Array(buffer.prefix(Int(min(s.data_len, UInt32(buffer.count))))),
-                      maxPasidLog2: s.out_max_pasid_log2, capabilities: s.out_capabilities)
+        return HwInfo(dataType: HWInfoType(rawValue: s.data_type), data: Array(buffer.prefix(Int(min(s.data_len, UInt32(buffer.count))))),
+                      maxPasidLog2: s.out_max_pasid_log2, capabilities: HWInfoCapabilities(rawValue: s.out_capabilities))
     }
 
-    public func viommuAlloc(_ fd: Int32, type: UInt32, devID: ObjectID, hwptID: ObjectID, data: [UInt8]) throws(KernelCallError) -> (id: ObjectID, dataOut: [UInt8]) {
+    public func viommuAlloc(_ fd: Int32, type: VIOMMUType, devID: ObjectID, hwptID: ObjectID, data: [UInt8]) throws(KernelCallError) -> (id: ObjectID, dataOut: [UInt8]) {
         var s = vsmmu_iommu_viommu_alloc()
         s.size = Self.size(vsmmu_iommu_viommu_alloc.self)
-        s.type = type
+        s.type = type.rawValue
         s.dev_id = devID
         s.hwpt_id = hwptID
         s.data_len = UInt32(data.count)
         var payload = data
         try withBytes(&payload) { (b) throws(KernelCallError) in
             s.data_uptr = data.isEmpty ? 0 : UInt64(UInt(bitPattern: b.baseAddress))
-            try call("IOMMU_VIOMMU_ALLOC", fd, UInt32(VSMMU_IOMMU_VIOMMU_ALLOC), &s,
-                     "type=\(hex(type)) dev_id=\(devID) hwpt_id=\(hwptID) data_len=\(data.count)")
+            try call(.viommuAlloc(fd: fd, type: type, devID: devID, hwptID: hwptID, dataLength: data.count), fd, &s)
         }
         return (s.out_viommu_id, payload)
     }
@@ -170,25 +175,24 @@ public struct IoctlCalls {
     public func vdeviceAlloc(_ fd: Int32, viommuID: ObjectID, devID: ObjectID, virtID: UInt64) throws(KernelCallError) -> ObjectID {
         var s = vsmmu_iommu_vdevice_alloc(size: Self.size(vsmmu_iommu_vdevice_alloc.self), viommu_id: viommuID, dev_id: devID,
                                           out_vdevice_id: 0, virt_id: virtID)
-        try call("IOMMU_VDEVICE_ALLOC", fd, UInt32(VSMMU_IOMMU_VDEVICE_ALLOC), &s, "viommu=\(viommuID) dev_id=\(devID) virt_id=\(hex(virtID))")
+        try call(.vdeviceAlloc(fd: fd, viommuID: viommuID, devID: devID, virtID: virtID), fd, &s)
         return s.out_vdevice_id
     }
 
-    public func veventqAlloc(_ fd: Int32, viommuID: ObjectID, type: UInt32, depth: UInt32) throws(KernelCallError) -> (id: ObjectID, eventFD: Int32) {
+    public func veventqAlloc(_ fd: Int32, viommuID: ObjectID, type: VEventQType, depth: UInt32) throws(KernelCallError) -> (id: ObjectID, eventFD: Int32) {
         var s = vsmmu_iommu_veventq_alloc()
         s.size = Self.size(vsmmu_iommu_veventq_alloc.self)
         s.viommu_id = viommuID
-        s.type = type
+        s.type = type.rawValue
         s.veventq_depth = depth
-        try call("IOMMU_VEVENTQ_ALLOC", fd, UInt32(VSMMU_IOMMU_VEVENTQ_ALLOC), &s, "viommu=\(viommuID) type=\(hex(type)) depth=\(depth)")
+        try call(.veventqAlloc(fd: fd, viommuID: viommuID, type: type, depth: depth), fd, &s)
         return (s.out_veventq_id, Int32(bitPattern: s.out_veventq_fd))
     }
 
-    public func hwQueueAlloc(_ fd: Int32, viommuID: ObjectID, type: UInt32, index: UInt32, iova: UInt64, length: UInt64) throws(KernelCallError) -> ObjectID {
-        var s = vsmmu_iommu_hw_queue_alloc(size: Self.size(vsmmu_iommu_hw_queue_alloc.self), flags: 0, viommu_id: viommuID, type: type,
+    public func hwQueueAlloc(_ fd: Int32, viommuID: ObjectID, type: HWQueueType, index: UInt32, iova: UInt64, length: UInt64) throws(KernelCallError) -> ObjectID {
+        var s = vsmmu_iommu_hw_queue_alloc(size: Self.size(vsmmu_iommu_hw_queue_alloc.self), flags: 0, viommu_id: viommuID, type: type.rawValue,
                                            index: index, out_hw_queue_id: 0, nesting_parent_iova: iova, length: length)
-        try call("IOMMU_HW_QUEUE_ALLOC", fd, UInt32(VSMMU_IOMMU_HW_QUEUE_ALLOC), &s,
-                 "viommu=\(viommuID) type=\(hex(type)) index=\(index) iova=\(hex(iova)) length=\(hex(length))")
+        try call(.hwQueueAlloc(fd: fd, viommuID: viommuID, type: type, index: index, iova: iova, length: length), fd, &s)
         return s.out_hw_queue_id
     }
 
@@ -197,7 +201,7 @@ public struct IoctlCalls {
         s.size = Self.size(vsmmu_iommu_test_cmd.self)
         s.op = UInt32(VSMMU_IOMMU_TEST_OP_MOCK_DOMAIN)
         s.id = ptID
-        try call("IOMMU_TEST_CMD", fd, UInt32(VSMMU_IOMMU_TEST_CMD), &s, "op=MOCK_DOMAIN id=\(ptID)")
+        try call(.mockDomain(fd: fd, ptID: ptID), fd, &s)
         return MockDevice(stdevID: s.mock_domain.out_stdev_id, hwptID: s.mock_domain.out_hwpt_id, idevID: s.mock_domain.out_idev_id)
     }
 
@@ -207,32 +211,32 @@ public struct IoctlCalls {
         s.op = UInt32(VSMMU_IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE)
         s.id = stdevID
         s.mock_domain_replace.pt_id = ptID
-        try call("IOMMU_TEST_CMD", fd, UInt32(VSMMU_IOMMU_TEST_CMD), &s, "op=MOCK_DOMAIN_REPLACE id=\(stdevID) pt_id=\(ptID)")
+        try call(.mockDomainReplace(fd: fd, stdevID: stdevID, ptID: ptID), fd, &s)
         return s.mock_domain_replace.pt_id
     }
 
     public func bindIommufd(_ dev: Int32, iommufd: Int32) throws(KernelCallError) -> ObjectID {
         var s = vsmmu_vfio_device_bind_iommufd(argsz: Self.size(vsmmu_vfio_device_bind_iommufd.self), flags: 0, iommufd: iommufd,
                                                out_devid: 0, token_uuid_ptr: 0)
-        try call("VFIO_DEVICE_BIND_IOMMUFD", dev, UInt32(VSMMU_VFIO_DEVICE_BIND_IOMMUFD), &s, "iommufd=\(iommufd)")
+        try call(.bindIommufd(dev: dev, iommufd: iommufd), dev, &s)
         return s.out_devid
     }
 
     public func attach(_ dev: Int32, ptID: ObjectID) throws(KernelCallError) -> ObjectID {
         var s = vsmmu_vfio_device_attach_iommufd_pt(argsz: Self.size(vsmmu_vfio_device_attach_iommufd_pt.self), flags: 0, pt_id: ptID, pasid: 0)
-        try call("VFIO_DEVICE_ATTACH_IOMMUFD_PT", dev, UInt32(VSMMU_VFIO_DEVICE_ATTACH_IOMMUFD_PT), &s, "pt_id=\(ptID)")
+        try call(.attach(dev: dev, ptID: ptID), dev, &s)
         return s.pt_id
     }
 
     public func detach(_ dev: Int32) throws(KernelCallError) {
         var s = vsmmu_vfio_device_detach_iommufd_pt(argsz: Self.size(vsmmu_vfio_device_detach_iommufd_pt.self), flags: 0, pasid: 0)
-        try call("VFIO_DEVICE_DETACH_IOMMUFD_PT", dev, UInt32(VSMMU_VFIO_DEVICE_DETACH_IOMMUFD_PT), &s, "")
+        try call(.detach(dev: dev), dev, &s)
     }
 
     public func deviceInfo(_ dev: Int32) throws(KernelCallError) -> (flags: UInt32, regions: UInt32, irqs: UInt32) {
         var s = vsmmu_vfio_device_info()
         s.argsz = Self.size(vsmmu_vfio_device_info.self)
-        try call("VFIO_DEVICE_GET_INFO", dev, UInt32(VSMMU_VFIO_DEVICE_GET_INFO), &s, "")
+        try call(.deviceGetInfo(dev: dev), dev, &s)
         return (s.flags, s.num_regions, s.num_irqs)
     }
 }

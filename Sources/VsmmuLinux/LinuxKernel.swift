@@ -31,6 +31,8 @@ public final class LinuxKernel: KernelPort {
     }
 
     let sysfsRootPath: String
+    /// Where procfs is mounted: who holds a device open (tests move it).
+    public var procRoot = "/proc"
 
     public init(transport: IoctlTransport = SystemIoctl(), files: any HostFiles = LocalHostFiles(), sysfsRoot: String = "/sys", devRoot: String = "/dev") {
         calls = IoctlCalls(transport: transport)
@@ -68,14 +70,14 @@ public final class LinuxKernel: KernelPort {
         return try body()
     }
 
-    func openFile(_ call: String, _ path: String) throws(KernelCallError) -> Int32 {
+    func openFile(_ call: KernelCall, _ path: String) throws(KernelCallError) -> Int32 {
         do { return own(try files.open(path, flags: O_RDWR)) } catch { throw error.renamed(call) }
     }
 
     // MARK: iommufd
 
     public func openIommufd() throws(KernelCallError) -> IommufdHandle {
-        try mutating { () throws(KernelCallError) in IommufdHandle(fd: try openFile("OPEN_IOMMUFD", devRoot + "/iommu")) }
+        try mutating { () throws(KernelCallError) in IommufdHandle(fd: try openFile(.openIommufd, devRoot + "/iommu")) }
     }
 
     public func close(_ iommufd: IommufdHandle) { closeOwned(iommufd.fd) }
@@ -92,7 +94,7 @@ public final class LinuxKernel: KernelPort {
         try calls.ioasIovaRanges(fd.fd, ioas: ioas)
     }
 
-    public func ioasMap(_ fd: IommufdHandle, ioas: ObjectID, flags: UInt32, source: MapSource, length: UInt64, iova: UInt64) throws(KernelCallError) -> UInt64 {
+    public func ioasMap(_ fd: IommufdHandle, ioas: ObjectID, flags: IOASMapFlags, source: MapSource, length: UInt64, iova: UInt64) throws(KernelCallError) -> UInt64 {
         try mutating { () throws(KernelCallError) in
             switch source {
             case .userVA(let va): return try calls.ioasMap(fd.fd, ioas: ioas, flags: flags, userVA: va, length: length, iova: iova)
@@ -105,15 +107,15 @@ public final class LinuxKernel: KernelPort {
         try mutating { () throws(KernelCallError) in try calls.ioasUnmap(fd.fd, ioas: ioas, iova: iova, length: length) }
     }
 
-    public func hwptAlloc(_ fd: IommufdHandle, flags: UInt32, devID: ObjectID, ptID: ObjectID, dataType: UInt32, data: [UInt8]) throws(KernelCallError) -> ObjectID {
+    public func hwptAlloc(_ fd: IommufdHandle, flags: HWPTAllocFlags, devID: ObjectID, ptID: ObjectID, dataType: HWPTDataType, data: [UInt8]) throws(KernelCallError) -> ObjectID {
         try mutating { () throws(KernelCallError) in try calls.hwptAlloc(fd.fd, flags: flags, devID: devID, ptID: ptID, dataType: dataType, data: data) }
     }
 
-    public func getHwInfo(_ fd: IommufdHandle, devID: ObjectID, requestType: UInt32?) throws(KernelCallError) -> HwInfo {
+    public func getHwInfo(_ fd: IommufdHandle, devID: ObjectID, requestType: HWInfoType?) throws(KernelCallError) -> HwInfo {
         try calls.getHwInfo(fd.fd, devID: devID, requestType: requestType)
     }
 
-    public func viommuAlloc(_ fd: IommufdHandle, type: UInt32, devID: ObjectID, hwptID: ObjectID, data: [UInt8]) throws(KernelCallError) -> (id: ObjectID, dataOut: [UInt8]) {
+    public func viommuAlloc(_ fd: IommufdHandle, type: VIOMMUType, devID: ObjectID, hwptID: ObjectID, data: [UInt8]) throws(KernelCallError) -> (id: ObjectID, dataOut: [UInt8]) {
         try mutating { () throws(KernelCallError) in try calls.viommuAlloc(fd.fd, type: type, devID: devID, hwptID: hwptID, data: data) }
     }
 
@@ -121,7 +123,7 @@ public final class LinuxKernel: KernelPort {
         try mutating { () throws(KernelCallError) in try calls.vdeviceAlloc(fd.fd, viommuID: viommuID, devID: devID, virtID: virtID) }
     }
 
-    public func veventqAlloc(_ fd: IommufdHandle, viommuID: ObjectID, type: UInt32, depth: UInt32) throws(KernelCallError) -> (id: ObjectID, eventFD: KernelFile) {
+    public func veventqAlloc(_ fd: IommufdHandle, viommuID: ObjectID, type: VEventQType, depth: UInt32) throws(KernelCallError) -> (id: ObjectID, eventFD: KernelFile) {
         try mutating { () throws(KernelCallError) in
             let r = try calls.veventqAlloc(fd.fd, viommuID: viommuID, type: type, depth: depth)
             return (r.id, KernelFile(fd: own(r.eventFD)))
@@ -130,8 +132,12 @@ public final class LinuxKernel: KernelPort {
 
     public func closeEventFD(_ fd: IommufdHandle, _ eventFD: KernelFile) { closeOwned(eventFD.fd) }
 
-    public func hwQueueAlloc(_ fd: IommufdHandle, viommuID: ObjectID, type: UInt32, index: UInt32, iova: UInt64, length: UInt64) throws(KernelCallError) -> ObjectID {
+    public func hwQueueAlloc(_ fd: IommufdHandle, viommuID: ObjectID, type: HWQueueType, index: UInt32, iova: UInt64, length: UInt64) throws(KernelCallError) -> ObjectID {
         try mutating { () throws(KernelCallError) in try calls.hwQueueAlloc(fd.fd, viommuID: viommuID, type: type, index: index, iova: iova, length: length) }
+    }
+
+    public func iommuOption(_ fd: IommufdHandle, option: IommuOption, objectID: ObjectID, set value: UInt64?) throws(KernelCallError) -> UInt64 {
+        try mutating { () throws(KernelCallError) in try calls.option(fd.fd, option: option, objectID: objectID, value: value) }
     }
 
     public func mockDomain(_ fd: IommufdHandle, ptID: ObjectID) throws(KernelCallError) -> MockDevice {
@@ -145,7 +151,7 @@ public final class LinuxKernel: KernelPort {
     // MARK: VFIO cdev
 
     public func openVfioDevice(index: Int) throws(KernelCallError) -> DeviceHandle {
-        try mutating { () throws(KernelCallError) in DeviceHandle(fd: try openFile("OPEN_VFIO_DEVICE", devRoot + "/vfio/devices/vfio\(index)")) }
+        try mutating { () throws(KernelCallError) in DeviceHandle(fd: try openFile(.openVfioDevice, devRoot + "/vfio/devices/vfio\(index)")) }
     }
 
     public func bindIommufd(_ dev: DeviceHandle, iommufd: IommufdHandle) throws(KernelCallError) -> ObjectID {
@@ -174,11 +180,11 @@ public final class LinuxKernel: KernelPort {
                 let flags = vsmmu_memfd_flags(huge != nil || backing == .hugetlbfs ? 1 : 0, huge ?? 0)
                 do throws(KernelCallError) {
                     return GuestMemory(file: KernelFile(fd: own(try files.memfd(name: name, size: size, flags: flags))), userVA: 0, size: size)
-                } catch { throw error.renamed("MEMFD_CREATE") }
+                } catch { throw error.renamed(.memfdCreate) }
             case .anonymous:
                 do throws(KernelCallError) {
                     return GuestMemory(file: nil, userVA: try files.mapAnonymous(size: size, hugepageLog2: huge), size: size)
-                } catch { throw error.renamed("MMAP_ANON") }
+                } catch { throw error.renamed(.mmapAnon) }
             }
         }
     }
@@ -249,7 +255,7 @@ public final class LinuxKernel: KernelPort {
 
     public func chownVfioDevice(index: Int, uid: UInt32, gid: UInt32) throws(KernelCallError) {
         try mutating { () throws(KernelCallError) in
-            do throws(KernelCallError) { try files.chown(devRoot + "/vfio/devices/vfio\(index)", uid: uid, gid: gid) } catch { throw error.renamed("CHOWN_VFIO_DEVICE") }
+            do throws(KernelCallError) { try files.chown(devRoot + "/vfio/devices/vfio\(index)", uid: uid, gid: gid) } catch { throw error.renamed(.chownVfioDevice) }
         }
     }
 

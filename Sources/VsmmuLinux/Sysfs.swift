@@ -56,8 +56,8 @@ public struct SysfsTree: SysfsAccess, Sendable {
         let names: [String]
         do { names = try files.listDirectory(devices) } catch {
             // A remote that went away says so; anything else means no such directory.
-            if error.errno == .ENOENT { throw KernelCallError("SYSFS_READ", .ENOENT, "\(devices) is missing") }
-            throw error.renamed("SYSFS_READ")
+            if error.errno == .ENOENT { throw KernelCallError(.sysfsReadPCIDevices, .ENOENT, "\(devices) is missing") }
+            throw error.renamed(.sysfsReadPCIDevices)
         }
         return names.compactMap(PCIAddress.init).sorted()
     }
@@ -109,7 +109,7 @@ public struct SysfsTree: SysfsAccess, Sendable {
     }
 
     /// write(2) of `text` to a sysfs attribute; the errno is the kernel's answer.
-    func write(_ call: String, _ path: String, _ text: String) throws(KernelCallError) {
+    func write(_ call: KernelCall, _ path: String, _ text: String) throws(KernelCallError) {
         // O_TRUNC as `echo x > attr` does: harmless on sysfs, and a fake tree gets whole values.
         do { try files.write(path, Array(text.utf8)) } catch { throw error.renamed(call) }
     }
@@ -117,19 +117,19 @@ public struct SysfsTree: SysfsAccess, Sendable {
     public func writeDriverOverride(_ a: PCIAddress, _ driver: String?) throws(KernelCallError) {
         var value = "\n"
         if let driver {
-            guard let d = Self.checkedDriver(driver) else { throw KernelCallError("SYSFS_DRIVER_OVERRIDE", .EINVAL, "bad driver name") }
+            guard let d = Self.checkedDriver(driver) else { throw KernelCallError(.sysfsDriverOverride, .EINVAL, "bad driver name") }
             value = d
         }
-        try write("SYSFS_DRIVER_OVERRIDE", devices + "/\(a)/driver_override", value)
+        try write(.sysfsDriverOverride, devices + "/\(a)/driver_override", value)
     }
 
     public func unbind(_ a: PCIAddress, driver: String) throws(KernelCallError) {
-        guard let d = Self.checkedDriver(driver) else { throw KernelCallError("SYSFS_UNBIND", .EINVAL, "bad driver name") }
-        try write("SYSFS_UNBIND", root + "/bus/pci/drivers/\(d)/unbind", a.description)
+        guard let d = Self.checkedDriver(driver) else { throw KernelCallError(.sysfsUnbind, .EINVAL, "bad driver name") }
+        try write(.sysfsUnbind, root + "/bus/pci/drivers/\(d)/unbind", a.description)
     }
 
     public func driversProbe(_ a: PCIAddress) throws(KernelCallError) {
-        try write("SYSFS_DRIVERS_PROBE", root + "/bus/pci/drivers_probe", a.description)
+        try write(.sysfsDriversProbe, root + "/bus/pci/drivers_probe", a.description)
     }
 }
 #endif

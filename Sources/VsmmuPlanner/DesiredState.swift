@@ -49,19 +49,18 @@ public struct DesiredStage2: Sendable {
 
 /// Kernel type values per IOMMU family (reference §2, §5, §7.3).
 public struct VIOMMUFlavor: Hashable, Sendable, Codable {
-    public var hwInfoType: UInt32
-    public var viommuType: UInt32
-    public var nestedDataType: UInt32
-    public var eventQueueTypes: [UInt32]
-    public var typeName: String { viommuTypeName(viommuType) }
+    public var hwInfoType: HWInfoType
+    public var viommuType: VIOMMUType
+    public var nestedDataType: HWPTDataType
+    public var eventQueueTypes: [VEventQType]
+    public var typeName: String { viommuType.name }
 
-    public static let armSMMUv3 = VIOMMUFlavor(hwInfoType: UAPI.hwInfoARMSMMUv3, viommuType: UAPI.viommuARMSMMUv3,
-                                               nestedDataType: UAPI.hwptDataARMSMMUv3, eventQueueTypes: [UAPI.veventqARMSMMUv3])
-    public static let tegra241CMDQV = VIOMMUFlavor(hwInfoType: UAPI.hwInfoARMSMMUv3, viommuType: UAPI.viommuTegra241CMDQV,
-                                                   nestedDataType: UAPI.hwptDataARMSMMUv3,
-                                                   eventQueueTypes: [UAPI.veventqARMSMMUv3, UAPI.veventqTegra241CMDQV])
-    public static let selftest = VIOMMUFlavor(hwInfoType: UAPI.hwInfoSelftest, viommuType: UAPI.viommuSelftest,
-                                              nestedDataType: UAPI.hwptDataSelftest, eventQueueTypes: [UAPI.veventqSelftest])
+    public static let armSMMUv3 = VIOMMUFlavor(hwInfoType: .armSMMUv3, viommuType: .armSMMUv3,
+                                               nestedDataType: .armSMMUv3, eventQueueTypes: [.armSMMUv3])
+    public static let tegra241CMDQV = VIOMMUFlavor(hwInfoType: .armSMMUv3, viommuType: .tegra241CMDQV,
+                                                   nestedDataType: .armSMMUv3, eventQueueTypes: [.armSMMUv3, .tegra241CMDQV])
+    public static let selftest = VIOMMUFlavor(hwInfoType: .selftest, viommuType: .selftest,
+                                              nestedDataType: .selftest, eventQueueTypes: [.selftest])
 }
 
 public struct DesiredVSMMU: Sendable {

@@ -11,7 +11,89 @@ public struct Holdings: Codable, Hashable, Sendable {
     /// The driver each device had before vsmmu moved it to vfio-pci (nil: none), kept
     /// until the device is given back, so `destroy` restores it.
     public var originalDrivers: [PCIAddress: String?] = [:]
+    /// Guests a VMM holds now (docs/contract.md §6): vsmmu holds none of their iommufd
+    /// objects, only watches the process and the host state of their devices.
+    public var running: [String: RunningGuest] = [:]
     public init() {}
+
+    private enum CodingKeys: String, CodingKey { case formatVersion, guests, originalDrivers, running }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        formatVersion = try c.decode(Int.self, forKey: .formatVersion)
+        guests = try c.decode([String: GuestHolding].self, forKey: .guests)
+        originalDrivers = try c.decode([PCIAddress: String?].self, forKey: .originalDrivers)
+        running = try c.decodeIfPresent([String: RunningGuest].self, forKey: .running) ?? [:]
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(formatVersion, forKey: .formatVersion)
+        try c.encode(guests, forKey: .guests)
+        try c.encode(originalDrivers, forKey: .originalDrivers)
+        if !running.isEmpty { try c.encode(running, forKey: .running) }
+    }
+}
+
+/// Where a guest is in its lifecycle (docs/contract.md §6).
+public enum GuestLifecycleState: String, Codable, Hashable, Sendable {
+    /// Host state as declared and vsmmu holds the guest's whole graph.
+    case prepared
+    /// The fresh fds went to the VMM; it does not hold every device's cdev (yet).
+    case handedOver = "handed-over"
+    /// The VMM process holds the devices.
+    case running
+}
+
+/// A guest's lifecycle state as plan, show and the agent report it (docs/contract.md §6).
+public struct GuestStatus: Codable, Hashable, Sendable {
+    public var name: String
+    /// nil: vsmmu holds nothing of it yet (apply prepares it).
+    public var state: GuestLifecycleState?
+    public var pid: Int32?
+    public var command: String?
+    public var vmm: RunningGuest.VMMKind?
+    /// What the running checks found (a device off its VFIO driver, a cdev the VMM closed).
+    public var notes: [String] = []
+    public init(name: String, state: GuestLifecycleState?, pid: Int32? = nil, command: String? = nil, vmm: RunningGuest.VMMKind? = nil, notes: [String] = []) {
+        self.name = name; self.state = state; self.pid = pid; self.command = command; self.vmm = vmm; self.notes = notes
+    }
+}
+
+/// A guest handed to its VMM: the process that holds it, and how to tell it from a later
+/// process that reuses its pid.
+public struct RunningGuest: Codable, Hashable, Sendable {
+    public enum VMMKind: String, Codable, Hashable, Sendable, CaseIterable {
+        /// Fresh unbound cdev fds and an empty iommufd: the VMM builds its own graph (stock QEMU).
+        case qemu
+        /// The prepared context itself (bound fds + the object-id map): docs/handoff-adopt.md.
+        case adopt
+    }
+    public var pid: Int32
+    /// Field 22 of /proc/<pid>/stat (clock ticks after boot); nil when unreadable.
+    public var startTime: UInt64?
+    public var command: [String]
+    public var vmm: VMMKind
+    /// When the guest was handed over (seconds since 1970).
+    public var since: Double
+    /// Device name → host PCI address: what the VMM must keep open.
+    public var devices: [String: PCIAddress]
+    /// The pid is in the kernel behind this remote executor, not this machine's.
+    public var remote: String?
+    /// On a simulated host: the simulated process standing for the VMM.
+    public var simulatedProcess: Int?
+
+    public init(pid: Int32, startTime: UInt64?, command: [String], vmm: VMMKind, since: Double, devices: [String: PCIAddress],
+                remote: String? = nil, simulatedProcess: Int? = nil) {
+        self.pid = pid; self.startTime = startTime; self.command = command; self.vmm = vmm; self.since = since
+        self.devices = devices; self.remote = remote; self.simulatedProcess = simulatedProcess
+    }
+
+    /// The command as a shell would show it, shortened for one line.
+    public var commandLine: String {
+        let line = command.joined(separator: " ")
+        return line.count > 120 ? String(line.prefix(117)) + "..." : line
+    }
 }
 
 public struct GuestHolding: Codable, Hashable, Sendable {

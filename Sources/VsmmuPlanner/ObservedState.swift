@@ -84,6 +84,7 @@ enum Fingerprint {
     static func canonical(_ h: Holdings) -> String {
         var out = ""
         for (a, d) in h.originalDrivers.sorted(by: { $0.key < $1.key }) { out += "orig \(a) \(d ?? "-")\n" }
+        for (g, r) in h.running.sorted(by: { $0.key < $1.key }) { out += "running \(g) pid \(r.pid) \(r.startTime ?? 0) \(r.vmm.rawValue)\n" }
         for (name, g) in h.guests.sorted(by: { $0.key < $1.key }) {
             out += "guest \(name) fd \(g.iommufd.fd) ioas \(g.ioas.map(String.init) ?? "-") uncertain \(g.uncertain)\n"
             for (n, d) in g.devices.sorted(by: { $0.key < $1.key }) {

@@ -54,12 +54,12 @@ public enum OpAction: Codable, Hashable, Sendable {
     case unmapMemory(guest: String, region: String)
     case releaseMemory(guest: String, region: String)
     // vSMMU
-    case checkHwInfo(guest: String, vsmmu: String, viaDevice: String, expectType: UInt32)
-    case allocVIOMMU(guest: String, vsmmu: String, physical: String, type: UInt32, viaDevice: String)
+    case checkHwInfo(guest: String, vsmmu: String, viaDevice: String, expectType: HWInfoType)
+    case allocVIOMMU(guest: String, vsmmu: String, physical: String, type: VIOMMUType, viaDevice: String)
     case allocVDevice(guest: String, vsmmu: String, device: String, virtID: UInt64)
-    case allocNested(guest: String, vsmmu: String, kind: NestedKind, viaDevice: String, dataType: UInt32)
-    case allocEventQueue(guest: String, vsmmu: String, type: UInt32, depth: UInt32)
-    case destroyEventQueue(guest: String, vsmmu: String, type: UInt32)
+    case allocNested(guest: String, vsmmu: String, kind: NestedKind, viaDevice: String, dataType: HWPTDataType)
+    case allocEventQueue(guest: String, vsmmu: String, type: VEventQType, depth: UInt32)
+    case destroyEventQueue(guest: String, vsmmu: String, type: VEventQType)
     case destroyNested(guest: String, vsmmu: String, kind: NestedKind)
     case destroyVDevice(guest: String, vsmmu: String, device: String)
     case destroyVIOMMU(guest: String, vsmmu: String)
@@ -76,36 +76,46 @@ public struct PlanStep: Codable, Hashable, Sendable {
         self.index = index; self.resource = resource; self.action = action; self.dependsOn = dependsOn
     }
 
-    /// The kernel call's name: the ioctl's, or the sysfs/fd step's.
+    /// The kernel call the step makes; nil for steps that are bookkeeping or several
+    /// calls (closing a guest's fds, releasing its memory).
+    public var kernelCall: KernelCall? {
+        switch action {
+        case .setDriverOverride: return .sysfsDriverOverride
+        case .unbindDriver: return .sysfsUnbind
+        case .probeDriver: return .sysfsDriversProbe
+        case .openIommufd: return .openIommufd
+        case .ioasAlloc: return .ioasAlloc
+        case .destroyIOAS, .destroyStage2, .destroyVDevice, .destroyVIOMMU, .destroyNested, .destroyEventQueue: return .destroy
+        case .closeIommufd: return .closeIommufd
+        case .openDevice: return .openVfioDevice
+        case .bindDevice: return .bindIommufd
+        case .mockDevice: return .testCmd
+        case .chownDevice: return .chownVfioDevice
+        case .attach: return .attach
+        case .detach: return .detach
+        case .closeDevice: return .closeVfioDevice
+        case .allocStage2, .allocNested: return .hwptAlloc
+        case .createMemory(_, _, _, let backing, _): return backing == .anonymous ? .mmapAnon : .memfdCreate
+        case .mapMemory(_, _, _, let file): return file ? .ioasMapFile : .ioasMap
+        case .unmapMemory: return .ioasUnmap
+        case .checkHwInfo: return .getHwInfo
+        case .allocVIOMMU: return .viommuAlloc
+        case .allocVDevice: return .vdeviceAlloc
+        case .allocEventQueue: return .veventqAlloc
+        case .forgetOriginalDriver, .closeGuest, .forgetGuest, .forgetDevice, .releaseMemory: return nil
+        }
+    }
+
+    /// The name the plan shows: the kernel call's, or the step's own.
     public var call: String {
         switch action {
-        case .setDriverOverride: return "SYSFS_DRIVER_OVERRIDE"
-        case .unbindDriver: return "SYSFS_UNBIND"
-        case .probeDriver: return "SYSFS_DRIVERS_PROBE"
+        case .mockDevice: return "IOMMU_TEST_CMD(MOCK_DOMAIN)"
         case .forgetOriginalDriver: return "FORGET_ORIGINAL_DRIVER"
-        case .openIommufd: return "OPEN_IOMMUFD"
-        case .ioasAlloc: return "IOMMU_IOAS_ALLOC"
-        case .destroyIOAS, .destroyStage2, .destroyVDevice, .destroyVIOMMU, .destroyNested, .destroyEventQueue: return "IOMMU_DESTROY"
-        case .closeIommufd: return "CLOSE_IOMMUFD"
         case .closeGuest: return "CLOSE_GUEST_FDS"
         case .forgetGuest: return "FORGET_GUEST"
-        case .openDevice: return "OPEN_VFIO_DEVICE"
-        case .bindDevice: return "VFIO_DEVICE_BIND_IOMMUFD"
-        case .mockDevice: return "IOMMU_TEST_CMD(MOCK_DOMAIN)"
-        case .chownDevice: return "CHOWN_VFIO_DEVICE"
-        case .attach: return "VFIO_DEVICE_ATTACH_IOMMUFD_PT"
-        case .detach: return "VFIO_DEVICE_DETACH_IOMMUFD_PT"
-        case .closeDevice: return "CLOSE_VFIO_DEVICE"
         case .forgetDevice: return "FORGET_DEVICE"
-        case .allocStage2, .allocNested: return "IOMMU_HWPT_ALLOC"
-        case .createMemory(_, _, _, let backing, _): return backing == .anonymous ? "MMAP_ANON" : "MEMFD_CREATE"
-        case .mapMemory(_, _, _, let file): return file ? "IOMMU_IOAS_MAP_FILE" : "IOMMU_IOAS_MAP"
-        case .unmapMemory: return "IOMMU_IOAS_UNMAP"
         case .releaseMemory: return "RELEASE_GUEST_MEMORY"
-        case .checkHwInfo: return "IOMMU_GET_HW_INFO"
-        case .allocVIOMMU: return "IOMMU_VIOMMU_ALLOC"
-        case .allocVDevice: return "IOMMU_VDEVICE_ALLOC"
-        case .allocEventQueue: return "IOMMU_VEVENTQ_ALLOC"
+        default: return kernelCall?.name ?? ""
         }
     }
 
@@ -153,55 +163,20 @@ public struct PlanStep: Codable, Hashable, Sendable {
             return ("\(g).ioas iova=\(YAMLText.hex(iova)) flags=FIXED_IOVA|WRITEABLE|READABLE \(file ? "fd" : "user_va") of \(g)/\(r).memory", "")
         case .unmapMemory(let g, let r): return ("\(g).ioas \(g)/\(r)", "")
         case .releaseMemory(let g, let r): return ("\(g)/\(r).memory", "")
-        case .checkHwInfo(let g, let v, let via, let t): return ("dev_id=\(g)/\(via) for \(v): expect type \(typeName(t))", "")
+        case .checkHwInfo(let g, let v, let via, let t): return ("dev_id=\(g)/\(via) for \(v): expect type \(t.name)", "")
         case .allocVIOMMU(let g, let v, _, let t, let via):
-            return ("type=\(viommuTypeName(t)) dev_id=\(g)/\(via) hwpt_id=stage2", "\(g)/\(v).viommu")
+            return ("type=\(t.name) dev_id=\(g)/\(via) hwpt_id=stage2", "\(g)/\(v).viommu")
         case .allocVDevice(let g, let v, let d, let vid):
             return ("viommu=\(g)/\(v).viommu dev_id=\(g)/\(d) virt_id=0x\(String(vid, radix: 16))", "\(g)/\(v)/\(d).vdevice")
         case .allocNested(let g, let v, let k, let via, let dt):
-            let data = dt == UAPI.hwptDataARMSMMUv3 ? (k == .abort ? " vSTE={0x1,0x0}" : " vSTE={0x9,0x0}") : ""
-            return ("pt_id=\(g)/\(v).viommu dev_id=\(g)/\(via) data_type=\(dataTypeName(dt))\(data)", "\(g)/\(v).\(k.rawValue)")
+            let data = dt == .armSMMUv3 ? (k == .abort ? " vSTE={0x1,0x0}" : " vSTE={0x9,0x0}") : ""
+            return ("pt_id=\(g)/\(v).viommu dev_id=\(g)/\(via) data_type=\(dt.name)\(data)", "\(g)/\(v).\(k.rawValue)")
         case .allocEventQueue(let g, let v, let t, let depth):
-            return ("viommu=\(g)/\(v).viommu type=\(veventqTypeName(t)) depth=\(depth)", "\(g)/\(v).veventq[\(veventqTypeName(t))] + fd")
-        case .destroyEventQueue(let g, let v, let t): return ("close fd, then \(g)/\(v).veventq[\(veventqTypeName(t))]", "")
+            return ("viommu=\(g)/\(v).viommu type=\(t.name) depth=\(depth)", "\(g)/\(v).veventq[\(t.name)] + fd")
+        case .destroyEventQueue(let g, let v, let t): return ("close fd, then \(g)/\(v).veventq[\(t.name)]", "")
         case .destroyNested(let g, let v, let k): return ("\(g)/\(v).\(k.rawValue)", "")
         case .destroyVDevice(let g, let v, let d): return ("\(g)/\(v)/\(d).vdevice", "")
         case .destroyVIOMMU(let g, let v): return ("\(g)/\(v).viommu", "")
         }
-    }
-}
-
-func typeName(_ t: UInt32) -> String {
-    switch t {
-    case UAPI.hwInfoARMSMMUv3: return "ARM_SMMUV3"
-    case UAPI.hwInfoIntelVTD: return "INTEL_VTD"
-    case UAPI.hwInfoSelftest: return "SELFTEST"
-    default: return "0x" + String(t, radix: 16)
-    }
-}
-
-func viommuTypeName(_ t: UInt32) -> String {
-    switch t {
-    case UAPI.viommuARMSMMUv3: return "ARM_SMMUV3"
-    case UAPI.viommuTegra241CMDQV: return "TEGRA241_CMDQV"
-    case UAPI.viommuSelftest: return "SELFTEST"
-    default: return "0x" + String(t, radix: 16)
-    }
-}
-
-func dataTypeName(_ t: UInt32) -> String {
-    switch t {
-    case UAPI.hwptDataARMSMMUv3: return "ARM_SMMUV3"
-    case UAPI.hwptDataSelftest: return "SELFTEST"
-    default: return "0x" + String(t, radix: 16)
-    }
-}
-
-func veventqTypeName(_ t: UInt32) -> String {
-    switch t {
-    case UAPI.veventqARMSMMUv3: return "ARM_SMMUV3"
-    case UAPI.veventqTegra241CMDQV: return "TEGRA241_CMDQV"
-    case UAPI.veventqSelftest: return "SELFTEST"
-    default: return "0x" + String(t, radix: 16)
     }
 }

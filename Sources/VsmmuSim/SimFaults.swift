@@ -47,18 +47,8 @@ public struct SimCall: Hashable, Sendable, Codable, CustomStringConvertible {
 }
 
 extension SimulatedKernel {
-    /// Every operation name the simulated kernel uses (ioctls of §1.1 and the non-ioctl calls).
-    public static let operationNames: Set<String> = {
-        var names = Set(UAPI.requests.keys)
-        names.formUnion([
-            "OPEN_IOMMUFD", "CLOSE_IOMMUFD", "OPEN_VFIO_DEVICE", "CLOSE_VFIO_DEVICE", "CLOSE_EVENT_FD",
-            "MEMFD_CREATE", "MMAP_ANON", "MUNMAP", "SYSFS_DRIVER_OVERRIDE", "SYSFS_UNBIND",
-            "SYSFS_DRIVERS_PROBE", "CHOWN_VFIO_DEVICE", "PROCESS_EXIT",
-            "SYSFS_READ_PCI_DEVICES", "SYSFS_READ_PCI_DEVICE", "SYSFS_READ_IOMMU_GROUP",
-            "SYSFS_READ_IOMMU_NAMES", "SYSFS_READ_RESERVED_REGIONS", "SYSFS_READ_DRIVER", "STAT_VFIO_DEVICE",
-        ])
-        return names
-    }()
+    /// Every operation name VSMMU_SIM_FAIL accepts: the kernel-call vocabulary.
+    public static let operationNames: Set<String> = Set(KernelCall.all.map(\.name))
 
     /// Parses `VSMMU_SIM_FAIL`: a comma-separated list of `OP[#N]:ERRNO`, e.g.
     /// `IOMMU_VIOMMU_ALLOC:ENOMEM,VFIO_DEVICE_BIND_IOMMUFD#2:EBUSY`.
@@ -119,39 +109,40 @@ extension SimulatedKernel {
     // MARK: the funnel
 
     /// Every throwing call goes through here: delay, fault injection, call counting,
-    /// tracing and, for mutating calls (`request` non-nil), the redo log. Replaying the
-    /// log bypasses it (SimStore calls the implementations directly).
-    func call<T>(_ op: String, _ request: SimRequest?, detail: @autoclosure () -> String,
-                 _ body: () throws(Refusal) -> T) throws(KernelCallError) -> T {
-        let text = detail()
+    /// tracing and, for mutating calls, the redo log (`log`: how to replay it; nil exactly
+    /// for the calls the vocabulary says do not mutate). Replaying the log bypasses it
+    /// (SimStore calls the implementations directly).
+    func call<T>(_ request: KernelRequest, _ log: SimRequest?, _ body: () throws(Refusal) -> T) throws(KernelCallError) -> T {
+        let kernelCall = request.call, op = kernelCall.name, text = request.detail
+        assert(kernelCall.isMutating == (log != nil), "\(op): a mutating call is logged, a read is not")
         if delayMS > 0 { usleep(UInt32(min(delayMS, 3_600_000)) * 1000) }
         if let injected = injectedFailure(for: op) {
-            record(SimCall(op: op, detail: text, mutating: request != nil, errno: injected, injected: true))
-            throw KernelCallError(op, injected, text.isEmpty ? "injected by VSMMU_SIM_FAIL" : "\(text): injected by VSMMU_SIM_FAIL")
+            record(SimCall(op: op, detail: text, mutating: kernelCall.isMutating, errno: injected, injected: true))
+            throw KernelCallError(kernelCall, injected, text.isEmpty ? "injected by VSMMU_SIM_FAIL" : "\(text): injected by VSMMU_SIM_FAIL")
         }
-        if request != nil { mutatingCallCount += 1 }
+        if kernelCall.isMutating { mutatingCallCount += 1 }
         let result: Result<T, Refusal>
         do { result = .success(try body()) } catch { result = .failure(error) }
-        if let request { appendToLog(request) }
+        if let log { appendToLog(log) }
         switch result {
         case .success(let value):
-            record(SimCall(op: op, detail: text, mutating: request != nil, errno: nil, injected: false))
+            record(SimCall(op: op, detail: text, mutating: kernelCall.isMutating, errno: nil, injected: false))
             return value
         case .failure(let refusal):
-            record(SimCall(op: op, detail: text, mutating: request != nil, errno: refusal.errno, injected: false))
-            throw KernelCallError(op, refusal.errno, text.isEmpty ? refusal.reason : "\(text): \(refusal.reason)")
+            record(SimCall(op: op, detail: text, mutating: kernelCall.isMutating, errno: refusal.errno, injected: false))
+            throw KernelCallError(kernelCall, refusal.errno, text.isEmpty ? refusal.reason : "\(text): \(refusal.reason)")
         }
     }
 
     /// The funnel for calls the port cannot fail (close, munmap, process exit): close(2)
     /// always releases the fd on Linux, so fault injection does not apply to them.
-    func callQuietly(_ op: String, _ request: SimRequest, detail: @autoclosure () -> String, _ body: () -> Errno?) {
-        let text = detail()
+    func callQuietly(_ request: KernelRequest, _ log: SimRequest, _ body: () -> Errno?) {
+        let op = request.call.name, text = request.detail
         if delayMS > 0 { usleep(UInt32(min(delayMS, 3_600_000)) * 1000) }
         opCounts[op, default: 0] += 1
         mutatingCallCount += 1
         let errno = body()
-        appendToLog(request)
+        appendToLog(log)
         record(SimCall(op: op, detail: text, mutating: true, errno: errno, injected: false))
     }
 

@@ -33,10 +33,10 @@ extension SimulatedKernel {
     /// the CPU VA size; the simulation assumes 48 bits (VA_BITS=48, not in the reference).
     /// VT-d / AMD: [0, 2^oas-1] with the host's address width (a simplification).
     /// Selftest: [0x1000000, 0x7FFFFFFF] (§7.3).
-    func domainAperture(_ iommu: HostIOMMU, flags: UInt32) -> IovaRange {
+    func domainAperture(_ iommu: HostIOMMU, flags: HWPTAllocFlags) -> IovaRange {
         switch iommu.type {
         case .selftest: return mockAperture
-        case .armSMMUv3: return flags & UAPI.hwptAllocNestParent != 0 ? addressSpace(bits: iommu.oas) : addressSpace(bits: 48)
+        case .armSMMUv3: return flags.contains(.nestParent) ? addressSpace(bits: iommu.oas) : addressSpace(bits: 48)
         case .intelVTd, .amdVi: return addressSpace(bits: iommu.oas)
         }
     }
@@ -53,10 +53,10 @@ extension SimulatedKernel {
 
     // MARK: IOMMU_HWPT_ALLOC
 
-    func hwptAllocImpl(_ fd: Int32, flags: UInt32, devID: ObjectID, ptID: ObjectID, dataType: UInt32, data: [UInt8]) throws(Refusal) -> ObjectID {
+    func hwptAllocImpl(_ fd: Int32, flags: HWPTAllocFlags, devID: ObjectID, ptID: ObjectID, dataType: HWPTDataType, data: [UInt8]) throws(Refusal) -> ObjectID {
         let cid = try context(ofIommufd: fd)
-        if dataType == UAPI.hwptDataNone && !data.isEmpty { throw Refusal(.EINVAL, "data_type NONE with data_len \(data.count)") }
-        if dataType != UAPI.hwptDataNone && data.isEmpty { throw Refusal(.EINVAL, "data_type \(hex(dataType)) with data_len 0") }
+        if dataType == .none && !data.isEmpty { throw Refusal(.EINVAL, "data_type NONE with data_len \(data.count)") }
+        if dataType != .none && data.isEmpty { throw Refusal(.EINVAL, "data_type \(hex(dataType.rawValue)) with data_len 0") }
         guard let device = deviceObject(cid, devID) else { throw Refusal(.ENOENT, missing(cid, devID, "dev_id")) }
         // §2.13/§9.1: an unknown pt_id is EINVAL here, not ENOENT.
         guard let pt = object(cid, ptID) else { throw Refusal(.EINVAL, missing(cid, ptID, "pt_id")) }
@@ -75,7 +75,7 @@ extension SimulatedKernel {
         }
         // The port carries no fault_id, so with FAULT_ID_VALID it is 0: never a FAULT
         // object. The kernel looks it up after the driver made the domain (§2.13).
-        if flags & UAPI.hwptAllocFaultIDValid != 0 { throw Refusal(.ENOENT, "fault_id 0 is not a FAULT object") }
+        if flags.contains(.faultIDValid) { throw Refusal(.ENOENT, "fault_id 0 is not a FAULT object") }
 
         let id = allocateID(cid)
         setObject(cid, id, hwpt)
@@ -84,24 +84,24 @@ extension SimulatedKernel {
     }
 
     /// pt_id = IOAS: a paging HWPT (§2.13), driver rules per IOMMU type.
-    private func pagingHWPT(_ cid: Int, flags: UInt32, iommu: HostIOMMU, ioas: ObjectID, dataType: UInt32, data: [UInt8]) throws(Refusal) -> PagingHWPT {
-        let known = UAPI.hwptAllocNestParent | UAPI.hwptAllocDirtyTracking | UAPI.hwptAllocFaultIDValid | UAPI.hwptAllocPASID
-        if flags & ~known != 0 { throw Refusal(.EOPNOTSUPP, "unknown flag bits \(hex(flags & ~known))") }
-        let nestParent = flags & UAPI.hwptAllocNestParent != 0
-        let dirty = flags & UAPI.hwptAllocDirtyTracking != 0
-        if nestParent && flags & UAPI.hwptAllocFaultIDValid != 0 { throw Refusal(.EOPNOTSUPP, "FAULT_ID_VALID with NEST_PARENT") }
-        let driverFlags = flags & ~UAPI.hwptAllocFaultIDValid
+    private func pagingHWPT(_ cid: Int, flags: HWPTAllocFlags, iommu: HostIOMMU, ioas: ObjectID, dataType: HWPTDataType, data: [UInt8]) throws(Refusal) -> PagingHWPT {
+        let unknown = flags.subtracting([.nestParent, .dirtyTracking, .faultIDValid, .pasid])
+        if !unknown.isEmpty { throw Refusal(.EOPNOTSUPP, "unknown flag bits \(hex(unknown.rawValue))") }
+        let nestParent = flags.contains(.nestParent)
+        let dirty = flags.contains(.dirtyTracking)
+        if nestParent && flags.contains(.faultIDValid) { throw Refusal(.EOPNOTSUPP, "FAULT_ID_VALID with NEST_PARENT") }
+        let driverFlags = flags.subtracting(.faultIDValid)
 
         switch iommu.type {
         case .armSMMUv3:
             // §5.2: no driver data; flags 0 / PASID / DIRTY (S1), or exactly NEST_PARENT (S2).
             if !data.isEmpty { throw Refusal(.EOPNOTSUPP, "the ARM SMMUv3 driver takes no data for a paging HWPT") }
             switch driverFlags {
-            case 0, UAPI.hwptAllocPASID:
+            case [], .pasid:
                 break
-            case UAPI.hwptAllocNestParent:
+            case .nestParent:
                 if !iommu.nesting { throw Refusal(.EOPNOTSUPP, "\(iommu.name) has no nesting feature (IDR0.S1P+S2P)") }
-            case UAPI.hwptAllocDirtyTracking, UAPI.hwptAllocDirtyTracking | UAPI.hwptAllocPASID:
+            case .dirtyTracking, [.dirtyTracking, .pasid]:
                 // Dirty tracking needs HTTU, which the host description does not model: assumed absent.
                 throw Refusal(.EOPNOTSUPP, "\(iommu.name) has no dirty tracking")
             default:
@@ -115,7 +115,7 @@ extension SimulatedKernel {
             // selftest.c mock_domain_alloc_paging_flags: dirty tracking supported; data
             // of type SELFTEST (iotlb, pagetable_type) only.
             if !data.isEmpty {
-                if dataType != UAPI.hwptDataSelftest { throw Refusal(.EOPNOTSUPP, "the mock takes only data_type SELFTEST") }
+                if dataType != .selftest { throw Refusal(.EOPNOTSUPP, "the mock takes only data_type SELFTEST") }
                 let cfg = try copyStruct(data, minimum: 4, size: 8, what: "iommu_hwpt_selftest")
                 let pagetableType = le32(cfg, 4)
                 // The x86 lab's 7.2 answers EOPNOTSUPP (not EINVAL) for an unknown type.
@@ -128,10 +128,10 @@ extension SimulatedKernel {
     }
 
     /// pt_id = HWPT_PAGING: a nested HWPT directly on the parent (VT-d style, §2.13, §6).
-    private func nestedOnParent(flags: UInt32, device: DeviceObject, iommu: HostIOMMU, parentID: ObjectID, parent: PagingHWPT,
-                                dataType: UInt32, data: [UInt8]) throws(Refusal) -> NestedHWPT {
-        if flags & ~(UAPI.hwptAllocFaultIDValid | UAPI.hwptAllocPASID) != 0 {
-            throw Refusal(.EOPNOTSUPP, "flags \(hex(flags)) are not allowed for a nested HWPT")
+    private func nestedOnParent(flags: HWPTAllocFlags, device: DeviceObject, iommu: HostIOMMU, parentID: ObjectID, parent: PagingHWPT,
+                                dataType: HWPTDataType, data: [UInt8]) throws(Refusal) -> NestedHWPT {
+        if !flags.subtracting([.faultIDValid, .pasid]).isEmpty {
+            throw Refusal(.EOPNOTSUPP, "flags \(hex(flags.rawValue)) are not allowed for a nested HWPT")
         }
         if data.isEmpty { throw Refusal(.EOPNOTSUPP, "a nested HWPT needs driver data") }
         guard iommu.type == .intelVTd || iommu.type == .selftest else {
@@ -144,36 +144,36 @@ extension SimulatedKernel {
         switch iommu.type {
         case .intelVTd:
             if !iommu.nesting { throw Refusal(.EOPNOTSUPP, "\(iommu.name) has no nesting capability") }
-            if dataType != UAPI.hwptDataVTDS1 { throw Refusal(.EOPNOTSUPP, "VT-d nested HWPTs take data_type VTD_S1 (1)") }
+            if dataType != .vtdS1 { throw Refusal(.EOPNOTSUPP, "VT-d nested HWPTs take data_type VTD_S1 (1)") }
             let s1 = try copyStruct(data, minimum: 24, size: 24, what: "iommu_hwpt_vtd_s1")
             if le64(s1, 0) & ~UInt64(0x7) != 0 { throw Refusal(.EINVAL, "unknown iommu_hwpt_vtd_s1 flags") }
         default:
-            if dataType != UAPI.hwptDataSelftest { throw Refusal(.EOPNOTSUPP, "the mock takes only data_type SELFTEST") }
+            if dataType != .selftest { throw Refusal(.EOPNOTSUPP, "the mock takes only data_type SELFTEST") }
             _ = try copyStruct(data, minimum: 4, size: 8, what: "iommu_hwpt_selftest")
         }
         return NestedHWPT(parent: .paging(parentID), iommu: device.iommu, config: .driverData, vste: nil)
     }
 
     /// pt_id = VIOMMU: a nested HWPT on a vIOMMU (ARM SMMUv3 / selftest, §2.13, §5.3).
-    private func nestedOnVIOMMU(flags: UInt32, device: DeviceObject, viommuID: ObjectID, viommu: VIOMMUObject,
-                                dataType: UInt32, data: [UInt8]) throws(Refusal) -> NestedHWPT {
+    private func nestedOnVIOMMU(flags: HWPTAllocFlags, device: DeviceObject, viommuID: ObjectID, viommu: VIOMMUObject,
+                                dataType: HWPTDataType, data: [UInt8]) throws(Refusal) -> NestedHWPT {
         if device.iommu != viommu.iommu {
             throw Refusal(.EINVAL, "the device is behind \(device.iommu), vIOMMU \(viommuID) behind \(viommu.iommu)")
         }
-        if flags & ~(UAPI.hwptAllocFaultIDValid | UAPI.hwptAllocPASID) != 0 {
-            throw Refusal(.EOPNOTSUPP, "flags \(hex(flags)) are not allowed for a nested HWPT")
+        if !flags.subtracting([.faultIDValid, .pasid]).isEmpty {
+            throw Refusal(.EOPNOTSUPP, "flags \(hex(flags.rawValue)) are not allowed for a nested HWPT")
         }
         if data.isEmpty { throw Refusal(.EOPNOTSUPP, "a nested HWPT needs driver data") }
-        let driverFlags = flags & ~UAPI.hwptAllocFaultIDValid
+        let driverFlags = flags.subtracting(.faultIDValid)
         switch hostIOMMU(viommu.iommu)?.type {
         case .armSMMUv3?:
-            if driverFlags != 0 { throw Refusal(.EOPNOTSUPP, "ARM nested HWPTs take no flags (PASID refused)") }
-            if dataType != UAPI.hwptDataARMSMMUv3 { throw Refusal(.EINVAL, "data_type \(hex(dataType)) is not ARM_SMMUV3 (2)") }
+            if !driverFlags.isEmpty { throw Refusal(.EOPNOTSUPP, "ARM nested HWPTs take no flags (PASID refused)") }
+            if dataType != .armSMMUv3 { throw Refusal(.EINVAL, "data_type \(hex(dataType.rawValue)) is not ARM_SMMUV3 (2)") }
             if data.count != 16 { throw Refusal(.EINVAL, "a vSTE is exactly 16 bytes, got \(data.count)") }
             let (config, words) = try validateVSTE(data)
             return NestedHWPT(parent: .viommu(viommuID), iommu: viommu.iommu, config: config, vste: words)
         case .selftest?:
-            if dataType != UAPI.hwptDataSelftest { throw Refusal(.EOPNOTSUPP, "the mock takes only data_type SELFTEST") }
+            if dataType != .selftest { throw Refusal(.EOPNOTSUPP, "the mock takes only data_type SELFTEST") }
             _ = try copyStruct(data, minimum: 4, size: 8, what: "iommu_hwpt_selftest")
             return NestedHWPT(parent: .viommu(viommuID), iommu: viommu.iommu, config: .driverData, vste: nil)
         default:
@@ -207,79 +207,43 @@ extension SimulatedKernel {
 
     // MARK: IOMMU_GET_HW_INFO
 
-    func hwInfoImpl(_ fd: Int32, devID: ObjectID, requestType: UInt32?) throws(Refusal) -> HwInfo {
+    func hwInfoImpl(_ fd: Int32, devID: ObjectID, requestType: HWInfoType?) throws(Refusal) -> HwInfo {
         let cid = try context(ofIommufd: fd)
         guard let device = deviceObject(cid, devID) else { throw Refusal(.ENOENT, missing(cid, devID, "dev_id")) }
         let iommu = try iommu(of: device)
-        let requested = requestType ?? UAPI.hwInfoNone   // without INPUT_TYPE: DEFAULT
-        func refuse() -> Refusal { Refusal(.EOPNOTSUPP, "\(iommu.name) does not report hw_info type \(hex(requested))") }
+        let requested = requestType ?? .none   // without INPUT_TYPE: DEFAULT
+        func refuse() -> Refusal { Refusal(.EOPNOTSUPP, "\(iommu.name) does not report hw_info type \(hex(requested.rawValue))") }
         // Dirty tracking is not modelled for hardware IOMMUs; ATS per the host's `ats`.
-        var capabilities: UInt64 = iommu.ats ? 0 : UAPI.hwCapPCIATSNotSupported
+        var capabilities: HWInfoCapabilities = iommu.ats ? [] : .pciATSNotSupported
         var maxPasid: UInt8 = iommu.pasid ? UInt8(clamping: max(0, min(iommu.ssidSize, 20))) : 0
-        let type: UInt32
+        let type: HWInfoType
         let payload: [UInt8]
         switch iommu.type {
         case .armSMMUv3:
-            if requested == UAPI.hwInfoNone || requested == UAPI.hwInfoARMSMMUv3 {
-                type = UAPI.hwInfoARMSMMUv3; payload = armSMMUv3Info(iommu)
-            } else if requested == UAPI.hwInfoTegra241CMDQV, iommu.cmdqvVCMDQs != nil {
-                type = UAPI.hwInfoTegra241CMDQV; payload = tegra241Info(iommu)
+            if requested == .none || requested == .armSMMUv3 {
+                type = .armSMMUv3; payload = ARMSMMUv3HWInfo(host: iommu).bytes
+            } else if requested == .tegra241CMDQV, iommu.cmdqvVCMDQs != nil {
+                type = .tegra241CMDQV; payload = tegra241Info(iommu).bytes
             } else {
                 throw refuse()
             }
         case .intelVTd:
-            guard requested == UAPI.hwInfoNone || requested == UAPI.hwInfoIntelVTD else { throw refuse() }
-            type = UAPI.hwInfoIntelVTD; payload = intelVTdInfo(iommu)
+            guard requested == .none || requested == .intelVTD else { throw refuse() }
+            type = .intelVTD; payload = IntelVTdHWInfo(host: iommu).bytes
         case .amdVi:
             // EFR/EFR2 bit layouts are not in the reference: the payload is zeros.
-            guard requested == UAPI.hwInfoNone || requested == UAPI.hwInfoAMD else { throw refuse() }
-            type = UAPI.hwInfoAMD; payload = [UInt8](repeating: 0, count: 16)
+            guard requested == .none || requested == .amd else { throw refuse() }
+            type = .amd; payload = [UInt8](repeating: 0, count: 16)
         case .selftest:
-            guard requested == UAPI.hwInfoNone || requested == UAPI.hwInfoSelftest else { throw refuse() }
-            type = UAPI.hwInfoSelftest
+            guard requested == .none || requested == .selftest else { throw refuse() }
+            type = .selftest
             payload = le32Bytes(0) + le32Bytes(0xdead_beef)   // iommu_test_hw_info {flags, test_reg}
             // selftest.c mock_domain_capable: dirty tracking yes, PCI ATS no; PASID only
             // for devices made with MOCK_FLAGS_DEVICE_PASID (MOCK_DOMAIN never sets it).
-            capabilities = 0x1 | UAPI.hwCapPCIATSNotSupported
+            capabilities = [.dirtyTracking, .pciATSNotSupported]
             maxPasid = 0
         }
         return HwInfo(dataType: type, data: payload, maxPasidLog2: maxPasid, capabilities: capabilities)
-    }
-
-    /// `struct iommu_hw_info_arm_smmuv3` (40 bytes) whose IDRs encode the host facts
-    /// (§5.1, §5.8). Fields the host description does not carry are set to typical
-    /// values: SIDSIZE 16, CMDQS/EVTQS 19, 2-level stream table, AArch64 tables,
-    /// ASID16/VMID16/CD2L, COHACC; IIDR and AIDR 0. S1P is always set (stage 1 is assumed
-    /// present: flags-0 HWPTs are S1), S2P = nesting.
-    func armSMMUv3Info(_ iommu: HostIOMMU) -> [UInt8] {
-        var idr0: UInt32 = 0
-        if iommu.nesting { idr0 |= 1 << 0 }          // S2P
-        idr0 |= 1 << 1                               // S1P
-        idr0 |= 2 << 2                               // TTF: AArch64
-        idr0 |= 1 << 4                               // COHACC
-        if iommu.ats { idr0 |= 1 << 10 }             // ATS
-        idr0 |= 1 << 12                              // ASID16
-        idr0 |= 1 << 18                              // VMID16
-        idr0 |= 1 << 19                              // CD2L
-        idr0 |= 1 << 27                              // ST_LEVEL: 2-level
-        var idr1: UInt32 = 16                        // SIDSIZE
-        idr1 |= UInt32(clamping: max(0, min(iommu.ssidSize, 20))) << 6   // SSIDSIZE
-        idr1 |= 19 << 16                             // EVTQS
-        idr1 |= 19 << 21                             // CMDQS
-        var idr3: UInt32 = 0
-        if iommu.coherent { idr3 |= 1 << 8 }         // FWB (S2FWB)
-        if iommu.ril { idr3 |= 1 << 10 }             // RIL
-        var idr5: UInt32 = oasCode(iommu.oas)        // OAS
-        idr5 |= 1 << 4                               // GRAN4K
-        let idrs: [UInt32] = [idr0, idr1, 0, idr3, 0, idr5]
-        return le32Bytes(0) + le32Bytes(0) + idrs.flatMap(le32Bytes) + le32Bytes(0) + le32Bytes(0)
-    }
-
-    /// IDR5.OAS encoding (§5.1): 32→0, 36→1, 40→2, 42→3, 44→4, 48→5, 52→6; other widths
-    /// get the largest encodable width below them.
-    func oasCode(_ oas: Int) -> UInt32 {
-        let widths = [32, 36, 40, 42, 44, 48, 52]
-        return UInt32(widths.lastIndex { $0 <= oas } ?? 0)
     }
 
     /// vCMDQs per VINTF as the driver reports them: a power of two.
@@ -292,42 +256,15 @@ extension SimulatedKernel {
     /// simulation reports 2^4 = 16 (assumed) and enforces it for vDevices.
     var tegraLog2VSIDs: UInt8 { 4 }
 
-    /// `struct iommu_hw_info_tegra241_cmdqv` (8 bytes, §5.7); version 1 (assumed).
-    func tegra241Info(_ iommu: HostIOMMU) -> [UInt8] {
-        le32Bytes(0) + [1, log2VCMDQs(iommu), tegraLog2VSIDs, 0]
-    }
-
-    /// `struct iommu_hw_info_vtd` (24 bytes, §2.14): flags has ERRATA_772415_SPR17 (always
-    /// set in this tree). cap/ecap are synthesized from the host facts: MGAW = oas-1,
-    /// SAGAW 4-level; ecap C, QI, IR, SMTS, SLTS always, DT = ats, NEST (bit 26) and
-    /// FLTS = nesting, PASID (bit 40) and PSS = pasid / ssidSize-1.
-    func intelVTdInfo(_ iommu: HostIOMMU) -> [UInt8] {
-        var cap: UInt64 = UInt64(0x4) << 8                               // SAGAW: 4-level
-        cap |= UInt64(max(0, min(iommu.oas, 64) - 1) & 0x3F) << 16       // MGAW
-        var ecap: UInt64 = 1 | (1 << 1) | (1 << 3) | (1 << 43) | (1 << 46)  // C, QI, IR, SMTS, SLTS
-        if iommu.ats { ecap |= 1 << 2 }
-        if iommu.nesting { ecap |= (1 << 26) | (1 << 47) }
-        if iommu.pasid {
-            ecap |= 1 << 40
-            ecap |= UInt64(max(0, min(iommu.ssidSize, 20) - 1) & 0x1F) << 35
-        }
-        return le32Bytes(0x1) + le32Bytes(0) + le64Bytes(cap) + le64Bytes(ecap)
+    /// The Tegra241 CMDQV payload (§5.7); version 1 (assumed).
+    func tegra241Info(_ iommu: HostIOMMU) -> Tegra241CMDQVHWInfo {
+        Tegra241CMDQVHWInfo(version: 1, log2VCMDQs: log2VCMDQs(iommu), log2VSIDs: tegraLog2VSIDs)
     }
 }
 
-// MARK: little-endian helpers
+// MARK: little-endian helpers (VsmmuKernel's LE)
 
-func le32(_ bytes: [UInt8], _ offset: Int) -> UInt32 {
-    var value: UInt32 = 0
-    for i in 0..<4 where offset + i < bytes.count { value |= UInt32(bytes[offset + i]) << (8 * UInt32(i)) }
-    return value
-}
-
-func le64(_ bytes: [UInt8], _ offset: Int) -> UInt64 {
-    var value: UInt64 = 0
-    for i in 0..<8 where offset + i < bytes.count { value |= UInt64(bytes[offset + i]) << (8 * UInt64(i)) }
-    return value
-}
-
-func le32Bytes(_ value: UInt32) -> [UInt8] { (0..<4).map { UInt8(truncatingIfNeeded: value >> (8 * UInt32($0))) } }
-func le64Bytes(_ value: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: value >> (8 * UInt64($0))) } }
+func le32(_ bytes: [UInt8], _ offset: Int) -> UInt32 { LE.u32(bytes, offset) }
+func le64(_ bytes: [UInt8], _ offset: Int) -> UInt64 { LE.u64(bytes, offset) }
+func le32Bytes(_ value: UInt32) -> [UInt8] { LE.bytes(value) }
+func le64Bytes(_ value: UInt64) -> [UInt8] { LE.bytes(value) }

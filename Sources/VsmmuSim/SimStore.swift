@@ -25,13 +25,13 @@ enum SimRequest: Hashable, Codable {
     case close(fd: Int32)
     case destroy(fd: Int32, id: ObjectID)
     case ioasAlloc(fd: Int32)
-    case ioasMap(fd: Int32, ioas: ObjectID, flags: UInt32, source: MapSource, length: UInt64, iova: UInt64)
+    case ioasMap(fd: Int32, ioas: ObjectID, flags: IOASMapFlags, source: MapSource, length: UInt64, iova: UInt64)
     case ioasUnmap(fd: Int32, ioas: ObjectID, iova: UInt64, length: UInt64)
-    case hwptAlloc(fd: Int32, flags: UInt32, devID: ObjectID, ptID: ObjectID, dataType: UInt32, data: [UInt8])
-    case viommuAlloc(fd: Int32, type: UInt32, devID: ObjectID, hwptID: ObjectID, data: [UInt8])
+    case hwptAlloc(fd: Int32, flags: HWPTAllocFlags, devID: ObjectID, ptID: ObjectID, dataType: HWPTDataType, data: [UInt8])
+    case viommuAlloc(fd: Int32, type: VIOMMUType, devID: ObjectID, hwptID: ObjectID, data: [UInt8])
     case vdeviceAlloc(fd: Int32, viommuID: ObjectID, devID: ObjectID, virtID: UInt64)
-    case veventqAlloc(fd: Int32, viommuID: ObjectID, type: UInt32, depth: UInt32)
-    case hwQueueAlloc(fd: Int32, viommuID: ObjectID, type: UInt32, index: UInt32, iova: UInt64, length: UInt64)
+    case veventqAlloc(fd: Int32, viommuID: ObjectID, type: VEventQType, depth: UInt32)
+    case hwQueueAlloc(fd: Int32, viommuID: ObjectID, type: HWQueueType, index: UInt32, iova: UInt64, length: UInt64)
     case mockDomain(fd: Int32, ptID: ObjectID)
     case mockDomainReplace(fd: Int32, stdevID: ObjectID, ptID: ObjectID)
     case openVfioDevice(index: Int)
@@ -45,6 +45,11 @@ enum SimRequest: Hashable, Codable {
     case driversProbe(address: PCIAddress)
     case chownVfioDevice(index: Int, uid: UInt32, gid: UInt32)
     case processExit
+    case iommuOption(fd: Int32, option: UInt32, objectID: ObjectID, value: UInt64)
+    case spawnProcess(pid: Int32, command: String)
+    case transferFiles(fds: [Int32], process: Int)
+    /// Not a call: the calls after it are this process's (SimProcesses.swift).
+    case switchProcess(Int)
 }
 
 /// One line of calls.log.
@@ -102,6 +107,11 @@ extension SimulatedKernel {
         case .driversProbe(let address): try? driversProbeImpl(address)
         case .chownVfioDevice(let index, let uid, let gid): try? chownImpl(index: index, uid: uid, gid: gid)
         case .processExit: processExitImpl()
+        case .iommuOption(let fd, let option, let objectID, let value):
+            _ = try? iommuOptionImpl(fd, option: option, objectID: objectID, set: value == UInt64.max ? nil : value)
+        case .spawnProcess(let pid, let command): spawnProcessImpl(pid: pid, command: command)
+        case .transferFiles(let fds, let process): try? transferFilesImpl(fds, to: process)
+        case .switchProcess(let n): state.currentProcess = n
         }
     }
 }

@@ -32,7 +32,7 @@ extension SimulatedKernel {
 
     // MARK: IOMMU_VIOMMU_ALLOC
 
-    func viommuAllocImpl(_ fd: Int32, type: UInt32, devID: ObjectID, hwptID: ObjectID, data: [UInt8]) throws(Refusal) -> (id: ObjectID, dataOut: [UInt8]) {
+    func viommuAllocImpl(_ fd: Int32, type: VIOMMUType, devID: ObjectID, hwptID: ObjectID, data: [UInt8]) throws(Refusal) -> (id: ObjectID, dataOut: [UInt8]) {
         let cid = try context(ofIommufd: fd)
         if type == 0 { throw Refusal(.EOPNOTSUPP, "vIOMMU type 0 (DEFAULT) is rejected") }
         guard let device = deviceObject(cid, devID) else { throw Refusal(.ENOENT, missing(cid, devID, "dev_id")) }
@@ -52,7 +52,7 @@ extension SimulatedKernel {
             if parent.iommu != iommu.name {
                 throw Refusal(.EINVAL, "nest parent HWPT \(hwptID) belongs to \(parent.iommu), the device to \(iommu.name)")
             }
-            if type == UAPI.viommuTegra241CMDQV {
+            if type == .tegra241CMDQV {
                 // §5.7: iommu_viommu_tegra241_cmdqv, exactly 16 bytes, out: VINTF page 0.
                 if data.count != 16 { throw Refusal(.EINVAL, "the Tegra241 vIOMMU data is exactly 16 bytes, got \(data.count)") }
                 let region = allocateMmap(cid, length: 65536)
@@ -80,15 +80,15 @@ extension SimulatedKernel {
     }
 
     /// The driver's get_viommu_size: 0 (→ EOPNOTSUPP) when it cannot make this type here.
-    private func checkVIOMMUSupport(_ iommu: HostIOMMU, type: UInt32) throws(Refusal) {
+    private func checkVIOMMUSupport(_ iommu: HostIOMMU, type: VIOMMUType) throws(Refusal) {
         switch iommu.type {
         case .armSMMUv3:
             // §5.2: nesting, and CANWBS or S2FWB (`coherent`); then the type.
             if !iommu.nesting { throw Refusal(.EOPNOTSUPP, "\(iommu.name) has no nesting feature") }
             if !iommu.coherent { throw Refusal(.EOPNOTSUPP, "\(iommu.name) has neither CANWBS nor S2FWB") }
-            if type == UAPI.viommuARMSMMUv3 { return }
-            if type == UAPI.viommuTegra241CMDQV, iommu.cmdqvVCMDQs != nil { return }
-            throw Refusal(.EOPNOTSUPP, "\(iommu.name) does not offer vIOMMU type \(hex(type))")
+            if type == .armSMMUv3 { return }
+            if type == .tegra241CMDQV, iommu.cmdqvVCMDQs != nil { return }
+            throw Refusal(.EOPNOTSUPP, "\(iommu.name) does not offer vIOMMU type \(hex(type.rawValue))")
         case .intelVTd:
             throw Refusal(.EOPNOTSUPP, "Intel VT-d has no vIOMMU (nest on the parent HWPT instead)")
         case .amdVi:
@@ -96,7 +96,7 @@ extension SimulatedKernel {
             // precondition (the reference names GT/GIOSup for nest parents).
             if !iommu.nesting { throw Refusal(.EOPNOTSUPP, "\(iommu.name) has no nesting support") }
         case .selftest:
-            if type != UAPI.viommuSelftest { throw Refusal(.EOPNOTSUPP, "the mock offers only vIOMMU type SELFTEST") }
+            if type != .selftest { throw Refusal(.EOPNOTSUPP, "the mock offers only vIOMMU type SELFTEST") }
         }
     }
 
@@ -121,7 +121,7 @@ extension SimulatedKernel {
             // §4.5: virt_id unique per vIOMMU.
             if vdev.virtID == virtID { throw Refusal(.EEXIST, "virt_id \(hex(virtID)) is already vDevice \(entry.id) on vIOMMU \(viommuID)") }
         }
-        if viommu.type == UAPI.viommuTegra241CMDQV {
+        if viommu.type == .tegra241CMDQV {
             // §5.7: 20-bit vSIDs; one SID-replacement slot per vDevice.
             if virtID > 0xFFFFF { throw Refusal(.EINVAL, "Tegra241 virt_id \(hex(virtID)) exceeds 0xFFFFF") }
             if onThisVIOMMU >= 1 << Int(tegraLog2VSIDs) {
@@ -135,15 +135,15 @@ extension SimulatedKernel {
 
     // MARK: IOMMU_VEVENTQ_ALLOC
 
-    func veventqAllocImpl(_ fd: Int32, viommuID: ObjectID, type: UInt32, depth: UInt32) throws(Refusal) -> (id: ObjectID, eventFD: KernelFile) {
+    func veventqAllocImpl(_ fd: Int32, viommuID: ObjectID, type: VEventQType, depth: UInt32) throws(Refusal) -> (id: ObjectID, eventFD: KernelFile) {
         let cid = try context(ofIommufd: fd)
         if type == 0 { throw Refusal(.EOPNOTSUPP, "vEVENTQ type 0 is rejected") }
-        if depth == 0 || depth > UAPI.veventqMaxDepth { throw Refusal(.EINVAL, "depth \(depth) is not in 1...\(UAPI.veventqMaxDepth)") }
+        if depth == 0 || depth > VEventQType.maxDepth { throw Refusal(.EINVAL, "depth \(depth) is not in 1...\(VEventQType.maxDepth)") }
         guard viommuObject(cid, viommuID) != nil else { throw Refusal(.ENOENT, missing(cid, viommuID, "viommu_id")) }
         // §2.21: the type is not checked against the vIOMMU's; one per type per vIOMMU.
         for entry in objects(cid) {
             if case .veventq(let q) = entry.object, q.viommu == viommuID, q.type == type {
-                throw Refusal(.EEXIST, "vIOMMU \(viommuID) already has vEVENTQ \(entry.id) of type \(hex(type))")
+                throw Refusal(.EEXIST, "vIOMMU \(viommuID) already has vEVENTQ \(entry.id) of type \(hex(type.rawValue))")
             }
         }
         let id = allocateID(cid)
@@ -155,7 +155,7 @@ extension SimulatedKernel {
 
     // MARK: IOMMU_HW_QUEUE_ALLOC
 
-    func hwQueueAllocImpl(_ fd: Int32, viommuID: ObjectID, type: UInt32, index: UInt32, iova: UInt64, length: UInt64) throws(Refusal) -> ObjectID {
+    func hwQueueAllocImpl(_ fd: Int32, viommuID: ObjectID, type: HWQueueType, index: UInt32, iova: UInt64, length: UInt64) throws(Refusal) -> ObjectID {
         let cid = try context(ofIommufd: fd)
         if type == 0 { throw Refusal(.EOPNOTSUPP, "HW queue type 0 is rejected") }
         if length == 0 { throw Refusal(.EINVAL, "length 0") }
@@ -164,12 +164,12 @@ extension SimulatedKernel {
         let iommu = hostIOMMU(viommu.iommu)
         let maxIndex: UInt32
         switch (viommu.type, iommu?.type) {
-        case (UAPI.viommuTegra241CMDQV, .armSMMUv3?) where type == UAPI.hwQueueTegra241CMDQV:
+        case (.tegra241CMDQV, .armSMMUv3?) where type == .tegra241CMDQV:
             maxIndex = UInt32(1) << UInt32(iommu.map(log2VCMDQs) ?? 0)
-        case (UAPI.viommuSelftest, .selftest?) where type == UAPI.hwQueueSelftest:
+        case (.selftest, .selftest?) where type == .selftest:
             maxIndex = 2
         default:
-            throw Refusal(.EOPNOTSUPP, "vIOMMU \(viommuID) (type \(hex(viommu.type))) has no HW queues of type \(hex(type))")
+            throw Refusal(.EOPNOTSUPP, "vIOMMU \(viommuID) (type \(hex(viommu.type.rawValue))) has no HW queues of type \(hex(type.rawValue))")
         }
         let last = iova + (length - 1)
         // Rounding the end up to a page boundary must not overflow.
@@ -203,7 +203,7 @@ extension SimulatedKernel {
         if index > 0, !queues.contains(where: { $0.index == index - 1 }) {
             throw Refusal(.EIO, "queue index \(index - 1) must be allocated before \(index)")
         }
-        if type == UAPI.hwQueueTegra241CMDQV {
+        if type == .tegra241CMDQV {
             let maxLength: UInt64 = 1 << (19 + 4)   // 2^(IDR1.CMDQS + 4), CMDQS as reported by GET_HW_INFO
             if length & (length - 1) != 0 || length < 32 || length > maxLength {
                 throw Refusal(.EINVAL, "a vCMDQ length must be a power of two in 32...\(hex(maxLength)), got \(hex(length))")
@@ -261,7 +261,7 @@ extension SimulatedKernel {
     /// The core's checks in its order, then the target's driver. Only the ARM SMMUv3
     /// vIOMMU's invalidation is modelled; the selftest mock's and VT-d's are refused as
     /// unmodelled (EOPNOTSUPP), which no caller of the simulation relies on.
-    func hwptInvalidateImpl(_ fd: Int32, hwptID: ObjectID, dataType: UInt32, entryLen: UInt32, entryNum: UInt32, entries: [UInt8]) throws(Refusal) -> UInt32 {
+    func hwptInvalidateImpl(_ fd: Int32, hwptID: ObjectID, dataType: InvalidateDataType, entryLen: UInt32, entryNum: UInt32, entries: [UInt8]) throws(Refusal) -> UInt32 {
         let cid = try context(ofIommufd: fd)
         if entryNum != 0 {
             if entries.isEmpty { throw Refusal(.EINVAL, "entry_num \(entryNum) with no data") }
@@ -282,10 +282,10 @@ extension SimulatedKernel {
         guard hostIOMMU(viommu.iommu)?.type == .armSMMUv3 else {
             throw Refusal(.EOPNOTSUPP, "invalidation on a \(viommu.iommu) vIOMMU is not modelled")
         }
-        if dataType != UAPI.invalidateDataARMSMMUv3 { throw Refusal(.EINVAL, "data_type \(dataType) is not ARM_SMMUV3 (1)") }
+        if dataType != .armSMMUv3 { throw Refusal(.EINVAL, "data_type \(dataType.rawValue) is not ARM_SMMUV3 (1)") }
         if entryNum == 0 { throw Refusal(.EINVAL, "the ARM driver rejects an empty command array") }
         if entries.count < Int(entryLen) * Int(entryNum) { throw Refusal(.EFAULT, "the command array is shorter than entry_len × entry_num") }
-        let size = Int(UAPI.armInvalidateEntrySize)
+        let size = Int(InvalidateDataType.armEntrySize)
         for k in 0..<Int(entryNum) {
             let raw = Array(entries[(k * Int(entryLen))..<((k + 1) * Int(entryLen))])
             let cmd = try copyStruct(raw, minimum: 1, size: size, what: "iommu_viommu_arm_smmuv3_invalidate")

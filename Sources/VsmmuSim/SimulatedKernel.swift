@@ -89,98 +89,90 @@ public final class SimulatedKernel: KernelPort {
     /// iommufd object (§4.4). Host-level state (drivers, overrides, vfio indexes,
     /// owners) stays (§9.6).
     public func simulateProcessExit() {
-        callQuietly("PROCESS_EXIT", .processExit, detail: "") { processExitImpl(); return nil }
+        callQuietly(.processExit, .processExit) { processExitImpl(); return nil }
     }
 
     // MARK: iommufd context
 
     public func openIommufd() throws(KernelCallError) -> IommufdHandle {
-        try call("OPEN_IOMMUFD", .openIommufd, detail: "/dev/iommu") { () throws(Refusal) in
+        try call(.openIommufd, .openIommufd) { () throws(Refusal) in
             IommufdHandle(fd: try openIommufdImpl())
         }
     }
 
     public func close(_ iommufd: IommufdHandle) {
-        callQuietly("CLOSE_IOMMUFD", .close(fd: iommufd.fd), detail: "fd=\(iommufd.fd)") { closeFD(iommufd.fd) }
+        callQuietly(.closeIommufd(fd: iommufd.fd), .close(fd: iommufd.fd)) { closeFD(iommufd.fd) }
     }
 
     // MARK: iommufd ioctls
 
     public func destroy(_ fd: IommufdHandle, id: ObjectID) throws(KernelCallError) {
-        try call("IOMMU_DESTROY", .destroy(fd: fd.fd, id: id), detail: "fd=\(fd.fd) id=\(id)") { () throws(Refusal) in
+        try call(.destroy(fd: fd.fd, id: id), .destroy(fd: fd.fd, id: id)) { () throws(Refusal) in
             try destroyImpl(fd.fd, id: id)
         }
     }
 
     public func ioasAlloc(_ fd: IommufdHandle) throws(KernelCallError) -> ObjectID {
-        try call("IOMMU_IOAS_ALLOC", .ioasAlloc(fd: fd.fd), detail: "fd=\(fd.fd)") { () throws(Refusal) in
+        try call(.ioasAlloc(fd: fd.fd), .ioasAlloc(fd: fd.fd)) { () throws(Refusal) in
             try ioasAllocImpl(fd.fd)
         }
     }
 
     public func ioasIovaRanges(_ fd: IommufdHandle, ioas: ObjectID) throws(KernelCallError) -> (ranges: [IovaRange], alignment: UInt64) {
-        try call("IOMMU_IOAS_IOVA_RANGES", nil, detail: "fd=\(fd.fd) ioas=\(ioas)") { () throws(Refusal) in
+        try call(.ioasIovaRanges(fd: fd.fd, ioas: ioas, numIovas: nil), nil) { () throws(Refusal) in
             try ioasIovaRangesImpl(fd.fd, ioas: ioas)
         }
     }
 
-    public func ioasMap(_ fd: IommufdHandle, ioas: ObjectID, flags: UInt32, source: MapSource, length: UInt64, iova: UInt64) throws(KernelCallError) -> UInt64 {
-        let op: String
-        let from: String
-        switch source {
-        case .userVA(let va): op = "IOMMU_IOAS_MAP"; from = "user_va=\(hex(va))"
-        case .file(let file, let offset): op = "IOMMU_IOAS_MAP_FILE"; from = "file_fd=\(file.fd) start=\(hex(offset))"
-        }
-        return try call(op, .ioasMap(fd: fd.fd, ioas: ioas, flags: flags, source: source, length: length, iova: iova),
-                        detail: "fd=\(fd.fd) ioas=\(ioas) flags=\(hex(flags)) \(from) length=\(hex(length)) iova=\(hex(iova))") { () throws(Refusal) in
+    public func ioasMap(_ fd: IommufdHandle, ioas: ObjectID, flags: IOASMapFlags, source: MapSource, length: UInt64, iova: UInt64) throws(KernelCallError) -> UInt64 {
+        try call(.ioasMap(fd: fd.fd, ioas: ioas, flags: flags, source: source, length: length, iova: iova),
+                 .ioasMap(fd: fd.fd, ioas: ioas, flags: flags, source: source, length: length, iova: iova)) { () throws(Refusal) in
             try ioasMapImpl(fd.fd, ioas: ioas, flags: flags, source: source, length: length, iova: iova)
         }
     }
 
     public func ioasUnmap(_ fd: IommufdHandle, ioas: ObjectID, iova: UInt64, length: UInt64) throws(KernelCallError) -> UInt64 {
-        try call("IOMMU_IOAS_UNMAP", .ioasUnmap(fd: fd.fd, ioas: ioas, iova: iova, length: length),
-                 detail: "fd=\(fd.fd) ioas=\(ioas) iova=\(hex(iova)) length=\(hex(length))") { () throws(Refusal) in
+        try call(.ioasUnmap(fd: fd.fd, ioas: ioas, iova: iova, length: length), .ioasUnmap(fd: fd.fd, ioas: ioas, iova: iova, length: length)) { () throws(Refusal) in
             try ioasUnmapImpl(fd.fd, ioas: ioas, iova: iova, length: length)
         }
     }
 
-    public func hwptAlloc(_ fd: IommufdHandle, flags: UInt32, devID: ObjectID, ptID: ObjectID, dataType: UInt32, data: [UInt8]) throws(KernelCallError) -> ObjectID {
-        try call("IOMMU_HWPT_ALLOC", .hwptAlloc(fd: fd.fd, flags: flags, devID: devID, ptID: ptID, dataType: dataType, data: data),
-                 detail: "fd=\(fd.fd) flags=\(hex(flags)) dev_id=\(devID) pt_id=\(ptID) data_type=\(hex(dataType)) data_len=\(data.count)") { () throws(Refusal) in
+    public func hwptAlloc(_ fd: IommufdHandle, flags: HWPTAllocFlags, devID: ObjectID, ptID: ObjectID, dataType: HWPTDataType, data: [UInt8]) throws(KernelCallError) -> ObjectID {
+        try call(.hwptAlloc(fd: fd.fd, flags: flags, devID: devID, ptID: ptID, dataType: dataType, dataLength: data.count),
+                 .hwptAlloc(fd: fd.fd, flags: flags, devID: devID, ptID: ptID, dataType: dataType, data: data)) { () throws(Refusal) in
             try hwptAllocImpl(fd.fd, flags: flags, devID: devID, ptID: ptID, dataType: dataType, data: data)
         }
     }
 
-    public func getHwInfo(_ fd: IommufdHandle, devID: ObjectID, requestType: UInt32?) throws(KernelCallError) -> HwInfo {
-        try call("IOMMU_GET_HW_INFO", nil, detail: "fd=\(fd.fd) dev_id=\(devID)" + (requestType.map { " in_data_type=\(hex($0))" } ?? "")) { () throws(Refusal) in
+    public func getHwInfo(_ fd: IommufdHandle, devID: ObjectID, requestType: HWInfoType?) throws(KernelCallError) -> HwInfo {
+        try call(.getHwInfo(fd: fd.fd, devID: devID, requestType: requestType), nil) { () throws(Refusal) in
             try hwInfoImpl(fd.fd, devID: devID, requestType: requestType)
         }
     }
 
-    public func viommuAlloc(_ fd: IommufdHandle, type: UInt32, devID: ObjectID, hwptID: ObjectID, data: [UInt8]) throws(KernelCallError) -> (id: ObjectID, dataOut: [UInt8]) {
-        try call("IOMMU_VIOMMU_ALLOC", .viommuAlloc(fd: fd.fd, type: type, devID: devID, hwptID: hwptID, data: data),
-                 detail: "fd=\(fd.fd) type=\(hex(type)) dev_id=\(devID) hwpt_id=\(hwptID) data_len=\(data.count)") { () throws(Refusal) in
+    public func viommuAlloc(_ fd: IommufdHandle, type: VIOMMUType, devID: ObjectID, hwptID: ObjectID, data: [UInt8]) throws(KernelCallError) -> (id: ObjectID, dataOut: [UInt8]) {
+        try call(.viommuAlloc(fd: fd.fd, type: type, devID: devID, hwptID: hwptID, dataLength: data.count),
+                 .viommuAlloc(fd: fd.fd, type: type, devID: devID, hwptID: hwptID, data: data)) { () throws(Refusal) in
             try viommuAllocImpl(fd.fd, type: type, devID: devID, hwptID: hwptID, data: data)
         }
     }
 
-    public func hwptInvalidate(_ fd: IommufdHandle, hwptID: ObjectID, dataType: UInt32, entryLen: UInt32, entryNum: UInt32, entries: [UInt8]) throws(KernelCallError) -> UInt32 {
-        try call("IOMMU_HWPT_INVALIDATE", nil,
-                 detail: "fd=\(fd.fd) hwpt_id=\(hwptID) data_type=\(dataType) entry_len=\(entryLen) entry_num=\(entryNum)") { () throws(Refusal) in
+    public func hwptInvalidate(_ fd: IommufdHandle, hwptID: ObjectID, dataType: InvalidateDataType, entryLen: UInt32, entryNum: UInt32, entries: [UInt8]) throws(KernelCallError) -> UInt32 {
+        try call(.hwptInvalidate(fd: fd.fd, hwptID: hwptID, dataType: dataType, entryLen: entryLen, entryNum: entryNum), nil) { () throws(Refusal) in
             try hwptInvalidateImpl(fd.fd, hwptID: hwptID, dataType: dataType, entryLen: entryLen, entryNum: entryNum, entries: entries)
         }
     }
 
     public func vdeviceAlloc(_ fd: IommufdHandle, viommuID: ObjectID, devID: ObjectID, virtID: UInt64) throws(KernelCallError) -> ObjectID {
-        try call("IOMMU_VDEVICE_ALLOC", .vdeviceAlloc(fd: fd.fd, viommuID: viommuID, devID: devID, virtID: virtID),
-                 detail: "fd=\(fd.fd) viommu_id=\(viommuID) dev_id=\(devID) virt_id=\(hex(virtID))") { () throws(Refusal) in
+        try call(.vdeviceAlloc(fd: fd.fd, viommuID: viommuID, devID: devID, virtID: virtID),
+                 .vdeviceAlloc(fd: fd.fd, viommuID: viommuID, devID: devID, virtID: virtID)) { () throws(Refusal) in
             try vdeviceAllocImpl(fd.fd, viommuID: viommuID, devID: devID, virtID: virtID)
         }
     }
 
-    public func veventqAlloc(_ fd: IommufdHandle, viommuID: ObjectID, type: UInt32, depth: UInt32) throws(KernelCallError) -> (id: ObjectID, eventFD: KernelFile) {
-        try call("IOMMU_VEVENTQ_ALLOC", .veventqAlloc(fd: fd.fd, viommuID: viommuID, type: type, depth: depth),
-                 detail: "fd=\(fd.fd) viommu_id=\(viommuID) type=\(hex(type)) depth=\(depth)") { () throws(Refusal) in
+    public func veventqAlloc(_ fd: IommufdHandle, viommuID: ObjectID, type: VEventQType, depth: UInt32) throws(KernelCallError) -> (id: ObjectID, eventFD: KernelFile) {
+        try call(.veventqAlloc(fd: fd.fd, viommuID: viommuID, type: type, depth: depth),
+                 .veventqAlloc(fd: fd.fd, viommuID: viommuID, type: type, depth: depth)) { () throws(Refusal) in
             try veventqAllocImpl(fd.fd, viommuID: viommuID, type: type, depth: depth)
         }
     }
@@ -188,27 +180,41 @@ public final class SimulatedKernel: KernelPort {
     /// close(2) of the event fd (any fd number is closed with its own semantics, as
     /// close(2) would).
     public func closeEventFD(_ fd: IommufdHandle, _ eventFD: KernelFile) {
-        callQuietly("CLOSE_EVENT_FD", .close(fd: eventFD.fd), detail: "fd=\(eventFD.fd)") { closeFD(eventFD.fd) }
+        callQuietly(.closeEventFD(fd: eventFD.fd), .close(fd: eventFD.fd)) { closeFD(eventFD.fd) }
     }
 
-    public func hwQueueAlloc(_ fd: IommufdHandle, viommuID: ObjectID, type: UInt32, index: UInt32, iova: UInt64, length: UInt64) throws(KernelCallError) -> ObjectID {
-        try call("IOMMU_HW_QUEUE_ALLOC", .hwQueueAlloc(fd: fd.fd, viommuID: viommuID, type: type, index: index, iova: iova, length: length),
-                 detail: "fd=\(fd.fd) viommu_id=\(viommuID) type=\(hex(type)) index=\(index) nesting_parent_iova=\(hex(iova)) length=\(hex(length))") { () throws(Refusal) in
+    public func hwQueueAlloc(_ fd: IommufdHandle, viommuID: ObjectID, type: HWQueueType, index: UInt32, iova: UInt64, length: UInt64) throws(KernelCallError) -> ObjectID {
+        try call(.hwQueueAlloc(fd: fd.fd, viommuID: viommuID, type: type, index: index, iova: iova, length: length),
+                 .hwQueueAlloc(fd: fd.fd, viommuID: viommuID, type: type, index: index, iova: iova, length: length)) { () throws(Refusal) in
             try hwQueueAllocImpl(fd.fd, viommuID: viommuID, type: type, index: index, iova: iova, length: length)
         }
     }
 
     // MARK: selftest mock devices
 
+    public func iommuOption(_ fd: IommufdHandle, option: IommuOption, objectID: ObjectID, set value: UInt64?) throws(KernelCallError) -> UInt64 {
+        // A GET changes nothing, but IOMMU_OPTION is one call: logged either way (replay is a no-op).
+        try call(.option(fd: fd.fd, option: option, objectID: objectID, value: value),
+                 .iommuOption(fd: fd.fd, option: option.rawValue, objectID: objectID, value: value ?? UInt64.max)) { () throws(Refusal) in
+            try iommuOptionImpl(fd.fd, option: option.rawValue, objectID: objectID, set: value)
+        }
+    }
+
+    public func deviceHolders(_ address: PCIAddress) throws(KernelCallError) -> [FileHolder] {
+        // The Linux backend reads the device (its vfio index and group) before it walks
+        // /proc: the same read here keeps the two call sequences alike.
+        guard try pciDevice(address) != nil else { return [] }
+        return try call(.procFDScan(address), nil) { () throws(Refusal) in deviceHoldersImpl(address) }
+    }
+
     public func mockDomain(_ fd: IommufdHandle, ptID: ObjectID) throws(KernelCallError) -> MockDevice {
-        try call("IOMMU_TEST_CMD", .mockDomain(fd: fd.fd, ptID: ptID), detail: "fd=\(fd.fd) op=MOCK_DOMAIN id=\(ptID)") { () throws(Refusal) in
+        try call(.mockDomain(fd: fd.fd, ptID: ptID), .mockDomain(fd: fd.fd, ptID: ptID)) { () throws(Refusal) in
             try mockDomainImpl(fd.fd, ptID: ptID)
         }
     }
 
     public func mockDomainReplace(_ fd: IommufdHandle, stdevID: ObjectID, ptID: ObjectID) throws(KernelCallError) -> ObjectID {
-        try call("IOMMU_TEST_CMD", .mockDomainReplace(fd: fd.fd, stdevID: stdevID, ptID: ptID),
-                 detail: "fd=\(fd.fd) op=MOCK_DOMAIN_REPLACE id=\(stdevID) pt_id=\(ptID)") { () throws(Refusal) in
+        try call(.mockDomainReplace(fd: fd.fd, stdevID: stdevID, ptID: ptID), .mockDomainReplace(fd: fd.fd, stdevID: stdevID, ptID: ptID)) { () throws(Refusal) in
             try mockDomainReplaceImpl(fd.fd, stdevID: stdevID, ptID: ptID)
         }
     }
@@ -216,45 +222,44 @@ public final class SimulatedKernel: KernelPort {
     // MARK: VFIO cdev
 
     public func openVfioDevice(index: Int) throws(KernelCallError) -> DeviceHandle {
-        try call("OPEN_VFIO_DEVICE", .openVfioDevice(index: index), detail: "/dev/vfio/devices/vfio\(index)") { () throws(Refusal) in
+        try call(.openVfioDevice(index: index), .openVfioDevice(index: index)) { () throws(Refusal) in
             DeviceHandle(fd: try openVfioDeviceImpl(index: index))
         }
     }
 
     public func bindIommufd(_ dev: DeviceHandle, iommufd: IommufdHandle) throws(KernelCallError) -> ObjectID {
-        try call("VFIO_DEVICE_BIND_IOMMUFD", .bind(dev: dev.fd, iommufd: iommufd.fd), detail: "fd=\(dev.fd) iommufd=\(iommufd.fd)") { () throws(Refusal) in
+        try call(.bindIommufd(dev: dev.fd, iommufd: iommufd.fd), .bind(dev: dev.fd, iommufd: iommufd.fd)) { () throws(Refusal) in
             try bindImpl(dev.fd, iommufd: iommufd.fd)
         }
     }
 
     public func attach(_ dev: DeviceHandle, ptID: ObjectID) throws(KernelCallError) -> ObjectID {
-        try call("VFIO_DEVICE_ATTACH_IOMMUFD_PT", .attach(dev: dev.fd, ptID: ptID), detail: "fd=\(dev.fd) pt_id=\(ptID)") { () throws(Refusal) in
+        try call(.attach(dev: dev.fd, ptID: ptID), .attach(dev: dev.fd, ptID: ptID)) { () throws(Refusal) in
             try attachImpl(dev.fd, ptID: ptID)
         }
     }
 
     public func detach(_ dev: DeviceHandle) throws(KernelCallError) {
-        try call("VFIO_DEVICE_DETACH_IOMMUFD_PT", .detach(dev: dev.fd), detail: "fd=\(dev.fd)") { () throws(Refusal) in
+        try call(.detach(dev: dev.fd), .detach(dev: dev.fd)) { () throws(Refusal) in
             try detachImpl(dev.fd)
         }
     }
 
     public func close(_ dev: DeviceHandle) {
-        callQuietly("CLOSE_VFIO_DEVICE", .close(fd: dev.fd), detail: "fd=\(dev.fd)") { closeFD(dev.fd) }
+        callQuietly(.closeVfioDevice(fd: dev.fd), .close(fd: dev.fd)) { closeFD(dev.fd) }
     }
 
     // MARK: guest memory
 
     public func createGuestMemory(name: String, size: UInt64, backing: GuestMemoryBacking, hugepageSize: UInt64?) throws(KernelCallError) -> GuestMemory {
-        let op = backing == .anonymous ? "MMAP_ANON" : "MEMFD_CREATE"
-        return try call(op, .createGuestMemory(name: name, size: size, backing: backing, hugepageSize: hugepageSize),
-                        detail: "name=\(name) size=\(hex(size)) backing=\(backing.rawValue)" + (hugepageSize.map { " hugepage=\(hex($0))" } ?? "")) { () throws(Refusal) in
+        try call(.createGuestMemory(name: name, size: size, backing: backing, hugepageSize: hugepageSize),
+                 .createGuestMemory(name: name, size: size, backing: backing, hugepageSize: hugepageSize)) { () throws(Refusal) in
             try createGuestMemoryImpl(name: name, size: size, backing: backing, hugepageSize: hugepageSize)
         }
     }
 
     public func releaseGuestMemory(_ memory: GuestMemory) {
-        callQuietly("MUNMAP", .releaseGuestMemory(memory), detail: "user_va=\(hex(memory.userVA)) size=\(hex(memory.size))" + (memory.file.map { " memfd=\($0.fd)" } ?? "")) {
+        callQuietly(.releaseGuestMemory(memory), .releaseGuestMemory(memory)) {
             releaseGuestMemoryImpl(memory)
         }
     }
@@ -262,37 +267,37 @@ public final class SimulatedKernel: KernelPort {
     // MARK: sysfs reads
 
     public func pciDevices() throws(KernelCallError) -> [SysfsPCIDevice] {
-        try call("SYSFS_READ_PCI_DEVICES", nil, detail: "/sys/bus/pci/devices") { () throws(Refusal) in
+        try call(.readPCIDevices, nil) { () throws(Refusal) in
             state.devices.values.sorted { $0.address < $1.address }.map(sysfsView)
         }
     }
 
     public func pciDevice(_ address: PCIAddress) throws(KernelCallError) -> SysfsPCIDevice? {
-        try call("SYSFS_READ_PCI_DEVICE", nil, detail: "/sys/bus/pci/devices/\(address)") { () throws(Refusal) in
+        try call(.readPCIDevice(address), nil) { () throws(Refusal) in
             state.devices[address].map(sysfsView)
         }
     }
 
     public func iommuGroupMembers(_ group: Int) throws(KernelCallError) -> [PCIAddress] {
-        try call("SYSFS_READ_IOMMU_GROUP", nil, detail: "/sys/kernel/iommu_groups/\(group)/devices") { () throws(Refusal) in
+        try call(.readIOMMUGroup(group), nil) { () throws(Refusal) in
             try iommuGroupMembersImpl(group)
         }
     }
 
     public func iommuNames() throws(KernelCallError) -> [String] {
-        try call("SYSFS_READ_IOMMU_NAMES", nil, detail: "/sys/class/iommu") { () throws(Refusal) in
+        try call(.readIOMMUNames, nil) { () throws(Refusal) in
             state.iommus.map(\.name).sorted()
         }
     }
 
     public func reservedRegions(group: Int) throws(KernelCallError) -> [(start: UInt64, last: UInt64, type: String)] {
-        try call("SYSFS_READ_RESERVED_REGIONS", nil, detail: "/sys/kernel/iommu_groups/\(group)/reserved_regions") { () throws(Refusal) in
+        try call(.readReservedRegions(group: group), nil) { () throws(Refusal) in
             try reservedRegionsImpl(group: group)
         }
     }
 
     public func driverLoaded(_ name: String) throws(KernelCallError) -> Bool {
-        try call("SYSFS_READ_DRIVER", nil, detail: "/sys/bus/pci/drivers/\(name)") { () throws(Refusal) in
+        try call(.readDriver(name), nil) { () throws(Refusal) in
             isDriverLoaded(name)
         }
     }
@@ -300,21 +305,19 @@ public final class SimulatedKernel: KernelPort {
     // MARK: sysfs binding writes
 
     public func writeDriverOverride(_ address: PCIAddress, _ driver: String?) throws(KernelCallError) {
-        try call("SYSFS_DRIVER_OVERRIDE", .writeDriverOverride(address: address, driver: driver),
-                 detail: "/sys/bus/pci/devices/\(address)/driver_override <- \(driver ?? "(clear)")") { () throws(Refusal) in
+        try call(.writeDriverOverride(address: address, driver: driver), .writeDriverOverride(address: address, driver: driver)) { () throws(Refusal) in
             try writeDriverOverrideImpl(address, driver)
         }
     }
 
     public func unbindDriver(_ address: PCIAddress, driver: String) throws(KernelCallError) {
-        try call("SYSFS_UNBIND", .unbindDriver(address: address, driver: driver),
-                 detail: "/sys/bus/pci/drivers/\(driver)/unbind <- \(address)") { () throws(Refusal) in
+        try call(.unbindDriver(address: address, driver: driver), .unbindDriver(address: address, driver: driver)) { () throws(Refusal) in
             try unbindDriverImpl(address, driver: driver)
         }
     }
 
     public func driversProbe(_ address: PCIAddress) throws(KernelCallError) {
-        try call("SYSFS_DRIVERS_PROBE", .driversProbe(address: address), detail: "/sys/bus/pci/drivers_probe <- \(address)") { () throws(Refusal) in
+        try call(.driversProbe(address: address), .driversProbe(address: address)) { () throws(Refusal) in
             try driversProbeImpl(address)
         }
     }
@@ -322,14 +325,13 @@ public final class SimulatedKernel: KernelPort {
     // MARK: ownership
 
     public func chownVfioDevice(index: Int, uid: UInt32, gid: UInt32) throws(KernelCallError) {
-        try call("CHOWN_VFIO_DEVICE", .chownVfioDevice(index: index, uid: uid, gid: gid),
-                 detail: "/dev/vfio/devices/vfio\(index) -> \(uid):\(gid)") { () throws(Refusal) in
+        try call(.chownVfioDevice(index: index, uid: uid, gid: gid), .chownVfioDevice(index: index, uid: uid, gid: gid)) { () throws(Refusal) in
             try chownImpl(index: index, uid: uid, gid: gid)
         }
     }
 
     public func vfioDeviceOwner(index: Int) throws(KernelCallError) -> (uid: UInt32, gid: UInt32)? {
-        try call("STAT_VFIO_DEVICE", nil, detail: "/dev/vfio/devices/vfio\(index)") { () throws(Refusal) in
+        try call(.statVfioDevice(index: index), nil) { () throws(Refusal) in
             guard hasVfioCdev, let device = deviceWithVfioIndex(index) else { return nil }
             return (device.owner.uid, device.owner.gid)
         }

@@ -21,6 +21,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define PROTOCOL_VERSION 1
@@ -35,10 +36,10 @@
 #define TEST_OP_TRIGGER_VEVENT 17  // not in vsmmu_uapi.h (reference §7.2)
 
 enum { OP_HELLO, OP_OPEN, OP_CLOSE, OP_IOCTL, OP_READ, OP_READLINK, OP_LISTDIR, OP_WRITE,
-       OP_MEMFD, OP_STAT, OP_CHOWN, OP_MMAP_ANON, OP_MUNMAP, OP_FDS, OP_BYE, OP_COUNT };
+       OP_MEMFD, OP_STAT, OP_CHOWN, OP_MMAP_ANON, OP_MUNMAP, OP_FDS, OP_BYE, OP_SPAWN, OP_WAIT, OP_COUNT };
 static const char *const op_names[OP_COUNT] = {
     "HELLO", "OPEN", "CLOSE", "IOCTL", "READ", "READLINK", "LISTDIR", "WRITE",
-    "MEMFD", "STAT", "CHOWN", "MMAP_ANON", "MUNMAP", "FDS", "BYE"};
+    "MEMFD", "STAT", "CHOWN", "MMAP_ANON", "MUNMAP", "FDS", "BYE", "SPAWN", "WAIT"};
 
 static const char *root = "";       // --root: prefix of every /dev and /sys path
 static FILE *logfile;                  // --log: one line per request
@@ -135,9 +136,30 @@ static int one_component(const char *p, const char *pre, const char *suf, const 
 }
 static int vfio_cdev(const char *p) { return one_component(p, "/dev/vfio/devices/vfio", "", "0123456789"); }
 
+// /proc/<pid>/<rest>: the reads that find which process holds a VFIO device open
+// (docs/remote-executor.md: a device is never unbound while a process holds it).
+static int proc_pid(const char *p, const char *rest) {
+    if (!starts(p, "/proc/")) return 0;
+    const char *q = p + 6;
+    size_t digits = strspn(q, "0123456789");
+    if (digits == 0 || digits > 10) return 0;
+    return strcmp(q + digits, rest) == 0;
+}
+static int proc_fd_link(const char *p) {
+    if (!starts(p, "/proc/")) return 0;
+    const char *q = p + 6;
+    size_t digits = strspn(q, "0123456789");
+    if (digits == 0 || digits > 10 || strncmp(q + digits, "/fd/", 4) != 0) return 0;
+    const char *fd = q + digits + 4;
+    return *fd && strspn(fd, "0123456789") == strlen(fd) && strlen(fd) <= 10;
+}
 static int allow_open(const char *p) { return strcmp(p, "/dev/iommu") == 0 || vfio_cdev(p); }
 static int allow_sys(const char *p) { return starts(p, "/sys/"); }
-static int allow_listdir(const char *p) { return allow_sys(p) || strcmp(p, "/dev/vfio/devices") == 0; }
+static int allow_read(const char *p) { return allow_sys(p) || proc_pid(p, "/comm") || proc_pid(p, "/stat"); }
+static int allow_link(const char *p) { return allow_sys(p) || proc_fd_link(p); }
+static int allow_listdir(const char *p) {
+    return allow_sys(p) || strcmp(p, "/dev/vfio/devices") == 0 || strcmp(p, "/proc") == 0 || proc_pid(p, "/fd");
+}
 static int allow_write(const char *p) {
     return one_component(p, "/sys/bus/pci/devices/", "/driver_override", "0123456789abcdefABCDEF:.") ||
            one_component(p, "/sys/bus/pci/drivers/", "/unbind", NULL) ||
@@ -209,7 +231,7 @@ static int op_read(struct in *c, struct out *o) {
     uint8_t *s = get_bytes(c, &n);
     if (!args_ok(c)) return MALFORMED;
     char full[PATH_MAX];
-    int e = resolve(s, n, allow_sys, full);
+    int e = resolve(s, n, allow_read, full);
     if (e) return e;
     uint8_t *buf = malloc(MAX_READ);
     if (!buf) return -ENOMEM;
@@ -224,7 +246,7 @@ static int op_readlink(struct in *c, struct out *o) {
     uint8_t *s = get_bytes(c, &n);
     if (!args_ok(c)) return MALFORMED;
     char full[PATH_MAX], target[PATH_MAX];
-    int e = resolve(s, n, allow_sys, full);
+    int e = resolve(s, n, allow_link, full);
     if (e) return e;
     ssize_t r = readlink(full, target, sizeof target);
     if (r < 0) return -errno;
@@ -390,6 +412,7 @@ static const struct ioctl_rule rules[] = {
       F(iommu_ioas_iova_ranges, num_iovas), 0, NONE),
     R(IOMMU_IOAS_MAP, iommu_ioas_map, NO_PTR, 0, 0, 0, MAP_IN_REGION),
     R(IOMMU_IOAS_UNMAP, iommu_ioas_unmap, NO_PTR, 0, 0, 0, NONE),
+    R(IOMMU_OPTION, iommu_option, NO_PTR, 0, 0, 0, NONE),
     R(IOMMU_HWPT_ALLOC, iommu_hwpt_alloc, LEN_U32, F(iommu_hwpt_alloc, data_uptr), F(iommu_hwpt_alloc, data_len), 0, NONE),
     R(IOMMU_GET_HW_INFO, iommu_hw_info, LEN_U32, F(iommu_hw_info, data_uptr), F(iommu_hw_info, data_len), 0, NONE),
     R(IOMMU_HWPT_INVALIDATE, iommu_hwpt_invalidate, LEN_ENTRIES, F(iommu_hwpt_invalidate, data_uptr),
@@ -541,9 +564,11 @@ static int op_fds(struct in *c, struct out *o) {
 
 static int op_bye(struct in *c, struct out *o) { (void)o; return args_ok(c) ? 0 : MALFORMED; }
 
+#include "spawn.h"
+
 static int (*const handlers[OP_COUNT])(struct in *, struct out *) = {
     op_hello, op_open, op_close, op_ioctl, op_read, op_readlink, op_listdir, op_write,
-    op_memfd, op_stat, op_chown, op_mmap_anon, op_munmap, op_fds, op_bye};
+    op_memfd, op_stat, op_chown, op_mmap_anon, op_munmap, op_fds, op_bye, op_spawn, op_wait};
 
 // ---- The stream ----
 
@@ -579,7 +604,7 @@ static int write_full(const void *b, size_t n) {
 }
 
 static void usage(void) {
-    fprintf(stderr, "usage: vsmmu-remote [--root DIR] [--log FILE] [PORT]\n");
+    fprintf(stderr, "usage: vsmmu-remote [--root DIR] [--log FILE] [--vmm PATH [--vmm-log DIR]] [PORT]\n");
     exit(2);
 }
 
@@ -588,6 +613,8 @@ int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--root") == 0 && i + 1 < argc) root = argv[++i];
         else if (strcmp(argv[i], "--log") == 0 && i + 1 < argc) logpath = argv[++i];
+        else if (strcmp(argv[i], "--vmm") == 0 && i + 1 < argc) vmm_path = argv[++i];
+        else if (strcmp(argv[i], "--vmm-log") == 0 && i + 1 < argc) vmm_log_dir = argv[++i];
         else if (argv[i][0] != '-' && !port) port = argv[i];
         else usage();
     }
@@ -604,6 +631,7 @@ int main(int argc, char **argv) {
         if (in_fd < 0) { perror(port); return 1; }
         out_fd = in_fd;
     }
+    if (vmm_check_options()) return 2;
     signal(SIGPIPE, SIG_IGN); // a vanished client shows up as a write error, not a kill
     struct rlimit rl;         // keeps every fd below MAX_FDS, the size of held[]
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur > MAX_FDS) {

@@ -15,7 +15,7 @@ final class SpawnedExecutor {
     let remote: RemoteExecutor
     let endpoint: String
 
-    init(timeout: Double = 10) throws {
+    init(timeout: Double = 10, extraArguments: [String] = []) throws {
         let binary = try #require(vsmmuRemoteBinary, "vsmmu-remote is not built next to the tests (swift build builds it)")
         try FileManager.default.createDirectory(atPath: dir + "/dev/vfio/devices", withIntermediateDirectories: true)
         _ = FileManager.default.createFile(atPath: dir + "/dev/iommu", contents: nil)
@@ -24,7 +24,7 @@ final class SpawnedExecutor {
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &sv) == 0 else { throw Errno(errno) }
         let childEnd = FileHandle(fileDescriptor: sv[1], closeOnDealloc: false)
         process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = ["--root", dir]
+        process.arguments = ["--root", dir] + extraArguments
         process.standardInput = childEnd
         process.standardOutput = childEnd
         process.standardError = FileHandle.nullDevice
@@ -172,4 +172,38 @@ final class SpawnedExecutor {
     do { _ = try RemoteExecutor(address: "unix:" + root + "/nobody-listens"); Issue.record("connected") } catch {
         #expect(error.detail.contains("unix:" + root + "/nobody-listens"))
     }
+}
+
+/// Polls WAIT until the child is no longer running (at most ~10 s).
+private func finalStatus(_ remote: RemoteExecutor, _ pid: Int32) throws -> RemoteVMMStatus {
+    for _ in 0..<200 {
+        let s = try remote.vmmStatus(pid: pid)
+        if s != .running { return s }
+        usleep(50_000)
+    }
+    return .running
+}
+
+@Test func theExecutorStartsOnlyItsVMMWithTheFdsItHolds() throws {
+    let e = try SpawnedExecutor(extraArguments: ["--vmm", "/bin/sh", "--vmm-log", NSTemporaryDirectory()])
+    let iommufd = try e.remote.open("/dev/iommu", flags: O_RDWR)
+    // The child sees the fd at the same number (else `test -e` fails: exit 9).
+    let pid = try e.remote.spawnVMM(argv: ["/bin/sh", "-c", "test -e /proc/self/fd/\(iommufd) || exit 9; exit 7"], fds: [iommufd])
+    #expect(pid > 0)
+    #expect(try finalStatus(e.remote, pid) == .exited(7))
+
+    #expect(throws: KernelCallError.self) { _ = try e.remote.spawnVMM(argv: ["/bin/bash", "-c", "true"], fds: []) }
+    do { _ = try e.remote.spawnVMM(argv: ["/bin/sh"], fds: [999]); Issue.record("an fd not held was accepted") } catch { #expect(error.errno == .EBADF) }
+    do { _ = try e.remote.spawnVMM(argv: ["/bin/dash"], fds: []); Issue.record("another program was started") } catch { #expect(error.errno == .EPERM) }
+    do { _ = try e.remote.vmmStatus(pid: getpid()); Issue.record("WAIT answered for a foreign pid") } catch { #expect(error.errno == Errno(ESRCH)) }
+
+    let sleeper = try e.remote.spawnVMM(argv: ["/bin/sh", "-c", "sleep 30"], fds: [])
+    #expect(try e.remote.vmmStatus(pid: sleeper) == .running)
+    kill(sleeper, SIGKILL)
+    #expect(try finalStatus(e.remote, sleeper) == .exited(128 + SIGKILL))
+}
+
+@Test func withoutVmmTheExecutorRefusesToSpawn() throws {
+    let e = try SpawnedExecutor()
+    do { _ = try e.remote.spawnVMM(argv: ["/bin/sh", "-c", "true"], fds: []); Issue.record("SPAWN without --vmm") } catch { #expect(error.errno == .EPERM) }
 }

@@ -112,7 +112,7 @@ func remote(_ fake: FakeExecutor, timeout: Double = 5) throws -> RemoteExecutor 
     let fake = FakeExecutor { req in
         let w = WireIoctl(req.arguments)
         var arg = w.arg
-        put32(&arg, 24, UAPI.hwInfoARMSMMUv3)     // out_data_type
+        put32(&arg, 24, HWInfoType.armSMMUv3.rawValue)     // out_data_type
         put32(&arg, 12, 40)                        // data_len: what the driver wrote
         put64(&arg, 16, executorPointer)
         put64(&arg, 32, 0x4)                       // out_capabilities
@@ -126,7 +126,7 @@ func remote(_ fake: FakeExecutor, timeout: Double = 5) throws -> RemoteExecutor 
     #expect(get32(sent.arg, 8) == 3 && get32(sent.arg, 12) == 64)     // dev_id, data_len
     #expect(get64(sent.arg, 16) != 0)                                  // the caller's pointer, as it is
     #expect(sent.buffers == [[UInt8](repeating: 0, count: 64)])       // the caller's 64 bytes
-    #expect(info.dataType == UAPI.hwInfoARMSMMUv3)
+    #expect(info.dataType == HWInfoType.armSMMUv3)
     #expect(info.data == regs)                                         // landed in the caller's buffer
     #expect(info.capabilities == 0x4)
 }
@@ -166,8 +166,8 @@ func remote(_ fake: FakeExecutor, timeout: Double = 5) throws -> RemoteExecutor 
     let r = try remote(fake)
     let calls = IoctlCalls(transport: r)
     let vste = le64(0x9) + le64(0x1234)
-    #expect(try calls.hwptAlloc(3, flags: 0, devID: 2, ptID: 6, dataType: UAPI.hwptDataARMSMMUv3, data: vste) == 9)
-    #expect(try calls.hwptAlloc(3, flags: UAPI.hwptAllocNestParent, devID: 2, ptID: 1, dataType: 0, data: []) == 9)
+    #expect(try calls.hwptAlloc(3, flags: 0, devID: 2, ptID: 6, dataType: HWPTDataType.armSMMUv3, data: vste) == 9)
+    #expect(try calls.hwptAlloc(3, flags: HWPTAllocFlags.nestParent, devID: 2, ptID: 1, dataType: 0, data: []) == 9)
     let nested = WireIoctl(fake.requests[0].arguments), parent = WireIoctl(fake.requests[1].arguments)
     #expect(nested.request == 0x3B89 && nested.arg.count == 48)
     #expect(get32(nested.arg, 28) == 16)
@@ -273,7 +273,7 @@ func remote(_ fake: FakeExecutor, timeout: Double = 5) throws -> RemoteExecutor 
     let entries = (0..<32).map { UInt8($0) }
     let calls = IoctlCalls(transport: try remote(fake))
     do {
-        _ = try calls.hwptInvalidate(3, hwptID: 8, dataType: UAPI.invalidateDataARMSMMUv3,
+        _ = try calls.hwptInvalidate(3, hwptID: 8, dataType: InvalidateDataType.armSMMUv3,
                                  entryLen: 16, entryNum: 2, entries: entries)
         Issue.record("no error")
     } catch {

@@ -40,7 +40,7 @@ func le64(_ v: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: v >>
 @Test func nestParentHWPTAllocBytes() throws {
     let t = RecordingTransport()
     t.answer = { _, b in b.storeBytes(of: UInt32(9), toByteOffset: 16, as: UInt32.self); return 0 }
-    let id = try IoctlCalls(transport: t).hwptAlloc(3, flags: UAPI.hwptAllocNestParent, devID: 2, ptID: 1, dataType: 0, data: [])
+    let id = try IoctlCalls(transport: t).hwptAlloc(3, flags: HWPTAllocFlags.nestParent, devID: 2, ptID: 1, dataType: 0, data: [])
     #expect(id == 9)
     #expect(t.calls[0].request == 0x3B89)
     // size 48, flags NEST_PARENT, dev_id 2, pt_id 1, out 0, reserved 0, data_type 0, data_len 0, data_uptr 0, fault_id 0, reserved2 0
@@ -50,7 +50,7 @@ func le64(_ v: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: v >>
 @Test func nestedHWPTCarriesTheVSTE() throws {
     let t = RecordingTransport()
     let vste = le64(0x9) + le64(0)
-    _ = try IoctlCalls(transport: t).hwptAlloc(3, flags: 0, devID: 2, ptID: 6, dataType: UAPI.hwptDataARMSMMUv3, data: vste)
+    _ = try IoctlCalls(transport: t).hwptAlloc(3, flags: 0, devID: 2, ptID: 6, dataType: HWPTDataType.armSMMUv3, data: vste)
     let b = t.calls[0].bytes
     #expect(Array(b[24..<32]) == le32(2) + le32(16))     // data_type ARM_SMMUV3, data_len 16
     #expect(Array(b[32..<40]) != le64(0))                // data_uptr set
@@ -79,8 +79,8 @@ func le64(_ v: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: v >>
         return 0
     }
     let c = IoctlCalls(transport: t)
-    _ = try c.viommuAlloc(3, type: UAPI.viommuARMSMMUv3, devID: 2, hwptID: 5, data: [])
-    let q = try c.veventqAlloc(3, viommuID: 6, type: UAPI.veventqARMSMMUv3, depth: 128)
+    _ = try c.viommuAlloc(3, type: VIOMMUType.armSMMUv3, devID: 2, hwptID: 5, data: [])
+    let q = try c.veventqAlloc(3, viommuID: 6, type: VEventQType.armSMMUv3, depth: 128)
     #expect(q.id == 11 && q.eventFD == 42)
     #expect(t.calls[0].bytes == le32(40) + le32(0) + le32(1) + le32(2) + le32(5) + le32(0) + le32(0) + le32(0) + le64(0))
     #expect(t.calls[1].bytes == le32(32) + le32(0) + le32(6) + le32(1) + le32(128) + le32(0) + le32(0) + le32(0))
@@ -168,7 +168,7 @@ func le64(_ v: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: v >>
     #expect(f.nesting == true && f.ats == true && f.ril == true && f.coherent == true)
     #expect(f.ssidSize == 20 && f.oas == 48 && f.pasid == true)
     put(20, 0)                       // no FWB: coherency is only knowable by probe
-    let g = IOMMUFeatures.armSMMUv3(data, maxPasidLog2: 0, capabilities: UAPI.hwCapPCIATSNotSupported)!
+    let g = IOMMUFeatures.armSMMUv3(data, maxPasidLog2: 0, capabilities: HWInfoCapabilities.pciATSNotSupported)!
     #expect(g.coherent == nil)
     #expect(g.ats == false)
 }

@@ -65,29 +65,29 @@ final class SimBackedTransport: IoctlTransport {
             case 0x3B85:
                 let realVA = u64(16), len = u64(24)
                 if vas[realVA] == nil { vas[realVA] = try sim.createGuestMemory(name: "mirror", size: len, backing: .anonymous, hugepageSize: nil).userVA }
-                put64(try sim.ioasMap(ctx, ioas: u32(8), flags: u32(4), source: .userVA(vas[realVA]!), length: len, iova: u64(32)), 32)
+                put64(try sim.ioasMap(ctx, ioas: u32(8), flags: .init(rawValue: u32(4)), source: .userVA(vas[realVA]!), length: len, iova: u64(32)), 32)
             case 0x3B8F:
                 let mem = try simFD(Int32(bitPattern: u32(12)))
-                put64(try sim.ioasMap(ctx, ioas: u32(8), flags: u32(4), source: .file(KernelFile(fd: mem), offset: u64(16)), length: u64(24), iova: u64(32)), 32)
+                put64(try sim.ioasMap(ctx, ioas: u32(8), flags: .init(rawValue: u32(4)), source: .file(KernelFile(fd: mem), offset: u64(16)), length: u64(24), iova: u64(32)), 32)
             case 0x3B86: put64(try sim.ioasUnmap(ctx, ioas: u32(4), iova: u64(8), length: u64(16)), 16)
             case 0x3B89:
-                put32(try sim.hwptAlloc(ctx, flags: u32(4), devID: u32(8), ptID: u32(12), dataType: u32(24), data: bytes(u64(32), u32(28))), 16)
+                put32(try sim.hwptAlloc(ctx, flags: .init(rawValue: u32(4)), devID: u32(8), ptID: u32(12), dataType: .init(rawValue: u32(24)), data: bytes(u64(32), u32(28))), 16)
             case 0x3B8A:
-                let info = try sim.getHwInfo(ctx, devID: u32(8), requestType: u32(4) & 1 != 0 ? u32(24) : nil)
+                let info = try sim.getHwInfo(ctx, devID: u32(8), requestType: u32(4) & 1 != 0 ? HWInfoType(rawValue: u32(24)) : nil)
                 let cap = Int(u32(12))
                 if let p = UnsafeMutableRawPointer(bitPattern: UInt(u64(16))) {
                     for i in 0..<cap { p.storeBytes(of: i < info.data.count ? info.data[i] : 0, toByteOffset: i, as: UInt8.self) }
                 }
                 put32(UInt32(info.data.count), 12)
-                put32(info.dataType, 24)
+                put32(info.dataType.rawValue, 24)
                 b.storeBytes(of: info.maxPasidLog2, toByteOffset: 28, as: UInt8.self)
-                put64(info.capabilities, 32)
+                put64(info.capabilities.rawValue, 32)
             case 0x3B90:
-                let r = try sim.viommuAlloc(ctx, type: u32(8), devID: u32(12), hwptID: u32(16), data: bytes(u64(32), u32(24)))
+                let r = try sim.viommuAlloc(ctx, type: .init(rawValue: u32(8)), devID: u32(12), hwptID: u32(16), data: bytes(u64(32), u32(24)))
                 put32(r.id, 20)
             case 0x3B91: put32(try sim.vdeviceAlloc(ctx, viommuID: u32(4), devID: u32(8), virtID: u64(16)), 12)
             case 0x3B93:
-                let r = try sim.veventqAlloc(ctx, viommuID: u32(8), type: u32(12), depth: u32(16))
+                let r = try sim.veventqAlloc(ctx, viommuID: u32(8), type: .init(rawValue: u32(12)), depth: u32(16))
                 let real = open("/dev/null", O_RDONLY | O_CLOEXEC)
                 fds[real] = r.eventFD.fd
                 put32(r.id, 20)

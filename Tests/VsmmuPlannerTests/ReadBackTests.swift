@@ -27,35 +27,39 @@ final class OverridingPort: KernelPort {
     func ioasIovaRanges(_ fd: IommufdHandle, ioas: ObjectID) throws(KernelCallError) -> (ranges: [IovaRange], alignment: UInt64) {
         try inner.ioasIovaRanges(fd, ioas: ioas)
     }
-    func ioasMap(_ fd: IommufdHandle, ioas: ObjectID, flags: UInt32, source: MapSource, length: UInt64, iova: UInt64) throws(KernelCallError) -> UInt64 {
+    func ioasMap(_ fd: IommufdHandle, ioas: ObjectID, flags: IOASMapFlags, source: MapSource, length: UInt64, iova: UInt64) throws(KernelCallError) -> UInt64 {
         try inner.ioasMap(fd, ioas: ioas, flags: flags, source: source, length: length, iova: iova)
     }
     func ioasUnmap(_ fd: IommufdHandle, ioas: ObjectID, iova: UInt64, length: UInt64) throws(KernelCallError) -> UInt64 {
         try inner.ioasUnmap(fd, ioas: ioas, iova: iova, length: length)
     }
-    func hwptAlloc(_ fd: IommufdHandle, flags: UInt32, devID: ObjectID, ptID: ObjectID, dataType: UInt32, data: [UInt8]) throws(KernelCallError) -> ObjectID {
+    func hwptAlloc(_ fd: IommufdHandle, flags: HWPTAllocFlags, devID: ObjectID, ptID: ObjectID, dataType: HWPTDataType, data: [UInt8]) throws(KernelCallError) -> ObjectID {
         try inner.hwptAlloc(fd, flags: flags, devID: devID, ptID: ptID, dataType: dataType, data: data)
     }
-    func hwptInvalidate(_ fd: IommufdHandle, hwptID: ObjectID, dataType: UInt32, entryLen: UInt32, entryNum: UInt32, entries: [UInt8]) throws(KernelCallError) -> UInt32 {
+    func hwptInvalidate(_ fd: IommufdHandle, hwptID: ObjectID, dataType: InvalidateDataType, entryLen: UInt32, entryNum: UInt32, entries: [UInt8]) throws(KernelCallError) -> UInt32 {
         try inner.hwptInvalidate(fd, hwptID: hwptID, dataType: dataType, entryLen: entryLen, entryNum: entryNum, entries: entries)
     }
-    func getHwInfo(_ fd: IommufdHandle, devID: ObjectID, requestType: UInt32?) throws(KernelCallError) -> HwInfo {
+    func getHwInfo(_ fd: IommufdHandle, devID: ObjectID, requestType: HWInfoType?) throws(KernelCallError) -> HwInfo {
         try inner.getHwInfo(fd, devID: devID, requestType: requestType)
     }
-    func viommuAlloc(_ fd: IommufdHandle, type: UInt32, devID: ObjectID, hwptID: ObjectID, data: [UInt8]) throws(KernelCallError) -> (id: ObjectID, dataOut: [UInt8]) {
+    func viommuAlloc(_ fd: IommufdHandle, type: VIOMMUType, devID: ObjectID, hwptID: ObjectID, data: [UInt8]) throws(KernelCallError) -> (id: ObjectID, dataOut: [UInt8]) {
         try inner.viommuAlloc(fd, type: type, devID: devID, hwptID: hwptID, data: data)
     }
     func vdeviceAlloc(_ fd: IommufdHandle, viommuID: ObjectID, devID: ObjectID, virtID: UInt64) throws(KernelCallError) -> ObjectID {
         try inner.vdeviceAlloc(fd, viommuID: viommuID, devID: devID, virtID: virtID)
     }
-    func veventqAlloc(_ fd: IommufdHandle, viommuID: ObjectID, type: UInt32, depth: UInt32) throws(KernelCallError) -> (id: ObjectID, eventFD: KernelFile) {
+    func veventqAlloc(_ fd: IommufdHandle, viommuID: ObjectID, type: VEventQType, depth: UInt32) throws(KernelCallError) -> (id: ObjectID, eventFD: KernelFile) {
         try inner.veventqAlloc(fd, viommuID: viommuID, type: type, depth: depth)
     }
     func closeEventFD(_ fd: IommufdHandle, _ eventFD: KernelFile) { inner.closeEventFD(fd, eventFD) }
-    func hwQueueAlloc(_ fd: IommufdHandle, viommuID: ObjectID, type: UInt32, index: UInt32, iova: UInt64, length: UInt64) throws(KernelCallError) -> ObjectID {
+    func hwQueueAlloc(_ fd: IommufdHandle, viommuID: ObjectID, type: HWQueueType, index: UInt32, iova: UInt64, length: UInt64) throws(KernelCallError) -> ObjectID {
         try inner.hwQueueAlloc(fd, viommuID: viommuID, type: type, index: index, iova: iova, length: length)
     }
     func mockDomain(_ fd: IommufdHandle, ptID: ObjectID) throws(KernelCallError) -> MockDevice { try inner.mockDomain(fd, ptID: ptID) }
+    func iommuOption(_ fd: IommufdHandle, option: IommuOption, objectID: ObjectID, set value: UInt64?) throws(KernelCallError) -> UInt64 {
+        try inner.iommuOption(fd, option: option, objectID: objectID, set: value)
+    }
+    func deviceHolders(_ address: PCIAddress) throws(KernelCallError) -> [FileHolder] { try inner.deviceHolders(address) }
     func mockDomainReplace(_ fd: IommufdHandle, stdevID: ObjectID, ptID: ObjectID) throws(KernelCallError) -> ObjectID {
         try inner.mockDomainReplace(fd, stdevID: stdevID, ptID: ptID)
     }

@@ -18,7 +18,7 @@ struct Bound {
         self.ioas = try ioas ?? k.ioasAlloc(self.fd)
     }
     func s2() throws -> ObjectID {
-        try k.hwptAlloc(fd, flags: UAPI.hwptAllocNestParent, devID: devID, ptID: ioas, dataType: 0, data: [])
+        try k.hwptAlloc(fd, flags: HWPTAllocFlags.nestParent, devID: devID, ptID: ioas, dataType: 0, data: [])
     }
 }
 
@@ -31,16 +31,16 @@ struct Bound {
         #expect(try k.hwptAlloc(noNest.fd, flags: 0, devID: noNest.devID, ptID: noNest.ioas, dataType: 0, data: []) > 0)
         let a = try Bound(k, Fixture.gpuVfio)
         // NEST_PARENT is exclusive on ARM; no dirty tracking; no driver data.
-        #expect(errnoOf { try k.hwptAlloc(a.fd, flags: UAPI.hwptAllocNestParent | UAPI.hwptAllocDirtyTracking, devID: a.devID, ptID: a.ioas, dataType: 0, data: []) } == .EOPNOTSUPP)
-        #expect(errnoOf { try k.hwptAlloc(a.fd, flags: UAPI.hwptAllocNestParent | UAPI.hwptAllocPASID, devID: a.devID, ptID: a.ioas, dataType: 0, data: []) } == .EOPNOTSUPP)
-        #expect(errnoOf { try k.hwptAlloc(a.fd, flags: UAPI.hwptAllocNestParent | UAPI.hwptAllocFaultIDValid, devID: a.devID, ptID: a.ioas, dataType: 0, data: []) } == .EOPNOTSUPP)
+        #expect(errnoOf { try k.hwptAlloc(a.fd, flags: [HWPTAllocFlags.nestParent, .dirtyTracking], devID: a.devID, ptID: a.ioas, dataType: 0, data: []) } == .EOPNOTSUPP)
+        #expect(errnoOf { try k.hwptAlloc(a.fd, flags: [HWPTAllocFlags.nestParent, .pasid], devID: a.devID, ptID: a.ioas, dataType: 0, data: []) } == .EOPNOTSUPP)
+        #expect(errnoOf { try k.hwptAlloc(a.fd, flags: [HWPTAllocFlags.nestParent, .faultIDValid], devID: a.devID, ptID: a.ioas, dataType: 0, data: []) } == .EOPNOTSUPP)
         #expect(errnoOf { try k.hwptAlloc(a.fd, flags: 0x10, devID: a.devID, ptID: a.ioas, dataType: 0, data: []) } == .EOPNOTSUPP)
-        #expect(errnoOf { try k.hwptAlloc(a.fd, flags: 0, devID: a.devID, ptID: a.ioas, dataType: UAPI.hwptDataARMSMMUv3, data: vste(0x9)) } == .EOPNOTSUPP)
+        #expect(errnoOf { try k.hwptAlloc(a.fd, flags: 0, devID: a.devID, ptID: a.ioas, dataType: HWPTDataType.armSMMUv3, data: vste(0x9)) } == .EOPNOTSUPP)
         // data_type/data_len mismatch and unknown dev_id come first.
         #expect(errnoOf { try k.hwptAlloc(a.fd, flags: 0, devID: a.devID, ptID: a.ioas, dataType: 0, data: [1]) } == .EINVAL)
         #expect(errnoOf { try k.hwptAlloc(a.fd, flags: 0, devID: 99, ptID: a.ioas, dataType: 0, data: []) } == .ENOENT)
         // FAULT_ID_VALID alone: the fault_id (0) is not a FAULT object.
-        #expect(errnoOf { try k.hwptAlloc(a.fd, flags: UAPI.hwptAllocFaultIDValid, devID: a.devID, ptID: a.ioas, dataType: 0, data: []) } == .ENOENT)
+        #expect(errnoOf { try k.hwptAlloc(a.fd, flags: HWPTAllocFlags.faultIDValid, devID: a.devID, ptID: a.ioas, dataType: 0, data: []) } == .ENOENT)
         #expect(try a.s2() > 0)
     }
 
@@ -58,7 +58,7 @@ struct Bound {
         #expect(errnoOf { try k.viommuAlloc(a.fd, type: 1, devID: a.devID, hwptID: s1, data: []) } == .EINVAL)
         let s2 = try a.s2()
         #expect(errnoOf { try k.viommuAlloc(a.fd, type: 0, devID: a.devID, hwptID: s2, data: []) } == .EOPNOTSUPP)
-        #expect(errnoOf { try k.viommuAlloc(a.fd, type: UAPI.viommuTegra241CMDQV, devID: a.devID, hwptID: s2, data: [UInt8](repeating: 0, count: 16)) } == .EOPNOTSUPP)
+        #expect(errnoOf { try k.viommuAlloc(a.fd, type: VIOMMUType.tegra241CMDQV, devID: a.devID, hwptID: s2, data: [UInt8](repeating: 0, count: 16)) } == .EOPNOTSUPP)
         #expect(errnoOf { try k.viommuAlloc(a.fd, type: 1, devID: 77, hwptID: s2, data: []) } == .ENOENT)
         let noNest = try Bound(k, Fixture.devNoNest, fd: a.fd, ioas: a.ioas)
         #expect(errnoOf { try k.viommuAlloc(a.fd, type: 1, devID: noNest.devID, hwptID: s2, data: []) } == .EOPNOTSUPP)
@@ -91,7 +91,7 @@ struct Bound {
         let a = try Bound(k, Fixture.gpuVfio)
         let s2 = try a.s2()
         let viommu = try k.viommuAlloc(a.fd, type: 1, devID: a.devID, hwptID: s2, data: []).id
-        func nested(_ data: [UInt8], type: UInt32 = UAPI.hwptDataARMSMMUv3, flags: UInt32 = 0) -> Errno? {
+        func nested(_ data: [UInt8], type: HWPTDataType = HWPTDataType.armSMMUv3, flags: HWPTAllocFlags = 0) -> Errno? {
             errnoOf { try k.hwptAlloc(a.fd, flags: flags, devID: a.devID, ptID: viommu, dataType: type, data: data) }
         }
         #expect(nested(vste(0x1)) == nil)                        // abort
@@ -105,9 +105,9 @@ struct Bound {
         #expect(nested(vste(0xB, 2 << 28)) == .EIO)              // EATS 2
         #expect(nested(Array(vste(0x9).prefix(8))) == .EINVAL)   // data_len 8
         #expect(nested(vste(0x9) + [0, 0, 0, 0, 0, 0, 0, 0]) == .EINVAL)   // data_len 24
-        #expect(nested(vste(0x9), type: UAPI.hwptDataVTDS1) == .EINVAL)
-        #expect(nested(vste(0x9), flags: UAPI.hwptAllocNestParent) == .EOPNOTSUPP)
-        #expect(nested(vste(0x9), flags: UAPI.hwptAllocPASID) == .EOPNOTSUPP)
+        #expect(nested(vste(0x9), type: HWPTDataType.vtdS1) == .EINVAL)
+        #expect(nested(vste(0x9), flags: HWPTAllocFlags.nestParent) == .EOPNOTSUPP)
+        #expect(nested(vste(0x9), flags: HWPTAllocFlags.pasid) == .EOPNOTSUPP)
         #expect(nested([], type: 0) == .EOPNOTSUPP)               // no data for a nested HWPT
         // ARM has no nested allocator on a HWPT: use the vIOMMU.
         #expect(errnoOf { try k.hwptAlloc(a.fd, flags: 0, devID: a.devID, ptID: s2, dataType: 2, data: vste(0x9)) } == .EOPNOTSUPP)
@@ -149,7 +149,7 @@ struct Bound {
         let k = makeKernel()
         let a = try Bound(k, Fixture.gpuVfio)
         let info = try k.getHwInfo(a.fd, devID: a.devID, requestType: nil)
-        #expect(info.dataType == UAPI.hwInfoARMSMMUv3)
+        #expect(info.dataType == HWInfoType.armSMMUv3)
         #expect(info.data.count == 40)
         let idr0 = le32(info.data, 8), idr1 = le32(info.data, 12), idr3 = le32(info.data, 20), idr5 = le32(info.data, 28)
         #expect(idr0 & 0x3 == 0x3)              // S1P, S2P
@@ -161,10 +161,10 @@ struct Bound {
         #expect(idr5 & (1 << 4) != 0)           // GRAN4K
         #expect(info.maxPasidLog2 == 20)
         #expect(info.capabilities == 0)
-        #expect(errnoOf { try k.getHwInfo(a.fd, devID: a.devID, requestType: UAPI.hwInfoTegra241CMDQV) } == .EOPNOTSUPP)
-        #expect(errnoOf { try k.getHwInfo(a.fd, devID: a.devID, requestType: UAPI.hwInfoIntelVTD) } == .EOPNOTSUPP)
+        #expect(errnoOf { try k.getHwInfo(a.fd, devID: a.devID, requestType: HWInfoType.tegra241CMDQV) } == .EOPNOTSUPP)
+        #expect(errnoOf { try k.getHwInfo(a.fd, devID: a.devID, requestType: HWInfoType.intelVTD) } == .EOPNOTSUPP)
         #expect(errnoOf { try k.getHwInfo(a.fd, devID: 42, requestType: nil) } == .ENOENT)
-        #expect(try k.getHwInfo(a.fd, devID: a.devID, requestType: 0).dataType == UAPI.hwInfoARMSMMUv3)
+        #expect(try k.getHwInfo(a.fd, devID: a.devID, requestType: 0).dataType == HWInfoType.armSMMUv3)
 
         let b = try Bound(k, Fixture.nicB, fd: a.fd)
         #expect(le32(try k.getHwInfo(a.fd, devID: b.devID, requestType: nil).data, 28) & 0x7 == 4)   // OAS 44
@@ -174,29 +174,29 @@ struct Bound {
         #expect(le32(try k.getHwInfo(a.fd, devID: noNest.devID, requestType: nil).data, 8) & 0x1 == 0)
 
         let c = try Bound(k, Fixture.devCMDQV, fd: a.fd)
-        let tegra = try k.getHwInfo(a.fd, devID: c.devID, requestType: UAPI.hwInfoTegra241CMDQV)
-        #expect(tegra.dataType == UAPI.hwInfoTegra241CMDQV)
+        let tegra = try k.getHwInfo(a.fd, devID: c.devID, requestType: HWInfoType.tegra241CMDQV)
+        #expect(tegra.dataType == HWInfoType.tegra241CMDQV)
         #expect(tegra.data.count == 8)
         #expect(tegra.data[5] == 2)             // log2vcmdqs for 4 vCMDQs
-        #expect(try k.getHwInfo(a.fd, devID: c.devID, requestType: nil).dataType == UAPI.hwInfoARMSMMUv3)
+        #expect(try k.getHwInfo(a.fd, devID: c.devID, requestType: nil).dataType == HWInfoType.armSMMUv3)
     }
 
     @Test func intelVTdNestsOnTheParentAndHasNoVIOMMU() throws {
         let k = makeKernel()
         let v = try Bound(k, Fixture.vtdDev)
         let info = try k.getHwInfo(v.fd, devID: v.devID, requestType: nil)
-        #expect(info.dataType == UAPI.hwInfoIntelVTD)
+        #expect(info.dataType == HWInfoType.intelVTD)
         #expect(info.data.count == 24)
         #expect(le64(info.data, 16) & (1 << 26) != 0)   // ecap.NEST
-        #expect(info.capabilities == UAPI.hwCapPCIATSNotSupported)
+        #expect(info.capabilities == HWInfoCapabilities.pciATSNotSupported)
         let parent = try v.s2()
         #expect(errnoOf { try k.viommuAlloc(v.fd, type: 1, devID: v.devID, hwptID: parent, data: []) } == .EOPNOTSUPP)
         let s1 = [UInt8](repeating: 0, count: 24)
-        #expect(errnoOf { try k.hwptAlloc(v.fd, flags: 0, devID: v.devID, ptID: parent, dataType: UAPI.hwptDataVTDS1, data: Array(s1.prefix(16))) } == .EINVAL)
-        #expect(errnoOf { try k.hwptAlloc(v.fd, flags: 0, devID: v.devID, ptID: parent, dataType: UAPI.hwptDataARMSMMUv3, data: s1) } == .EOPNOTSUPP)
+        #expect(errnoOf { try k.hwptAlloc(v.fd, flags: 0, devID: v.devID, ptID: parent, dataType: HWPTDataType.vtdS1, data: Array(s1.prefix(16))) } == .EINVAL)
+        #expect(errnoOf { try k.hwptAlloc(v.fd, flags: 0, devID: v.devID, ptID: parent, dataType: HWPTDataType.armSMMUv3, data: s1) } == .EOPNOTSUPP)
         let plain = try k.hwptAlloc(v.fd, flags: 0, devID: v.devID, ptID: v.ioas, dataType: 0, data: [])
-        #expect(errnoOf { try k.hwptAlloc(v.fd, flags: 0, devID: v.devID, ptID: plain, dataType: UAPI.hwptDataVTDS1, data: s1) } == .EINVAL)
-        let nested = try k.hwptAlloc(v.fd, flags: 0, devID: v.devID, ptID: parent, dataType: UAPI.hwptDataVTDS1, data: s1)
+        #expect(errnoOf { try k.hwptAlloc(v.fd, flags: 0, devID: v.devID, ptID: plain, dataType: HWPTDataType.vtdS1, data: s1) } == .EINVAL)
+        let nested = try k.hwptAlloc(v.fd, flags: 0, devID: v.devID, ptID: parent, dataType: HWPTDataType.vtdS1, data: s1)
         #expect(try k.attach(v.dev, ptID: nested) == nested)
     }
 
@@ -205,14 +205,14 @@ struct Bound {
         let c = try Bound(k, Fixture.devCMDQV)
         let s2 = try c.s2()
         _ = try k.attach(c.dev, ptID: s2)
-        #expect(errnoOf { try k.viommuAlloc(c.fd, type: UAPI.viommuTegra241CMDQV, devID: c.devID, hwptID: s2, data: []) } == .EINVAL)
-        #expect(errnoOf { try k.viommuAlloc(c.fd, type: UAPI.viommuTegra241CMDQV, devID: c.devID, hwptID: s2, data: [UInt8](repeating: 0, count: 8)) } == .EINVAL)
-        let (viommu, out) = try k.viommuAlloc(c.fd, type: UAPI.viommuTegra241CMDQV, devID: c.devID, hwptID: s2, data: [UInt8](repeating: 0, count: 16))
+        #expect(errnoOf { try k.viommuAlloc(c.fd, type: VIOMMUType.tegra241CMDQV, devID: c.devID, hwptID: s2, data: []) } == .EINVAL)
+        #expect(errnoOf { try k.viommuAlloc(c.fd, type: VIOMMUType.tegra241CMDQV, devID: c.devID, hwptID: s2, data: [UInt8](repeating: 0, count: 8)) } == .EINVAL)
+        let (viommu, out) = try k.viommuAlloc(c.fd, type: VIOMMUType.tegra241CMDQV, devID: c.devID, hwptID: s2, data: [UInt8](repeating: 0, count: 16))
         #expect(out.count == 16)
         #expect(le64(out, 0) == 65536)
         #expect(le64(out, 8) == 65536)
         // A second one gets the next mmap offset.
-        let second = try k.viommuAlloc(c.fd, type: UAPI.viommuTegra241CMDQV, devID: c.devID, hwptID: s2, data: [UInt8](repeating: 0, count: 16))
+        let second = try k.viommuAlloc(c.fd, type: VIOMMUType.tegra241CMDQV, devID: c.devID, hwptID: s2, data: [UInt8](repeating: 0, count: 16))
         #expect(le64(second.dataOut, 0) == 131072)
         #expect(errnoOf { try k.vdeviceAlloc(c.fd, viommuID: viommu, devID: c.devID, virtID: 0x10_0000) } == .EINVAL)
         _ = try k.vdeviceAlloc(c.fd, viommuID: viommu, devID: c.devID, virtID: 0xF_FFFF)
@@ -221,7 +221,7 @@ struct Bound {
         let memory = try k.createGuestMemory(name: "ram", size: 2 << 20, backing: .hugetlbfs, hugepageSize: 2 << 20)
         guard let file = memory.file else { Issue.record("no memfd"); return }
         _ = try k.ioasMap(c.fd, ioas: c.ioas, flags: rw, source: .file(file, offset: 0), length: memory.size, iova: 0x4000_0000)
-        func queue(_ index: UInt32, at iova: UInt64, length: UInt64 = 0x1000, type: UInt32 = UAPI.hwQueueTegra241CMDQV, on v: ObjectID? = nil) throws(KernelCallError) -> ObjectID {
+        func queue(_ index: UInt32, at iova: UInt64, length: UInt64 = 0x1000, type: HWQueueType = HWQueueType.tegra241CMDQV, on v: ObjectID? = nil) throws(KernelCallError) -> ObjectID {
             try k.hwQueueAlloc(c.fd, viommuID: v ?? viommu, type: type, index: index, iova: iova, length: length)
         }
         #expect(errnoOf { try queue(1, at: 0x4000_1000) } == .EIO)              // 1 before 0
@@ -229,7 +229,7 @@ struct Bound {
         #expect(errnoOf { try queue(0, at: 0x4000_0800, length: 0x1000) } == .EINVAL)   // not aligned to its length
         #expect(errnoOf { try queue(0, at: 0x3000_0000) } == .ENOENT)           // not mapped
         #expect(errnoOf { try queue(0, at: 0x4000_0000, type: 0) } == .EOPNOTSUPP)
-        let plain = try k.viommuAlloc(c.fd, type: UAPI.viommuARMSMMUv3, devID: c.devID, hwptID: s2, data: []).id
+        let plain = try k.viommuAlloc(c.fd, type: VIOMMUType.armSMMUv3, devID: c.devID, hwptID: s2, data: []).id
         #expect(errnoOf { try queue(0, at: 0x4000_0000, on: plain) } == .EOPNOTSUPP)
         let q0 = try queue(0, at: 0x4000_0000)
         #expect(errnoOf { try queue(0, at: 0x4000_1000) } == .EEXIST)

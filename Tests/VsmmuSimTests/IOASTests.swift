@@ -72,12 +72,12 @@ import VsmmuKernel
         let memory = try k.createGuestMemory(name: "ram", size: 0x40_0000, backing: .anonymous, hugepageSize: nil)
         let memfdMemory = try k.createGuestMemory(name: "ramfd", size: 0x40_0000, backing: .memfd, hugepageSize: nil)
         let va = memory.userVA
-        func map(_ flags: UInt32 = rw, _ source: MapSource? = nil, length: UInt64 = 0x10_0000, iova: UInt64 = 0x4000_0000, ioas: ObjectID? = nil) -> Errno? {
+        func map(_ flags: IOASMapFlags = rw, _ source: MapSource? = nil, length: UInt64 = 0x10_0000, iova: UInt64 = 0x4000_0000, ioas: ObjectID? = nil) -> Errno? {
             errnoOf { try k.ioasMap(a.fd, ioas: ioas ?? a.ioas, flags: flags, source: source ?? .userVA(va), length: length, iova: iova) }
         }
         #expect(map(rw | 0x8) == .EOPNOTSUPP)
         #expect(map(length: UInt64.max) == .EOVERFLOW)
-        #expect(map(UAPI.ioasMapFixedIOVA) == .EINVAL)
+        #expect(map(IOASMapFlags.fixedIOVA) == .EINVAL)
         #expect(map(ioas: 42) == .ENOENT)
         #expect(map(rw, .userVA(UInt64.max - 0x1000)) == .EOVERFLOW)
         #expect(map(length: 0) == .EINVAL)
@@ -92,7 +92,7 @@ import VsmmuKernel
         #expect(map(rw, .file(file, offset: 0x30_0000), length: 0x20_0000, iova: 0x8000_0000) == .EFAULT)   // beyond the memfd
         #expect(map(rw, .file(file, offset: 0x10_0000), iova: 0x8000_0000) == nil)
         // Automatic IOVA: never 0, aligned like the source up to 2 MiB.
-        let auto = try k.ioasMap(a.fd, ioas: a.ioas, flags: UAPI.ioasMapReadable, source: .userVA(va + 0x20_0000), length: 0x10_0000, iova: 0)
+        let auto = try k.ioasMap(a.fd, ioas: a.ioas, flags: IOASMapFlags.readable, source: .userVA(va + 0x20_0000), length: 0x10_0000, iova: 0)
         #expect(auto == 0x10_0000)
     }
 

@@ -43,7 +43,7 @@ import VsmmuKernel
             case 5: if let h = try? k.attach(DeviceHandle(fd: fd()), ptID: id()) { ids.append(h) }
             case 6: if let i = try? k.ioasAlloc(IommufdHandle(fd: fd())) { ids.append(i) }
             case 7:
-                if let h = try? k.hwptAlloc(IommufdHandle(fd: fd()), flags: UAPI.hwptAllocNestParent, devID: id(), ptID: id(), dataType: 0, data: []) {
+                if let h = try? k.hwptAlloc(IommufdHandle(fd: fd()), flags: HWPTAllocFlags.nestParent, devID: id(), ptID: id(), dataType: 0, data: []) {
                     ids.append(h)
                 }
             case 8:

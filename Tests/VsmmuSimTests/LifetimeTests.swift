@@ -17,7 +17,7 @@ import VsmmuKernel
         #expect((ioasA, ioasB) == (2, 3))
         try k.destroy(ifd, id: ioasA)
         // The freed ID 2 comes back as a HWPT: one ID space for every type.
-        let s2 = try k.hwptAlloc(ifd, flags: UAPI.hwptAllocNestParent, devID: devID, ptID: ioasB, dataType: 0, data: [])
+        let s2 = try k.hwptAlloc(ifd, flags: HWPTAllocFlags.nestParent, devID: devID, ptID: ioasB, dataType: 0, data: [])
         #expect(s2 == 2)
         #expect(try k.ioasAlloc(ifd) == 4)
         // memfds and event fds take the lowest free fd numbers too.
@@ -88,12 +88,12 @@ import VsmmuKernel
         let fd = try k.openIommufd()
         let (dev, devID) = try k.openAndBind(Fixture.vtdDev, to: fd)
         let ioas = try k.ioasAlloc(fd)
-        let parent = try k.hwptAlloc(fd, flags: UAPI.hwptAllocNestParent, devID: devID, ptID: ioas, dataType: 0, data: [])
+        let parent = try k.hwptAlloc(fd, flags: HWPTAllocFlags.nestParent, devID: devID, ptID: ioas, dataType: 0, data: [])
         _ = try k.attach(dev, ptID: parent)
         #expect(errnoOf { try k.destroy(fd, id: parent) } == .EBUSY)
         try k.detach(dev)
         // A VT-d nested HWPT allocated directly on the parent holds it.
-        let nested = try k.hwptAlloc(fd, flags: 0, devID: devID, ptID: parent, dataType: UAPI.hwptDataVTDS1,
+        let nested = try k.hwptAlloc(fd, flags: 0, devID: devID, ptID: parent, dataType: HWPTDataType.vtdS1,
                                      data: [UInt8](repeating: 0, count: 24))
         #expect(errnoOf { try k.destroy(fd, id: parent) } == .EBUSY)
         try k.destroy(fd, id: nested)
@@ -132,7 +132,7 @@ import VsmmuKernel
         let k = rig.kernel
         let fd = rig.iommufd
         // A second vIOMMU on the same S2 is allowed (they share the VMID).
-        let viommu2 = try k.viommuAlloc(fd, type: UAPI.viommuARMSMMUv3, devID: rig.devID, hwptID: rig.s2, data: []).id
+        let viommu2 = try k.viommuAlloc(fd, type: VIOMMUType.armSMMUv3, devID: rig.devID, hwptID: rig.s2, data: []).id
         // One vDevice per device, across all vIOMMUs.
         #expect(errnoOf { try k.vdeviceAlloc(fd, viommuID: rig.viommu, devID: rig.devID, virtID: 0x200) } == .EEXIST)
         #expect(errnoOf { try k.vdeviceAlloc(fd, viommuID: viommu2, devID: rig.devID, virtID: 0x200) } == .EEXIST)
@@ -141,7 +141,7 @@ import VsmmuKernel
         #expect(errnoOf { try k.vdeviceAlloc(fd, viommuID: rig.viommu, devID: dev2, virtID: 0x100) } == .EEXIST)
         #expect(try k.vdeviceAlloc(fd, viommuID: viommu2, devID: dev2, virtID: 0x100) > 0)
         // One vEVENTQ per type per vIOMMU; another type is fine (types are not checked).
-        #expect(errnoOf { try k.veventqAlloc(fd, viommuID: rig.viommu, type: UAPI.veventqARMSMMUv3, depth: 8) } == .EEXIST)
+        #expect(errnoOf { try k.veventqAlloc(fd, viommuID: rig.viommu, type: VEventQType.armSMMUv3, depth: 8) } == .EEXIST)
         #expect(try k.veventqAlloc(fd, viommuID: rig.viommu, type: 77, depth: 8).id > 0)
         #expect(errnoOf { try k.veventqAlloc(fd, viommuID: rig.viommu, type: 0, depth: 8) } == .EOPNOTSUPP)
         #expect(errnoOf { try k.veventqAlloc(fd, viommuID: viommu2, type: 1, depth: 0) } == .EINVAL)

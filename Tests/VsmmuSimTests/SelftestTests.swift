@@ -15,15 +15,15 @@ import VsmmuKernel
         let b = try k.mockDomain(fd, ptID: ioas)
         #expect((b.stdevID, b.idevID, b.hwptID) == (5, 6, 4))    // the automatic HWPT is shared
         let info = try k.getHwInfo(fd, devID: a.idevID, requestType: nil)
-        #expect(info.dataType == UAPI.hwInfoSelftest)
+        #expect(info.dataType == HWInfoType.selftest)
         #expect(le32(info.data, 4) == 0xdead_beef)
-        let parent = try k.hwptAlloc(fd, flags: UAPI.hwptAllocNestParent, devID: a.idevID, ptID: ioas, dataType: 0, data: [])
-        let viommu = try k.viommuAlloc(fd, type: UAPI.viommuSelftest, devID: a.idevID, hwptID: parent, data: []).id
-        #expect(errnoOf { try k.viommuAlloc(fd, type: UAPI.viommuARMSMMUv3, devID: a.idevID, hwptID: parent, data: []) } == .EOPNOTSUPP)
-        let (veventq, eventFD) = try k.veventqAlloc(fd, viommuID: viommu, type: UAPI.veventqSelftest, depth: 2)
+        let parent = try k.hwptAlloc(fd, flags: HWPTAllocFlags.nestParent, devID: a.idevID, ptID: ioas, dataType: 0, data: [])
+        let viommu = try k.viommuAlloc(fd, type: VIOMMUType.selftest, devID: a.idevID, hwptID: parent, data: []).id
+        #expect(errnoOf { try k.viommuAlloc(fd, type: VIOMMUType.armSMMUv3, devID: a.idevID, hwptID: parent, data: []) } == .EOPNOTSUPP)
+        let (veventq, eventFD) = try k.veventqAlloc(fd, viommuID: viommu, type: VEventQType.selftest, depth: 2)
         let vdevA = try k.vdeviceAlloc(fd, viommuID: viommu, devID: a.idevID, virtID: 0x99)
         let selftestData = le32Bytes(0xbad_beef) + le32Bytes(0)
-        let nested = try k.hwptAlloc(fd, flags: 0, devID: a.idevID, ptID: viommu, dataType: UAPI.hwptDataSelftest, data: selftestData)
+        let nested = try k.hwptAlloc(fd, flags: 0, devID: a.idevID, ptID: viommu, dataType: HWPTDataType.selftest, data: selftestData)
         // B has no vDevice yet: the mock refuses the nested attach whatever the data.
         #expect(errnoOf { try k.mockDomainReplace(fd, stdevID: b.stdevID, ptID: nested) } == .ENOENT)
         let vdevB = try k.vdeviceAlloc(fd, viommuID: viommu, devID: b.idevID, virtID: 0x88)
@@ -35,9 +35,9 @@ import VsmmuKernel
         // HW queue on a mapped page inside the mock aperture.
         let memory = try k.createGuestMemory(name: "q", size: 0x1000, backing: .anonymous, hugepageSize: nil)
         _ = try k.ioasMap(fd, ioas: ioas, flags: rw, source: .userVA(memory.userVA), length: 0x1000, iova: 0x100_0000)
-        #expect(errnoOf { try k.hwQueueAlloc(fd, viommuID: viommu, type: UAPI.hwQueueSelftest, index: 1, iova: 0x100_0000, length: 0x1000) } == .EIO)
-        let hwq = try k.hwQueueAlloc(fd, viommuID: viommu, type: UAPI.hwQueueSelftest, index: 0, iova: 0x100_0000, length: 0x1000)
-        #expect(errnoOf { try k.hwQueueAlloc(fd, viommuID: viommu, type: UAPI.hwQueueSelftest, index: 2, iova: 0x100_0000, length: 0x1000) } == .EINVAL)
+        #expect(errnoOf { try k.hwQueueAlloc(fd, viommuID: viommu, type: HWQueueType.selftest, index: 1, iova: 0x100_0000, length: 0x1000) } == .EIO)
+        let hwq = try k.hwQueueAlloc(fd, viommuID: viommu, type: HWQueueType.selftest, index: 0, iova: 0x100_0000, length: 0x1000)
+        #expect(errnoOf { try k.hwQueueAlloc(fd, viommuID: viommu, type: HWQueueType.selftest, index: 2, iova: 0x100_0000, length: 0x1000) } == .EINVAL)
         #expect(errnoOf { try k.ioasUnmap(fd, ioas: ioas, iova: 0x100_0000, length: 0x1000) } == .EBUSY)
 
         // Teardown in the order of §7.4.
@@ -66,8 +66,8 @@ import VsmmuKernel
         let fd = try k.openIommufd()
         let ioas = try k.ioasAlloc(fd)
         let mock = try k.mockDomain(fd, ptID: ioas)
-        let parent = try k.hwptAlloc(fd, flags: UAPI.hwptAllocNestParent, devID: mock.idevID, ptID: ioas, dataType: 0, data: [])
-        let viommu = try k.viommuAlloc(fd, type: UAPI.viommuSelftest, devID: mock.idevID, hwptID: parent, data: []).id
+        let parent = try k.hwptAlloc(fd, flags: HWPTAllocFlags.nestParent, devID: mock.idevID, ptID: ioas, dataType: 0, data: [])
+        let viommu = try k.viommuAlloc(fd, type: VIOMMUType.selftest, devID: mock.idevID, hwptID: parent, data: []).id
         let vdev = try k.vdeviceAlloc(fd, viommuID: viommu, devID: mock.idevID, virtID: 0x99)
         try k.destroy(fd, id: mock.stdevID)
         #expect(errnoOf { try k.destroy(fd, id: vdev) } == .ENOENT)

@@ -111,7 +111,7 @@ extension SimulatedKernel {
 /// vSTE bytes (two little-endian words).
 func vste(_ word0: UInt64, _ word1: UInt64 = 0) -> [UInt8] { le64Bytes(word0) + le64Bytes(word1) }
 
-let rw = UAPI.ioasMapFixedIOVA | UAPI.ioasMapReadable | UAPI.ioasMapWriteable
+let rw: IOASMapFlags = [.fixedIOVA, .readable, .writeable]
 
 /// The bring-up of reference §0 on one ARM device: IOAS, S2, attach, guest RAM (memfd) mapped by MAP_FILE,
 /// vIOMMU, vDevice, vEVENTQ, bypass nested HWPT attached.
@@ -134,16 +134,16 @@ struct ArmRig {
         iommufd = try kernel.openIommufd()
         (device, devID) = try kernel.openAndBind(address, to: iommufd)
         ioas = try kernel.ioasAlloc(iommufd)
-        s2 = try kernel.hwptAlloc(iommufd, flags: UAPI.hwptAllocNestParent, devID: devID, ptID: ioas, dataType: 0, data: [])
+        s2 = try kernel.hwptAlloc(iommufd, flags: HWPTAllocFlags.nestParent, devID: devID, ptID: ioas, dataType: 0, data: [])
         _ = try kernel.attach(device, ptID: s2)
         memory = try kernel.createGuestMemory(name: "ram0", size: 0x4000_0000, backing: .memfd, hugepageSize: nil)
         // memfd memory has no VA in this process: it goes into the IOAS by MAP_FILE (§2.7).
         let ramFile = try #require(memory.file)
         _ = try kernel.ioasMap(iommufd, ioas: ioas, flags: rw, source: .file(ramFile, offset: 0), length: memory.size, iova: 0x4000_0000)
-        viommu = try kernel.viommuAlloc(iommufd, type: UAPI.viommuARMSMMUv3, devID: devID, hwptID: s2, data: []).id
+        viommu = try kernel.viommuAlloc(iommufd, type: VIOMMUType.armSMMUv3, devID: devID, hwptID: s2, data: []).id
         vdevice = try kernel.vdeviceAlloc(iommufd, viommuID: viommu, devID: devID, virtID: 0x100)
-        (veventq, eventFD) = try kernel.veventqAlloc(iommufd, viommuID: viommu, type: UAPI.veventqARMSMMUv3, depth: 64)
-        bypass = try kernel.hwptAlloc(iommufd, flags: 0, devID: devID, ptID: viommu, dataType: UAPI.hwptDataARMSMMUv3, data: vste(0x9))
+        (veventq, eventFD) = try kernel.veventqAlloc(iommufd, viommuID: viommu, type: VEventQType.armSMMUv3, depth: 64)
+        bypass = try kernel.hwptAlloc(iommufd, flags: 0, devID: devID, ptID: viommu, dataType: HWPTDataType.armSMMUv3, data: vste(0x9))
         _ = try kernel.attach(device, ptID: bypass)
     }
 }
