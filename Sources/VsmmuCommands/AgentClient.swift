@@ -51,7 +51,7 @@ struct AgentClient {
         var request = request
         // Confirmation happens here, where the terminal is: plan (dry run), ask, then apply
         // only that plan (the agent refuses if the state moved in between).
-        if (request.command == "apply" || request.command == "destroy") && !request.autoApprove && !request.dryRun && isatty(0) == 1 {
+        if (request.command == .apply || request.command == .destroy) && !request.autoApprove && !request.dryRun && isatty(0) == 1 {
             var dry = request
             dry.dryRun = true
             let planned = try exchange(dry, console: console)

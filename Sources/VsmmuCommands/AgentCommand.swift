@@ -198,7 +198,7 @@ final class AgentServer: @unchecked Sendable {
             reply(channel, AgentClient.Reply(err: "error: empty request\n", exit: 1))
             return
         }
-        if request.command == "reconcile" {
+        if request.command == .reconcile {
             let found = reconcileNow(reason: "request by uid \(peer.uid)", to: channel)
             reply(channel, AgentClient.Reply(exit: found ? 2 : 0))
             return
@@ -225,31 +225,37 @@ final class AgentServer: @unchecked Sendable {
         let locked = channel == nil
         if locked { requestLock.lock() }
         defer { if locked { requestLock.unlock() } }
-        guard let applied = AppliedTopology.load(stateDir: session.stateDir) else { return false }
-        let path = applied.path
-        var request = Request(command: "plan")
-        request.file = path
-        request.contentBase64 = Data(applied.bytes).base64EncodedString()
-        request.detailedExitcode = true
-        let out: (String) -> Void = { [self] s in
+        let out: @Sendable (String) -> Void = { [self] s in
             if let channel { reply(channel, AgentClient.Reply(err: s)) } else { console.errorRaw(s) }
         }
-        let quiet = Console(out: { _ in }, err: out)
-        let planned = Runner.execute(request, session: session, console: quiet, outcome: RequestOutcome())
-        guard planned == 2 else { return false }
-        if options.reconcile == .report {
-            let text = Console(out: out, err: out)
-            out("vsmmu-agent: reconcile (\(reason)): drift found; run `vsmmu plan \(path)` to see it, or start the agent with --reconcile=fix\n")
-            _ = Runner.execute(request, session: session, console: text, outcome: RequestOutcome())
-            return true
+        let text = Console(out: out, err: out)
+        let api = Provisioner(session: session)
+        var drift = false
+        _ = try? runReporting(text) { () throws -> Int32 in
+            let found = try api.reconcile(fix: false, events: ProvisioningEvents(note: { text.error($0) }))
+            guard found.hasDrift, let plan = found.drift, let path = found.file else { return 0 }
+            drift = true
+            if options.reconcile == .report {
+                out("vsmmu-agent: reconcile (\(reason)): drift found; run `vsmmu plan \(path)` to see it, or start the agent with --reconcile=fix\n")
+                text.write(PlanText.render(plan, ops: false))
+                return 0
+            }
+            out("vsmmu-agent: reconcile (\(reason)): drift found, re-applying \(path)\n")
+            do {
+                var options = ApplyOptions()
+                options.autoApprove = true
+                options.shouldStop = { [self] in stopping }
+                let source = SourceText(path: path, bytes: AppliedTopology.load(stateDir: session.stateDir)?.bytes ?? [])
+                _ = try api.apply(.topology(source), options: options,
+                                  events: Runner.events(text, plan: { text.write(PlanText.render($0, ops: false)) }), settled: true)
+                out("vsmmu-agent: reconcile (\(reason)): converged\n")
+            } catch {
+                out("vsmmu-agent: reconcile (\(reason)): failed, see below\n")
+                throw error
+            }
+            return 0
         }
-        out("vsmmu-agent: reconcile (\(reason)): drift found, re-applying \(path)\n")
-        request.command = "apply"
-        request.autoApprove = true
-        request.detailedExitcode = false
-        let code = Runner.execute(request, session: session, console: Console(out: out, err: out), outcome: RequestOutcome(), shouldStop: { [self] in stopping })
-        out("vsmmu-agent: reconcile (\(reason)): \(code == 0 ? "converged" : "failed, see above")\n")
-        return true
+        return drift
     }
 
     // MARK: handoff
@@ -318,7 +324,7 @@ extension AgentServer {
         let console = Console(out: { s in self.reply(channel, AgentClient.Reply(out: s)) },
                               err: { s in self.reply(channel, AgentClient.Reply(err: s)) })
         let code = (try? runReporting(console) { () throws -> Int32 in
-            try Runner.settleLifecycle(session: session, console: console)
+            try Provisioner(session: session).settleLifecycle(events: Runner.events(console))
             let store = try StateStore(directory: session.stateDir)
             let lifecycle = GuestLifecycle(session: session)
             if request.vmm == .adopt { return try adopt(request, channel, peer: peer, store: store, console: console) }
@@ -332,7 +338,7 @@ extension AgentServer {
             if session.sim != nil {
                 let process: SimProcessID
                 do { process = try lifecycle.simulateVMM(handover, pid: peer.pid, command: request.command) } catch {
-                    try? Runner.reprepare(session: session, console: console)
+                    try? Provisioner(session: session).reprepare(events: Runner.events(console))
                     throw CommandError(message: "\(error)", hint: "the guest is prepared again")
                 }
                 try lifecycle.recordRunning(handover, pid: peer.pid, startTime: LocalProcess.find(peer.pid)?.startTime, command: request.command,
@@ -399,7 +405,7 @@ extension AgentServer {
     /// Prepares again the guests whose VMM exited, and watches every VMM still running.
     func settleAndWatch(reason: String) {
         let quiet = Console(out: { _ in }, err: { [self] s in console.errorRaw("vsmmu-agent: " + s) })
-        do { try Runner.settleLifecycle(session: session, console: quiet) } catch {
+        do { try Provisioner(session: session).settleLifecycle(events: Runner.events(quiet)) } catch {
             log("preparing guests whose VMM exited failed (\(reason)): \(error)")
         }
         guard let store = try? StateStore(directory: session.stateDir) else { return }

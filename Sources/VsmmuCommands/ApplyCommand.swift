@@ -42,7 +42,7 @@ struct Apply: ParsableCommand {
     var rebuildState = false
 
     func run() throws {
-        var request = Request(command: "apply")
+        var request = Request(.apply)
         request.autoApprove = autoApprove
         request.dryRun = dryRun
         request.rebuildState = rebuildState
@@ -75,7 +75,7 @@ struct Destroy: ParsableCommand {
     var autoApprove = false
 
     func run() throws {
-        var request = Request(command: "destroy")
+        var request = Request(.destroy)
         request.autoApprove = autoApprove
         let code = try Dispatch.run(request, file: file, kernel: kernel)
         if code != 0 { throw ExitCode(code) }

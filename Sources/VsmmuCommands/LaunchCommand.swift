@@ -120,7 +120,7 @@ struct Launch: ParsableCommand {
                                hint: "start the agent (systemctl start vsmmu) or give --socket PATH; --host FILE launches on a simulated host")
         }
         let session = try Session.open(kernel)
-        try Runner.settleLifecycle(session: session, console: console)
+        try Provisioner(session: session).settleLifecycle(events: Runner.events(console))
         let store = try StateStore(directory: session.stateDir)
         let lifecycle = GuestLifecycle(session: session)
         if request.vmm == .adopt, let sim = session.sim {
@@ -137,7 +137,7 @@ struct Launch: ParsableCommand {
         let me = LocalProcess.current
         let process: SimProcessID
         do { process = try lifecycle.simulateVMM(handover, pid: me.pid, command: request.command) } catch {
-            try? Runner.reprepare(session: session, console: console)
+            try? Provisioner(session: session).reprepare(events: Runner.events(console))
             throw error
         }
         try lifecycle.recordRunning(handover, pid: me.pid, startTime: me.startTime, command: request.command, vmm: request.vmm,

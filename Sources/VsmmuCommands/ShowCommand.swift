@@ -26,7 +26,7 @@ struct Show: ParsableCommand {
     var format: Format = .yaml
 
     func run() throws {
-        var request = Request(command: "show")
+        var request = Request(.show)
         request.format = format.rawValue
         let code = try Dispatch.run(request, file: nil, kernel: kernel)
         if code != 0 { throw ExitCode(code) }

@@ -36,7 +36,7 @@ struct LayoutOptions: ParsableArguments {
         }
         let source: SourceText
         do { source = try InputFile.read(file) } catch { throw CommandError(message: error.rendered()) }
-        let (topology, validation) = try Runner.loadValid(source, host: host, console: console)
+        let (topology, validation) = try Provisioner.validate(source, host: host)
         guard let g = topology.guest(named: guest) else {
             throw CommandError(message: "\(file) has no guest '\(guest)'", hint: "guests: \(topology.guests.map(\.name).joined(separator: ", "))")
         }
