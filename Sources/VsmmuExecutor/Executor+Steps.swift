@@ -150,7 +150,7 @@ extension Executor {
             throw ApplyError(operation: op, errno: nil, message: "\(a) is not on vfio-pci with a VFIO cdev")
         }
         let cdev = try port.openVfioDevice(index: index)
-        var patches: [HoldingPatch] = [.device(g, d, DeviceHolding(source: a.description, cdev: cdev, vfioIndex: index, mockStdev: nil, devID: 0))]
+        var patches: [HoldingPatch] = [.device(g, d, DeviceHolding(source: .pci(a), cdev: cdev, vfioIndex: index, mockStdev: nil, devID: 0))]
         if store.holdings.originalDrivers[a] == nil, !store.holdings.originalUnknown(a) {
             patches.insert(Executor.vsmmuMovedIt(s) ? .originalDriverUnknown(a) : .originalDriver(a, .some("vfio-pci")), at: 0)
         }
@@ -169,7 +169,7 @@ extension Executor {
         let h = try guestHolding(op, g)
         guard let ioas = h.ioas else { throw ApplyError(operation: op, errno: nil, message: "guest \(g) has no IOAS") }
         let m = try port.mockDomain(h.iommufd, ptID: ioas)
-        var dev = DeviceHolding(source: source, cdev: nil, vfioIndex: nil, mockStdev: m.stdevID, devID: m.idevID)
+        var dev = DeviceHolding(source: DeviceSource(source) ?? .selftest(0), cdev: nil, vfioIndex: nil, mockStdev: m.stdevID, devID: m.idevID)
         dev.attached = m.hwptID
         return [.device(g, d, dev)]
     }

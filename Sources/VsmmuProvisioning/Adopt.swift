@@ -21,7 +21,7 @@ public struct AdoptHandover {
         let g = holding
         var devices: [String: JSONValue] = [:]
         for (name, d) in g.devices.sorted(by: { $0.key < $1.key }) {
-            var o: [String: JSONValue] = ["host": .string(d.source), "devId": .int(Int64(d.devID))]
+            var o: [String: JSONValue] = ["host": .string(d.source.description), "devId": .int(Int64(d.devID))]
             if let c = d.cdev { o["fdIndex"] = fdRef(c.fd) }
             if let a = d.attached { o["attachedHwpt"] = .int(Int64(a)) }
             devices[name] = .object(o)
@@ -79,7 +79,7 @@ extension GuestLifecycle {
         }
         for m in a.holding.memory.values where m.memory.file == nil { port.releaseGuestMemory(m.memory) }
         var devices: [String: PCIAddress] = [:]
-        for (name, d) in a.holding.devices { if let addr = PCIAddress(d.source) { devices[name] = addr } }
+        for (name, d) in a.holding.devices { if let addr = d.source.pciAddress { devices[name] = addr } }
         let r = RunningGuest(pid: pid, startTime: startTime, command: command, vmm: .adopt, since: Date().timeIntervalSince1970,
                              devices: devices, simulatedProcess: process?.number)
         try store.record([.guest(a.guest, nil), .running(a.guest, r)])
