@@ -9,6 +9,7 @@
 //   VsmmuPlanner (desired graph, allocations, diff, operations)
 //   VsmmuExecutor (lock, journal, apply, verify)
 //   VsmmuCommands (CLI commands) -> vsmmu (one-file main)
+import Foundation
 import PackageDescription
 
 let package = Package(
@@ -81,3 +82,12 @@ let package = Package(
     ]
 )
 
+// Fuzz targets (Fuzz/README.md): in the package only for scripts/fuzz.sh, which builds them
+// with -sanitize=fuzzer in its own scratch directory (libFuzzer supplies their main).
+if ProcessInfo.processInfo.environment["VSMMU_FUZZ"] == "1" {
+    package.targets.append(.executableTarget(
+        name: "vsmmu-fuzz",
+        dependencies: ["VsmmuCommands", "VsmmuIPC", "VsmmuKernel", "VsmmuLinux", "VsmmuModel", "VsmmuPlanner", "VsmmuYAML", "CVsmmuUAPI"],
+        path: "Fuzz/Sources/vsmmu-fuzz",
+        swiftSettings: [.enableExperimentalFeature("Extern")]))
+}
