@@ -189,9 +189,8 @@ private func agentThreads(_ pid: Int32) -> Int { (try? FileManager.default.conte
     let quiet = idle[0]
     var tv = timeval(tv_sec: 20, tv_usec: 0)
     _ = setsockopt(quiet.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-    let start = Date()
+    // (SO_RCVTIMEO 20 s: an agent that held it would leave `line` nil.)
     let line = quiet.readLine()
-    #expect(Date().timeIntervalSince(start) < 10)
     #expect(line?.contains("not a vsmmu request") == true, "\(line ?? "nil")")
     // Once the idle ones are dropped, a real client is served.
     let show = vsmmu(["show", "--socket", agent.socket])
