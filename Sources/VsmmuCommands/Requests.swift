@@ -115,7 +115,7 @@ enum Runner {
             return try Pipeline.plan(topology, validation: validation, port: session.port, host: host, store: store,
                                      simulated: session.simulated, onlyGuests: guests, destroying: destroying)
         } catch {
-            throw CommandError(message: error.message, hint: error.hint)
+            throw error
         }
     }
 

@@ -82,11 +82,8 @@ struct RemoteOptions: ParsableArguments {
 }
 
 /// A command-level failure: printed as `error: message` (+ hint), exit status 1.
-struct CommandError: Error, CustomStringConvertible {
-    var message: String
-    var hint: String?
-    var description: String { message }
-}
+/// The commands' failures are VsmmuErrors (`CommandError(message:hint:)` is code .command).
+typealias CommandError = VsmmuError
 
 /// YAML for the simulated host's host.yaml (the same format as `vsmmu host`).
 struct YAMLHostCodec: HostFileCodec {
