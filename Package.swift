@@ -8,6 +8,7 @@
 //   VsmmuSim (simulated kernel implementing the port)
 //   VsmmuPlanner (desired graph, allocations, diff, operations)
 //   VsmmuExecutor (lock, journal, apply, verify)
+//   VsmmuProvisioning (sessions, the guest lifecycle: the API below the CLI and the agent)
 //   VsmmuCommands (CLI commands) -> vsmmu (one-file main)
 import PackageDescription
 
@@ -28,18 +29,25 @@ let package = Package(
         ),
         .target(name: "VsmmuYAML", dependencies: ["CYAML"]),
         .target(name: "VsmmuKernel"),
+        // Files under the state directory: openat from one directory fd, never following links.
+        .target(name: "VsmmuFiles"),
         .target(name: "CVsmmuUAPI"),
         .target(name: "VsmmuLinux", dependencies: ["CVsmmuUAPI", "VsmmuKernel"]),
         .target(name: "VsmmuIPC", dependencies: ["CVsmmuUAPI"]),
         .target(name: "VsmmuModel", dependencies: ["VsmmuYAML", "VsmmuKernel"]),
-        .target(name: "VsmmuSim", dependencies: ["VsmmuKernel"]),
+        .target(name: "VsmmuSim", dependencies: ["VsmmuKernel", "VsmmuFiles"]),
         .target(name: "VsmmuPlanner", dependencies: ["VsmmuKernel", "VsmmuModel"]),
-        .target(name: "VsmmuExecutor", dependencies: ["VsmmuPlanner", "VsmmuKernel", "VsmmuModel"]),
+        .target(name: "VsmmuExecutor", dependencies: ["VsmmuPlanner", "VsmmuKernel", "VsmmuModel", "VsmmuFiles"]),
         .target(name: "VsmmuVMM", dependencies: ["VsmmuPlanner", "VsmmuKernel", "VsmmuModel"]),
+        // The provisioning API the CLI and the agent both call: sessions, the guest lifecycle.
+        .target(
+            name: "VsmmuProvisioning",
+            dependencies: ["VsmmuExecutor", "VsmmuPlanner", "VsmmuSim", "VsmmuLinux", "VsmmuModel", "VsmmuKernel", "VsmmuYAML", "VsmmuVMM", "CVsmmuUAPI", "VsmmuFiles"]
+        ),
         .target(
             name: "VsmmuCommands",
             dependencies: [
-                "VsmmuModel", "VsmmuKernel", "VsmmuSim", "VsmmuLinux", "VsmmuPlanner", "VsmmuExecutor", "VsmmuIPC", "CVsmmuUAPI", "VsmmuVMM",
+                "VsmmuModel", "VsmmuKernel", "VsmmuSim", "VsmmuLinux", "VsmmuPlanner", "VsmmuExecutor", "VsmmuIPC", "CVsmmuUAPI", "VsmmuVMM", "VsmmuProvisioning", "VsmmuFiles",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -69,12 +77,13 @@ let package = Package(
         ),
         .testTarget(
             name: "VsmmuPlannerTests",
-            dependencies: ["VsmmuPlanner", "VsmmuExecutor", "VsmmuSim", "VsmmuModel", "VsmmuKernel", "VsmmuYAML", "VsmmuTestSupport"]
+            dependencies: ["VsmmuPlanner", "VsmmuExecutor", "VsmmuSim", "VsmmuModel", "VsmmuKernel", "VsmmuYAML", "VsmmuTestSupport", "VsmmuProvisioning", "VsmmuFiles"]
         ),
         .testTarget(
             name: "VsmmuCommandsTests",
-            dependencies: ["VsmmuCommands", "VsmmuModel", "VsmmuTestSupport"],
+            dependencies: ["VsmmuCommands", "VsmmuModel", "VsmmuVMM", "VsmmuTestSupport", "VsmmuIPC"],
             exclude: ["golden"]
         ),
     ]
 )
+

@@ -20,7 +20,7 @@ import tempfile
 import tty
 
 OPS = dict(HELLO=0, OPEN=1, CLOSE=2, IOCTL=3, READ=4, READLINK=5, LISTDIR=6, WRITE=7,
-           MEMFD=8, STAT=9, CHOWN=10, MMAP_ANON=11, MUNMAP=12, FDS=13, BYE=14)
+           MEMFD=8, STAT=9, CHOWN=10, MMAP_ANON=11, MUNMAP=12, FDS=13, BYE=14, SPAWN=15, WAIT=16)
 IOMMU_IOAS_IOVA_RANGES, IOMMU_IOAS_MAP, IOMMU_DESTROY = 0x3B84, 0x3B85, 0x3B80
 # What ioctl(2) on a regular file answers: ENOTTY from the kernel, ENOSYS under qemu-user
 # (which is how the aarch64 build can be run here: a wrapper script doing qemu-aarch64-static).
@@ -53,8 +53,8 @@ class Reader:
 
 
 class Executor:
-    def __init__(self, exe, root, log):
-        self.p = subprocess.Popen([exe, "--root", root, "--log", log],
+    def __init__(self, exe, root, log, extra=()):
+        self.p = subprocess.Popen([exe, "--root", root, "--log", log, *extra],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.seq = 0
 
@@ -120,6 +120,120 @@ def make_tree(t):
     open(f"{t}/dev/other", "w").close()
 
 
+# The stand-in VMM: reports its argv and the fds it inherited (number, link, CLOEXEC) on
+# stdout, which SPAWN sends to VMMLOG/vsmmu-vmm-PID.log, then exits with argv[2] or sleeps.
+FAKE_VMM = """#!/usr/bin/env python3
+import fcntl, os, sys, time
+fds = []
+for fd in range(3, 1024):
+    try:
+        os.fstat(fd)
+    except OSError:
+        continue
+    fds.append(f"{fd}:{os.readlink(f'/proc/self/fd/{fd}')}:{fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC}")
+print("argv=" + "|".join(sys.argv[1:]))
+print("fds=" + "|".join(fds))
+print("stdin=" + os.readlink("/proc/self/fd/0"))
+print("sid=" + str(os.getsid(0) == os.getpid()), flush=True)
+if sys.argv[1] == "exit":
+    sys.exit(int(sys.argv[2]))
+time.sleep(60)
+"""
+
+
+def spawn_body(argv, fds):
+    return u32(len(argv)) + b"".join(bstr(a) for a in argv) + u32(len(fds)) + b"".join(u32(f) for f in fds)
+
+
+def wait_exit(x, pid, seconds=10):
+    """WAIT until the child is no longer running: (state, code), or None."""
+    import time
+    end = time.time() + seconds
+    while time.time() < end:
+        res, r = x.call("WAIT", u32(pid))
+        if res != 0:
+            return ("error", res)
+        state, code = r.u32(), r.i32()
+        if state != 0:
+            return (state, code)
+        time.sleep(0.05)
+    return None
+
+
+def spawn_checks(exe, t, root, log):
+    """SPAWN and WAIT: the one VMM fixed by --vmm, with held fds at the same numbers."""
+    import signal
+    vmm = f"{t}/fake-vmm"; logs = f"{t}/vmm-logs"
+    open(vmm, "w").write(FAKE_VMM); os.chmod(vmm, 0o755); os.makedirs(logs)
+
+    x = Executor(exe, root, log)
+    res, _ = x.call("SPAWN", spawn_body([vmm, "exit", "0"], []))
+    check("SPAWN without --vmm -EPERM", res == -errno.EPERM, res)
+    res, _ = x.call("WAIT", u32(os.getpid()))
+    check("WAIT of a pid it did not spawn -ESRCH", res == -errno.ESRCH, res)
+    x.call("BYE"); x.p.wait(timeout=5)
+
+    rc = subprocess.run([exe, "--vmm", "fake-vmm"], stdin=subprocess.DEVNULL, capture_output=True).returncode
+    check("--vmm with a relative path refused at start", rc == 2, rc)
+
+    x = Executor(exe, root, log, ["--vmm", vmm, "--vmm-log", logs])
+    iommufd, _ = x.call("OPEN", bstr("/dev/iommu") + u32(os.O_RDWR))
+    memfd, _ = x.call("MEMFD", bstr("vsmmu-g-ram0") + u64(1 << 20) + u32(0))
+    other, _ = x.call("OPEN", bstr("/dev/vfio/devices/vfio0") + u32(os.O_RDWR))
+    pid, _ = x.call("SPAWN", spawn_body([vmm, "exit", "3", "fd=%d" % memfd], [iommufd, memfd]))
+    check("SPAWN the --vmm binary returns its pid", pid > 0, pid)
+    st = wait_exit(x, pid) if pid > 0 else None
+    check("WAIT: exited with its status", st == (1, 3), st)
+    res, r = x.call("WAIT", u32(pid))
+    check("WAIT again: the same answer", res == 0 and (r.u32(), r.i32()) == (1, 3), res)
+    out = open(f"{logs}/vsmmu-vmm-{pid}.log").read() if pid > 0 and os.path.exists(f"{logs}/vsmmu-vmm-{pid}.log") else ""
+    lines = dict(l.split("=", 1) for l in out.splitlines() if "=" in l)
+    check("the VMM got its argv", lines.get("argv") == f"exit|3|fd={memfd}", out)
+    want = {f"{iommufd}:{root}/dev/iommu:0", f"{memfd}:/memfd:vsmmu-g-ram0 (deleted):0"}
+    got = set(lines.get("fds", "").split("|"))
+    check("the VMM inherited exactly the listed fds, same numbers, CLOEXEC cleared", got == want, (got, want))
+    check("the VMM's stdin is /dev/null, its own session", lines.get("stdin") == "/dev/null" and lines.get("sid") == "True", out)
+
+    res, _ = x.call("SPAWN", spawn_body(["/bin/sh", "-c", "true"], []))
+    check("SPAWN of another program -EPERM", res == -errno.EPERM, res)
+    res, _ = x.call("SPAWN", spawn_body([vmm + "/", "exit", "0"], []))
+    check("SPAWN of a path that differs from --vmm by one byte -EPERM", res == -errno.EPERM, res)
+    res, _ = x.call("SPAWN", spawn_body([vmm, "exit", "0"], [999]))
+    check("SPAWN with an fd it does not hold -EBADF", res == -errno.EBADF, res)
+    res, _ = x.call("SPAWN", spawn_body([vmm, "exit", "0"], [1]))
+    check("SPAWN handing over its stream (fd 1) -EINVAL", res == -errno.EINVAL, res)
+    res, _ = x.call("SPAWN", spawn_body([vmm, "exit", "0"], [iommufd, iommufd]))
+    check("SPAWN with a duplicate fd -EINVAL", res == -errno.EINVAL, res)
+    res, _ = x.call("SPAWN", spawn_body([vmm, "exit", "0"], [iommufd] * 65))
+    check("SPAWN with 65 fds -EINVAL", res == -errno.EINVAL, res)
+    res, _ = x.call("SPAWN", spawn_body([vmm, "ex\0it", "0"], []))
+    check("SPAWN with a NUL in an argument -EINVAL", res == -errno.EINVAL, res)
+    res, _ = x.call("SPAWN", spawn_body([], []))
+    check("SPAWN with no argv -EINVAL", res == -errno.EINVAL, res)
+    res, _ = x.call("SPAWN", spawn_body([vmm, "x" * 4097], []))
+    check("SPAWN with a 4097-byte argument -EINVAL", res == -errno.EINVAL, res)
+    res, _ = x.call("SPAWN", spawn_body([vmm], [iommufd])[:-2])
+    check("SPAWN truncated -EPROTO", res == -errno.EPROTO, res)
+
+    pid, _ = x.call("SPAWN", spawn_body([vmm, "sleep"], [memfd]))
+    res, r = x.call("WAIT", u32(pid))
+    check("WAIT: running", pid > 0 and res == 0 and (r.u32(), r.i32()) == (0, 0), (pid, res))
+    if pid > 0:
+        os.kill(pid, signal.SIGKILL)
+    st = wait_exit(x, pid) if pid > 0 else None
+    check("WAIT: killed by SIGKILL", st == (2, signal.SIGKILL), st)
+    res, fds = 0, None
+    res, r = x.call("FDS")
+    check("the executor still holds its own copies after SPAWN", res == 3, res)
+
+    os.rename(vmm, vmm + ".gone")
+    res, _ = x.call("SPAWN", spawn_body([vmm, "exit", "0"], []))
+    check("SPAWN whose exec fails: the child's errno (-ENOENT)", res == -errno.ENOENT, res)
+    os.rename(vmm + ".gone", vmm)
+    x.call("BYE")
+    check("BYE exits 0 with spawned children", x.p.wait(timeout=5) == 0)
+
+
 def main():
     exe = sys.argv[1]
     with tempfile.TemporaryDirectory() as t:
@@ -173,6 +287,33 @@ def main():
 
         res, _ = x.call("OPEN", bstr("/dev/other") + u32(os.O_RDWR))
         check("OPEN non-allowed -EACCES", res == -errno.EACCES, res)
+
+        # Links inside the tree never lead out of it (openat2 RESOLVE_BENEATH, or the
+        # component walk with VSMMU_REMOTE_NO_OPENAT2=1): past the root, absolute, a
+        # device link and a cdev pointing outside.
+        out = f"{t}/outside"
+        os.makedirs(out)
+        for name, text in [("secret", "outside\n"), ("driver_override", "keep\n"), ("cdev", "")]:
+            open(f"{out}/{name}", "w").write(text)
+        os.symlink("../../outside", f"{root}/sys/up")
+        os.symlink(out, f"{root}/sys/abs")
+        os.symlink(out, f"{root}/sys/bus/pci/devices/0000:00:02.0")
+        os.symlink("../../../../outside", f"{root}/sys/bus/pci/devices/0000:00:03.0")
+        os.symlink(f"{out}/cdev", f"{root}/dev/vfio/devices/vfio1")
+        for path in ["/sys/up/secret", "/sys/abs/secret"]:
+            res, r = x.call("READ", bstr(path))
+            check(f"READ {path} (link out of --root) refused", res < 0 and r.done(), res)
+            res, r = x.call("STAT", bstr(path))
+            check(f"STAT {path} (link out of --root) refused", res < 0, res)
+        res, _ = x.call("LISTDIR", bstr("/sys/abs"))
+        check("LISTDIR through an absolute link refused", res < 0, res)
+        for dev in ["0000:00:02.0", "0000:00:03.0"]:
+            res, _ = x.call("WRITE", bstr(f"/sys/bus/pci/devices/{dev}/driver_override") + bstr("x"))
+            check(f"WRITE through {dev} (link out of --root) refused", res < 0 and open(f"{out}/driver_override").read() == "keep\n", res)
+        res, _ = x.call("OPEN", bstr("/dev/vfio/devices/vfio1") + u32(os.O_RDWR))
+        check("OPEN of a cdev linked out of --root refused", res < 0, res)
+        res, r = x.call("READ", bstr(f"{D}/vendor"))
+        check("READ through a link inside --root still works", res == 7 and r.bytes() == b"0x1af4\n", res)
         res, _ = x.call("OPEN", bstr("/dev/vfio/devices/../../iommu") + u32(os.O_RDWR))
         check("OPEN with .. -EACCES", res == -errno.EACCES, res)
         res, _ = x.call("OPEN", bstr("/dev/iommu") + u32(os.O_RDWR | os.O_CREAT))
@@ -317,6 +458,8 @@ def main():
         rc = w.p.wait(timeout=5)
         check("PORT (raw pty): BYE exits 0", res == 0 and rc == 0, (res, rc))
         os.close(w.m); os.close(w.s)
+
+        spawn_checks(exe, t, root, log)
 
     print("all checks passed" if failures == 0 else f"{failures} check(s) failed")
     return 1 if failures else 0

@@ -2,7 +2,7 @@
 # The project's live-kernel lab: a real Linux 7.2 (iommufd, VFIO cdev, the iommufd
 # selftest mock with fail_iommufd in debugfs, e1000e, virtio-pci/console) under QEMU/TCG
 # with an emulated VT-d, an `edu` device and an e1000e NIC (user netdev), built by lab.sh
-# (the recipe of ../shared/lab, copied here so the project owns it), with a static vsmmu,
+# (a proven recipe from outside the repository, copied here so the project owns it), with a static vsmmu,
 # the scenarios in scenarios/ run inside the guest as extra checks and bench/ as figures.
 #
 #   bash lab/vsmmu-lab.sh     # as root; cold ~16 min (kernel build ~11 min on 2 busy cores),

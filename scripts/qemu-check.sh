@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
-# qemu-check: what vsmmu emits for QEMU, checked against a real qemu-system-aarch64 >= 11.
+# qemu-check: what vsmmu emits for QEMU and libvirt, checked against a real QEMU >= 11
+# (qemu-system-aarch64 and qemu-system-x86_64) and libvirt's domain schema.
 #
-#   bash scripts/qemu-check.sh          # as root; Debian 12 x86_64; reaches deb.debian.org
+#   bash scripts/qemu-check.sh          # as root; Debian 12 x86_64; reaches the Debian archive
 #
-# Timing (2-core Debian 12 x86_64, no KVM, TCG; measured 2026-11-25 with
-# `time bash scripts/qemu-check.sh`):
-#   cold (no cache: debootstrap trixie + apt-get install, 622 MB root): 48-63 s wall
-#        (root setup 28-35 s; debootstrap itself was already installed on the host --
-#        on a fresh machine add its apt-get update + install)
-#   warm (cached root reused):                                          19-28 s wall
-#   (3 guests, 94 checks; each TCG UEFI boot reaches BDS in about 6 s)
+# Timing (2-core Debian 12 x86_64, no KVM, TCG):
+#   measured 2026-11-25 with `time bash scripts/qemu-check.sh` (3 guests, 94 checks):
+#   cold 48-63 s wall, warm 19-28 s; each TCG UEFI boot reaches BDS in about 6 s.
+#   measured 2026-12-03, with qemu-system-x86, libvirt-common and libxml2-utils added and
+#   the hand-over checks (c), on the shared machine under load:
+#   cold 210 s (root setup 182 s, 692 MB), warm 28-36 s (125 checks with 6 guests).
 #
 # QEMU comes from Debian: a minimal trixie root (debootstrap, minbase) with
-# qemu-system-arm from trixie-backports (11.1.x; bookworm-backports only has 10.0,
-# which predates accel=on), qemu-efi-aarch64 (the UEFI firmware) and python3, kept
-# under $VSMMU_QEMU_CACHE (default ~/.cache/vsmmu-qemu) and run with chroot inside a
-# private mount namespace (unshare -m), so no mount outlives a run. The host's glibc
-# (2.36) is too old for that QEMU, hence the root.
+# qemu-system-arm and qemu-system-x86 from trixie-backports (11.1.x; bookworm-backports
+# only has 10.0, which predates accel=on), qemu-efi-aarch64 (the UEFI firmware), python3,
+# libvirt-common (12.9 from trixie-backports: /usr/share/libvirt/schemas; bookworm's 9.0
+# has no <iommufd> element) and libxml2-utils (xmllint), kept under $VSMMU_QEMU_CACHE
+# (default ~/.cache/vsmmu-qemu; the package list is part of the cache key) and run with
+# chroot inside a private mount namespace (unshare -m), so no mount outlives a run. The
+# host's glibc (2.36) is too old for that QEMU, hence the root.
 #
 # For each guest (examples/<file>.yaml guest, host examples/hosts/grace-2smmu-cmdqv.yaml,
 # a fresh --state-dir for every vsmmu call) scripts/qemu-check/check.py runs:
@@ -35,6 +37,14 @@
 #       the ACPI IORT QEMU generated (read from guest RAM with QMP pmemsave) must map
 #       each device's RID 1:1 to that StreamID on its pxb's SMMUv3 node, whose
 #       identifier must be the emitted identifier=.
+#   (c) hand-over, every guest (the x86 one as the x86 lab starts it: `qemu-system-x86_64
+#       -machine q35 ... $(vsmmu qemu-args ... --format argv)`): --format argv is the JSON
+#       args word-split intact; the --fds args with each {vsmmu-...} placeholder replaced by
+#       a real fd number (as `vsmmu launch` does) start, the separate -machine
+#       memory-backend= merges into the machine, QEMU maps the handed-over memfd, and with
+#       the VFIO devices verbatim QEMU takes both fd numbers and stops at its own bind of the
+#       (non-VFIO) cdev fd; `vsmmu libvirt-xml` validates against libvirt's domain.rng
+#       (xmllint --relaxng).
 # Everything changed for the TCG run is printed as a NOTE line.
 #
 # Output: one PASS/FAIL line per check, NOTE lines, and last `qemu-check: N passed, M failed`;
@@ -45,12 +55,15 @@
 #   VSMMU_QEMU_SUITE        Debian suite of the root (default trixie; sid also works)
 #   VSMMU_QEMU_BACKPORTS    suite to take qemu-system-arm from (default trixie-backports
 #                           for trixie, none otherwise; set empty for none)
-#   VSMMU_QEMU_MIRROR       default http://deb.debian.org/debian
+#   VSMMU_QEMU_MIRROR       default: the first non-security Debian URI of this machine's apt sources
 #   VSMMU_QEMU_REFRESH=1    rebuild the cached root (e.g. to pick up a newer QEMU)
 #   VSMMU_QEMU_PLACEHOLDER  default virtio-rng-pci,disable-legacy=on (no backend, no option ROM)
 #   VSMMU_QEMU_BOOT_TIMEOUT seconds to wait for the firmware per guest (default 240)
-#   VSMMU_QEMU_GUESTS       default "two-vsmmus-four-gpus/train0 cmdqv/vm1 one-guest-one-vsmmu/vm1"
-#   VSMMU_QEMU_HOST         default examples/hosts/grace-2smmu-cmdqv.yaml
+#   VSMMU_QEMU_GUESTS       default "two-vsmmus-four-gpus/train0 cmdqv/vm1 one-guest-one-vsmmu/vm1
+#                           devices-without-vsmmu/vm1@examples/hosts/intel-vtd.yaml" (FILE/GUEST[@HOST])
+#   VSMMU_QEMU_HOST         default examples/hosts/grace-2smmu-cmdqv.yaml (for a GUEST without @HOST)
+#   VSMMU_QEMU_XML_GUESTS   more guests whose libvirt-xml only is validated (no QEMU run)
+#                           (default "several-guests/vm1 several-guests/vm3")
 #   VSMMU_BIN               default .build/debug/vsmmu (built with `swift build` if missing)
 set -euo pipefail
 
@@ -66,14 +79,23 @@ elif [ "$SUITE" = trixie ]; then
 else
 	BACKPORTS=
 fi
-MIRROR=${VSMMU_QEMU_MIRROR:-http://deb.debian.org/debian}
+# The archive this machine already uses (deb822 .sources first, then one-line .list).
+apt_mirror() {
+	local m
+	m=$(grep -hsE '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}' | grep -v security | head -1)
+	[ -n "$m" ] || m=$(grep -hsE '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list | grep -v security |
+		awk '{for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; exit }}' | head -1)
+	printf '%s' "${m%/}"
+}
+MIRROR=${VSMMU_QEMU_MIRROR:-$(apt_mirror)}
 REFRESH=${VSMMU_QEMU_REFRESH:-0}
 PLACEHOLDER=${VSMMU_QEMU_PLACEHOLDER:-virtio-rng-pci,disable-legacy=on}
 BOOT_TIMEOUT=${VSMMU_QEMU_BOOT_TIMEOUT:-240}
-GUESTS=${VSMMU_QEMU_GUESTS:-two-vsmmus-four-gpus/train0 cmdqv/vm1 one-guest-one-vsmmu/vm1}
+GUESTS=${VSMMU_QEMU_GUESTS:-two-vsmmus-four-gpus/train0 cmdqv/vm1 one-guest-one-vsmmu/vm1 devices-without-vsmmu/vm1@examples/hosts/intel-vtd.yaml}
 HOSTFILE=${VSMMU_QEMU_HOST:-examples/hosts/grace-2smmu-cmdqv.yaml}
+XML_GUESTS=${VSMMU_QEMU_XML_GUESTS:-several-guests/vm1 several-guests/vm3}
 VSMMU=${VSMMU_BIN:-$REPO/.build/debug/vsmmu}
-PKGS="qemu-system-arm qemu-efi-aarch64 python3"
+PKGS="qemu-system-arm qemu-system-x86 qemu-efi-aarch64 python3 libvirt-common libxml2-utils"
 ROOT=$CACHE/root-$SUITE${BACKPORTS:+-$BACKPORTS}
 KEY="vsmmu-qemu-root v1 suite=$SUITE backports=$BACKPORTS mirror=$MIRROR pkgs=$PKGS"
 
@@ -93,6 +115,7 @@ unreachable() {
 }
 
 [ "$(id -u)" = 0 ] || fatal "run as root (debootstrap, chroot and unshare need it)"
+[ -n "$MIRROR" ] || unreachable "no Debian archive in this machine's apt sources; set VSMMU_QEMU_MIRROR"
 for c in unshare chroot flock mknod; do
 	command -v "$c" >/dev/null || fatal "$c is missing (util-linux/coreutils)"
 done
@@ -172,6 +195,8 @@ setup_root() {
 	rm -rf "$new/var/lib/apt/lists/"* "$new/usr/share/doc" "$new/usr/share/man" "$new/usr/share/locale"
 	[ -x "$new/usr/bin/qemu-system-aarch64" ] || fatal "qemu-system-aarch64 is missing in the root after apt-get install"
 	[ -f "$new/usr/share/qemu-efi-aarch64/QEMU_EFI.fd" ] || fatal "QEMU_EFI.fd is missing in the root after apt-get install"
+	[ -x "$new/usr/bin/qemu-system-x86_64" ] || fatal "qemu-system-x86_64 is missing in the root after apt-get install"
+	[ -f "$new/usr/share/libvirt/schemas/domain.rng" ] || fatal "libvirt's domain.rng is missing in the root after apt-get install"
 	{
 		echo "$KEY"
 		date -u +%FT%TZ
@@ -189,7 +214,8 @@ fi
 QVER=$(inroot "$ROOT" qemu-system-aarch64 --version 2>&1 | head -1) || fatal "the cached qemu-system-aarch64 does not run: $QVER"
 QPKG=$(dpkg-query --admindir="$ROOT/var/lib/dpkg" -W -f='${Version}' qemu-system-arm 2>/dev/null || echo '?')
 FWPKG=$(dpkg-query --admindir="$ROOT/var/lib/dpkg" -W -f='${Version}' qemu-efi-aarch64 2>/dev/null || echo '?')
-say "setup: $QVER (Debian qemu-system-arm $QPKG from $SUITE${BACKPORTS:+/$BACKPORTS}), qemu-efi-aarch64 $FWPKG"
+LVPKG=$(dpkg-query --admindir="$ROOT/var/lib/dpkg" -W -f='${Version}' libvirt-common 2>/dev/null || echo '?')
+say "setup: $QVER (Debian qemu-system-arm $QPKG from $SUITE${BACKPORTS:+/$BACKPORTS}), qemu-efi-aarch64 $FWPKG, libvirt-common $LVPKG"
 
 # --- 2. vsmmu output for each guest -----------------------------------------------------------
 if [ ! -x "$VSMMU" ]; then
@@ -202,38 +228,74 @@ W=$ROOT/tmp/qemu-check # seen as /tmp/qemu-check inside the root
 rm -rf "$W"
 mkdir -p "$W"
 cp "$HERE/qemu-check/check.py" "$W/check.py"
-jstr() { printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g')"; }
+jstr() { printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g' | sed ':a;N;$!ba;s/\n/\\n/g')"; }
+# each output from a fresh state directory, as the plan would allocate
+vs() { # vs OUTFILE ARGS...: run vsmmu into $W/$dir/OUTFILE (stderr to OUTFILE.err)
+	local out=$1 sd rc
+	shift
+	sd=$(mktemp -d)
+	(cd "$REPO" && "$VSMMU" "$@" --host "$hostfile" --state-dir "$sd") >"$W/$dir/$out" 2>"$W/$dir/$out.err"
+	rc=$?
+	rm -rf "$sd"
+	return $rc
+}
 entries=()
 for spec in $GUESTS; do
+	hostfile=$HOSTFILE
+	case $spec in *@*) hostfile=${spec#*@} spec=${spec%@*} ;; esac
 	file=${spec%/*}
 	guest=${spec#*/}
 	dir=$(printf '%s' "${file}_$guest" | tr -c 'A-Za-z0-9_.-' '_')
 	mkdir -p "$W/$dir"
-	sd=$(mktemp -d)
-	say "vsmmu qemu-args examples/$file.yaml --guest $guest --host $HOSTFILE --format json"
+	say "vsmmu qemu-args / libvirt-xml examples/$file.yaml --guest $guest --host $hostfile"
 	set +e
-	(cd "$REPO" && "$VSMMU" qemu-args "examples/$file.yaml" --guest "$guest" --host "$HOSTFILE" \
-		--state-dir "$sd" --format json) >"$W/$dir/qemu-args.json" 2>"$W/$dir/qemu-args.err"
+	vs qemu-args.json qemu-args "examples/$file.yaml" --guest "$guest" --format json
 	arc=$?
-	rm -rf "$sd"
-	sd=$(mktemp -d)
-	(cd "$REPO" && "$VSMMU" plan "examples/$file.yaml" --host "$HOSTFILE" --state-dir "$sd" --format json) \
-		>"$W/$dir/plan.json" 2>"$W/$dir/plan.err"
+	vs plan.json plan "examples/$file.yaml" --format json
 	prc=$?
+	vs qemu-args.argv qemu-args "examples/$file.yaml" --guest "$guest" --format argv
+	vs qemu-args-fds.json qemu-args "examples/$file.yaml" --guest "$guest" --fds --format json
+	vs qemu-args-fds.argv qemu-args "examples/$file.yaml" --guest "$guest" --fds --format argv
+	vs libvirt.xml libvirt-xml "examples/$file.yaml" --guest "$guest"
+	xrc=$?
 	set -e
-	rm -rf "$sd"
-	entries+=("{\"label\": $(jstr "$spec"), \"guest\": $(jstr "$guest"), \"dir\": $(jstr "$dir"), \"args_rc\": $arc, \"plan_rc\": $prc, \"args_err\": $(jstr "$(head -c 2000 "$W/$dir/qemu-args.err")"), \"plan_err\": $(jstr "$(head -c 2000 "$W/$dir/plan.err")")}")
+	entries+=("{\"label\": $(jstr "$spec"), \"guest\": $(jstr "$guest"), \"dir\": $(jstr "$dir"), \"args_rc\": $arc, \"plan_rc\": $prc, \"xml_rc\": $xrc, \"args_err\": $(jstr "$(head -c 2000 "$W/$dir/qemu-args.json.err")"), \"plan_err\": $(jstr "$(head -c 2000 "$W/$dir/plan.json.err")"), \"xml_err\": $(jstr "$(head -c 2000 "$W/$dir/libvirt.xml.err")")}")
+done
+xml_entries=()
+for spec in $XML_GUESTS; do
+	hostfile=$HOSTFILE
+	case $spec in *@*) hostfile=${spec#*@} spec=${spec%@*} ;; esac
+	file=${spec%/*}
+	guest=${spec#*/}
+	dir=$(printf '%s' "${file}_$guest" | tr -c 'A-Za-z0-9_.-' '_')
+	mkdir -p "$W/$dir"
+	say "vsmmu libvirt-xml examples/$file.yaml --guest $guest --host $hostfile"
+	set +e
+	vs libvirt.xml libvirt-xml "examples/$file.yaml" --guest "$guest"
+	xrc=$?
+	set -e
+	xml_entries+=("{\"label\": $(jstr "$spec"), \"guest\": $(jstr "$guest"), \"dir\": $(jstr "$dir"), \"xml_rc\": $xrc, \"xml_err\": $(jstr "$(head -c 2000 "$W/$dir/libvirt.xml.err")")}")
 done
 {
 	echo "{\"qemu\": \"/usr/bin/qemu-system-aarch64\","
 	echo " \"firmware\": \"/usr/share/qemu-efi-aarch64/QEMU_EFI.fd\","
 	echo " \"firmware_version\": $(jstr "qemu-efi-aarch64 $FWPKG"),"
+	echo " \"qemu_x86\": \"/usr/bin/qemu-system-x86_64\","
+	echo " \"libvirt_rng\": \"/usr/share/libvirt/schemas/domain.rng\","
+	echo " \"libvirt_version\": $(jstr "$LVPKG"),"
 	echo " \"placeholder\": $(jstr "$PLACEHOLDER"),"
 	echo " \"boot_timeout\": $BOOT_TIMEOUT,"
 	echo " \"t0\": $T0,"
 	echo " \"guests\": ["
 	sep=
 	for e in "${entries[@]}"; do
+		printf '%s  %s\n' "$sep" "$e"
+		sep=,
+	done
+	echo " ],"
+	echo " \"libvirt_only\": ["
+	sep=
+	for e in "${xml_entries[@]}"; do
 		printf '%s  %s\n' "$sep" "$e"
 		sep=,
 	done

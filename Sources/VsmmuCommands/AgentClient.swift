@@ -1,4 +1,5 @@
 import Foundation
+import VsmmuProvisioning
 import VsmmuIPC
 import VsmmuPlanner
 
@@ -11,6 +12,7 @@ struct AgentClient {
         var version = AgentProtocol.version
         var request: Request?
         var handoff: String?
+        var launch: LaunchRequest?
     }
 
     struct Reply: Codable {
@@ -20,6 +22,7 @@ struct AgentClient {
         var fingerprint: String?
         var savedPlan: String?
         var handoff: JSONText?
+        var launch: LaunchReply?
     }
 
     func connect() throws -> Channel {
@@ -48,7 +51,7 @@ struct AgentClient {
         var request = request
         // Confirmation happens here, where the terminal is: plan (dry run), ask, then apply
         // only that plan (the agent refuses if the state moved in between).
-        if (request.command == "apply" || request.command == "destroy") && !request.autoApprove && !request.dryRun && isatty(0) == 1 {
+        if (request.command == .apply || request.command == .destroy) && !request.autoApprove && !request.dryRun && isatty(0) == 1 {
             var dry = request
             dry.dryRun = true
             let planned = try exchange(dry, console: console)

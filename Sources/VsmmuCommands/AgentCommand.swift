@@ -2,11 +2,14 @@ import ArgumentParser
 import CVsmmuUAPI
 import Dispatch
 import Foundation
+import VsmmuProvisioning
+import VsmmuVMM
 import VsmmuExecutor
 import VsmmuIPC
 import VsmmuKernel
 import VsmmuModel
 import VsmmuPlanner
+import VsmmuSim
 import VsmmuYAML
 
 struct Agent: ParsableCommand {
@@ -69,6 +72,9 @@ final class AgentServer: @unchecked Sendable {
     let console: Console
     let requestLock = NSLock()          // one request at a time: the single writer
     var stopping = false
+    /// VMMs being watched ("guest/pid"): one watcher each.
+    var watched = Set<String>()
+    let watchLock = NSLock()
     var session: Session!
     var allowedGID: UInt32?
 
@@ -78,7 +84,6 @@ final class AgentServer: @unchecked Sendable {
     }
 
     var socketPath: String { AgentProtocol.socket(options.kernel.socket) }
-    var appliedPath: String { session.stateDir + "/agent-topology" }
 
     func log(_ s: String) { console.error("vsmmu-agent: \(s)") }
 
@@ -94,7 +99,6 @@ final class AgentServer: @unchecked Sendable {
             sim.simulateProcessExit()
             try sim.save()
         }
-        s.onApplied = { [weak self] t, bytes in self?.rememberApplied(t, bytes) }
 
         if let g = options.socketGroup {
             guard let gr = getgrnam(g) else { throw CommandError(message: "no group '\(g)'") }
@@ -120,6 +124,9 @@ final class AgentServer: @unchecked Sendable {
         log("holding \(kernelName), state in \(session.stateDir), listening on \(socketPath)")
         // Learn the IOMMUs' features now, before any plan: plans only read.
         for note in session.probeIOMMUs(driverless: options.probe.probeDriverless) { log(note) }
+        // Running VMMs outlive the agent (docs/contract.md §6): watch those still alive
+        // (nothing changes for them); a guest whose VMM exited meanwhile is prepared again.
+        settleAndWatch(reason: "start")
         reconcileNow(reason: "start")
         SystemdNotify.send("READY=1\nSTATUS=serving on \(socketPath)")
         log("ready")
@@ -132,10 +139,7 @@ final class AgentServer: @unchecked Sendable {
                 }
             }
         }
-        while let channel = listener.accept() {
-            if stopping { break }
-            Thread.detachNewThread { [self] in handle(channel) }
-        }
+        serveConnections(listener)
         SystemdNotify.send("STOPPING=1")
         // Wait for the request in flight: it stops after its running step.
         requestLock.lock()
@@ -186,11 +190,15 @@ final class AgentServer: @unchecked Sendable {
             handoff(guest, channel)
             return
         }
+        if let launch = envelope.launch {
+            self.launch(launch, channel, peer: peer)
+            return
+        }
         guard let request = envelope.request else {
             reply(channel, AgentClient.Reply(err: "error: empty request\n", exit: 1))
             return
         }
-        if request.command == "reconcile" {
+        if request.command == .reconcile {
             let found = reconcileNow(reason: "request by uid \(peer.uid)", to: channel)
             reply(channel, AgentClient.Reply(exit: found ? 2 : 0))
             return
@@ -210,12 +218,6 @@ final class AgentServer: @unchecked Sendable {
 
     // MARK: reconcile
 
-    func rememberApplied(_ t: Topology, _ bytes: [UInt8]?) {
-        guard let bytes else { return }
-        _ = FileManager.default.createFile(atPath: appliedPath + ".yaml", contents: Data(bytes))
-        try? t.file.write(toFile: appliedPath + ".path", atomically: true, encoding: .utf8)
-    }
-
     /// Re-observes; logs drift (report) or re-applies the last applied topology (fix).
     /// Returns whether there was drift.
     @discardableResult
@@ -223,31 +225,37 @@ final class AgentServer: @unchecked Sendable {
         let locked = channel == nil
         if locked { requestLock.lock() }
         defer { if locked { requestLock.unlock() } }
-        guard let bytes = FileManager.default.contents(atPath: appliedPath + ".yaml") else { return false }
-        let path = (try? String(contentsOfFile: appliedPath + ".path", encoding: .utf8)) ?? "applied topology"
-        var request = Request(command: "plan")
-        request.file = path
-        request.contentBase64 = bytes.base64EncodedString()
-        request.detailedExitcode = true
-        let out: (String) -> Void = { [self] s in
+        let out: @Sendable (String) -> Void = { [self] s in
             if let channel { reply(channel, AgentClient.Reply(err: s)) } else { console.errorRaw(s) }
         }
-        let quiet = Console(out: { _ in }, err: out)
-        let planned = Runner.execute(request, session: session, console: quiet, outcome: RequestOutcome())
-        guard planned == 2 else { return false }
-        if options.reconcile == .report {
-            let text = Console(out: out, err: out)
-            out("vsmmu-agent: reconcile (\(reason)): drift found; run `vsmmu plan \(path)` to see it, or start the agent with --reconcile=fix\n")
-            _ = Runner.execute(request, session: session, console: text, outcome: RequestOutcome())
-            return true
+        let text = Console(out: out, err: out)
+        let api = Provisioner(session: session)
+        var drift = false
+        _ = try? runReporting(text) { () throws -> Int32 in
+            let found = try api.reconcile(fix: false, events: ProvisioningEvents(note: { text.error($0) }))
+            guard found.hasDrift, let plan = found.drift, let path = found.file else { return 0 }
+            drift = true
+            if options.reconcile == .report {
+                out("vsmmu-agent: reconcile (\(reason)): drift found; run `vsmmu plan \(path)` to see it, or start the agent with --reconcile=fix\n")
+                text.write(PlanText.render(plan, ops: false))
+                return 0
+            }
+            out("vsmmu-agent: reconcile (\(reason)): drift found, re-applying \(path)\n")
+            do {
+                var options = ApplyOptions()
+                options.autoApprove = true
+                options.shouldStop = { [self] in stopping }
+                let source = SourceText(path: path, bytes: AppliedTopology.load(stateDir: session.stateDir)?.bytes ?? [])
+                _ = try api.apply(.topology(source), options: options,
+                                  events: Runner.events(text, plan: { text.write(PlanText.render($0, ops: false)) }), settled: true)
+                out("vsmmu-agent: reconcile (\(reason)): converged\n")
+            } catch {
+                out("vsmmu-agent: reconcile (\(reason)): failed, see below\n")
+                throw error
+            }
+            return 0
         }
-        out("vsmmu-agent: reconcile (\(reason)): drift found, re-applying \(path)\n")
-        request.command = "apply"
-        request.autoApprove = true
-        request.detailedExitcode = false
-        let code = Runner.execute(request, session: session, console: Console(out: out, err: out), outcome: RequestOutcome(), shouldStop: { [self] in stopping })
-        out("vsmmu-agent: reconcile (\(reason)): \(code == 0 ? "converged" : "failed, see above")\n")
-        return true
+        return drift
     }
 
     // MARK: handoff
@@ -262,14 +270,19 @@ final class AgentServer: @unchecked Sendable {
             reply(channel, AgentClient.Reply(err: "error: guest '\(guest)' is held through the \(remote.location): its fds live in that process and cannot be handed off from here\n", exit: 1))
             return
         }
-        guard let store = try? StateStore(directory: session.stateDir), let g = store.holdings.guests[guest] else {
-            reply(channel, AgentClient.Reply(err: "error: the agent holds no guest '\(guest)'\n", exit: 1))
+        let adoptable: AdoptHandover
+        do {
+            adoptable = try GuestLifecycle(session: session).adoptable(guest, store: try StateStore(directory: session.stateDir))
+        } catch {
+            reply(channel, AgentClient.Reply(err: "error: \(error)\n", exit: 1))
             return
         }
         var fds: [Int32] = []
         var standIns: [Int32] = []
-        func pass(_ fd: Int32, _ what: String) -> JSONValue {
+        let names = Dictionary(adoptable.placeholders.map { ($0.fd, $0.name) }, uniquingKeysWith: { a, _ in a })
+        func pass(_ fd: Int32) -> JSONValue {
             if session.simulated {
+                let what = names[fd] ?? "fd \(fd)"
                 let s = vsmmu_memfd_create("vsmmu-standin:\(what)", vsmmu_memfd_flags(0, 0))
                 guard s >= 0 else { return .null }
                 let text = "{\"standsFor\":\"\(what)\",\"simulatedFd\":\(fd)}"
@@ -281,39 +294,146 @@ final class AgentServer: @unchecked Sendable {
             }
             return .int(Int64(fds.count - 1))
         }
-        var devices: [String: JSONValue] = [:]
-        for (name, d) in g.devices.sorted(by: { $0.key < $1.key }) {
-            var o: [String: JSONValue] = ["host": .string(d.source), "devId": .int(Int64(d.devID))]
-            if let c = d.cdev { o["fdIndex"] = pass(c.fd, "\(guest)/\(name).cdev") }
-            if let a = d.attached { o["attachedHwpt"] = .int(Int64(a)) }
-            devices[name] = .object(o)
-        }
-        var vsmmus: [String: JSONValue] = [:]
-        for (name, v) in g.vsmmus.sorted(by: { $0.key < $1.key }) {
-            var queues: [String: JSONValue] = [:]
-            for (t, q) in v.eventQueues.sorted(by: { $0.key < $1.key }) {
-                queues[String(t)] = ["id": .int(Int64(q.id)), "fdIndex": pass(q.fd.fd, "\(guest)/\(name).veventq[\(t)]")]
-            }
-            var vdevs: [String: JSONValue] = [:]
-            for (d, vd) in v.vdevices { vdevs[d] = ["id": .int(Int64(vd.id)), "vsid": .uint(vd.virtID)] }
-            vsmmus[name] = ["physical": .string(v.physical), "viommu": .int(Int64(v.viommu)), "viommuType": .int(Int64(v.viommuType)),
-                            "abortHwpt": v.abortHWPT.map { .int(Int64($0)) } ?? .null, "bypassHwpt": v.bypassHWPT.map { .int(Int64($0)) } ?? .null,
-                            "veventqs": .object(queues), "vdevices": .object(vdevs)]
-        }
-        var memory: [String: JSONValue] = [:]
-        for (name, m) in g.memory.sorted(by: { $0.key < $1.key }) {
-            var o: [String: JSONValue] = ["iova": .uint(m.iova), "size": .uint(m.length), "backing": .string(m.backing.rawValue)]
-            if let f = m.memory.file { o["fdIndex"] = pass(f.fd, "\(guest)/\(name).memfd") }
-            memory[name] = .object(o)
-        }
-        var stage2: [String: JSONValue] = [:]
-        for (i, s) in g.stage2 { stage2[i] = .int(Int64(s.hwpt)) }
-        let iommufdIndex = pass(g.iommufd.fd, "\(guest).iommufd")
-        let map: JSONValue = ["guest": .string(guest), "simulated": .bool(session.simulated), "iommufdFdIndex": iommufdIndex,
-                              "ioas": g.ioas.map { .int(Int64($0)) } ?? .null, "stage2": .object(stage2),
-                              "devices": .object(devices), "vsmmus": .object(vsmmus), "memory": .object(memory)]
+        let map = adoptable.map(simulated: session.simulated, fdRef: pass)
         reply(channel, AgentClient.Reply(handoff: JSONText(map.rendered(pretty: false))), fds: fds)
         for s in standIns { close(s) }
         reply(channel, AgentClient.Reply(exit: 0))
+    }
+}
+
+// MARK: the guest lifecycle (docs/contract.md §6)
+
+/// The agent's answer to a launch: how the client names the fds it receives.
+struct LaunchReply: Codable {
+    /// Placeholder → index into the fds of this reply (a live host).
+    var fdIndex: [String: Int]?
+    /// Placeholder → the simulated kernel's fd number (a simulated host: no real fds).
+    var simulatedFD: [String: Int32]?
+    /// The VMM was started by the remote executor: its pid there.
+    var remotePID: Int32?
+    /// What `adopt` hands over besides the fds: the map of every object id.
+    var adoptMap: JSONText?
+    /// Bytes of guest RAM the VMM pins (its RLIMIT_MEMLOCK was raised to at least this).
+    var memlock: UInt64
+}
+
+extension AgentServer {
+    /// Hands a prepared guest to the client that asked (it execs the VMM in its own pid), or
+    /// through a remote executor to a VMM that executor starts. Runs under `requestLock`.
+    func launch(_ request: LaunchRequest, _ channel: Channel, peer: (pid: Int32, uid: UInt32, gid: UInt32)) {
+        let console = Console(out: { s in self.reply(channel, AgentClient.Reply(out: s)) },
+                              err: { s in self.reply(channel, AgentClient.Reply(err: s)) })
+        let code = (try? runReporting(console) { () throws -> Int32 in
+            try Provisioner(session: session).settleLifecycle(events: Runner.events(console))
+            let store = try StateStore(directory: session.stateDir)
+            let lifecycle = GuestLifecycle(session: session)
+            if request.vmm == .adopt { return try adopt(request, channel, peer: peer, store: store, console: console) }
+            let handover: Handover
+            handover = try lifecycle.handOver(request.guest, store: store, note: { console.error("note: \($0)") })
+            log("launch of guest \(request.guest) for pid \(peer.pid) (uid \(peer.uid)): \(request.command.joined(separator: " "))")
+            var answer = LaunchReply(memlock: handover.pinnedBytes)
+            var fds: [Int32] = []
+            if session.sim != nil {
+                let process: SimProcessID
+                do { process = try lifecycle.simulateVMM(handover, pid: peer.pid, command: request.command) } catch {
+                    try? Provisioner(session: session).reprepare(events: Runner.events(console))
+                    throw CommandError(message: "\(error)", hint: "the guest is prepared again")
+                }
+                try lifecycle.recordRunning(handover, pid: peer.pid, startTime: LocalProcess.find(peer.pid)?.startTime, command: request.command,
+                                            vmm: request.vmm, store: store, simulatedProcess: process)
+                answer.simulatedFD = handover.placeholders
+            } else if let remote = session.remote {
+                let argv = try FDPlaceholder.resolve(request.command, numbers: handover.placeholders)
+                let pid = try remote.spawnVMM(argv: argv, fds: handover.allFDs)
+                for fd in handover.allFDs { session.port.closeFile(fd) }
+                try lifecycle.recordRunning(handover, pid: pid, startTime: nil, command: argv, vmm: request.vmm, store: store, remote: remote.location)
+                answer.remotePID = pid
+            } else {
+                // The client execs the VMM in its own process: let it pin the guest's RAM.
+                if vsmmu_raise_memlock(peer.pid, handover.pinnedBytes) != 0 {
+                    console.error("note: could not raise RLIMIT_MEMLOCK of pid \(peer.pid) to \(handover.pinnedBytes) bytes")
+                }
+                try lifecycle.recordRunning(handover, pid: peer.pid, startTime: LocalProcess.find(peer.pid)?.startTime, command: request.command,
+                                            vmm: request.vmm, store: store)
+                var index: [String: Int] = [:]
+                for (name, fd) in handover.placeholders.sorted(by: { $0.value < $1.value }) { index[name] = fds.count; fds.append(fd) }
+                answer.fdIndex = index
+            }
+            let line = String(decoding: (try? JSONEncoder().encode(AgentClient.Reply(launch: answer))) ?? Data(), as: UTF8.self)
+            _ = channel.send(line, fds: fds)
+            // The VMM has its copies now (SCM_RIGHTS duplicated them): close ours, so the
+            // devices are free the moment the VMM exits.
+            for fd in fds { session.port.closeFile(fd) }
+            if let r = (try? StateStore(directory: session.stateDir))?.holdings.running[request.guest] { watch(request.guest, r) }
+            return 0
+        }) ?? 1
+        reply(channel, AgentClient.Reply(exit: code))
+    }
+
+    /// `--vmm adopt`: the prepared context itself (docs/handoff-adopt.md).
+    func adopt(_ request: LaunchRequest, _ channel: Channel, peer: (pid: Int32, uid: UInt32, gid: UInt32), store: StateStore, console: Console) throws -> Int32 {
+        if let remote = session.remote {
+            throw CommandError(message: "guest \(request.guest) is held through the \(remote.location): its fds live in that process and cannot be adopted from here",
+                               hint: "use --vmm qemu: the executor then starts the VMM with fresh fds")
+        }
+        let lifecycle = GuestLifecycle(session: session)
+        let a = try lifecycle.adoptable(request.guest, store: store)
+        log("adopt of guest \(request.guest) by pid \(peer.pid) (uid \(peer.uid)): \(request.command.joined(separator: " "))")
+        var answer = LaunchReply(memlock: a.holding.memory.values.reduce(0) { $0 &+ $1.length })
+        let start = LocalProcess.find(peer.pid)?.startTime
+        if let sim = session.sim {
+            let process = sim.spawnProcess(pid: peer.pid, command: request.command.first.map { ($0 as NSString).lastPathComponent } ?? "vmm")
+            try sim.transferFiles(a.placeholders.map(\.fd), to: process)
+            answer.simulatedFD = Dictionary(uniqueKeysWithValues: a.placeholders.map { ($0.name, $0.fd) })
+            answer.adoptMap = JSONText(a.map(simulated: true) { .int(Int64($0)) }.rendered(pretty: false))
+            try lifecycle.finishAdopt(a, pid: peer.pid, startTime: start, command: request.command, store: store, transferredTo: process)
+            _ = channel.send(String(decoding: (try? JSONEncoder().encode(AgentClient.Reply(launch: answer))) ?? Data(), as: UTF8.self))
+        } else {
+            if vsmmu_raise_memlock(peer.pid, answer.memlock) != 0 { console.error("note: could not raise RLIMIT_MEMLOCK of pid \(peer.pid)") }
+            let fds = a.placeholders.map(\.fd)
+            answer.fdIndex = Dictionary(uniqueKeysWithValues: a.placeholders.enumerated().map { ($0.element.name, $0.offset) })
+            answer.adoptMap = JSONText(a.map(simulated: false) { fd in fds.firstIndex(of: fd).map { .int(Int64($0)) } ?? .null }.rendered(pretty: false))
+            _ = channel.send(String(decoding: (try? JSONEncoder().encode(AgentClient.Reply(launch: answer))) ?? Data(), as: UTF8.self), fds: fds)
+            try lifecycle.finishAdopt(a, pid: peer.pid, startTime: start, command: request.command, store: store)
+        }
+        if let r = (try? StateStore(directory: session.stateDir))?.holdings.running[request.guest] { watch(request.guest, r) }
+        return 0
+    }
+
+    /// Prepares again the guests whose VMM exited, and watches every VMM still running.
+    func settleAndWatch(reason: String) {
+        let quiet = Console(out: { _ in }, err: { [self] s in console.errorRaw("vsmmu-agent: " + s) })
+        do { try Provisioner(session: session).settleLifecycle(events: Runner.events(quiet)) } catch {
+            log("preparing guests whose VMM exited failed (\(reason)): \(error)")
+        }
+        guard let store = try? StateStore(directory: session.stateDir) else { return }
+        for (g, r) in store.holdings.running.sorted(by: { $0.key < $1.key }) {
+            log("guest \(g) is running: pid \(r.pid) (\(r.commandLine)); watching it")
+            watch(g, r)
+        }
+    }
+
+    /// Waits for the VMM of `guest` to exit (a pidfd, or the remote executor's answer),
+    /// then prepares the guest again.
+    func watch(_ guest: String, _ r: RunningGuest) {
+        let key = "\(guest)/\(r.pid)"
+        watchLock.lock()
+        let fresh = watched.insert(key).inserted
+        watchLock.unlock()
+        guard fresh else { return }
+        Thread.detachNewThread { [self] in
+            if r.remote != nil {
+                let lifecycle = GuestLifecycle(session: session)
+                while !stopping && lifecycle.isAlive(r) { Thread.sleep(forTimeInterval: 1) }
+            } else if let w = ProcessExitWatch(pid: r.pid) {
+                while !stopping && !w.wait(timeout: 1) {}
+            }
+            watchLock.lock(); watched.remove(key); watchLock.unlock()
+            guard !stopping else { return }
+            requestLock.lock()
+            defer { requestLock.unlock() }
+            log("guest \(guest): its VMM (pid \(r.pid)) exited; preparing it again")
+            settleAndWatch(reason: "VMM exit")
+        }
     }
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import VsmmuProvisioning
 import VsmmuExecutor
 import VsmmuKernel
 import VsmmuModel
@@ -37,10 +38,14 @@ struct Apply: ParsableCommand {
     @Flag(help: "Plan only: show what would be done and change nothing.")
     var dryRun = false
 
+    @Flag(help: ArgumentHelp("When holdings.json was lost (vsmmu refuses to plan and says so): close the kernel objects no record names, rebuild the record from the journal and the kernel (an original driver it cannot know is marked unknown), then apply."))
+    var rebuildState = false
+
     func run() throws {
-        var request = Request(command: "apply")
+        var request = Request(.apply)
         request.autoApprove = autoApprove
         request.dryRun = dryRun
+        request.rebuildState = rebuildState
         let code = try Dispatch.run(request, file: file, kernel: kernel)
         if code != 0 { throw ExitCode(code) }
     }
@@ -70,7 +75,7 @@ struct Destroy: ParsableCommand {
     var autoApprove = false
 
     func run() throws {
-        var request = Request(command: "destroy")
+        var request = Request(.destroy)
         request.autoApprove = autoApprove
         let code = try Dispatch.run(request, file: file, kernel: kernel)
         if code != 0 { throw ExitCode(code) }

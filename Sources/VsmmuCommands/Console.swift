@@ -1,4 +1,5 @@
 import Foundation
+import VsmmuProvisioning
 
 /// Where commands write: standard output for results, standard error for
 /// diagnostics and progress. Tests capture both.

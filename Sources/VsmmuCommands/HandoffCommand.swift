@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import VsmmuProvisioning
 import VsmmuIPC
 
 struct Handoff: ParsableCommand {
@@ -50,7 +51,7 @@ struct Handoff: ParsableCommand {
 enum HandoffMap {
     /// Replaces each `fdIndex` with `fd`, the number received in this process, and for a
     /// simulated host's stand-ins reads what each fd stands for.
-    static func localize(_ text: String, fds: [Int32]) -> String {
+    static func localize(_ text: String, fds: [Int32], pretty: Bool = true) -> String {
         guard let obj = try? JSONSerialization.jsonObject(with: Data(text.utf8)) else { return text }
         func walk(_ v: Any) -> Any {
             if var d = v as? [String: Any] {
@@ -73,7 +74,7 @@ enum HandoffMap {
             return v
         }
         let out = walk(obj)
-        guard let data = try? JSONSerialization.data(withJSONObject: out, options: [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]) else { return text }
+        guard let data = try? JSONSerialization.data(withJSONObject: out, options: pretty ? [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes] : [.sortedKeys, .withoutEscapingSlashes]) else { return text }
         return String(decoding: data, as: UTF8.self)
     }
 }

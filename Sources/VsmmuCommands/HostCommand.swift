@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import VsmmuProvisioning
 import VsmmuKernel
 import VsmmuLinux
 import VsmmuModel

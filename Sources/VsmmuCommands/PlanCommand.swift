@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import VsmmuProvisioning
 import VsmmuExecutor
 import VsmmuModel
 import VsmmuPlanner
@@ -41,7 +42,7 @@ struct PlanCommand: ParsableCommand {
     var detailedExitcode = false
 
     func run() throws {
-        var request = Request(command: "plan")
+        var request = Request(.plan)
         request.format = format.rawValue
         request.ops = ops
         request.detailedExitcode = detailedExitcode
@@ -94,6 +95,15 @@ func runReporting(_ console: Console, _ body: () throws -> Int32) throws -> Int3
         console.error("error: \(chain[0])")
         for cause in chain.dropFirst() { console.error("  caused by: \(cause)") }
         if let h = e.firstHint { console.error("hint: \(h)") }
+        return 1
+    } catch let e as InvalidTopology {
+        // As `validate` prints them: every diagnostic at FILE:LINE:COL, then the count.
+        if let parse = e.parseError {
+            console.error(parse)
+        } else {
+            for d in e.diagnostics { console.error(d.rendered(source: e.source)) }
+            console.error("\(e.source.path): \(ValidateRunner.countPhrase(e.diagnostics.count)); nothing was changed")
+        }
         return 1
     } catch let e as StateLock.Busy {
         console.error("error: \(e)")

@@ -9,7 +9,7 @@ enum PlanText {
         let where_ = "host \(plan.host)\(plan.simulated ? " (simulated)" : ""), topology \(plan.topology.isEmpty ? plan.topologyFile : plan.topology)"
         if plan.changes.isEmpty {
             if plan.operations.isEmpty {
-                return "No changes. The kernel holds what \(plan.topologyFile) asks for on \(where_).\n"
+                return "No changes. The kernel holds what \(plan.topologyFile) asks for on \(where_).\n" + lifecycle(plan)
             }
         } else {
             out += "vsmmu will make these changes on \(where_):\n\n"
@@ -40,6 +40,17 @@ enum PlanText {
             out += "\n"
         }
         out += "Plan: \(plan.toAdd) to add, \(plan.toChange) to change, \(plan.toDestroy) to destroy.\n"
+        return out + lifecycle(plan)
+    }
+
+    /// One line per guest a VMM holds (docs/contract.md §6): vsmmu plans none of its
+    /// objects, and says what the running checks found.
+    static func lifecycle(_ plan: Plan) -> String {
+        var out = ""
+        for s in plan.guests ?? [] where s.state == .running || s.state == .handedOver {
+            out += "Guest \(s.name) is \(s.state == .running ? "running" : "handed over"): pid \(s.pid ?? 0) (\(s.command ?? "?")) holds its devices; vsmmu plans none of its objects.\n"
+            for n in s.notes { out += "  \(n)\n" }
+        }
         return out
     }
 }
@@ -79,6 +90,14 @@ enum PlanJSON {
         return ["formatVersion": .int(Int64(Plan.formatVersion)), "topology": .string(plan.topology), "topologyFile": .string(plan.topologyFile),
                 "host": .string(plan.host), "simulated": .bool(plan.simulated), "fingerprint": .string(plan.fingerprint),
                 "summary": ["add": .int(Int64(plan.toAdd)), "change": .int(Int64(plan.toChange)), "destroy": .int(Int64(plan.toDestroy))],
-                "changes": .array(changes), "operations": .array(ops), "layout": .array(layout)]
+                "changes": .array(changes), "operations": .array(ops), "layout": .array(layout),
+                "guests": .array((plan.guests ?? []).map { s in
+                    var o: [String: JSONValue] = ["name": .string(s.name), "state": s.state.map { .string($0.rawValue) } ?? .null]
+                    if let pid = s.pid { o["pid"] = .int(Int64(pid)) }
+                    if let c = s.command { o["command"] = .string(c) }
+                    if let v = s.vmm { o["vmm"] = .string(v.rawValue) }
+                    if !s.notes.isEmpty { o["notes"] = .array(s.notes.map { .string($0) }) }
+                    return .object(o)
+                })]
     }
 }

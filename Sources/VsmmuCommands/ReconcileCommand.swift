@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import VsmmuProvisioning
 
 struct Reconcile: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -22,7 +23,7 @@ struct Reconcile: ParsableCommand {
         let console = Console.standard()
         let code = try runReporting(console) {
             let path = AgentProtocol.socket(socket)
-            let reply = try AgentClient(path: path).exchange(Request(command: "reconcile"), console: console)
+            let reply = try AgentClient(path: path).exchange(Request(.reconcile), console: console)
             if reply.exit == 0 { console.print("No drift: the kernel holds what the last applied topology asks for.") }
             return reply.exit ?? 1
         }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import VsmmuProvisioning
 import VsmmuExecutor
 import VsmmuKernel
 import VsmmuModel
@@ -25,7 +26,7 @@ struct Show: ParsableCommand {
     var format: Format = .yaml
 
     func run() throws {
-        var request = Request(command: "show")
+        var request = Request(.show)
         request.format = format.rawValue
         let code = try Dispatch.run(request, file: nil, kernel: kernel)
         if code != 0 { throw ExitCode(code) }
@@ -33,16 +34,29 @@ struct Show: ParsableCommand {
 }
 
 enum ShowDocument {
-    static func build(_ o: ObservedState, host: String, simulated: Bool, interrupted: Int) -> JSONValue {
+    static func build(_ o: ObservedState, host: String, simulated: Bool, interrupted: Int, lost: LostState? = nil, lifecycle: [GuestStatus] = []) -> JSONValue {
         var guests: [String: JSONValue] = [:]
         var drift: [JSONValue] = []
+        // Guests a VMM holds: vsmmu holds none of their objects (docs/contract.md §6).
+        for s in lifecycle where s.state == .running || s.state == .handedOver {
+            guard let r = o.holdings.running[s.name] else { continue }
+            var devices: [String: JSONValue] = [:]
+            for (d, a) in r.devices { devices[d] = ["host": .string(a.description), "driver": o.sysfs[a]?.driver.map(JSONValue.string) ?? .null] }
+            var entry: [String: JSONValue] = ["state": .string(s.state!.rawValue), "pid": .int(Int64(r.pid)), "command": .string(r.commandLine),
+                                              "vmm": .string(r.vmm.rawValue), "since": .string(ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: r.since))),
+                                              "devices": .object(devices)]
+            if let remote = r.remote { entry["remote"] = .string(remote) }
+            if !s.notes.isEmpty { entry["notes"] = .array(s.notes.map { .string($0) }) }
+            for n in s.notes { drift.append(.string("guest \(s.name) (running, pid \(r.pid)): \(n)")) }
+            guests[s.name] = .object(entry)
+        }
         for (name, g) in o.holdings.guests {
             let dead = o.deadGuests.contains(name)
             if dead { drift.append(.string("guest \(name): its iommufd context is gone (the holding process exited); apply re-creates it")) }
             if g.uncertain { drift.append(.string("guest \(name): an apply was interrupted inside it; apply rebuilds it")) }
             var devices: [String: JSONValue] = [:]
             for (d, h) in g.devices {
-                var o2: [String: JSONValue] = ["host": .string(h.source), "devId": .int(Int64(h.devID)),
+                var o2: [String: JSONValue] = ["host": .string(h.source.description), "devId": .int(Int64(h.devID)),
                                                "attachedHwpt": h.attached.map { .int(Int64($0)) } ?? .null]
                 if let c = h.cdev { o2["cdevFd"] = .int(Int64(c.fd)) }
                 if let i = h.vfioIndex { o2["cdev"] = .string("/dev/vfio/devices/vfio\(i)") }
@@ -50,7 +64,7 @@ enum ShowDocument {
                 if let u = h.owner { o2["ownerUid"] = .int(Int64(u)) }
                 let lost = o.lostDevices.contains("\(name)/\(d)")
                 o2["state"] = .string(dead ? "lost" : lost ? "drift" : "ok")
-                if lost, let a = PCIAddress(h.source) {
+                if lost, let a = h.source.pciAddress {
                     drift.append(.string("device \(name)/\(d): \(a) is on \(o.sysfs[a]?.driver ?? "no driver"), not vfio-pci; its binding is gone"))
                 }
                 devices[d] = .object(o2)
@@ -73,16 +87,25 @@ enum ShowDocument {
                              "vdevices": .object(vdevs), "veventqs": .object(queues)]
             }
             guests[name] = ["iommufdFd": .int(Int64(g.iommufd.fd)), "ioasId": g.ioas.map { .int(Int64($0)) } ?? .null,
-                            "state": .string(dead ? "lost" : g.uncertain ? "uncertain" : "ok"),
+                            "state": .string(dead ? "lost" : g.uncertain ? "uncertain" : GuestLifecycleState.prepared.rawValue),
                             "devices": .object(devices), "stage2": .object(stage2), "memory": .object(memory), "vsmmus": .object(vsmmus)]
         }
         var bindings: [String: JSONValue] = [:]
         for (a, orig) in o.holdings.originalDrivers {
             bindings[a.description] = ["driver": o.sysfs[a]?.driver.map(JSONValue.string) ?? .null, "originalDriver": orig.map(JSONValue.string) ?? .null]
         }
+        for a in o.holdings.unknownOriginalDrivers ?? [] {
+            bindings[a.description] = ["driver": o.sysfs[a]?.driver.map(JSONValue.string) ?? .null, "originalDriver": "unknown"]
+        }
         if interrupted > 0 { drift.append(.string("\(interrupted) step(s) of an earlier apply did not finish; the next apply recovers")) }
-        return ["host": .string(host), "simulated": .bool(simulated), "guests": .object(guests), "bindings": .object(bindings),
-                "drift": .array(drift.sorted { $0.rendered() < $1.rendered() })]
+        var doc: [String: JSONValue] = ["host": .string(host), "simulated": .bool(simulated), "guests": .object(guests), "bindings": .object(bindings),
+                                        "drift": .array(drift.sorted { $0.rendered() < $1.rendered() })]
+        // A lost holdings.json: what says state existed, and how to rebuild it.
+        if let lost {
+            doc["lostState"] = ["missing": .string(lost.holdingsPath), "found": .array(lost.found.map(JSONValue.string)),
+                                "recover": "vsmmu apply FILE --rebuild-state"]
+        }
+        return .object(doc)
     }
 
     /// YAML rendering of the same document (block style, keys sorted).

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import VsmmuProvisioning
 import VsmmuExecutor
 import VsmmuKernel
 import VsmmuLinux
@@ -35,7 +36,7 @@ struct LayoutOptions: ParsableArguments {
         }
         let source: SourceText
         do { source = try InputFile.read(file) } catch { throw CommandError(message: error.rendered()) }
-        let (topology, validation) = try Runner.loadValid(source, host: host, console: console)
+        let (topology, validation) = try Provisioner.validate(source, host: host)
         guard let g = topology.guest(named: guest) else {
             throw CommandError(message: "\(file) has no guest '\(guest)'", hint: "guests: \(topology.guests.map(\.name).joined(separator: ", "))")
         }
@@ -49,7 +50,7 @@ struct LayoutOptions: ParsableArguments {
             console.error("note: guest \(g.name) is not applied yet: these are the values apply will allocate")
         }
         let dg = desired.guests.first { $0.name == g.name }!
-        return (VMMLayout(guest: dg, allocation: desired.allocations.guests[g.name]!), topology)
+        return (VMMLayout(guest: dg, allocation: desired.allocations.guests[g.name]!, platform: .of(dg, host: host)), topology)
     }
 }
 
@@ -61,31 +62,55 @@ struct QemuArgs: ParsableCommand {
         -object iommufd, the guest RAM backend (share=on), one pxb-pcie per vSMMU with its \
         allocated bus_nr, arm-smmuv3 with accel=on, its identifier and every feature written \
         out (never auto), pcie-root-ports with unique chassis numbers in slot order, one \
-        vfio-pci per root port with iommufd=. The machine options the mode needs come as a \
-        comment (or the `machine` field of --format json). --fds names the fds `vsmmu \
-        handoff` passes instead of host= paths.
+        vfio-pci per root port with iommufd=.
 
-        Example:
-          vsmmu qemu-args examples/two-vsmmus-four-gpus.yaml --guest train0 --host examples/hosts/grace-2smmu-cmdqv.yaml
+        --fds writes every fd as a placeholder {vsmmu-GUEST-NAME} for the fresh fds of a \
+        hand-over: an empty iommufd, unbound VFIO cdevs (QEMU binds them itself) and the \
+        guest-RAM memfds (mem-path=/proc/self/fd/{...}). `vsmmu launch` replaces each with \
+        the number of the fd QEMU inherits; QEMU takes only numbers on its command line.
+
+        --format args prints one option per line, the machine options as a comment. \
+        --format argv prints the arguments on one line for $(...): no comments, no \
+        continuations, and only the object, memory and device arguments, because the \
+        machine type differs per host (aarch64 virt for vSMMUs, x86_64 q35 for plain \
+        passthrough on Intel or AMD; the `machine` field of --format json has it). Its \
+        -machine memory-backend= merges with your own -machine; do not also give -m.
+
+        Examples:
+          vsmmu qemu-args examples/two-vsmmus-four-gpus.yaml \\
+              --guest train0 \\
+              --host examples/hosts/grace-2smmu-cmdqv.yaml
+
+          vsmmu launch --guest vm1 -- \\
+              qemu-system-x86_64 \\
+              -machine q35,accel=kvm \\
+              -cpu host \\
+              $(vsmmu qemu-args examples/devices-without-vsmmu.yaml \\
+                  --guest vm1 \\
+                  --fds \\
+                  --format argv)
         """)
 
-    enum Format: String, ExpressibleByArgument, CaseIterable { case args, json }
+    enum Format: String, ExpressibleByArgument, CaseIterable { case args, argv, json }
 
     @OptionGroup var options: LayoutOptions
 
-    @Option(help: "args (shell lines) or json.")
+    @Option(help: "args (one option per line), argv (one line for $(...)) or json.")
     var format: Format = .args
 
-    @Flag(help: "Use the fds the agent hands over (fd= names) instead of host= and /dev paths.")
+    @Flag(help: "Write each fd as a {vsmmu-GUEST-NAME} placeholder for the fresh fds of a hand-over, instead of host= and /dev paths.")
     var fds = false
 
     func run() throws {
         let console = Console.standard()
         let code = try runReporting(console) {
             let (layout, topology) = try options.layout(console: console)
-            let out = QEMUArgs.render(layout, fds: fds)
+            let out: QEMUArgs.Output
+            do { out = try QEMUArgs.render(layout, fds: fds) } catch { throw CommandError(message: "\(error)") }
             switch format {
             case .args: console.write(QEMUArgs.text(out, guest: options.guest, topology: topology.name))
+            case .argv:
+                do { console.write(try QEMUArgs.argv(out)) } catch { throw CommandError(message: "\(error)") }
             case .json: console.print(QEMUArgs.json(out, guest: options.guest).rendered())
             }
             return 0
@@ -97,15 +122,27 @@ struct QemuArgs: ParsableCommand {
 struct LibvirtXml: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "libvirt-xml",
-        abstract: "Print the libvirt domain XML <devices> fragment for a guest that matches the plan.",
+        abstract: "Print a libvirt domain for a guest that matches the plan, in the hand-over form.",
         discussion: """
+        For libvirt >= 12.7 (>= 12.2 for a guest without vSMMUs). The domain-level \
+        <iommufd enabled='yes' fdgroup='vsmmu-GUEST-iommufd'/> takes the fresh /dev/iommu \
+        fd the agent hands over (per-process memlock accounting already set), associated \
+        with virDomainFDAssociate on the connection that then starts the domain. libvirt \
+        opens the VFIO cdevs itself: hostdevs with <driver iommufd='yes'/> and \
+        managed='no' (vsmmu bound them to vfio-pci). The memory backing matches qemu-args \
+        (memfd or hugepages, shared), but QEMU allocates that memory: libvirt cannot take \
+        the agent's memfd.
+
         pcie-expander-bus and pcie-root-port controllers, <iommu model='smmuv3'> with \
-        <driver pciBus=…> (a controller index, not a bus number), hostdevs with \
-        <driver iommufd='yes'/>. Attributes upstream libvirt does not have yet (accel, ats, \
-        ril, ssidsize, oas, cmdqv) are listed in a comment.
+        <driver pciBus=…> (a controller index, not a bus number) and accel, ats, ril, \
+        ssidsize, oas and cmdqv written out. libvirt has no attribute for the SMMUv3 \
+        identifier: a comment and a note on stderr say so. Add disks, network and vCPUs.
 
         Example:
-          vsmmu libvirt-xml examples/two-vsmmus-four-gpus.yaml --guest train0 --host examples/hosts/grace-2smmu-cmdqv.yaml
+          vsmmu libvirt-xml examples/two-vsmmus-four-gpus.yaml \\
+              --guest train0 \\
+              --host examples/hosts/grace-2smmu-cmdqv.yaml \\
+              > train0.xml
         """)
 
     @OptionGroup var options: LayoutOptions
@@ -114,7 +151,9 @@ struct LibvirtXml: ParsableCommand {
         let console = Console.standard()
         let code = try runReporting(console) {
             let (layout, topology) = try options.layout(console: console)
-            console.write(LibvirtXML.render(layout, topology: topology.name))
+            let out = LibvirtXML.render(layout, topology: topology.name)
+            for n in out.notes { console.error("note: \(n)") }
+            console.write(out.xml)
             return 0
         }
         if code != 0 { throw ExitCode(code) }

@@ -14,7 +14,7 @@ public struct VsmmuCommand: ParsableCommand {
           vsmmu plan examples/one-guest-one-vsmmu.yaml --host examples/hosts/grace-2smmu-cmdqv.yaml
         """,
         version: "0.1.0",
-        subcommands: [Validate.self, PlanCommand.self, Apply.self, Destroy.self, Show.self, Host.self, QemuArgs.self, LibvirtXml.self, Agent.self, Reconcile.self, Handoff.self, Schema.self])
+        subcommands: [Validate.self, PlanCommand.self, Apply.self, Destroy.self, Show.self, Host.self, QemuArgs.self, LibvirtXml.self, Agent.self, Launch.self, Reconcile.self, Handoff.self, Schema.self])
 
     public init() {}
 }

@@ -49,10 +49,11 @@ extension Executor {
 extension Executor {
     func setDriverOverride(_ op: PlanStep, _ a: PCIAddress, _ d: String?) throws -> [HoldingPatch] {
         var patches: [HoldingPatch] = []
-        if d == "vfio-pci", store.holdings.originalDrivers[a] == nil {
-            // Remember where the device came from, before it moves (for destroy).
-            let current = try port.pciDevice(a)?.driver
-            patches.append(.originalDriver(a, .some(current)))
+        if d == "vfio-pci", store.holdings.originalDrivers[a] == nil, !store.holdings.originalUnknown(a) {
+            // Remember where the device came from, before it moves (for destroy); never
+            // what vsmmu itself set (a step that died before its record was written).
+            let current = try port.pciDevice(a)
+            patches.append(Executor.vsmmuMovedIt(current) ? .originalDriverUnknown(a) : .originalDriver(a, .some(current?.driver)))
         }
         try port.writeDriverOverride(a, d)
         // Verify each binding step before the next (reference §8, safe order).
@@ -68,6 +69,15 @@ extension Executor {
     }
 
     func unbindDriver(_ op: PlanStep, _ a: PCIAddress, _ d: String) throws -> [HoldingPatch] {
+        // An unbind of a device whose VFIO cdev or group is open blocks in the kernel until
+        // that fd closes, uninterruptibly after a signal (docs/contract.md §7): ask who
+        // holds it first, and refuse.
+        let holders = try port.deviceHolders(a)
+        if !holders.isEmpty {
+            throw ApplyError(operation: op, errno: nil,
+                             message: "\(a) is held open by \(holders.map(\.description).joined(separator: ", ")): writing unbind would block until it closes",
+                             hint: "stop that process first (a running VMM: `vsmmu show` names it), then run again")
+        }
         try port.unbindDriver(a, driver: d)
         if let still = try port.pciDevice(a)?.driver, still == d {
             throw ApplyError(operation: op, errno: nil, message: "after unbind, \(a) is still bound to \(d)", hint: "the driver refused to let go of the device; vsmmu does not force it")
@@ -140,8 +150,10 @@ extension Executor {
             throw ApplyError(operation: op, errno: nil, message: "\(a) is not on vfio-pci with a VFIO cdev")
         }
         let cdev = try port.openVfioDevice(index: index)
-        var patches: [HoldingPatch] = [.device(g, d, DeviceHolding(source: a.description, cdev: cdev, vfioIndex: index, mockStdev: nil, devID: 0))]
-        if store.holdings.originalDrivers[a] == nil { patches.insert(.originalDriver(a, .some("vfio-pci")), at: 0) }
+        var patches: [HoldingPatch] = [.device(g, d, DeviceHolding(source: .pci(a), cdev: cdev, vfioIndex: index, mockStdev: nil, devID: 0))]
+        if store.holdings.originalDrivers[a] == nil, !store.holdings.originalUnknown(a) {
+            patches.insert(Executor.vsmmuMovedIt(s) ? .originalDriverUnknown(a) : .originalDriver(a, .some("vfio-pci")), at: 0)
+        }
         return patches
     }
 
@@ -157,7 +169,7 @@ extension Executor {
         let h = try guestHolding(op, g)
         guard let ioas = h.ioas else { throw ApplyError(operation: op, errno: nil, message: "guest \(g) has no IOAS") }
         let m = try port.mockDomain(h.iommufd, ptID: ioas)
-        var dev = DeviceHolding(source: source, cdev: nil, vfioIndex: nil, mockStdev: m.stdevID, devID: m.idevID)
+        var dev = DeviceHolding(source: DeviceSource(source) ?? .selftest(0), cdev: nil, vfioIndex: nil, mockStdev: m.stdevID, devID: m.idevID)
         dev.attached = m.hwptID
         return [.device(g, d, dev)]
     }

@@ -24,6 +24,11 @@ public struct ApplyError: Error, CustomStringConvertible {
 /// Runs a plan's operations against the kernel port, one by one, each journaled
 /// before it runs; stops at the first failure.
 public final class Executor {
+    /// On vfio-pci through a driver_override of vfio-pci, with no record of where it came
+    /// from: vsmmu's own doing whose record was lost (or an operator's identical one). The
+    /// driver before is then unknown, not vfio-pci.
+    static func vsmmuMovedIt(_ d: SysfsPCIDevice?) -> Bool { d?.driver == "vfio-pci" && d?.driverOverride == "vfio-pci" }
+
     let port: KernelPort
     let store: StateStore
     let progress: (String) -> Void
@@ -150,8 +155,8 @@ public final class Executor {
 }
 
 /// Driver data for the nested HWPTs that exist before the guest runs.
-enum NestedData {
-    static func bytes(dataType: HWPTDataType, kind: NestedKind) -> [UInt8] {
+public enum NestedData {
+    public static func bytes(dataType: HWPTDataType, kind: NestedKind) -> [UInt8] {
         switch dataType {
         case .armSMMUv3:
             // vSTE words 0 and 1, little-endian (reference §5.3): abort {0x1, 0}, bypass {0x9, 0}.

@@ -11,8 +11,20 @@ public enum Pipeline {
     /// `onlyGuests` limits the plan to those guests' holdings; `destroying` plans their teardown.
     public static func plan(_ topology: Topology, validation: ValidationResult, port: KernelPort, host: HostDescription,
                             store: StateStore, simulated: Bool, onlyGuests: Set<String>? = nil, destroying: Bool = false) throws(Failure) -> Plan {
+        if let lost = store.lostState(port: port) {
+            throw Failure(message: lost.description, hint: "vsmmu apply \(topology.file) --rebuild-state")
+        }
         var holdings = store.holdings
         if let onlyGuests { holdings.guests = holdings.guests.filter { onlyGuests.contains($0.key) } }
+        // A running guest belongs to its VMM (docs/contract.md §6): vsmmu plans none of its
+        // objects and never gives its devices back; destroying it is refused.
+        let running = holdings.running
+        if destroying, let g = topology.guests.first(where: { running[$0.name] != nil }), let r = running[g.name] {
+            throw Failure(message: "guest \(g.name) is running: pid \(r.pid) (\(r.commandLine)) holds its devices; nothing was changed",
+                          hint: "stop the VMM first (the guest is then prepared again), then destroy")
+        }
+        let runningDevices = Set(running.values.flatMap(\.devices.values))
+        holdings.originalDrivers = holdings.originalDrivers.filter { !runningDevices.contains($0.key) }
         var addresses = Set<PCIAddress>()
         for g in topology.guests { for d in g.allDevices { if let a = d.host.pciAddress { addresses.insert(a) } } }
         let observed: ObservedState
@@ -21,6 +33,7 @@ public enum Pipeline {
         }
         var effective = topology
         if destroying { effective.guests = [] }
+        effective.guests.removeAll { running[$0.name] != nil }
         let users: UserResolver = simulated ? SimulatedUserResolver() : SystemUserResolver()
         let desired: DesiredState
         do {
@@ -34,6 +47,8 @@ public enum Pipeline {
             for g in topology.guests { kept.guests[g.name] = nil }
             plan.allocations = kept
         }
+        // A running guest keeps every allocated value (its VMM was started with them).
+        for name in running.keys { if let a = store.allocations.guests[name] { plan.allocations.guests[name] = a } }
         return plan
     }
 

@@ -42,3 +42,31 @@ public enum Recovery {
         }
     }
 }
+
+extension Recovery {
+    /// `--rebuild-state`: after holdings.json was lost, rebuilds what can be known safely
+    /// from the journal and the kernel. Guests' contexts cannot be read back (no ioctl
+    /// lists iommufd objects): every kernel file no record names is closed, so the kernel
+    /// destroys their objects and the next apply re-creates them. Original drivers the
+    /// journal still names are kept; a device on vfio-pci through a driver_override of
+    /// vfio-pci with none is marked unknown (left on vfio-pci at destroy, never guessed).
+    /// Returns one line per thing done.
+    public static func rebuild(port: KernelPort, store: StateStore) throws -> [String] {
+        var h = store.holdings
+        var lines: [String] = []
+        let dropped = h.guests.keys.sorted()
+        h.guests = [:]
+        if !dropped.isEmpty { lines.append("dropped the partial record of guest(s) \(dropped.joined(separator: ", ")) (the journal alone cannot say what they hold)") }
+        for closed in sweepOrphans(port: port, holdings: h) { lines.append("closed \(closed), which no record names") }
+        let devices = (try? port.pciDevices()) ?? []
+        for d in devices.sorted(by: { $0.address < $1.address })
+        where Executor.vsmmuMovedIt(d) && h.originalDrivers[d.address] == nil && !h.originalUnknown(d.address) {
+            h.unknownOriginalDrivers = (h.unknownOriginalDrivers ?? []).union([d.address])
+            lines.append("\(d.address) is on vfio-pci through driver_override: its original driver is unknown (destroy leaves it there)")
+        }
+        for (a, d) in h.originalDrivers.sorted(by: { $0.key < $1.key }) { lines.append("\(a): original driver \(d ?? "none") (from the journal)") }
+        try store.replaceHoldings(h)
+        lines.append("wrote \(store.holdingsPath)")
+        return lines
+    }
+}

@@ -1,4 +1,6 @@
 import Foundation
+import Glibc
+import VsmmuFiles
 import VsmmuKernel
 import VsmmuPlanner
 
@@ -10,48 +12,80 @@ import VsmmuPlanner
 ///   <state>/lock              flock'ed by the one apply or destroy running
 public final class StateStore {
     public let directory: String
+    /// The state directory, opened once and checked; every file below is reached from it
+    /// with openat(2) and O_NOFOLLOW.
+    let files: StateDirectory
     public private(set) var holdings: Holdings
     public private(set) var allocations: Allocations
     /// Operations that began but never finished (the process died inside them).
     public private(set) var interrupted: [PlanStep] = []
-    private var journal: Foundation.FileHandle?
+    /// holdings.json was absent when the store was opened (see `lostState`).
+    public private(set) var holdingsMissing = false
+    /// Journal records found when the store was opened.
+    public private(set) var journalRecords = 0
+    /// allocations.json was present when the store was opened.
+    public private(set) var allocationsFound = false
+    private var journalFD: Int32 = -1
     private var sequence = 0
 
-    public var holdingsPath: String { directory + "/holdings.json" }
-    public var journalPath: String { directory + "/journal.log" }
-    public var allocationsPath: String { directory + "/allocations.json" }
+    public static let holdingsName = "holdings.json"
+    public static let journalName = "journal.log"
+    public static let allocationsName = "allocations.json"
+    public var holdingsPath: String { directory + "/" + Self.holdingsName }
+    public var journalPath: String { directory + "/" + Self.journalName }
+    public var allocationsPath: String { directory + "/" + Self.allocationsName }
 
     public struct StoreError: Error, CustomStringConvertible {
         public var message: String
         public var description: String { message }
     }
 
-    /// Loads the snapshot and replays the journal over it (in memory only).
-    public init(directory: String) throws {
-        self.directory = directory
+    /// Loads the snapshot and replays the journal over it (in memory only). A missing
+    /// holdings.json with a journal or allocations behind it throws `LostState` unless
+    /// `allowingLostState` (show, and `--rebuild-state`, which repairs it).
+    public convenience init(directory: String, allowingLostState: Bool = false) throws {
+        let files: StateDirectory
+        do { files = try StateDirectory(directory) } catch { throw StoreError(message: error.message) }
+        try self.init(files, allowingLostState: allowingLostState)
+    }
+
+    public init(_ files: StateDirectory, allowingLostState: Bool = false) throws {
+        self.files = files
+        directory = files.path
         holdings = Holdings()
         allocations = Allocations()
-        let fm = FileManager.default
-        if let data = fm.contents(atPath: holdingsPath) {
-            do { holdings = try JSONDecoder().decode(Holdings.self, from: data) } catch {
-                throw StoreError(message: "\(holdingsPath) is unreadable (\(error)); move it away to start over")
+        let recover = "run `vsmmu show` to see what the kernel still holds, then `vsmmu apply FILE --rebuild-state` to rebuild the record from it"
+        if let data = try read(Self.holdingsName) {
+            do { holdings = try JSONDecoder().decode(Holdings.self, from: Data(data)) } catch {
+                throw StoreError(message: "\(holdingsPath) is unreadable (\(error)); vsmmu will not take it for an empty state: \(recover)")
             }
+        } else {
+            holdingsMissing = true
         }
-        if let data = fm.contents(atPath: allocationsPath) {
-            do { allocations = try JSONDecoder().decode(Allocations.self, from: data) } catch {
-                throw StoreError(message: "\(allocationsPath) is unreadable (\(error)); move it away to start over")
+        if let data = try read(Self.allocationsName) {
+            allocationsFound = true
+            do { allocations = try JSONDecoder().decode(Allocations.self, from: Data(data)) } catch {
+                throw StoreError(message: "\(allocationsPath) is unreadable (\(error)); move it away to start over (guest bus numbers and slots are then allocated anew)")
             }
         }
         try replayJournal()
+        if !allowingLostState, let lost = lostState(port: nil) { throw lost }
+    }
+
+    deinit { if journalFD >= 0 { _ = Glibc.close(journalFD) } }
+
+    func read(_ name: String) throws -> [UInt8]? {
+        do { return try files.read(name) } catch { throw StoreError(message: error.message) }
     }
 
     func replayJournal() throws {
-        guard let data = FileManager.default.contents(atPath: journalPath), !data.isEmpty else { return }
+        guard let data = try read(Self.journalName), !data.isEmpty else { return }
         var open: [Int: PlanStep] = [:]
         let decoder = JSONDecoder()
         for line in data.split(separator: 10) {
             // A torn last line (killed while writing it) is an unfinished step.
             guard let record = try? decoder.decode(JournalRecord.self, from: Data(line)) else { continue }
+            journalRecords += 1
             sequence = max(sequence, record.seq)
             switch record.phase {
             case .begin:
@@ -71,18 +105,29 @@ public final class StateStore {
 
     /// Writes the snapshot atomically and empties the journal.
     public func checkpoint() throws {
-        try ensureDirectory()
-        try write(try encoder.encode(holdings), to: holdingsPath)
-        try? journal?.close()
-        journal = nil
-        try? FileManager.default.removeItem(atPath: journalPath)
+        try write(try encoder.encode(holdings), to: Self.holdingsName)
+        holdingsMissing = false
+        if journalFD >= 0 { _ = Glibc.close(journalFD); journalFD = -1 }
+        do { try files.remove(Self.journalName) } catch { throw StoreError(message: error.message) }
         interrupted = []
     }
 
     public func saveAllocations(_ a: Allocations) throws {
+        try ensureHoldingsFile()
         allocations = a
-        try ensureDirectory()
-        try write(try encoder.encode(a), to: allocationsPath)
+        try write(try encoder.encode(a), to: Self.allocationsName)
+        allocationsFound = true
+    }
+
+    /// Before the first allocation or journal record, an (empty) holdings.json: from then
+    /// on a missing one means it was lost, never that nothing was done yet.
+    func ensureHoldingsFile() throws {
+        if holdingsMissing { try checkpointHoldingsOnly() }
+    }
+
+    private func checkpointHoldingsOnly() throws {
+        try write(try encoder.encode(holdings), to: Self.holdingsName)
+        holdingsMissing = false
     }
 
     /// One encoder for every record: the journal writes two per step.
@@ -92,36 +137,29 @@ public final class StateStore {
         return e
     }()
 
-    func ensureDirectory() throws {
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-    }
-
-    /// temp file + fsync + rename(2): a reader sees the old or the new file, never half.
-    func write(_ data: Data, to path: String) throws {
-        let tmp = path + ".tmp.\(getpid())"
-        guard FileManager.default.createFile(atPath: tmp, contents: data) else {
-            throw StoreError(message: "cannot write \(tmp)")
-        }
-        if let h = Foundation.FileHandle(forWritingAtPath: tmp) { try? h.synchronize(); try? h.close() }
-        guard rename(tmp, path) == 0 else { throw StoreError(message: "cannot rename \(tmp) to \(path): errno \(errno)") }
+    /// temp file (0600) + fsync + renameat(2), never through a link.
+    func write(_ data: Data, to name: String) throws {
+        do { try files.writeAtomically(name, [UInt8](data)) } catch { throw StoreError(message: error.message) }
     }
 
     // MARK: journal
 
     func append(_ record: JournalRecord) throws {
-        if journal == nil {
-            try ensureDirectory()
-            if !FileManager.default.fileExists(atPath: journalPath) {
-                _ = FileManager.default.createFile(atPath: journalPath, contents: nil)
+        if journalFD < 0 {
+            try ensureHoldingsFile()
+            do { journalFD = try files.open(Self.journalName, O_WRONLY | O_APPEND | O_CREAT) } catch {
+                throw StoreError(message: error.message)
             }
-            journal = Foundation.FileHandle(forWritingAtPath: journalPath)
-            _ = try journal?.seekToEnd()
         }
         var data = try encoder.encode(record)
         data.append(10)
-        try journal?.write(contentsOf: data)
+        guard StateDirectory.writeAll(journalFD, [UInt8](data)) else {
+            throw StoreError(message: "cannot append to \(journalPath): \(String(cString: strerror(errno)))")
+        }
         // fsync: the record is on disk before the kernel call it announces runs.
-        if record.phase == .begin { try journal?.synchronize() }
+        if record.phase == .begin, fsync(journalFD) != 0 {
+            throw StoreError(message: "cannot sync \(journalPath): \(String(cString: strerror(errno)))")
+        }
     }
 
     public func begin(_ op: PlanStep) throws -> Int {
@@ -145,6 +183,48 @@ public final class StateStore {
         try append(JournalRecord(seq: sequence, phase: .done, patches: patches))
         for p in patches { holdings.apply(p) }
     }
+
+    /// Replaces the record wholesale (`--rebuild-state`) and checkpoints it.
+    func replaceHoldings(_ h: Holdings) throws {
+        holdings = h
+        try checkpoint()
+    }
+}
+
+/// holdings.json is gone but something says state existed: never read as "nothing held".
+public struct LostState: Error, CustomStringConvertible, Sendable {
+    public var holdingsPath: String
+    /// What was found, one phrase each.
+    public var found: [String]
+    public var description: String {
+        "\(holdingsPath) is missing, but \(found.joined(separator: "; ")). vsmmu will not plan from an empty record: it would bind devices that are "
+            + "already bound and take vfio-pci for their original driver. `vsmmu show` lists what was found; `vsmmu apply FILE --rebuild-state` "
+            + "closes the kernel objects no record names and rebuilds the record from what the kernel shows (an original driver it cannot know is marked unknown, never guessed)"
+    }
+}
+
+extension StateStore {
+    /// What says this state directory held more than a missing holdings.json shows: journal
+    /// records, allocated guests, iommufd contexts or VFIO cdevs the holder still has open
+    /// (with `port`; a stray memfd alone says nothing).
+    public func lostState(port: KernelPort?) -> LostState? {
+        guard holdingsMissing else { return nil }
+        var found: [String] = []
+        if journalRecords > 0 { found.append("\(journalPath) has \(journalRecords) record(s)") }
+        if !allocations.guests.isEmpty {
+            found.append("\(allocationsPath) allocates guest(s) \(allocations.guests.keys.sorted().joined(separator: ", "))")
+        }
+        if let port, let open = try? port.openFiles() {
+            let live = open.compactMap { f -> String? in
+                switch f.kind {
+                case .iommufd, .vfioDevice: return "fd \(f.fd) (\(Recovery.describe(f.kind)))"
+                default: return nil
+                }
+            }
+            if !live.isEmpty { found.append("the kernel holds \(live.count) file(s) for this holder: \(live.joined(separator: ", "))") }
+        }
+        return found.isEmpty ? nil : LostState(holdingsPath: holdingsPath, found: found)
+    }
 }
 
 struct JournalRecord: Codable {
@@ -165,6 +245,10 @@ public enum HoldingPatch: Codable, Hashable, Sendable {
     case memory(String, String, MemoryHolding?)
     case vsmmu(String, String, VSMMUHolding?)
     case originalDriver(PCIAddress, String??)
+    /// The device is on vfio-pci by vsmmu's own driver_override and its driver before that
+    /// is not known (its record was lost): it is never given back to a guess.
+    case originalDriverUnknown(PCIAddress)
+    case running(String, RunningGuest?)
 }
 
 extension Holdings {
@@ -178,6 +262,11 @@ extension Holdings {
         case .vsmmu(let g, let v, let h): guests[g]?.vsmmus[v] = h
         case .originalDriver(let a, let d):
             if let d { originalDrivers[a] = .some(d) } else { originalDrivers[a] = nil }
+            unknownOriginalDrivers?.remove(a)
+        case .originalDriverUnknown(let a):
+            originalDrivers[a] = nil
+            unknownOriginalDrivers = (unknownOriginalDrivers ?? []).union([a])
+        case .running(let g, let r): running[g] = r
         }
     }
 }

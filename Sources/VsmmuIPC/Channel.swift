@@ -5,14 +5,30 @@ import Glibc
 /// One end of the agent's Unix socket: JSON lines both ways, fds on the side.
 public final class Channel: @unchecked Sendable {
     public let fd: Int32
+    /// Bytes read and not yet returned are buffer[start...]; buffer[start..<scanned] has
+    /// no newline (each byte is looked at once: reading a long line stays linear).
     private var buffer: [UInt8] = []
-    /// fds received with the data read so far (SCM_RIGHTS).
+    private var start = 0
+    private var scanned = 0
+    /// fds received with the data read so far (SCM_RIGHTS), when `acceptsFDs`.
     public private(set) var receivedFDs: [Int32] = []
+    /// Whether fds the peer sends are kept for `takeReceivedFDs` (a client taking a
+    /// handoff). Otherwise each is closed as it arrives: a peer cannot make this
+    /// process hold fds it never asked for.
+    public var acceptsFDs: Bool
+    /// Longest line `readLine` accepts.
+    public var maxLineBytes = Channel.maxLine
+    /// Seconds one `readLine` may take in all (nil: no limit): a peer that sends nothing,
+    /// or a byte now and then, is dropped.
+    public var lineTimeout: Double?
     private let lock = NSLock()
     public private(set) var broken = false
 
-    public init(fd: Int32) { self.fd = fd }
-    deinit { close(fd) }
+    public init(fd: Int32, acceptsFDs: Bool = true) { self.fd = fd; self.acceptsFDs = acceptsFDs }
+    deinit {
+        for f in receivedFDs { close(f) }
+        close(fd)
+    }
 
     public struct Failure: Error, CustomStringConvertible {
         public var message: String
@@ -54,25 +70,66 @@ public final class Channel: @unchecked Sendable {
     /// Longest line accepted: a request carries a topology (32 MiB at most) in base64.
     public static let maxLine = 64 << 20
 
-    /// The next line, or nil at end of stream (or past `maxLine`).
+    /// The next line, or nil at end of stream, past `maxLineBytes` or after `lineTimeout`.
     public func readLine() -> String? {
+        let deadline = lineTimeout.map { Channel.monotonicNanos() &+ UInt64(max(0, $0) * 1e9) }
         while true {
-            if buffer.count > Channel.maxLine { return nil }
-            if let i = buffer.firstIndex(of: 10) {
-                let line = String(decoding: buffer[..<i], as: UTF8.self)
-                buffer.removeSubrange(...i)
+            if let i = newline() {
+                let line = String(decoding: buffer[start..<i], as: UTF8.self)
+                start = i + 1
+                scanned = start
+                // Drop what was returned once it is most of the buffer (amortized linear).
+                if start >= 65536, start * 2 >= buffer.count {
+                    buffer.removeSubrange(..<start)
+                    scanned -= start
+                    start = 0
+                }
                 return line
             }
-            var chunk = [UInt8](repeating: 0, count: 65536)
-            var fds = [Int32](repeating: -1, count: 64)
-            var nfds: Int32 = 0
-            let n = chunk.withUnsafeMutableBytes { c in
-                fds.withUnsafeMutableBufferPointer { f in vsmmu_recv_with_fds(fd, c.baseAddress, c.count, f.baseAddress, Int32(f.count), &nfds) }
+            scanned = buffer.count
+            if buffer.count - start > maxLineBytes { return nil }
+            if let deadline {
+                let now = Channel.monotonicNanos()
+                guard now < deadline else { return nil }
+                var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                let ms = Int32(min((deadline - now) / 1_000_000 + 1, UInt64(Int32.max)))
+                let r = poll(&p, 1, ms)
+                if r < 0 && errno == EINTR { continue }
+                if r <= 0 { return nil }
             }
-            if n <= 0 { return nil }
-            receivedFDs += fds.prefix(Int(nfds))
-            buffer += chunk.prefix(n)
+            if receive() <= 0 { return nil }
         }
+    }
+
+    /// The first newline at or after `scanned` (memchr: each byte looked at once).
+    private func newline() -> Int? {
+        buffer.withUnsafeBufferPointer { b -> Int? in
+            guard scanned < b.count, let base = b.baseAddress,
+                  let p = memchr(base + scanned, 10, b.count - scanned) else { return nil }
+            return base.distance(to: p.assumingMemoryBound(to: UInt8.self))
+        }
+    }
+
+    static func monotonicNanos() -> UInt64 {
+        var t = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &t)
+        return UInt64(t.tv_sec) * 1_000_000_000 + UInt64(t.tv_nsec)
+    }
+
+    /// Scratch for one recvmsg (this channel's: channels are read on their own threads).
+    private lazy var chunk = [UInt8](repeating: 0, count: 65536)
+
+    /// One recvmsg: bytes appended to the buffer, fds kept or closed. Returns bytes read.
+    private func receive() -> Int {
+        var fds = [Int32](repeating: -1, count: 64)
+        var nfds: Int32 = 0
+        let n = chunk.withUnsafeMutableBytes { c in
+            fds.withUnsafeMutableBufferPointer { f in vsmmu_recv_with_fds(fd, c.baseAddress, c.count, f.baseAddress, Int32(f.count), &nfds) }
+        }
+        let got = fds.prefix(Int(max(0, nfds)))
+        if acceptsFDs { receivedFDs += got } else { for f in got { close(f) } }
+        if n > 0 { chunk.withUnsafeBufferPointer { buffer.append(contentsOf: UnsafeBufferPointer(rebasing: $0[0..<n])) } }
+        return n
     }
 
     /// The peer's pid, uid and gid (SO_PEERCRED).
@@ -95,6 +152,12 @@ public final class Channel: @unchecked Sendable {
             if n <= 0 { break }
             total += n
         }
+    }
+
+    /// Bounds how long one send may block on a peer that stops reading.
+    public func setSendTimeout(_ seconds: Double) {
+        var tv = timeval(tv_sec: Int(seconds), tv_usec: Int((seconds - seconds.rounded(.down)) * 1e6))
+        _ = setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     }
 
     public func takeReceivedFDs() -> [Int32] {
@@ -122,7 +185,8 @@ public final class Listener: @unchecked Sendable {
             let c = Glibc.accept(fd, nil, nil)
             if c >= 0 {
                 _ = fcntl(c, F_SETFD, FD_CLOEXEC)
-                return Channel(fd: c)
+                // The serving side expects no fds from its clients.
+                return Channel(fd: c, acceptsFDs: false)
             }
             if errno == EINTR || errno == ECONNABORTED { continue }
             return nil

@@ -6,6 +6,7 @@ public struct Errno: Error, Hashable, Sendable, Codable, CustomStringConvertible
 
     public static let EPERM = Errno(1)
     public static let ENOENT = Errno(2)
+    public static let ESRCH = Errno(3)
     public static let EINTR = Errno(4)
     public static let EIO = Errno(5)
     public static let ENXIO = Errno(6)
@@ -36,6 +37,7 @@ public struct Errno: Error, Hashable, Sendable, Codable, CustomStringConvertible
     private static let table: [(Int32, String, String)] = [
         (1, "EPERM", "operation not permitted"),
         (2, "ENOENT", "no such object"),
+        (3, "ESRCH", "no such process"),
         (4, "EINTR", "interrupted system call"),
         (5, "EIO", "input/output error"),
         (6, "ENXIO", "no such device or address"),

@@ -11,7 +11,7 @@ public enum KernelCall: String, CaseIterable, Hashable, Sendable, CustomStringCo
     case ioasIovaRanges = "IOMMU_IOAS_IOVA_RANGES"
     case ioasMap = "IOMMU_IOAS_MAP"
     case ioasUnmap = "IOMMU_IOAS_UNMAP"
-    /// Not made by the port yet (RLIMIT_MODE is coming): the remote executor does not serve it.
+    /// RLIMIT_MODE on the fresh iommufd a launch hands a VMM (§2.11).
     case option = "IOMMU_OPTION"
     case hwptAlloc = "IOMMU_HWPT_ALLOC"
     case getHwInfo = "IOMMU_GET_HW_INFO"
@@ -43,6 +43,11 @@ public enum KernelCall: String, CaseIterable, Hashable, Sendable, CustomStringCo
     case statVfioDevice = "STAT_VFIO_DEVICE"
     /// The holding process exits (the simulated kernel's; the real one just dies).
     case processExit = "PROCESS_EXIT"
+    /// A simulated VMM process starts / takes fds sent to it (SCM_RIGHTS): simulated kernel only.
+    case processSpawn = "PROCESS_SPAWN"
+    case sendFDs = "SCM_RIGHTS"
+    /// Who holds a device's VFIO cdev or group open: /proc/<pid>/fd of every process.
+    case procFDScan = "PROC_FD_SCAN"
     // sysfs (§8)
     case sysfsDriverOverride = "SYSFS_DRIVER_OVERRIDE"
     case sysfsUnbind = "SYSFS_UNBIND"
@@ -83,8 +88,8 @@ public enum KernelCall: String, CaseIterable, Hashable, Sendable, CustomStringCo
         case .detach: return 0x3B78
         case .deviceGetInfo: return 0x3B6B
         case .openIommufd, .closeIommufd, .openVfioDevice, .closeVfioDevice, .closeEventFD, .closeFD, .memfdCreate, .mmapAnon,
-             .munmap, .chownVfioDevice, .statVfioDevice, .processExit, .sysfsDriverOverride, .sysfsUnbind, .sysfsDriversProbe,
-             .sysfsReadPCIDevices, .sysfsReadPCIDevice, .sysfsReadIOMMUGroup, .sysfsReadIOMMUNames, .sysfsReadReservedRegions,
+             .munmap, .chownVfioDevice, .statVfioDevice, .processExit, .processSpawn, .sendFDs, .procFDScan,
+             .sysfsDriverOverride, .sysfsUnbind, .sysfsDriversProbe, .sysfsReadPCIDevices, .sysfsReadPCIDevice, .sysfsReadIOMMUGroup, .sysfsReadIOMMUNames, .sysfsReadReservedRegions,
              .sysfsReadDriver:
             return nil
         }
@@ -95,12 +100,13 @@ public enum KernelCall: String, CaseIterable, Hashable, Sendable, CustomStringCo
         switch self {
         // Reads; and INVALIDATE changes the IOMMU's caches, no iommufd object.
         case .ioasIovaRanges, .getHwInfo, .hwptInvalidate, .deviceGetInfo, .statVfioDevice, .sysfsReadPCIDevices,
-             .sysfsReadPCIDevice, .sysfsReadIOMMUGroup, .sysfsReadIOMMUNames, .sysfsReadReservedRegions, .sysfsReadDriver:
+             .sysfsReadPCIDevice, .sysfsReadIOMMUGroup, .sysfsReadIOMMUNames, .sysfsReadReservedRegions, .sysfsReadDriver,
+             .procFDScan:
             return false
         case .destroy, .ioasAlloc, .ioasMap, .ioasUnmap, .option, .hwptAlloc, .ioasMapFile, .viommuAlloc, .vdeviceAlloc,
              .veventqAlloc, .hwQueueAlloc, .testCmd, .bindIommufd, .attach, .detach, .openIommufd, .closeIommufd,
              .openVfioDevice, .closeVfioDevice, .closeEventFD, .closeFD, .memfdCreate, .mmapAnon, .munmap, .chownVfioDevice,
-             .processExit, .sysfsDriverOverride, .sysfsUnbind, .sysfsDriversProbe:
+             .processExit, .processSpawn, .sendFDs, .sysfsDriverOverride, .sysfsUnbind, .sysfsDriversProbe:
             return true
         }
     }
@@ -138,6 +144,10 @@ public enum KernelRequest: Sendable {
     case chownVfioDevice(index: Int, uid: UInt32, gid: UInt32)
     case statVfioDevice(index: Int)
     case processExit
+    case option(fd: Int32, option: IommuOption, objectID: ObjectID, value: UInt64?)
+    case processSpawn(pid: Int32, command: String)
+    case sendFDs(fds: [Int32], process: Int)
+    case procFDScan(PCIAddress)
     case writeDriverOverride(address: PCIAddress, driver: String?)
     case unbindDriver(address: PCIAddress, driver: String)
     case driversProbe(address: PCIAddress)
@@ -180,6 +190,10 @@ public enum KernelRequest: Sendable {
         case .chownVfioDevice: return .chownVfioDevice
         case .statVfioDevice: return .statVfioDevice
         case .processExit: return .processExit
+        case .option: return .option
+        case .processSpawn: return .processSpawn
+        case .sendFDs: return .sendFDs
+        case .procFDScan: return .procFDScan
         case .writeDriverOverride: return .sysfsDriverOverride
         case .unbindDriver: return .sysfsUnbind
         case .driversProbe: return .sysfsDriversProbe
@@ -231,6 +245,11 @@ public enum KernelRequest: Sendable {
         case .releaseGuestMemory(let m): return "user_va=\(hex(m.userVA)) size=\(hex(m.size))" + (m.file.map { " memfd=\($0.fd)" } ?? "")
         case .chownVfioDevice(let index, let uid, let gid): return "/dev/vfio/devices/vfio\(index) -> \(uid):\(gid)"
         case .processExit: return ""
+        case .option(let fd, let option, let id, let value):
+            return "fd=\(fd) option_id=\(option.rawValue) op=\(value == nil ? "GET" : "SET") object_id=\(id)" + (value.map { " val64=\($0)" } ?? "")
+        case .processSpawn(let pid, let command): return "pid=\(pid) comm=\(command)"
+        case .sendFDs(let fds, let process): return "fds=\(fds.map(String.init).joined(separator: ",")) to=process#\(process)"
+        case .procFDScan(let a): return "/proc/*/fd for \(a)"
         case .writeDriverOverride(let a, let d): return "/sys/bus/pci/devices/\(a)/driver_override <- \(d ?? "(clear)")"
         case .unbindDriver(let a, let d): return "/sys/bus/pci/drivers/\(d)/unbind <- \(a)"
         case .driversProbe(let a): return "/sys/bus/pci/drivers_probe <- \(a)"

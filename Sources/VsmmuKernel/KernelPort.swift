@@ -92,6 +92,24 @@ public struct OpenFileInfo: Hashable, Sendable, Codable {
     public init(fd: Int32, kind: Kind) { self.fd = fd; self.kind = kind }
 }
 
+/// A process that holds a file open, as /proc/<pid>/fd shows it.
+public struct FileHolder: Hashable, Sendable, Codable, CustomStringConvertible {
+    public var pid: Int32
+    /// /proc/<pid>/comm ("?" when it could not be read).
+    public var command: String
+    public init(pid: Int32, command: String) { self.pid = pid; self.command = command }
+    public var description: String { "pid \(pid) (\(command))" }
+}
+
+/// IOMMU_OPTION's options (docs/kernel-interface.md §2.11).
+public enum IommuOption: UInt32, Sendable, Codable {
+    /// 0: pinned pages are charged to the user, 1: to the process (mm). Global; SET needs
+    /// CAP_SYS_RESOURCE and a context that holds no object yet.
+    case rlimitMode = 0
+    /// Per IOAS: 0 maps in PAGE_SIZE pieces.
+    case hugePages = 1
+}
+
 public protocol KernelPort: AnyObject {
     // MARK: facts
     /// /dev/iommu exists (kernel with IOMMUFD).
@@ -131,6 +149,10 @@ public protocol KernelPort: AnyObject {
     /// holds `entryNum` requests of `entryLen` bytes each. Returns the number handled.
     func hwptInvalidate(_ fd: IommufdHandle, hwptID: ObjectID, dataType: InvalidateDataType, entryLen: UInt32, entryNum: UInt32, entries: [UInt8]) throws(KernelCallError) -> UInt32
 
+    /// IOMMU_OPTION (§2.11): SET (`value` non-nil) or GET; returns val64 as the kernel wrote it back.
+    @discardableResult
+    func iommuOption(_ fd: IommufdHandle, option: IommuOption, objectID: ObjectID, set value: UInt64?) throws(KernelCallError) -> UInt64
+
     // MARK: selftest mock devices (CONFIG_IOMMUFD_TEST, reference §7)
     func mockDomain(_ fd: IommufdHandle, ptID: ObjectID) throws(KernelCallError) -> MockDevice
     func mockDomainReplace(_ fd: IommufdHandle, stdevID: ObjectID, ptID: ObjectID) throws(KernelCallError) -> ObjectID
@@ -165,6 +187,12 @@ public protocol KernelPort: AnyObject {
     func unbindDriver(_ address: PCIAddress, driver: String) throws(KernelCallError)
     /// Writes the address to /sys/bus/pci/drivers_probe.
     func driversProbe(_ address: PCIAddress) throws(KernelCallError)
+
+    // MARK: who holds a device
+    /// Every process that holds the device's VFIO cdev (or its VFIO group) open, this one
+    /// included: writing `unbind` for such a device blocks in the kernel until the fd
+    /// closes (docs/contract.md §7), so vsmmu asks first.
+    func deviceHolders(_ address: PCIAddress) throws(KernelCallError) -> [FileHolder]
 
     // MARK: this process's files
     /// Every fd this process holds that the kernel port cares about. After an interrupted

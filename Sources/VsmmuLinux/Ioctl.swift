@@ -52,6 +52,15 @@ public struct IoctlCalls {
         try call(.destroy(fd: fd, id: id), fd, &s)
     }
 
+    /// IOMMU_OPTION: SET when `value` is given, else GET; returns val64 as written back.
+    public func option(_ fd: Int32, option: IommuOption, objectID: ObjectID, value: UInt64?) throws(KernelCallError) -> UInt64 {
+        let op = UInt16(value == nil ? VSMMU_IOMMU_OPTION_OP_GET : VSMMU_IOMMU_OPTION_OP_SET)
+        var s = vsmmu_iommu_option(size: Self.size(vsmmu_iommu_option.self), option_id: option.rawValue, op: op, __reserved: 0,
+                                   object_id: objectID, val64: value ?? 0)
+        try call(.option(fd: fd, option: option, objectID: objectID, value: value), fd, &s)
+        return s.val64
+    }
+
     public func ioasAlloc(_ fd: Int32) throws(KernelCallError) -> ObjectID {
         var s = vsmmu_iommu_ioas_alloc(size: Self.size(vsmmu_iommu_ioas_alloc.self), flags: 0, out_ioas_id: 0)
         try call(.ioasAlloc(fd: fd), fd, &s)

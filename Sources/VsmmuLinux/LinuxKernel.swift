@@ -31,6 +31,8 @@ public final class LinuxKernel: KernelPort {
     }
 
     let sysfsRootPath: String
+    /// Where procfs is mounted: who holds a device open (tests move it).
+    public var procRoot = "/proc"
 
     public init(transport: IoctlTransport = SystemIoctl(), files: any HostFiles = LocalHostFiles(), sysfsRoot: String = "/sys", devRoot: String = "/dev") {
         calls = IoctlCalls(transport: transport)
@@ -132,6 +134,10 @@ public final class LinuxKernel: KernelPort {
 
     public func hwQueueAlloc(_ fd: IommufdHandle, viommuID: ObjectID, type: HWQueueType, index: UInt32, iova: UInt64, length: UInt64) throws(KernelCallError) -> ObjectID {
         try mutating { () throws(KernelCallError) in try calls.hwQueueAlloc(fd.fd, viommuID: viommuID, type: type, index: index, iova: iova, length: length) }
+    }
+
+    public func iommuOption(_ fd: IommufdHandle, option: IommuOption, objectID: ObjectID, set value: UInt64?) throws(KernelCallError) -> UInt64 {
+        try mutating { () throws(KernelCallError) in try calls.option(fd.fd, option: option, objectID: objectID, value: value) }
     }
 
     public func mockDomain(_ fd: IommufdHandle, ptID: ObjectID) throws(KernelCallError) -> MockDevice {

@@ -4,6 +4,13 @@ import Foundation
 import Glibc
 import VsmmuKernel
 
+/// A VMM started by the executor (SPAWN), as WAIT sees it.
+public enum RemoteVMMStatus: Equatable, Sendable {
+    case running
+    /// Its exit status; 128 + N when signal N killed it.
+    case exited(Int32)
+}
+
 /// A client of `vsmmu-remote` (docs/remote-executor.md): both of the Linux backend's seams,
 /// `IoctlTransport` and `HostFiles`, performed by the executor on its kernel. fds it
 /// returns are handles in the executor's process, passed back verbatim.
@@ -14,9 +21,9 @@ import VsmmuKernel
 public final class RemoteExecutor: IoctlTransport, HostFiles, @unchecked Sendable {
     /// Operation numbers of the protocol.
     enum Op: UInt32 {
-        case hello = 0, open, close, ioctl, read, readLink, listDirectory, write, memfd, stat, chown, mmapAnonymous, munmap, fds, bye
+        case hello = 0, open, close, ioctl, read, readLink, listDirectory, write, memfd, stat, chown, mmapAnonymous, munmap, fds, bye, spawn, wait
         var name: String {
-            ["HELLO", "OPEN", "CLOSE", "IOCTL", "READ", "READLINK", "LISTDIR", "WRITE", "MEMFD", "STAT", "CHOWN", "MMAP_ANON", "MUNMAP", "FDS", "BYE"][Int(rawValue)]
+            ["HELLO", "OPEN", "CLOSE", "IOCTL", "READ", "READLINK", "LISTDIR", "WRITE", "MEMFD", "STAT", "CHOWN", "MMAP_ANON", "MUNMAP", "FDS", "BYE", "SPAWN", "WAIT"][Int(rawValue)]
         }
     }
 
@@ -113,6 +120,22 @@ public final class RemoteExecutor: IoctlTransport, HostFiles, @unchecked Sendabl
         mutating func u64() throws(Short) -> UInt64 { try take(8).reversed().reduce(0) { $0 << 8 | UInt64($1) } }
         mutating func data() throws(Short) -> [UInt8] { Array(try take(Int(try u32()))) }
         mutating func string() throws(Short) -> String { String(decoding: try data(), as: UTF8.self) }
+        /// A count of items of at least `itemBytes` each, checked against the bytes that
+        /// remain before anything is allocated for them (a count of 0xFFFFFFFF in a short
+        /// reply is malformed, not 4 G items).
+        mutating func count(itemBytes: Int) throws(Short) -> Int {
+            let n = Int(try u32())
+            guard n <= (bytes.count - at) / max(1, itemBytes) else { throw Short() }
+            return n
+        }
+        /// `count(itemBytes:)` items read by `item`.
+        mutating func items<T>(itemBytes: Int, _ item: (inout Payload) throws(Short) -> T) throws(Short) -> [T] {
+            let n = try count(itemBytes: itemBytes)
+            var out: [T] = []
+            out.reserveCapacity(n)
+            for _ in 0..<n { out.append(try item(&self)) }
+            return out
+        }
     }
 
     struct Reply {
@@ -278,7 +301,7 @@ public final class RemoteExecutor: IoctlTransport, HostFiles, @unchecked Sendabl
     public func listDirectory(_ path: String) throws(KernelCallError) -> [String] {
         let r = try call(.listDirectory, path) { $0.string(path) }
         return try decode(.listDirectory, r) { (p) throws(Payload.Short) in
-            try (0..<Int(try p.u32())).map { (_) throws(Payload.Short) in try p.string() }
+            try p.items(itemBytes: 4) { (p) throws(Payload.Short) in try p.string() }
         }
     }
 
@@ -317,7 +340,38 @@ public final class RemoteExecutor: IoctlTransport, HostFiles, @unchecked Sendabl
     public func heldFiles() throws(KernelCallError) -> [HeldFile] {
         let r = try call(.fds, "") { _ in }
         return try decode(.fds, r) { (p) throws(Payload.Short) in
-            try (0..<Int(try p.u32())).map { (_) throws(Payload.Short) in HeldFile(fd: try p.i32(), target: try p.string(), fdinfo: try p.string()) }
+            try p.items(itemBytes: 12) { (p) throws(Payload.Short) in HeldFile(fd: try p.i32(), target: try p.string(), fdinfo: try p.string()) }
+        }
+    }
+
+    // MARK: the VMM (SPAWN, WAIT)
+
+    /// SPAWN: the executor starts its `--vmm` binary (`argv[0]` must be exactly that path,
+    /// else EPERM) with `fds`, fds it holds, inherited at the same numbers; every other fd
+    /// is closed in the child. Returns the child's pid in the executor's kernel. The
+    /// executor keeps its own copies of `fds` until they are CLOSEd.
+    public func spawnVMM(argv: [String], fds: [Int32]) throws(KernelCallError) -> Int32 {
+        try call(.spawn, "\(argv.first ?? "") fds=\(fds)") { m in
+            m.u32(UInt32(argv.count))
+            for a in argv { m.string(a) }
+            m.u32(UInt32(fds.count))
+            for fd in fds { m.i32(fd) }
+        }.result
+    }
+
+    /// WAIT: whether a child SPAWN started is still running (never blocks). ESRCH for a pid
+    /// this executor did not spawn.
+    public func vmmStatus(pid: Int32) throws(KernelCallError) -> RemoteVMMStatus {
+        let r = try call(.wait, "pid=\(pid)") { $0.i32(pid) }
+        let (state, code) = try decode(.wait, r) { (p) throws(Payload.Short) in (try p.u32(), try p.i32()) }
+        switch state {
+        case 0: return .running
+        case 1: return .exited(code)
+        case 2: return .exited(128 + code) // killed by signal `code`: the shell's convention
+        default:
+            let message = "\(location) answered WAIT with state \(state)"
+            lock.lock(); breakConnection(.EPROTO, message); lock.unlock()
+            throw KernelCallError("WAIT", .EPROTO, message)
         }
     }
 
@@ -386,7 +440,7 @@ public final class RemoteExecutor: IoctlTransport, HostFiles, @unchecked Sendabl
         if reply.payload.atEnd { return reply.result }
         let returned = try? decode(.ioctl, reply) { (p) throws(Payload.Short) in
             let arg = try p.data()
-            let buffers = try (0..<Int(try p.u32())).map { (_) throws(Payload.Short) in try p.data() }
+            let buffers = try p.items(itemBytes: 4) { (p) throws(Payload.Short) in try p.data() }
             return (arg, buffers)
         }
         guard let (arg, buffers) = returned else { return -Errno.EPROTO.rawValue }

@@ -27,12 +27,9 @@ public struct SysfsTree: SysfsAccess, Sendable {
 
     var devices: String { root + "/bus/pci/devices" }
 
-    /// A driver name as sysfs shows it: no path separators, no dot-dot.
-    static func checkedDriver(_ name: String) -> String? {
-        guard !name.isEmpty, name != ".", name != "..", name.count < 256,
-              name.unicodeScalars.allSatisfy({ CharacterSet.alphanumerics.contains($0) || "_-.".unicodeScalars.contains($0) }) else { return nil }
-        return name
-    }
+    /// A driver name as sysfs shows it: no path separators, no dot-dot (`DriverName`, the
+    /// rule the simulated host is held to as well).
+    static func checkedDriver(_ name: String) -> String? { DriverName.isValid(name) ? name : nil }
 
     func read(_ path: String) -> String? {
         guard let data = try? files.read(path) else { return nil }

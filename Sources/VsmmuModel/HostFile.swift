@@ -33,7 +33,7 @@ public enum HostSchema {
         SchemaField("vendor", .scalar(.uint(max: 0xffff), description: "PCI vendor id"), required: true),
         SchemaField("device", .scalar(.uint(max: 0xffff), description: "PCI device id"), required: true),
         SchemaField("class", .scalar(.uint(max: 0xffffff), description: "PCI class code"), required: true),
-        SchemaField("driver", .scalar(.nullableText, description: "current driver, or null"), required: true),
+        SchemaField("driver", .scalar(.nullableDriverName, description: "current driver, or null"), required: true),
         SchemaField("iommuGroup", .scalar(.nullableUInt(max: UInt64(Int32.max)), description: "IOMMU group number, null without IOMMU"), required: true),
         SchemaField("iommu", .scalar(.nullableText, description: "the IOMMU it sits behind")),
         SchemaField("numaNode", .scalar(.int(min: -1, max: 1 << 16), description: "NUMA node, -1 when unknown")),

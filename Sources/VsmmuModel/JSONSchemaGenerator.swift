@@ -63,6 +63,7 @@ public enum JSONSchemaGenerator {
             return ["enum": .array([.string("auto")] + values.map { .int(Int64($0)) })]
         case .bool: return ["type": "boolean"]
         case .nullableText: return ["type": ["string", "null"]]
+        case .nullableDriverName: return ["anyOf": [["type": "string", "pattern": "^(?!\\.\\.?$)[A-Za-z0-9_.-]{1,255}$"], ["type": "null"]]]
         case .nullableUInt(let max):
             return ["anyOf": [["type": "integer", "minimum": 0, "maximum": .uint(max)], ["type": "null"]]]
         case .userOrUID:

@@ -45,6 +45,8 @@ public enum ScalarKind: Sendable {
     case bool
     /// A string, or null.
     case nullableText
+    /// A driver name (`DriverName`), or null.
+    case nullableDriverName
     /// An unsigned integer, or null.
     case nullableUInt(max: UInt64)
     /// A user name or a numeric uid.
@@ -180,6 +182,10 @@ enum ScalarParser {
         case .nullableUInt(let max):
             if null { return .success(.null) }
             return parse(text, plain: plain, null: false, as: .uint(max: max))
+        case .nullableDriverName:
+            if null { return .success(.null) }
+            return DriverName.isValid(text) ? .success(.string(text))
+                : .failure(ScalarProblem(message: "'\(text)' is not a driver name", hint: DriverName.rule))
         default:
             break
         }
@@ -241,8 +247,8 @@ enum ScalarParser {
                 (c >= 97 && c <= 122) || (c >= 65 && c <= 90) || (c >= 48 && c <= 57) || c == 95 || c == 45 || c == 46
             } && text.utf8.first != 45
             return ok ? .success(.string(text)) : .failure(ScalarProblem(message: "'\(text)' is not a user name or uid"))
-        case .nullableText:
-            return .success(.string(text))          // (null was handled above)
+        case .nullableText, .nullableDriverName:
+            return .success(.string(text))          // (handled above)
         case .nullableUInt(let max):
             return parse(text, plain: plain, null: false, as: .uint(max: max))
         }
@@ -304,6 +310,7 @@ extension ScalarKind {
         switch self {
         case .name: return "a name"
         case .text, .nullableText: return "a string"
+        case .nullableDriverName: return "a driver name"
         case .constant(let w): return "'\(w)'"
         case .uint, .nullableUInt: return "an integer"
         case .int: return "an integer"

@@ -16,9 +16,10 @@ public struct ObservedState: Sendable {
     public static func observe(port: KernelPort, holdings: Holdings, addresses: Set<PCIAddress>) throws(KernelCallError) -> ObservedState {
         var all = addresses
         for g in holdings.guests.values {
-            for d in g.devices.values { if let a = PCIAddress(d.source) { all.insert(a) } }
+            for d in g.devices.values { if let a = d.source.pciAddress { all.insert(a) } }
         }
         for a in holdings.originalDrivers.keys { all.insert(a) }
+        for a in holdings.unknownOriginalDrivers ?? [] { all.insert(a) }
         var sysfs: [PCIAddress: SysfsPCIDevice] = [:]
         for a in all.sorted() {
             if let d = try port.pciDevice(a) { sysfs[a] = d }
@@ -47,7 +48,7 @@ public struct ObservedState: Sendable {
             }
             guard !dead.contains(name) else { continue }
             for (dname, d) in g.devices where d.cdev != nil {
-                guard let a = PCIAddress(d.source), let s = sysfs[a], s.driver == "vfio-pci", s.vfioDevIndex == d.vfioIndex else {
+                guard let a = d.source.pciAddress, let s = sysfs[a], s.driver == "vfio-pci", s.vfioDevIndex == d.vfioIndex else {
                     lost.insert("\(name)/\(dname)")
                     continue
                 }
@@ -84,6 +85,7 @@ enum Fingerprint {
     static func canonical(_ h: Holdings) -> String {
         var out = ""
         for (a, d) in h.originalDrivers.sorted(by: { $0.key < $1.key }) { out += "orig \(a) \(d ?? "-")\n" }
+        for (g, r) in h.running.sorted(by: { $0.key < $1.key }) { out += "running \(g) pid \(r.pid) \(r.startTime ?? 0) \(r.vmm.rawValue)\n" }
         for (name, g) in h.guests.sorted(by: { $0.key < $1.key }) {
             out += "guest \(name) fd \(g.iommufd.fd) ioas \(g.ioas.map(String.init) ?? "-") uncertain \(g.uncertain)\n"
             for (n, d) in g.devices.sorted(by: { $0.key < $1.key }) {

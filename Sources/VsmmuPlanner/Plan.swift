@@ -48,6 +48,21 @@ public struct Plan: Codable, Sendable {
     public var allocations: Allocations
     /// Guest layout the plan predicts (for review; qemu-args uses the same values).
     public var layout: [GuestLayout]
+    /// The lifecycle state of the topology's guests that vsmmu holds or a VMM runs (nil in
+    /// plans saved by an older vsmmu).
+    public var guests: [GuestStatus]?
+
+    /// A plan of bare operations (a launch's release of a guest's held graph).
+    public init(releasing operations: [PlanStep], allocations: Allocations) {
+        topology = ""; topologyFile = ""; host = ""; simulated = false; fingerprint = ""
+        changes = []; self.operations = operations; self.allocations = allocations; layout = []
+    }
+
+    init(topology: String, topologyFile: String, host: String, simulated: Bool, fingerprint: String, changes: [ResourceChange],
+         operations: [PlanStep], allocations: Allocations, layout: [GuestLayout]) {
+        self.topology = topology; self.topologyFile = topologyFile; self.host = host; self.simulated = simulated
+        self.fingerprint = fingerprint; self.changes = changes; self.operations = operations; self.allocations = allocations; self.layout = layout
+    }
 
     public var isEmpty: Bool { changes.isEmpty && operations.isEmpty }
     public var toAdd: Int { changes.filter { $0.action == .create || $0.action == .replace }.count }

@@ -18,7 +18,7 @@ extension Planner {
     mutating func giveBack(_ a: PCIAddress, resource: String) {
         let s = observed.sysfs[a]
         let original = observed.holdings.originalDrivers[a] ?? nil
-        if original == "vfio-pci" {
+        if original == "vfio-pci" || observed.holdings.originalUnknown(a) {
             add(.giveBack, resource, .forgetOriginalDriver(address: a), needs: [.cdevClosed(a)])
             return
         }
@@ -88,5 +88,5 @@ extension Planner {
     func closePhase(_ d: DeviceHolding) -> Phase { d.mockStdev != nil ? .unmapMemory : .closeDevices }
 
     /// What closing a held device's cdev frees: its address, for the way back.
-    func closed(_ d: DeviceHolding) -> [Dep] { PCIAddress(d.source).map { [.cdevClosed($0)] } ?? [] }
+    func closed(_ d: DeviceHolding) -> [Dep] { d.source.pciAddress.map { [.cdevClosed($0)] } ?? [] }
 }

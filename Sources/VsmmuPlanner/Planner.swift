@@ -47,6 +47,19 @@ public struct Planner {
                     allocations: desired.allocations, layout: Planner.layout(desired))
     }
 
+    /// What a launch runs before it hands a prepared guest to its VMM (docs/contract.md
+    /// §6): every object of the guest's context destroyed and every fd closed, in a
+    /// destroy's order, but guest RAM kept (its memfds go to the VMM) and host state
+    /// (drivers, cdev owners) untouched.
+    public static func release(guest: String, holding: GuestHolding, observed: ObservedState) -> [PlanStep] {
+        var p = Planner(desired: DesiredState(topologyName: "", guests: [], allocations: Allocations()), observed: observed)
+        p.teardownGuest(guest, holding)
+        return p.order().filter {
+            if case .releaseMemory = $0.action { return false }
+            return true
+        }
+    }
+
     /// The dependency token kinds the plan for `desired` against `observed` needs and gives.
     static func dependencyKinds(desired: DesiredState, observed: ObservedState) -> DependencyKinds {
         var p = Planner(desired: desired, observed: observed)
@@ -115,7 +128,7 @@ public struct Planner {
             teardownGuest(name, h)
         }
         for (dname, d) in h.devices.sorted(by: { $0.key < $1.key }) where d.cdev != nil {
-            if let a = PCIAddress(d.source), !wanted.contains(a) {
+            if let a = d.source.pciAddress, !wanted.contains(a) {
                 note(.destroy, "device", "\(name)/\(dname)", "\(a) back to \(self.originalDriverText(a))")
                 giveBack(a, resource: "device \(name)/\(dname)")
             }
@@ -126,7 +139,10 @@ public struct Planner {
     /// record was lost, or an interrupted apply): give them back too.
     mutating func strayAddresses(wanted: Set<PCIAddress>) {
         var held = Set<PCIAddress>()
-        for g in observed.holdings.guests.values { for d in g.devices.values { if let a = PCIAddress(d.source) { held.insert(a) } } }
+        for g in observed.holdings.guests.values { for d in g.devices.values { if let a = d.source.pciAddress { held.insert(a) } } }
+        for a in (observed.holdings.unknownOriginalDrivers ?? []).sorted() where !wanted.contains(a) && !held.contains(a) {
+            add(.giveBack, "device \(a)", .forgetOriginalDriver(address: a))
+        }
         for (a, _) in observed.holdings.originalDrivers.sorted(by: { $0.key < $1.key }) where !wanted.contains(a) && !held.contains(a) {
             let s = observed.sysfs[a]
             let original = observed.holdings.originalDrivers[a] ?? nil
@@ -162,6 +178,7 @@ public struct Planner {
     }
 
     func originalDriverText(_ a: PCIAddress) -> String {
+        if observed.holdings.originalUnknown(a) { return "its original driver, which is unknown (its record was lost): it stays on vfio-pci; bind it by hand" }
         guard let o = observed.holdings.originalDrivers[a] else { return "its original driver" }
         return o ?? "no driver"
     }

@@ -11,9 +11,16 @@ extension SimulatedKernel {
         indexes.lowestFreeFD { state.files[$0] != nil }
     }
 
+    /// What `fd` refers to in the calling process (another process's fd number is not
+    /// open here).
+    func ownFile(_ fd: Int32) -> OpenFile? {
+        guard (state.fileOwners[fd] ?? 0) == state.currentProcess else { return nil }
+        return state.files[fd]
+    }
+
     /// The context behind an fd used for an iommufd ioctl.
     func context(ofIommufd fd: Int32) throws(Refusal) -> Int {
-        guard let file = state.files[fd] else { throw Refusal(.EBADF, "fd \(fd) is not open") }
+        guard let file = ownFile(fd) else { throw Refusal(.EBADF, "fd \(fd) is not open") }
         switch file {
         case .iommufd(let cid):
             guard state.contexts[cid] != nil else { throw Refusal(.EBADF, "fd \(fd) is not open") }
@@ -43,7 +50,7 @@ extension SimulatedKernel {
     /// close(2) of any fd with the semantics of what it refers to. Returns EBADF for an
     /// fd that is not open (close(2) would too; the port's close calls cannot throw).
     func closeFD(_ fd: Int32) -> Errno? {
-        guard let file = state.files[fd] else { return .EBADF }
+        guard let file = ownFile(fd) else { return .EBADF }
         setFile(fd, nil)
         switch file {
         case .iommufd(let cid):
@@ -358,7 +365,7 @@ extension SimulatedKernel {
         case .file(let file, let offset):
             if length == 0 { throw Refusal(.EINVAL, "length 0") }
             if offset.addingReportingOverflow(length).overflow { throw Refusal(.EOVERFLOW, "start + length overflows") }
-            guard let open = state.files[file.fd] else { throw Refusal(.EBADF, "fd \(file.fd) is not open") }
+            guard let open = ownFile(file.fd) else { throw Refusal(.EBADF, "fd \(file.fd) is not open") }
             // A file that is not a memfd is referenced like any file; it fails when pinned.
             if case .memfd(let memory) = open { mappingSource = .file(memory: memory, offset: offset) }
             else { mappingSource = .file(memory: nil, offset: offset) }
@@ -540,4 +547,29 @@ func alignUp(_ value: UInt64, _ alignment: UInt64) -> (UInt64, Bool) {
     guard alignment > 1 else { return (value, false) }
     let (sum, overflow) = value.addingReportingOverflow(alignment - 1)
     return (sum & ~(alignment - 1), overflow)
+}
+
+// MARK: IOMMU_OPTION (§2.11), in iommufd_option's order
+
+extension SimulatedKernel {
+    func iommuOptionImpl(_ fd: Int32, option: UInt32, objectID: ObjectID, set value: UInt64?) throws(Refusal) -> UInt64 {
+        let cid = try context(ofIommufd: fd)
+        switch option {
+        case IommuOption.rlimitMode.rawValue:
+            if objectID != 0 { throw Refusal(.EOPNOTSUPP, "RLIMIT_MODE takes object_id 0") }
+            guard let value else { return state.contexts[cid]?.accountPerProcess == true ? 1 : 0 }
+            guard callerHasCapSysResource else { throw Refusal(.EPERM, "setting RLIMIT_MODE needs CAP_SYS_RESOURCE") }
+            guard state.contexts[cid]?.objects.isEmpty ?? true else { throw Refusal(.EBUSY, "the context already holds objects") }
+            guard value <= 1 else { throw Refusal(.EINVAL, "RLIMIT_MODE is 0 or 1, not \(value)") }
+            state.contexts[cid]?.accountPerProcess = value == 1
+            return value
+        case IommuOption.hugePages.rawValue:
+            guard case .ioas? = object(cid, objectID) else { throw Refusal(.ENOENT, "no IOAS \(objectID)") }
+            guard let value else { return 1 }
+            guard value <= 1 else { throw Refusal(.EINVAL, "HUGE_PAGES is 0 or 1, not \(value)") }
+            return value
+        default:
+            throw Refusal(.EOPNOTSUPP, "unknown option_id \(option)")
+        }
+    }
 }

@@ -382,6 +382,11 @@ extension SimulatedKernel {
     func setFile(_ fd: Int32, _ file: OpenFile?) {
         let old: OpenFile?
         if let file { old = state.files.updateValue(file, forKey: fd) } else { old = state.files.removeValue(forKey: fd) }
+        if file == nil {
+            state.fileOwners[fd] = nil
+        } else if old == nil, state.currentProcess != 0 {
+            state.fileOwners[fd] = state.currentProcess
+        }
         indexes.fileChanged(fd, from: old, to: file)
     }
 

@@ -62,7 +62,7 @@ extension SimulatedKernel {
     /// munmap of the region and close of its memfd. Pinned pages stay with their mappings.
     func releaseGuestMemoryImpl(_ memory: GuestMemory) -> Errno? {
         if let file = memory.file {
-            guard case .memfd(let id)? = state.files[file.fd] else { return .EBADF }
+            guard case .memfd(let id)? = ownFile(file.fd) else { return .EBADF }
             _ = closeFD(file.fd)
             updateMemory(id) { $0.vaMapped = false }
             collectGuestMemory()
@@ -88,10 +88,17 @@ extension SimulatedKernel {
         }
     }
 
+    /// The calling process exits: its fds close. The holder (process 0) also loses its
+    /// anonymous guest memory and starts a new generation; another process is forgotten.
     func processExitImpl() {
-        state.processGeneration += 1
-        for fd in state.files.keys.sorted() { _ = closeFD(fd) }
-        for id in state.memories.keys.sorted() { updateMemory(id) { $0.vaMapped = false } }
+        let me = state.currentProcess
+        for fd in state.files.keys.sorted() where (state.fileOwners[fd] ?? 0) == me { _ = closeFD(fd) }
+        if me == 0 {
+            state.processGeneration += 1
+            for id in state.memories.keys.sorted() { updateMemory(id) { $0.vaMapped = false } }
+        } else {
+            state.processes[me] = nil
+        }
         collectGuestMemory()
     }
 }

@@ -1,9 +1,10 @@
 import VsmmuKernel
 
 extension SimulatedKernel {
-    /// The simulated process's fd table (Linux: /proc/self/fd with fdinfo).
+    /// The calling process's fd table (Linux: /proc/self/fd with fdinfo); another
+    /// process's fds (a VMM's) are not in it.
     public func openFiles() throws(KernelCallError) -> [OpenFileInfo] {
-        state.files.sorted { $0.key < $1.key }.map { fd, file in
+        state.files.filter { (state.fileOwners[$0.key] ?? 0) == state.currentProcess }.sorted { $0.key < $1.key }.map { fd, file in
             switch file {
             case .iommufd: return OpenFileInfo(fd: fd, kind: .iommufd)
             case .vfioDevice(let v): return OpenFileInfo(fd: fd, kind: .vfioDevice(v.address))

@@ -215,18 +215,21 @@ struct IommufdContext: Hashable, Codable {
     /// IDs of vDevices force-destroyed with their device: never reused (§4.5).
     var tombstones: Set<ObjectID> = []
     var mmapRegions: [MmapRegion] = []
+    /// IOMMU_OPTION RLIMIT_MODE: pinned pages charged to the process (mm), not the user.
+    var accountPerProcess = false
 
     init() {}
 
     // Encoded with sorted arrays so that kernel.json is stable across saves.
     private struct Entry: Codable { var id: ObjectID; var object: SimObject }
-    private enum CodingKeys: String, CodingKey { case objects, tombstones, mmapRegions }
+    private enum CodingKeys: String, CodingKey { case objects, tombstones, mmapRegions, accountPerProcess }
 
     init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         for entry in try c.decode([Entry].self, forKey: .objects) { objects[entry.id] = entry.object }
         tombstones = Set(try c.decode([ObjectID].self, forKey: .tombstones))
         mmapRegions = try c.decode([MmapRegion].self, forKey: .mmapRegions)
+        accountPerProcess = try c.decodeIfPresent(Bool.self, forKey: .accountPerProcess) ?? false
     }
 
     func encode(to encoder: Encoder) throws {
@@ -234,6 +237,7 @@ struct IommufdContext: Hashable, Codable {
         try c.encode(objects.sorted { $0.key < $1.key }.map { Entry(id: $0.key, object: $0.value) }, forKey: .objects)
         try c.encode(tombstones.sorted(), forKey: .tombstones)
         try c.encode(mmapRegions.sorted { $0.offset < $1.offset }, forKey: .mmapRegions)
+        if accountPerProcess { try c.encode(true, forKey: .accountPerProcess) }
     }
 }
 
@@ -269,6 +273,17 @@ struct GuestMemoryRecord: Hashable, Codable {
     var lastVA: UInt64 { userVA &+ (size &- 1) }
 }
 
+/// A process other than the holder (process 0: vsmmu or its agent) that holds fds of
+/// the simulated kernel: a VMM started by `vsmmu launch`, standing for the real process
+/// `pid`. fd numbers are unique across the simulated processes (a simplification: the
+/// numbers are handles, and one table keeps the system-wide bind rules in one place).
+struct SimProcess: Hashable, Codable {
+    var pid: Int32
+    var command: String
+    /// CAP_SYS_RESOURCE (IOMMU_OPTION RLIMIT_MODE SET): a VMM runs without it.
+    var capSysResource: Bool
+}
+
 struct SimState: Hashable, Codable {
     static let formatVersion = 1
     var formatVersion: Int = SimState.formatVersion
@@ -291,6 +306,13 @@ struct SimState: Hashable, Codable {
     /// The host description last written to host.yaml: the base against which user
     /// edits of host.yaml are detected (SimStore).
     var savedHost: HostDescription?
+    /// Owner of each fd that is not the holder's (process 0).
+    var fileOwners: [Int32: Int] = [:]
+    /// Processes besides the holder, by number (never reused).
+    var processes: [Int: SimProcess] = [:]
+    var nextProcess: Int = 1
+    /// The process whose calls the kernel is answering now (0 between scoped runs).
+    var currentProcess: Int = 0
 }
 
 extension SimState {
@@ -301,7 +323,10 @@ extension SimState {
     private enum CodingKeys: String, CodingKey {
         case formatVersion, hostName, kernel, iommus, devices, ignoredHostDevices, files, contexts, nextContext
         case memories, nextMemory, nextMockSerial, appliedSequence, savedHost, processGeneration
+        case fileOwners, processes, nextProcess, currentProcess
     }
+    private struct OwnerEntry: Codable { var fd: Int32; var process: Int }
+    private struct ProcessEntry: Codable { var id: Int; var process: SimProcess }
 
     init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
@@ -320,6 +345,10 @@ extension SimState {
         appliedSequence = try c.decode(UInt64.self, forKey: .appliedSequence)
         savedHost = try c.decodeIfPresent(HostDescription.self, forKey: .savedHost)
         processGeneration = try c.decodeIfPresent(Int.self, forKey: .processGeneration) ?? 0
+        for e in try c.decodeIfPresent([OwnerEntry].self, forKey: .fileOwners) ?? [] { fileOwners[e.fd] = e.process }
+        for e in try c.decodeIfPresent([ProcessEntry].self, forKey: .processes) ?? [] { processes[e.id] = e.process }
+        nextProcess = try c.decodeIfPresent(Int.self, forKey: .nextProcess) ?? 1
+        currentProcess = try c.decodeIfPresent(Int.self, forKey: .currentProcess) ?? 0
     }
 
     func encode(to encoder: Encoder) throws {
@@ -339,5 +368,10 @@ extension SimState {
         try c.encode(appliedSequence, forKey: .appliedSequence)
         try c.encodeIfPresent(savedHost, forKey: .savedHost)
         try c.encode(processGeneration, forKey: .processGeneration)
+        // Written only once a second process exists, so single-process kernel.json files stay as they were.
+        if !fileOwners.isEmpty { try c.encode(fileOwners.sorted { $0.key < $1.key }.map { OwnerEntry(fd: $0.key, process: $0.value) }, forKey: .fileOwners) }
+        if !processes.isEmpty { try c.encode(processes.sorted { $0.key < $1.key }.map { ProcessEntry(id: $0.key, process: $0.value) }, forKey: .processes) }
+        if nextProcess != 1 { try c.encode(nextProcess, forKey: .nextProcess) }
+        if currentProcess != 0 { try c.encode(currentProcess, forKey: .currentProcess) }
     }
 }

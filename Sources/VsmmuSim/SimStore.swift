@@ -1,4 +1,5 @@
 import Foundation
+import VsmmuFiles
 import VsmmuKernel
 #if canImport(Glibc)
 import Glibc
@@ -45,6 +46,11 @@ enum SimRequest: Hashable, Codable {
     case driversProbe(address: PCIAddress)
     case chownVfioDevice(index: Int, uid: UInt32, gid: UInt32)
     case processExit
+    case iommuOption(fd: Int32, option: UInt32, objectID: ObjectID, value: UInt64)
+    case spawnProcess(pid: Int32, command: String)
+    case transferFiles(fds: [Int32], process: Int)
+    /// Not a call: the calls after it are this process's (SimProcesses.swift).
+    case switchProcess(Int)
 }
 
 /// One line of calls.log.
@@ -102,6 +108,11 @@ extension SimulatedKernel {
         case .driversProbe(let address): try? driversProbeImpl(address)
         case .chownVfioDevice(let index, let uid, let gid): try? chownImpl(index: index, uid: uid, gid: gid)
         case .processExit: processExitImpl()
+        case .iommuOption(let fd, let option, let objectID, let value):
+            _ = try? iommuOptionImpl(fd, option: option, objectID: objectID, set: value == UInt64.max ? nil : value)
+        case .spawnProcess(let pid, let command): spawnProcessImpl(pid: pid, command: command)
+        case .transferFiles(let fds, let process): try? transferFilesImpl(fds, to: process)
+        case .switchProcess(let n): state.currentProcess = n
         }
     }
 }
@@ -118,13 +129,18 @@ extension SimulatedKernel {
 public final class SimStore {
     public let directory: String
     let codec: any HostFileCodec
+    /// The directory, opened once and checked; its files are reached with openat(2) and
+    /// O_NOFOLLOW (a `calls.log` link is refused, never truncated through).
+    let files: StateDirectory
     private var logFD: Int32 = -1
-    var hostPath: String { directory + "/host.yaml" }
-    var kernelPath: String { directory + "/kernel.json" }
-    var logPath: String { directory + "/calls.log" }
+    static let hostName = "host.yaml", kernelName = "kernel.json", logName = "calls.log"
+    var hostPath: String { directory + "/" + Self.hostName }
+    var kernelPath: String { directory + "/" + Self.kernelName }
+    var logPath: String { directory + "/" + Self.logName }
 
-    init(directory: String, codec: any HostFileCodec) {
-        self.directory = directory
+    init(files: StateDirectory, codec: any HostFileCodec) {
+        self.files = files
+        self.directory = files.path
         self.codec = codec
     }
 
@@ -139,10 +155,10 @@ public final class SimStore {
     public static func open(directory: String, initialHost: HostDescription, codec: any HostFileCodec,
                             environment: [String: String] = ProcessInfo.processInfo.environment) throws -> SimulatedKernel {
         _ = try SimulatedKernel.configuration(from: environment)   // a bad VSMMU_SIM_* setting fails before any write
-        let store = SimStore(directory: directory, codec: codec)
-        let files = FileManager.default
-        guard files.fileExists(atPath: store.kernelPath) else {
-            try files.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let dir: StateDirectory
+        do { dir = try StateDirectory(directory) } catch { throw SimStoreError(error.message) }
+        let store = SimStore(files: dir, codec: codec)
+        guard let snapshot = try store.read(kernelName) else {
             let kernel = SimulatedKernel(host: initialHost, environment: environment)
             if let problem = kernel.configurationError { throw problem }
             kernel.store = store
@@ -151,7 +167,7 @@ public final class SimStore {
         }
         let state: SimState
         do {
-            state = try JSONDecoder().decode(SimState.self, from: Data(contentsOf: URL(fileURLWithPath: store.kernelPath)))
+            state = try JSONDecoder().decode(SimState.self, from: Data(snapshot))
         } catch {
             throw SimStoreError("\(store.kernelPath): not a readable simulated-kernel snapshot (\(error))")
         }
@@ -162,11 +178,8 @@ public final class SimStore {
         let kernel = SimulatedKernel(state: state, environment: environment)
         if let problem = kernel.configurationError { throw problem }
         try store.replayLog(into: kernel)
-        if files.fileExists(atPath: store.hostPath) {
-            let text: String
-            do { text = try String(contentsOfFile: store.hostPath, encoding: .utf8) } catch {
-                throw SimStoreError("\(store.hostPath): cannot read (\(error))")
-            }
+        if let bytes = try store.read(hostName) {
+            let text = String(decoding: bytes, as: UTF8.self)
             let edited = try store.codec.decode(text, path: store.hostPath)
             kernel.applyHostEdits(base: base ?? edited, edited: edited)
         }
@@ -175,8 +188,16 @@ public final class SimStore {
         return kernel
     }
 
+    func read(_ name: String) throws(SimStoreError) -> [UInt8]? {
+        do { return try files.read(name) } catch { throw SimStoreError(error.message) }
+    }
+
+    func openLog() throws(SimStoreError) -> Int32 {
+        do { return try files.open(Self.logName, O_WRONLY | O_APPEND | O_CREAT) } catch { throw SimStoreError(error.message) }
+    }
+
     private func replayLog(into kernel: SimulatedKernel) throws {
-        guard let data = FileManager.default.contents(atPath: logPath), !data.isEmpty else { return }
+        guard let data = try read(Self.logName), !data.isEmpty else { return }
         let lines = data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: true)
         let decoder = JSONDecoder()
         for (number, line) in lines.enumerated() {
@@ -197,10 +218,7 @@ public final class SimStore {
     }
 
     func append(_ entry: LogEntry) throws {
-        if logFD < 0 {
-            logFD = openForAppend(logPath)
-            if logFD < 0 { throw SimStoreError("\(logPath): cannot open for appending (errno \(errno))") }
-        }
+        if logFD < 0 { logFD = try openLog() }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         var line = try encoder.encode(entry)
@@ -216,20 +234,16 @@ public final class SimStore {
     func save(_ kernel: SimulatedKernel) throws {
         let host = kernel.currentHost
         kernel.state.savedHost = host
-        try Data(codec.encode(host).utf8).write(to: URL(fileURLWithPath: hostPath), options: .atomic)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
-        try encoder.encode(kernel.state).write(to: URL(fileURLWithPath: kernelPath), options: .atomic)
-        if logFD < 0 {
-            logFD = openForAppend(logPath)
-            if logFD < 0 { throw SimStoreError("\(logPath): cannot open (errno \(errno))") }
-        }
+        let snapshot = try encoder.encode(kernel.state)
+        do {
+            try files.writeAtomically(Self.hostName, Array(codec.encode(host).utf8))
+            try files.writeAtomically(Self.kernelName, [UInt8](snapshot))
+        } catch { throw SimStoreError(error.message) }
+        if logFD < 0 { logFD = try openLog() }
         if ftruncate(logFD, 0) != 0 { throw SimStoreError("\(logPath): cannot truncate (errno \(errno))") }
     }
-}
-
-private func openForAppend(_ path: String) -> Int32 {
-    open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
 }
 
 private func closeFile(_ fd: Int32) -> Int32 { close(fd) }

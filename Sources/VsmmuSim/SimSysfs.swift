@@ -77,10 +77,13 @@ extension SimulatedKernel {
             throw Refusal(.ENODEV, "\(address) is not bound to \(driver)")
         }
         if driver == "vfio-pci" {
-            // §3.3/§9.32: vfio-pci's remove waits for every fd of the device to close. The
-            // simulation cannot block: it answers EBUSY and says so.
+            // §3.3/§9.32: vfio-pci's remove waits for every fd of the device to close,
+            // uninterruptibly after a signal: the writer hangs. The simulation cannot hang;
+            // it refuses with an errno the real write never returns, so a test that reaches
+            // this line has found a caller that did not check `deviceHolders` first.
             if let fd = indexes.cdevFDs[address]?.min() {
-                throw Refusal(.EBUSY, "the real kernel would block this write until every fd of the device is closed (fd \(fd) is open)")
+                let holder = deviceHoldersImpl(address).first.map { " by \($0)" } ?? ""
+                throw Refusal(.EDEADLK, "the real kernel would hang this write (state D) until fd \(fd) of the device, held\(holder), is closed: a caller must check who holds the device before writing unbind")
             }
             device.vfioIndex = nil
             device.owner = .root

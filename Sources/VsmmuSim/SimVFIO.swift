@@ -13,7 +13,7 @@ extension SimulatedKernel {
 
     /// The open cdev behind an fd used for a VFIO ioctl.
     func vfioFile(_ fd: Int32) throws(Refusal) -> VfioFile {
-        guard let file = state.files[fd] else { throw Refusal(.EBADF, "fd \(fd) is not open") }
+        guard let file = ownFile(fd) else { throw Refusal(.EBADF, "fd \(fd) is not open") }
         // VFIO requests (nr < 0x80) on /dev/iommu go to the VFIO-container emulation:
         // ENOTTY (§1.2); other files have no such ioctl either.
         guard case .vfioDevice(let vfio) = file else { throw Refusal(.ENOTTY, "fd \(fd) is not a VFIO device cdev") }
@@ -37,7 +37,7 @@ extension SimulatedKernel {
     func bindImpl(_ fd: Int32, iommufd: Int32) throws(Refusal) -> ObjectID {
         var vfio = try vfioFile(fd)
         if vfio.context != nil { throw Refusal(.EINVAL, "fd \(fd) is already bound") }
-        guard let iommufdFile = state.files[iommufd] else { throw Refusal(.EBADF, "iommufd \(iommufd) is not an open fd") }
+        guard let iommufdFile = ownFile(iommufd) else { throw Refusal(.EBADF, "iommufd \(iommufd) is not an open fd") }
         guard case .iommufd(let cid) = iommufdFile, state.contexts[cid] != nil else {
             throw Refusal(.EBADFD, "fd \(iommufd) is not an iommufd")
         }

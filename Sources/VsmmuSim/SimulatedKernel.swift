@@ -192,6 +192,21 @@ public final class SimulatedKernel: KernelPort {
 
     // MARK: selftest mock devices
 
+    public func iommuOption(_ fd: IommufdHandle, option: IommuOption, objectID: ObjectID, set value: UInt64?) throws(KernelCallError) -> UInt64 {
+        // A GET changes nothing, but IOMMU_OPTION is one call: logged either way (replay is a no-op).
+        try call(.option(fd: fd.fd, option: option, objectID: objectID, value: value),
+                 .iommuOption(fd: fd.fd, option: option.rawValue, objectID: objectID, value: value ?? UInt64.max)) { () throws(Refusal) in
+            try iommuOptionImpl(fd.fd, option: option.rawValue, objectID: objectID, set: value)
+        }
+    }
+
+    public func deviceHolders(_ address: PCIAddress) throws(KernelCallError) -> [FileHolder] {
+        // The Linux backend reads the device (its vfio index and group) before it walks
+        // /proc: the same read here keeps the two call sequences alike.
+        guard try pciDevice(address) != nil else { return [] }
+        return try call(.procFDScan(address), nil) { () throws(Refusal) in deviceHoldersImpl(address) }
+    }
+
     public func mockDomain(_ fd: IommufdHandle, ptID: ObjectID) throws(KernelCallError) -> MockDevice {
         try call(.mockDomain(fd: fd.fd, ptID: ptID), .mockDomain(fd: fd.fd, ptID: ptID)) { () throws(Refusal) in
             try mockDomainImpl(fd.fd, ptID: ptID)

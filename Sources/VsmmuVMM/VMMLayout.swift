@@ -25,16 +25,54 @@ public struct VMMLayout: Sendable {
         public var ports: [RootPort]
     }
 
+    /// The guest machine a VMM builds for this host: accelerated vSMMUs exist only on the
+    /// aarch64 virt machine; plain passthrough on an x86 IOMMU goes to a q35 machine.
+    public enum Platform: String, Sendable {
+        case armVirt = "aarch64-virt"
+        case x86Q35 = "x86_64-q35"
+
+        /// From the guest's vSMMUs and the host IOMMUs its devices sit behind; a guest with
+        /// neither follows the host's IOMMUs (the self-test mock runs on x86).
+        public static func of(_ g: DesiredGuest, host: HostDescription) -> Platform {
+            if !g.vsmmus.isEmpty { return .armVirt }
+            let types = g.devices.compactMap { host.iommu(named: $0.iommu)?.type }
+            for t in types.isEmpty ? host.iommus.map(\.type) : types {
+                switch t {
+                case .armSMMUv3: return .armVirt
+                case .intelVTd, .amdVi: return .x86Q35
+                case .selftest: continue
+                }
+            }
+            return .x86Q35
+        }
+
+        /// Where the machine's own RAM starts in the guest.
+        public var ramBase: UInt64 { self == .armVirt ? 0x4000_0000 : 0 }
+    }
+
     public var guest: DesiredGuest
+    public var platform: Platform
     public var expanders: [Expander]
     public var rootPorts: [RootPort]    // on pcie.0, for devices with no vSMMU
+
+    /// The region that becomes the machine's RAM (`-machine memory-backend=`, libvirt's
+    /// `<memory>`). On virt that is the region at 0x40000000, where virt's RAM starts; q35
+    /// lays its RAM out itself (below 4 GiB up to 2 GiB or more, the rest from 4 GiB), so
+    /// there the lowest region is the machine's RAM wherever the topology put it.
+    public var machineRAM: MemoryRegion? {
+        switch platform {
+        case .armVirt: guest.memory.first { $0.guestAddress == platform.ramBase }
+        case .x86Q35: guest.memory.min { $0.guestAddress < $1.guestAddress }
+        }
+    }
 
     /// Root ports on pcie.0 start at this slot: slot 0 is the host bridge, low slots are
     /// where a VM's emulated devices usually go.
     public static let rootPortSlotBase = 0x10
 
-    public init(guest g: DesiredGuest, allocation: GuestAllocation) {
+    public init(guest g: DesiredGuest, allocation: GuestAllocation, platform: Platform = .armVirt) {
         guest = g
+        self.platform = platform
         var chassis = 0
         func nextChassis() -> Int { chassis += 1; return chassis }
         let byName = Dictionary(uniqueKeysWithValues: g.devices.map { ($0.name, $0) })

@@ -20,7 +20,9 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/utsname.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define PROTOCOL_VERSION 1
@@ -35,12 +37,14 @@
 #define TEST_OP_TRIGGER_VEVENT 17  // not in vsmmu_uapi.h (reference §7.2)
 
 enum { OP_HELLO, OP_OPEN, OP_CLOSE, OP_IOCTL, OP_READ, OP_READLINK, OP_LISTDIR, OP_WRITE,
-       OP_MEMFD, OP_STAT, OP_CHOWN, OP_MMAP_ANON, OP_MUNMAP, OP_FDS, OP_BYE, OP_COUNT };
+       OP_MEMFD, OP_STAT, OP_CHOWN, OP_MMAP_ANON, OP_MUNMAP, OP_FDS, OP_BYE, OP_SPAWN, OP_WAIT, OP_COUNT };
 static const char *const op_names[OP_COUNT] = {
     "HELLO", "OPEN", "CLOSE", "IOCTL", "READ", "READLINK", "LISTDIR", "WRITE",
-    "MEMFD", "STAT", "CHOWN", "MMAP_ANON", "MUNMAP", "FDS", "BYE"};
+    "MEMFD", "STAT", "CHOWN", "MMAP_ANON", "MUNMAP", "FDS", "BYE", "SPAWN", "WAIT"};
 
-static const char *root = "";       // --root: prefix of every /dev and /sys path
+static const char *root = "";       // --root: the directory every /dev and /sys path is beneath
+static int rootfd = -1;              // O_PATH of root ("/" without --root); paths never leave it
+static int no_openat2;               // VSMMU_REMOTE_NO_OPENAT2=1 (tests), or the kernel lacks it
 static FILE *logfile;                  // --log: one line per request
 static char detail[160];             // what the current request was about, for the log
 static unsigned char held[MAX_FDS];  // the fds held for the client: the only ones it may use
@@ -135,9 +139,30 @@ static int one_component(const char *p, const char *pre, const char *suf, const 
 }
 static int vfio_cdev(const char *p) { return one_component(p, "/dev/vfio/devices/vfio", "", "0123456789"); }
 
+// /proc/<pid>/<rest>: the reads that find which process holds a VFIO device open
+// (docs/remote-executor.md: a device is never unbound while a process holds it).
+static int proc_pid(const char *p, const char *rest) {
+    if (!starts(p, "/proc/")) return 0;
+    const char *q = p + 6;
+    size_t digits = strspn(q, "0123456789");
+    if (digits == 0 || digits > 10) return 0;
+    return strcmp(q + digits, rest) == 0;
+}
+static int proc_fd_link(const char *p) {
+    if (!starts(p, "/proc/")) return 0;
+    const char *q = p + 6;
+    size_t digits = strspn(q, "0123456789");
+    if (digits == 0 || digits > 10 || strncmp(q + digits, "/fd/", 4) != 0) return 0;
+    const char *fd = q + digits + 4;
+    return *fd && strspn(fd, "0123456789") == strlen(fd) && strlen(fd) <= 10;
+}
 static int allow_open(const char *p) { return strcmp(p, "/dev/iommu") == 0 || vfio_cdev(p); }
 static int allow_sys(const char *p) { return starts(p, "/sys/"); }
-static int allow_listdir(const char *p) { return allow_sys(p) || strcmp(p, "/dev/vfio/devices") == 0; }
+static int allow_read(const char *p) { return allow_sys(p) || proc_pid(p, "/comm") || proc_pid(p, "/stat"); }
+static int allow_link(const char *p) { return allow_sys(p) || proc_fd_link(p); }
+static int allow_listdir(const char *p) {
+    return allow_sys(p) || strcmp(p, "/dev/vfio/devices") == 0 || strcmp(p, "/proc") == 0 || proc_pid(p, "/fd");
+}
 static int allow_write(const char *p) {
     return one_component(p, "/sys/bus/pci/devices/", "/driver_override", "0123456789abcdefABCDEF:.") ||
            one_component(p, "/sys/bus/pci/drivers/", "/unbind", NULL) ||
@@ -146,16 +171,123 @@ static int allow_write(const char *p) {
 }
 static int allow_stat(const char *p) { return starts(p, "/dev/") || starts(p, "/sys/"); }
 
-// Checks the client's path against `allow` and writes root + path to full. 0 or -errno.
-static int resolve(const uint8_t *s, uint32_t n, int (*allow)(const char *), char *full) {
+// Checks the client's path against `allow` and writes it relative to root (no leading
+// '/') to rel. 0 or -errno.
+static int resolve(const uint8_t *s, uint32_t n, int (*allow)(const char *), char *rel) {
     char path[PATH_MAX];
     int ok = clean_path(s, n, path, sizeof path);
     size_t k = 0; // the log gets the path with unprintable bytes as '?'
     for (; k < n && k < 120; k++) detail[k] = s[k] >= 0x20 && s[k] < 0x7f ? (char)s[k] : '?';
     detail[k] = 0;
     if (!ok || !allow(path)) return -EACCES;
-    if ((size_t)snprintf(full, PATH_MAX, "%s%s", root, path) >= PATH_MAX) return -ENAMETOOLONG;
+    memcpy(rel, path + 1, strlen(path)); // drops the '/', keeps the NUL
     return 0;
+}
+
+// ---- Resolution beneath root: a link inside the tree (sysfs is full of relative ones)
+// is followed, but nothing resolves outside root — not an absolute link, not "..". ----
+
+#ifndef RESOLVE_BENEATH
+#define RESOLVE_NO_MAGICLINKS 0x02
+#define RESOLVE_BENEATH 0x08
+#endif
+#ifndef SYS_openat2
+#define SYS_openat2 437 // the same number on every architecture
+#endif
+struct vsmmu_open_how { uint64_t flags, mode, resolve; };
+
+#define MAX_WALK_DEPTH 128
+#define MAX_LINKS 40
+
+// openat2's fallback (kernels before 5.6): one component at a time from root, each
+// directory opened O_PATH|O_NOFOLLOW from the one before (nothing can be swapped under
+// it), a link expanded by hand: absolute -> EXDEV, ".." at root -> EXDEV.
+static int walk_beneath(const char *rel, int flags) {
+    char rest[2 * PATH_MAX], name[NAME_MAX + 1], target[PATH_MAX], tmp[2 * PATH_MAX];
+    int dirs[MAX_WALK_DEPTH];
+    int depth = 0, links = 0, result;
+    if (strlen(rel) >= sizeof rest) return -ENAMETOOLONG;
+    strcpy(rest, rel);
+    dirs[0] = rootfd;
+    const char *p = rest;
+    for (;;) {
+        while (*p == '/') p++;
+        if (!*p) { result = openat(dirs[depth], ".", flags); result = result < 0 ? -errno : result; break; }
+        size_t len = strcspn(p, "/");
+        if (len > NAME_MAX) { result = -ENAMETOOLONG; break; }
+        memcpy(name, p, len);
+        name[len] = 0;
+        p += len;
+        const char *after = p;
+        while (*after == '/') after++;
+        int last = *after == 0;
+        if (strcmp(name, ".") == 0) continue;
+        if (strcmp(name, "..") == 0) {
+            if (depth == 0) { result = -EXDEV; break; }
+            close(dirs[depth--]);
+            continue;
+        }
+        ssize_t n = readlinkat(dirs[depth], name, target, sizeof target - 1);
+        if (n >= 0) {
+            target[n] = 0;
+            if (++links > MAX_LINKS) { result = -ELOOP; break; }
+            if (target[0] == '/') { result = -EXDEV; break; }
+            if ((size_t)snprintf(tmp, sizeof tmp, "%s%s", target, p) >= sizeof tmp) { result = -ENAMETOOLONG; break; }
+            strcpy(rest, tmp);
+            p = rest;
+            continue;
+        }
+        int fd = last ? openat(dirs[depth], name, flags | O_NOFOLLOW)
+                      : openat(dirs[depth], name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0) {
+            // ELOOP/ENOTDIR: it became a link after readlinkat looked; look again.
+            if ((errno == ELOOP || errno == ENOTDIR) && ++links <= MAX_LINKS) { p -= len; continue; }
+            result = -errno;
+            break;
+        }
+        struct stat st;
+        if ((flags & O_PATH) && last && fstat(fd, &st) == 0 && S_ISLNK(st.st_mode)) { // O_PATH opened the link itself
+            close(fd);
+            if (++links > MAX_LINKS) { result = -ELOOP; break; }
+            p -= len;
+            continue;
+        }
+        if (last) { result = fd; break; }
+        if (depth + 1 >= MAX_WALK_DEPTH) { close(fd); result = -ENAMETOOLONG; break; }
+        dirs[++depth] = fd;
+    }
+    while (depth > 0) close(dirs[depth--]);
+    return result;
+}
+
+// open(2) of rel beneath root. fd or -errno.
+static int open_beneath(const char *rel, int flags) {
+    flags |= O_CLOEXEC;
+    if (!(flags & O_PATH)) flags |= O_NOCTTY; // openat2 refuses O_PATH with other flags
+    if (!*rel) rel = ".";
+    if (!no_openat2) {
+        struct vsmmu_open_how how = {.flags = (uint64_t)flags, .resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS};
+        int fd;
+        do fd = (int)syscall(SYS_openat2, rootfd, rel, &how, sizeof how); while (fd < 0 && errno == EINTR);
+        if (fd >= 0) return fd;
+        if (errno != ENOSYS && errno != EPERM) return -errno; // EPERM: a seccomp filter
+        no_openat2 = 1;
+    }
+    int fd;
+    do fd = walk_beneath(rel, flags); while (fd == -EINTR);
+    return fd;
+}
+
+// The directory holding rel's last component (opened beneath root), and that component,
+// for calls that must not follow it (READLINK, CHOWN). fd or -errno.
+static int parent_beneath(const char *rel, const char **last) {
+    const char *slash = strrchr(rel, '/');
+    char dir[PATH_MAX];
+    if (!slash) { *last = rel; return open_beneath("", O_PATH | O_DIRECTORY); }
+    memcpy(dir, rel, (size_t)(slash - rel));
+    dir[slash - rel] = 0;
+    *last = slash + 1;
+    return open_beneath(dir, O_PATH | O_DIRECTORY);
 }
 
 // ---- File operations ----
@@ -166,15 +298,14 @@ static int op_open(struct in *c, struct out *o) {
     uint8_t *s = get_bytes(c, &n);
     flags = get_u32(c);
     if (!args_ok(c)) return MALFORMED;
-    char full[PATH_MAX];
-    int e = resolve(s, n, allow_open, full);
+    char rel[PATH_MAX];
+    int e = resolve(s, n, allow_open, rel);
     if (e) return e;
     // Only bits with the same value on x86_64 and aarch64 (O_DIRECTORY etc. differ), and
     // never O_CREAT/O_TRUNC on a device path.
     if (flags & ~(uint32_t)(O_ACCMODE | O_NONBLOCK | O_CLOEXEC)) return -EINVAL;
-    int fd;
-    do fd = open(full, (int)flags | O_CLOEXEC | O_NOCTTY); while (fd < 0 && errno == EINTR);
-    return fd < 0 ? -errno : hold(fd);
+    int fd = open_beneath(rel, (int)flags);
+    return fd < 0 ? fd : hold(fd);
 }
 
 static int op_close(struct in *c, struct out *o) {
@@ -187,11 +318,9 @@ static int op_close(struct in *c, struct out *o) {
     return close(fd) < 0 && errno != EINTR ? -errno : 0;
 }
 
-// Reads up to max bytes of path; returns bytes read or -errno.
-static int read_file(const char *path, uint8_t *buf, size_t max) {
-    int fd;
-    do fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY); while (fd < 0 && errno == EINTR);
-    if (fd < 0) return -errno;
+// Reads up to max bytes of an open fd, then closes it; returns bytes read or -errno.
+static int read_fd(int fd, uint8_t *buf, size_t max) {
+    if (fd < 0) return fd;
     size_t got = 0;
     while (got < max) {
         ssize_t r = read(fd, buf + got, max - got);
@@ -204,16 +333,25 @@ static int read_file(const char *path, uint8_t *buf, size_t max) {
     return (int)got;
 }
 
+// Reads up to max bytes of an absolute path of this machine (/proc/self: the executor's own).
+static int read_file(const char *path, uint8_t *buf, size_t max) {
+    int fd;
+    do fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY); while (fd < 0 && errno == EINTR);
+    return read_fd(fd < 0 ? -errno : fd, buf, max);
+}
+
 static int op_read(struct in *c, struct out *o) {
     uint32_t n;
     uint8_t *s = get_bytes(c, &n);
     if (!args_ok(c)) return MALFORMED;
-    char full[PATH_MAX];
-    int e = resolve(s, n, allow_sys, full);
+    char rel[PATH_MAX];
+    int e = resolve(s, n, allow_read, rel);
     if (e) return e;
+    int fd = open_beneath(rel, O_RDONLY);
+    if (fd < 0) return fd;
     uint8_t *buf = malloc(MAX_READ);
-    if (!buf) return -ENOMEM;
-    int r = read_file(full, buf, MAX_READ);
+    if (!buf) { close(fd); return -ENOMEM; }
+    int r = read_fd(fd, buf, MAX_READ);
     if (r >= 0) put_bytes(o, buf, (size_t)r);
     free(buf);
     return r;
@@ -223,11 +361,16 @@ static int op_readlink(struct in *c, struct out *o) {
     uint32_t n;
     uint8_t *s = get_bytes(c, &n);
     if (!args_ok(c)) return MALFORMED;
-    char full[PATH_MAX], target[PATH_MAX];
-    int e = resolve(s, n, allow_sys, full);
+    char rel[PATH_MAX], target[PATH_MAX];
+    int e = resolve(s, n, allow_link, rel);
     if (e) return e;
-    ssize_t r = readlink(full, target, sizeof target);
-    if (r < 0) return -errno;
+    const char *last;
+    int dir = parent_beneath(rel, &last);
+    if (dir < 0) return dir;
+    ssize_t r = readlinkat(dir, last, target, sizeof target);
+    e = errno;
+    close(dir);
+    if (r < 0) return -e;
     put_bytes(o, target, (size_t)r);
     return 0;
 }
@@ -236,11 +379,13 @@ static int op_listdir(struct in *c, struct out *o) {
     uint32_t n;
     uint8_t *s = get_bytes(c, &n);
     if (!args_ok(c)) return MALFORMED;
-    char full[PATH_MAX];
-    int e = resolve(s, n, allow_listdir, full);
+    char rel[PATH_MAX];
+    int e = resolve(s, n, allow_listdir, rel);
     if (e) return e;
-    DIR *d = opendir(full);
-    if (!d) return -errno;
+    int fd = open_beneath(rel, O_RDONLY | O_DIRECTORY);
+    if (fd < 0) return fd;
+    DIR *d = fdopendir(fd);
+    if (!d) { e = errno; close(fd); return -e; }
     size_t at = o->n;
     uint32_t count = 0;
     put_u32(o, 0);
@@ -261,12 +406,11 @@ static int op_write(struct in *c, struct out *o) {
     uint8_t *s = get_bytes(c, &n);
     uint8_t *data = get_bytes(c, &dn);
     if (!args_ok(c)) return MALFORMED;
-    char full[PATH_MAX];
-    int e = resolve(s, n, allow_write, full);
+    char rel[PATH_MAX];
+    int e = resolve(s, n, allow_write, rel);
     if (e) return e;
-    int fd; // no O_CREAT: only existing attributes are written
-    do fd = open(full, O_WRONLY | O_TRUNC | O_CLOEXEC | O_NOCTTY); while (fd < 0 && errno == EINTR);
-    if (fd < 0) return -errno;
+    int fd = open_beneath(rel, O_WRONLY | O_TRUNC); // no O_CREAT: only existing attributes are written
+    if (fd < 0) return fd;
     ssize_t r;
     do r = write(fd, data ? data : (uint8_t *)"", dn); while (r < 0 && errno == EINTR);
     e = r < 0 ? -errno : (int)r;
@@ -298,11 +442,15 @@ static int op_stat(struct in *c, struct out *o) {
     uint32_t n;
     uint8_t *s = get_bytes(c, &n);
     if (!args_ok(c)) return MALFORMED;
-    char full[PATH_MAX];
-    int e = resolve(s, n, allow_stat, full);
+    char rel[PATH_MAX];
+    int e = resolve(s, n, allow_stat, rel);
     if (e) return e;
+    int fd = open_beneath(rel, O_PATH);
+    if (fd < 0) return fd;
     struct stat st;
-    if (stat(full, &st) < 0) return -errno;
+    e = fstat(fd, &st) < 0 ? -errno : 0;
+    close(fd);
+    if (e) return e;
     put_u32(o, st.st_mode);
     put_u32(o, st.st_uid);
     put_u32(o, st.st_gid);
@@ -315,11 +463,16 @@ static int op_chown(struct in *c, struct out *o) {
     uint8_t *s = get_bytes(c, &n);
     uint32_t uid = get_u32(c), gid = get_u32(c);
     if (!args_ok(c)) return MALFORMED;
-    char full[PATH_MAX];
-    int e = resolve(s, n, vfio_cdev, full);
+    char rel[PATH_MAX];
+    int e = resolve(s, n, vfio_cdev, rel);
     if (e) return e;
+    const char *last;
+    int dir = parent_beneath(rel, &last);
+    if (dir < 0) return dir;
     // NOFOLLOW: change the node itself, never what a planted symlink points at.
-    return fchownat(AT_FDCWD, full, uid, gid, AT_SYMLINK_NOFOLLOW) < 0 ? -errno : 0;
+    e = fchownat(dir, last, uid, gid, AT_SYMLINK_NOFOLLOW) < 0 ? -errno : 0;
+    close(dir);
+    return e;
 }
 
 // ---- Memory for IOAS_MAP ----
@@ -390,6 +543,7 @@ static const struct ioctl_rule rules[] = {
       F(iommu_ioas_iova_ranges, num_iovas), 0, NONE),
     R(IOMMU_IOAS_MAP, iommu_ioas_map, NO_PTR, 0, 0, 0, MAP_IN_REGION),
     R(IOMMU_IOAS_UNMAP, iommu_ioas_unmap, NO_PTR, 0, 0, 0, NONE),
+    R(IOMMU_OPTION, iommu_option, NO_PTR, 0, 0, 0, NONE),
     R(IOMMU_HWPT_ALLOC, iommu_hwpt_alloc, LEN_U32, F(iommu_hwpt_alloc, data_uptr), F(iommu_hwpt_alloc, data_len), 0, NONE),
     R(IOMMU_GET_HW_INFO, iommu_hw_info, LEN_U32, F(iommu_hw_info, data_uptr), F(iommu_hw_info, data_len), 0, NONE),
     R(IOMMU_HWPT_INVALIDATE, iommu_hwpt_invalidate, LEN_ENTRIES, F(iommu_hwpt_invalidate, data_uptr),
@@ -541,9 +695,11 @@ static int op_fds(struct in *c, struct out *o) {
 
 static int op_bye(struct in *c, struct out *o) { (void)o; return args_ok(c) ? 0 : MALFORMED; }
 
+#include "spawn.h"
+
 static int (*const handlers[OP_COUNT])(struct in *, struct out *) = {
     op_hello, op_open, op_close, op_ioctl, op_read, op_readlink, op_listdir, op_write,
-    op_memfd, op_stat, op_chown, op_mmap_anon, op_munmap, op_fds, op_bye};
+    op_memfd, op_stat, op_chown, op_mmap_anon, op_munmap, op_fds, op_bye, op_spawn, op_wait};
 
 // ---- The stream ----
 
@@ -579,7 +735,7 @@ static int write_full(const void *b, size_t n) {
 }
 
 static void usage(void) {
-    fprintf(stderr, "usage: vsmmu-remote [--root DIR] [--log FILE] [PORT]\n");
+    fprintf(stderr, "usage: vsmmu-remote [--root DIR] [--log FILE] [--vmm PATH [--vmm-log DIR]] [PORT]\n");
     exit(2);
 }
 
@@ -588,6 +744,8 @@ int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--root") == 0 && i + 1 < argc) root = argv[++i];
         else if (strcmp(argv[i], "--log") == 0 && i + 1 < argc) logpath = argv[++i];
+        else if (strcmp(argv[i], "--vmm") == 0 && i + 1 < argc) vmm_path = argv[++i];
+        else if (strcmp(argv[i], "--vmm-log") == 0 && i + 1 < argc) vmm_log_dir = argv[++i];
         else if (argv[i][0] != '-' && !port) port = argv[i];
         else usage();
     }
@@ -595,6 +753,8 @@ int main(int argc, char **argv) {
     snprintf(rootbuf, sizeof rootbuf, "%s", root);
     for (size_t n = strlen(rootbuf); n > 0 && rootbuf[n - 1] == '/'; n--) rootbuf[n - 1] = 0;
     root = rootbuf;
+    no_openat2 = getenv("VSMMU_REMOTE_NO_OPENAT2") != NULL && strcmp(getenv("VSMMU_REMOTE_NO_OPENAT2"), "1") == 0;
+    if ((rootfd = open(root[0] ? root : "/", O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0) { perror(root); return 1; }
     if (logpath) {
         if (!(logfile = fopen(logpath, "ae"))) { perror(logpath); return 1; }
         setvbuf(logfile, NULL, _IOLBF, 0);
@@ -604,6 +764,7 @@ int main(int argc, char **argv) {
         if (in_fd < 0) { perror(port); return 1; }
         out_fd = in_fd;
     }
+    if (vmm_check_options()) return 2;
     signal(SIGPIPE, SIG_IGN); // a vanished client shows up as a write error, not a kill
     struct rlimit rl;         // keeps every fd below MAX_FDS, the size of held[]
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur > MAX_FDS) {
@@ -624,18 +785,18 @@ int main(int argc, char **argv) {
             // Skip the body so the next frame is read from the right place.
             uint8_t chunk[4096];
             uint32_t left = len;
-            if (read_full(hdr, 8)) break;
+            if (read_full(hdr, 8)) { free(o.p); break; }
             seq = le32(hdr + 4);
             for (left -= 8; left; ) {
                 uint32_t k = left < sizeof chunk ? left : (uint32_t)sizeof chunk;
-                if (read_full(chunk, k)) goto out;
+                if (read_full(chunk, k)) { free(o.p); goto out; } // the reply being built too
                 left -= k;
             }
             snprintf(detail, sizeof detail, "length %u over the limit", len);
             res = MALFORMED;
         } else {
             uint8_t *body = malloc(len ? len : 1);
-            if (!body || read_full(body, len)) { free(body); break; }
+            if (!body || read_full(body, len)) { free(body); free(o.p); break; }
             struct in c = {body, len, 0};
             uint32_t op32 = get_u32(&c);
             seq = get_u32(&c);

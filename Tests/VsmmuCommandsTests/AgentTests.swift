@@ -43,9 +43,9 @@ final class AgentProcess {
         while logText.components(separatedBy: "vsmmu-agent: ready").count == before && Date() < deadline { usleep(20_000) }
     }
 
-    func restart(extra: [String]? = nil) throws {
+    func restart(extra: [String]? = nil, env: [String: String]? = nil) throws {
         stop()
-        try start(host: host, env: env, extra: extra ?? self.extra)
+        try start(host: host, env: env ?? self.env, extra: extra ?? self.extra)
     }
 
     func stop() {
@@ -55,6 +55,21 @@ final class AgentProcess {
     }
 
     var logText: String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
+
+    var pid: Int32 { current?.processIdentifier ?? 0 }
+
+    /// How many mutating calls the simulated kernel has executed so far: the sequence number
+    /// of the last one, in the redo log or else in the saved state.
+    func simulatedCallCount() -> UInt64 {
+        let sim = dir + "/state/sim"
+        var seq: UInt64 = 0
+        if let data = FileManager.default.contents(atPath: sim + "/kernel.json"),
+           let o = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let n = o["appliedSequence"] as? Int { seq = UInt64(n) }
+        for line in ((try? String(contentsOfFile: sim + "/calls.log", encoding: .utf8)) ?? "").split(separator: "\n") {
+            if let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], let n = o["seq"] as? Int { seq = max(seq, UInt64(n)) }
+        }
+        return seq
+    }
 
     deinit {
         stop()
@@ -190,11 +205,11 @@ func runAs(nobody: Bool, _ args: [String]) -> RunResult {
     #expect(r.code == 0, "\(r.stderr)")
     let map = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
     #expect(map["guest"] as? String == "train0")
-    #expect((map["iommufdStandIn"] as? [String: Any])?["standsFor"] as? String == "train0.iommufd")
+    #expect((map["iommufdStandIn"] as? [String: Any])?["standsFor"] as? String == "vsmmu-train0-iommufd")
     let devices = map["devices"] as? [String: [String: Any]] ?? [:]
     #expect(Set(devices.keys) == ["gpu0", "gpu1", "gpu2", "gpu3"])
     for (name, d) in devices {
-        #expect((d["standIn"] as? [String: Any])?["standsFor"] as? String == "train0/\(name).cdev")
+        #expect((d["standIn"] as? [String: Any])?["standsFor"] as? String == "vsmmu-train0-\(name)")
         #expect((d["fd"] as? Int ?? -1) > 2)
     }
     let vsmmus = map["vsmmus"] as? [String: [String: Any]] ?? [:]
@@ -203,10 +218,10 @@ func runAs(nobody: Bool, _ args: [String]) -> RunResult {
     #expect(((vsmmus["smmu0"]?["veventqs"] as? [String: Any])?.count ?? 0) == 2)
     #expect(vsmmus["smmu0"]?["bypassHwpt"] is Int)
     let memory = map["memory"] as? [String: [String: Any]] ?? [:]
-    #expect((memory["ram0"]?["standIn"] as? [String: Any])?["standsFor"] as? String == "train0/ram0.memfd")
+    #expect((memory["ram0"]?["standIn"] as? [String: Any])?["standsFor"] as? String == "vsmmu-train0-ram0")
     let unknown = vsmmu(["handoff", "--guest", "nope", "--socket", agent.socket])
     #expect(unknown.code == 1)
-    #expect(unknown.stderr.contains("holds no guest 'nope'"))
+    #expect(unknown.stderr.contains("holds no prepared guest 'nope'"))
 }
 
 @Test func reconcileOnRequestReportsDriftAndFixModeRepairsIt() throws {

@@ -5,26 +5,27 @@ import VsmmuKernel
 import VsmmuTestSupport
 
 /// The real executor serving `--root <dir>` on one end of a socketpair (its stdin and
-/// stdout); `sys` is a fake sysfs tree linked in as `<dir>/sys`, and `<dir>/dev` holds
+/// stdout); `sys` is a fake sysfs tree built as `<dir>/sys`, and `<dir>/dev` holds
 /// a /dev/iommu that is a plain file.
 final class SpawnedExecutor {
-    let sys = FakeSysfs()
     let dir = NSTemporaryDirectory() + "vsmmu-remote-root-\(UUID().uuidString)"
+    /// Inside --root: the executor never follows a link out of it.
+    let sys: FakeSysfs
     let process = Process()
     let clientFD: Int32
     let remote: RemoteExecutor
     let endpoint: String
 
-    init(timeout: Double = 10) throws {
+    init(timeout: Double = 10, extraArguments: [String] = []) throws {
+        sys = FakeSysfs(root: dir + "/sys")
         let binary = try #require(vsmmuRemoteBinary, "vsmmu-remote is not built next to the tests (swift build builds it)")
         try FileManager.default.createDirectory(atPath: dir + "/dev/vfio/devices", withIntermediateDirectories: true)
         _ = FileManager.default.createFile(atPath: dir + "/dev/iommu", contents: nil)
-        try FileManager.default.createSymbolicLink(atPath: dir + "/sys", withDestinationPath: sys.root)
         var sv: [Int32] = [0, 0]
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &sv) == 0 else { throw Errno(errno) }
         let childEnd = FileHandle(fileDescriptor: sv[1], closeOnDealloc: false)
         process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = ["--root", dir]
+        process.arguments = ["--root", dir] + extraArguments
         process.standardInput = childEnd
         process.standardOutput = childEnd
         process.standardError = FileHandle.nullDevice
@@ -156,12 +157,10 @@ final class SpawnedExecutor {
 
 @Test func anExecutorBehindAUnixSocketIsReachedByAddress() throws {
     let binary = try #require(vsmmuRemoteBinary, "vsmmu-remote is not built next to the tests (swift build builds it)")
-    let sys = FakeSysfs()
-    sys.device("0000:09:01.0", driver: "nvidia", group: 12, iommu: nil)
     let root = NSTemporaryDirectory() + "vsmmu-remote-root-\(UUID().uuidString)"
-    try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+    let sys = FakeSysfs(root: root + "/sys")
+    sys.device("0000:09:01.0", driver: "nvidia", group: 12, iommu: nil)
     defer { try? FileManager.default.removeItem(atPath: root) }
-    try FileManager.default.createSymbolicLink(atPath: root + "/sys", withDestinationPath: sys.root)
     let server = try UnixSocketExecutor(binary: binary, root: root)
     let remote = try RemoteExecutor(address: "unix:" + server.path)
     #expect(remote.location == "remote executor at unix:\(server.path)")
@@ -172,4 +171,38 @@ final class SpawnedExecutor {
     do { _ = try RemoteExecutor(address: "unix:" + root + "/nobody-listens"); Issue.record("connected") } catch {
         #expect(error.detail.contains("unix:" + root + "/nobody-listens"))
     }
+}
+
+/// Polls WAIT until the child is no longer running (at most ~10 s).
+private func finalStatus(_ remote: RemoteExecutor, _ pid: Int32) throws -> RemoteVMMStatus {
+    for _ in 0..<200 {
+        let s = try remote.vmmStatus(pid: pid)
+        if s != .running { return s }
+        usleep(50_000)
+    }
+    return .running
+}
+
+@Test func theExecutorStartsOnlyItsVMMWithTheFdsItHolds() throws {
+    let e = try SpawnedExecutor(extraArguments: ["--vmm", "/bin/sh", "--vmm-log", NSTemporaryDirectory()])
+    let iommufd = try e.remote.open("/dev/iommu", flags: O_RDWR)
+    // The child sees the fd at the same number (else `test -e` fails: exit 9).
+    let pid = try e.remote.spawnVMM(argv: ["/bin/sh", "-c", "test -e /proc/self/fd/\(iommufd) || exit 9; exit 7"], fds: [iommufd])
+    #expect(pid > 0)
+    #expect(try finalStatus(e.remote, pid) == .exited(7))
+
+    #expect(throws: KernelCallError.self) { _ = try e.remote.spawnVMM(argv: ["/bin/bash", "-c", "true"], fds: []) }
+    do { _ = try e.remote.spawnVMM(argv: ["/bin/sh"], fds: [999]); Issue.record("an fd not held was accepted") } catch { #expect(error.errno == .EBADF) }
+    do { _ = try e.remote.spawnVMM(argv: ["/bin/dash"], fds: []); Issue.record("another program was started") } catch { #expect(error.errno == .EPERM) }
+    do { _ = try e.remote.vmmStatus(pid: getpid()); Issue.record("WAIT answered for a foreign pid") } catch { #expect(error.errno == Errno(ESRCH)) }
+
+    let sleeper = try e.remote.spawnVMM(argv: ["/bin/sh", "-c", "sleep 30"], fds: [])
+    #expect(try e.remote.vmmStatus(pid: sleeper) == .running)
+    kill(sleeper, SIGKILL)
+    #expect(try finalStatus(e.remote, sleeper) == .exited(128 + SIGKILL))
+}
+
+@Test func withoutVmmTheExecutorRefusesToSpawn() throws {
+    let e = try SpawnedExecutor()
+    do { _ = try e.remote.spawnVMM(argv: ["/bin/sh", "-c", "true"], fds: []); Issue.record("SPAWN without --vmm") } catch { #expect(error.errno == .EPERM) }
 }

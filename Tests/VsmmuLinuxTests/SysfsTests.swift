@@ -6,8 +6,10 @@ import VsmmuKernel
 /// A sysfs tree in a temp dir, shaped like the real one (reference §8).
 final class FakeSysfs {
     let root: String
-    init() {
-        root = NSTemporaryDirectory() + "vsmmu-sysfs-\(UUID().uuidString)"
+    /// `root`: where the tree goes (inside a remote executor's --root: it follows no link
+    /// out of that directory).
+    init(root: String = NSTemporaryDirectory() + "vsmmu-sysfs-\(UUID().uuidString)") {
+        self.root = root
         mkdir("bus/pci/devices"); mkdir("bus/pci/drivers/vfio-pci"); mkdir("kernel/iommu_groups"); mkdir("class/iommu")
         file("bus/pci/drivers_probe", "")
         file("bus/pci/drivers/vfio-pci/unbind", "")

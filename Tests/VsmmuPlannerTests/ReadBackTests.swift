@@ -56,6 +56,10 @@ final class OverridingPort: KernelPort {
         try inner.hwQueueAlloc(fd, viommuID: viommuID, type: type, index: index, iova: iova, length: length)
     }
     func mockDomain(_ fd: IommufdHandle, ptID: ObjectID) throws(KernelCallError) -> MockDevice { try inner.mockDomain(fd, ptID: ptID) }
+    func iommuOption(_ fd: IommufdHandle, option: IommuOption, objectID: ObjectID, set value: UInt64?) throws(KernelCallError) -> UInt64 {
+        try inner.iommuOption(fd, option: option, objectID: objectID, set: value)
+    }
+    func deviceHolders(_ address: PCIAddress) throws(KernelCallError) -> [FileHolder] { try inner.deviceHolders(address) }
     func mockDomainReplace(_ fd: IommufdHandle, stdevID: ObjectID, ptID: ObjectID) throws(KernelCallError) -> ObjectID {
         try inner.mockDomainReplace(fd, stdevID: stdevID, ptID: ptID)
     }

@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 import VsmmuKernel
 @testable import VsmmuSim
@@ -110,13 +111,15 @@ import VsmmuKernel
         // Its cdev works.
         let fd = try k.openIommufd()
         let (cdev, _) = try k.openAndBind(gpu, to: fd)
-        // Unbinding vfio-pci while a cdev is open would block: EBUSY here.
+        // Unbinding vfio-pci while a cdev is open would hang the writer: the simulation
+        // refuses with an errno the real write never gives, and names who holds it.
+        #expect(try k.deviceHolders(gpu).map(\.pid) == [getpid()])
         var detail = ""
         do { try k.unbindDriver(gpu, driver: "vfio-pci") } catch {
-            #expect(error.errno == .EBUSY)
+            #expect(error.errno == .EDEADLK)
             detail = error.detail
         }
-        #expect(detail.contains("block"))
+        #expect(detail.contains("hang") && detail.contains("pid \(getpid())"))
         k.close(cdev)
         // The way back.
         try k.unbindDriver(gpu, driver: "vfio-pci")

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""Checks of `vsmmu qemu-args` output against a real qemu-system-aarch64.
+"""Checks of `vsmmu qemu-args` and `vsmmu libvirt-xml` output against a real QEMU 11 and libvirt's schema.
 
 Runs inside the cached Debian root that scripts/qemu-check.sh prepares (as root, in a
 private mount namespace, chroot'ed), with the work directory WORK holding manifest.json
 and, per guest, the `vsmmu qemu-args --format json` and `vsmmu plan --format json`
 output that the wrapper produced on the host.
 
-Per guest:
+Per guest ((a) and (b) for aarch64 virt guests, (c) for all):
   (a) static : every -object/-device/-machine property that vsmmu emits is one that the
                binary lists in `,help`, and its value fits the listed type
                (bool, OnOffAuto, uintN, size, link<...> to an id of the fragment, and
@@ -27,6 +27,20 @@ Per guest:
                IORT via QMP pmemsave): each device's RID must map 1:1 to the same
                StreamID on the SMMUv3 node of its pxb, and the node identifier must be
                the `identifier=` vsmmu emitted.
+  (c) hand-over: `--format argv` (with and without --fds), split as `$(...)` splits it,
+               is exactly the JSON args; the --fds arguments with every
+               {vsmmu-...} placeholder replaced by a real fd number as `vsmmu launch`
+               does (the iommufd object: the /dev/iommu stub; each vfio-pci: a non-VFIO
+               fd; each memory backend: a memfd of its size) must start (VFIO devices
+               as placeholders), the separate `-machine memory-backend=` must have merged
+               into the machine (qom-get), QEMU must map the handed-over memfd; with the
+               VFIO devices verbatim QEMU must take both numbers and stop at its own
+               VFIO_DEVICE_BIND_IOMMUFD of the cdev fd (ENOTTY on a non-VFIO fd). The x86
+               guest runs as the x86 lab starts it: `qemu-system-x86_64 -machine q35 ...
+               $(vsmmu qemu-args ... --format argv)`. `vsmmu libvirt-xml` must validate
+               against the domain.rng of Debian's libvirt-common (12.9, trixie-backports)
+               with xmllint --relaxng. Once: a name in fd= is refused by QEMU (why the
+               placeholders must become numbers).
 
 Prints one PASS/FAIL line per check (NOTE lines are information) and ends with
 `qemu-check: N passed, M failed`; exit status 1 on any failure.
@@ -192,14 +206,14 @@ def qemu_help(kind, typ):
     return res
 
 
-def start_once(argv, timeout=90):
+def start_once(argv, timeout=90, pass_fds=()):
     """Start QEMU paused (-S) with a QMP monitor on stdio and quit at once.
     Returns (started, error text). QEMU handles monitor input only after machine
     init, so an init error exits before the quit is read."""
     full = argv + ["-S", "-nodefaults", "-display", "none", "-qmp", "stdio"]
     inp = '{"execute":"qmp_capabilities"}\n{"execute":"quit"}\n'
     try:
-        p = subprocess.run(full, input=inp, capture_output=True, text=True, timeout=timeout, env=qemu_env())
+        p = subprocess.run(full, input=inp, capture_output=True, text=True, timeout=timeout, env=qemu_env(), pass_fds=pass_fds)
     except subprocess.TimeoutExpired:
         return False, "timed out after %ss" % timeout
     err = "\n".join(l for l in p.stderr.splitlines() if l.strip())
@@ -951,6 +965,264 @@ def forms_bus(forms, devid):
     return None
 
 
+# --------------------------------------------------------------------------- hand-over (c)
+
+QEMU_X86 = M.get("qemu_x86", "/usr/bin/qemu-system-x86_64")
+LIBVIRT_RNG = M.get("libvirt_rng", "/usr/share/libvirt/schemas/domain.rng")
+PLACEHOLDER_RE = re.compile(r"\{(vsmmu-[^}]*)\}")
+
+
+def load(logdir, name):
+    try:
+        return open(os.path.join(logdir, name)).read()
+    except OSError:
+        return None
+
+
+def argv_check(label, logdir, form, jtext, atext):
+    """`--format argv`, split the way `$(...)` splits it, must be the JSON args."""
+    if jtext is None or atext is None:
+        emit(False, label, "(c) vsmmu qemu-args%s --format argv" % form, "no output (see the .err files in %s)" % logdir)
+        return
+    want = json.loads(jtext)["args"]
+    got = atext.split()
+    ok = got == want and atext.count("\n") == 1 and "\\" not in atext and "#" not in atext
+    emit(ok, label, "(c) --format argv%s is the args on one line, word-split intact" % form,
+         "%d arguments" % len(got) if ok else "split: %s / json: %s" % (got[:6], want[:6]))
+
+
+def open_fds(args):
+    """One fd per {vsmmu-...} placeholder, as a launch would pass them: the iommufd object
+    gets the /dev/iommu stub, a vfio-pci a non-VFIO fd (/dev/null; QEMU's own bind must be
+    what fails), a memory backend a memfd of its size (sparse). -> (resolved args, {name: fd})."""
+    fds = {}
+    for a in args:
+        for name in PLACEHOLDER_RE.findall(a):
+            if name in fds:
+                continue
+            if a.startswith("iommufd,"):
+                fds[name] = os.open("/dev/iommu", os.O_RDWR)
+            elif a.startswith("memory-backend"):
+                fd = os.memfd_create(name, 0)
+                os.ftruncate(fd, parse_size(dict(split_opts(a)).get("size", "0")))
+                fds[name] = fd
+            else:
+                fds[name] = os.open("/dev/null", os.O_RDWR)
+    out = [PLACEHOLDER_RE.sub(lambda m: str(fds[m.group(1)]), a) for a in args]
+    return out, fds
+
+
+def run_held(argv, fds, logdir, tag, queries):
+    """Start QEMU paused with the fds inherited and a QMP socket; run queries (list of
+    (path, property)), read its memory map, quit. -> (started, {query: value}, maps, err)."""
+    sock = os.path.join(logdir, "qmp-%s.sock" % tag)
+    errf = os.path.join(logdir, "%s.err" % tag)
+    try:
+        os.unlink(sock)
+    except OSError:
+        pass
+    full = argv + ["-S", "-nodefaults", "-display", "none", "-qmp", "unix:%s,server=on,wait=off" % sock]
+    with open(errf, "w") as ef:
+        p = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=ef, stderr=ef, pass_fds=list(fds.values()), env=qemu_env())
+    vals, maps, qmp = {}, "", None
+    try:
+        t0 = time.time()
+        while not os.path.exists(sock) and p.poll() is None and time.time() - t0 < 60:
+            time.sleep(0.05)
+        if p.poll() is not None:
+            return False, vals, maps, open(errf).read().strip()
+        qmp = QMP(sock)
+        for path, prop in queries:
+            try:
+                vals[(path, prop)] = qmp.cmd("qom-get", path=path, property=prop)
+            except RuntimeError as e:
+                vals[(path, prop)] = "error: %s" % e
+        try:
+            maps = open("/proc/%d/maps" % p.pid).read()
+        except OSError:
+            pass
+        qmp.cmd("quit")
+        p.wait(timeout=30)
+        return True, vals, maps, open(errf).read().strip()
+    except Exception as e:  # noqa
+        return False, vals, maps, "%s; %s" % (e, open(errf).read().strip())
+    finally:
+        if qmp:
+            qmp.close()
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def memory_queries(opts):
+    """The machine's memory backend and each backend's mem-path (when it has one)."""
+    q = [("/machine", "memory-backend")]
+    for o in opts:
+        if o.flag == "-object" and o.type == "memory-backend-file":
+            q.append(("/objects/%s" % o.id, "mem-path"))
+    return q
+
+
+def machine_ram(opts):
+    for o in opts:
+        if o.flag == "-machine" and o.get("memory-backend"):
+            return o.get("memory-backend")
+    return None
+
+
+def held_start_checks(label, what, argv, fds, opts, logdir, tag):
+    """The start without VFIO devices: QEMU must start, the separate -machine
+    memory-backend= must have merged into the machine, and each handed-over memfd must be
+    what QEMU mapped."""
+    ok, vals, maps, err = run_held(argv, fds, logdir, tag, memory_queries(opts))
+    if not ok:
+        emit(False, label, "(c) %s: QEMU starts" % what, err)
+        return
+    ram = machine_ram(opts)
+    got = vals.get(("/machine", "memory-backend"))
+    if ram:
+        emit(got == "/objects/%s" % ram, label, "(c) %s: -machine memory-backend=%s merged into the machine" % (what, ram),
+             "qom-get /machine memory-backend = %s" % got)
+    for name, fd in sorted(fds.items()):
+        if not any(o.flag == "-object" and o.type == "memory-backend-file" and ("/proc/self/fd/%d" % fd) == o.get("mem-path") for o in opts):
+            continue
+        mp = [v for (pth, prop), v in vals.items() if prop == "mem-path"]
+        mapped = ("/memfd:%s" % name) in maps
+        emit(("/proc/self/fd/%d" % fd) in mp and mapped, label,
+             "(c) %s: memory from the handed-over memfd {%s} (mem-path=/proc/self/fd/%d)" % (what, name, fd),
+             "QEMU maps /memfd:%s" % name if mapped else "not in QEMU's memory map; mem-path %s" % mp)
+
+
+def bind_check(label, what, argv, fds, opts, logdir):
+    """With the VFIO devices verbatim, QEMU must get as far as its own bind of the fd it was
+    given: VFIO_DEVICE_BIND_IOMMUFD on a non-VFIO fd fails with ENOTTY, which proves the
+    number was taken for both the cdev and the iommufd."""
+    vf = [o for o in opts if o.flag == "-device" and o.type in ("vfio-pci", "vfio-pci-nohotplug")]
+    io = [o for o in opts if o.flag == "-object" and o.type == "iommufd"]
+    if not vf or not io:
+        return
+    ok, err = start_once(argv, pass_fds=list(fds.values()))
+    want = re.compile(r"error bind device fd=%s to iommufd=%s" % (re.escape(vf[0].get("fd") or "?"), re.escape(io[0].get("fd") or "?")))
+    good = not ok and want.search(err) is not None and "Invalid file descriptor" not in err
+    last = err.splitlines()[-1] if err else ""
+    emit(good, label, "(c) %s: QEMU takes fd=%s (cdev) and fd=%s (iommufd) and binds the cdev itself" % (what, vf[0].get("fd"), io[0].get("fd")),
+         ("stopped at its own bind, as a non-VFIO fd must: \"%s\"" % last) if good else "QEMU said: %s" % (err or "nothing (it started)"))
+
+
+def drop_vfio(forms):
+    """tcg forms, with the memory options kept verbatim (the fd test is about them)."""
+    out = []
+    for o, n, ch in forms:
+        if o.flag == "-m" or (o.flag == "-object" and (o.type or "").startswith("memory-backend")):
+            out.append(o)
+        elif n is not None:
+            out.append(n)
+    return out
+
+
+def vfio_to_placeholder(opts):
+    """q35: each vfio-pci becomes the emulated placeholder endpoint in its root port."""
+    out = []
+    for o in opts:
+        if o.flag == "-device" and o.type in ("vfio-pci", "vfio-pci-nohotplug"):
+            o = Opt("-device", join_opts(split_opts(PLACEHOLDER) + [(k, o.get(k)) for k in ("id", "bus") if o.get(k)]))
+        out.append(o)
+    return out
+
+
+def keep_vfio_and_memory(forms):
+    """aarch64: the TCG forms, but the VFIO devices and the memory options verbatim."""
+    out = []
+    for o, n, _ in forms:
+        if (o.flag == "-device" and o.type in ("vfio-pci", "vfio-pci-nohotplug")) or o.flag == "-m" \
+                or (o.flag == "-object" and (o.type or "").startswith("memory-backend")):
+            out.append(o)
+        elif n is not None:
+            out.append(n)
+    return out
+
+
+def flat(opts):
+    return sum((o.argv() for o in opts), [])
+
+
+def handover_checks(label, g, logdir, platform):
+    jf = load(logdir, "qemu-args-fds.json")
+    jp = load(logdir, "qemu-args.json")
+    argv_check(label, logdir, "", jp, load(logdir, "qemu-args.argv"))
+    argv_check(label, logdir, " --fds", jf, load(logdir, "qemu-args-fds.argv"))
+    if jf is None:
+        emit(False, label, "(c) vsmmu qemu-args --fds --format json", "no output")
+        return
+    j = json.loads(jf)
+    if platform == "x86_64-q35":
+        # what the x86 lab does: its own -machine q35, then $(vsmmu qemu-args ... --format argv)
+        head = [QEMU_X86, "-machine", "q35", "-accel", "tcg", "-cpu", "max"]
+        plain = parse_args(json.loads(jp)["args"])
+        held_start_checks(label, "q35 without --fds", head + flat(vfio_to_placeholder(plain)), {}, vfio_to_placeholder(plain), logdir, "q35")
+        ok, err = start_once(head + flat(plain))
+        msg = err.splitlines()[-1] if err else ""
+        emit(not ok and "no such host device" in msg and not PARSE_ERRORS.search(err), label,
+             "(c) q35 verbatim: parsed, stopped only at vfio-pci host= (no such host device here)", msg or "it started")
+    else:
+        head = [QEMU] + flat(tcg_machine(parse_args(j.get("machine", [])))[0])
+    args, fds = open_fds(j["args"])
+    try:
+        opts = parse_args(args)
+        if platform == "x86_64-q35":
+            held, full = vfio_to_placeholder(opts), opts
+        else:
+            forms = tcg_form(opts)
+            held = []
+            for o, n, _ in forms:
+                if o.flag == "-m" or (o.flag == "-object" and (o.type or "").startswith("memory-backend")):
+                    held.append(o)   # the memory verbatim: that is what the fds test is about
+                elif n is not None:
+                    held.append(n)   # vfio-pci -> placeholder, SMMU -> the TCG values
+            full = keep_vfio_and_memory(forms)
+        held_start_checks(label, "--fds", head + flat(held), fds, held, logdir, "fds")
+        bind_check(label, "--fds", head + flat(full), fds, full, logdir)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+def libvirt_check(label, g, logdir):
+    path = os.path.join(logdir, "libvirt.xml")
+    if g.get("xml_rc") != 0 or not os.path.exists(path):
+        emit(False, label, "vsmmu libvirt-xml", "exit %s: %s" % (g.get("xml_rc"), g.get("xml_err", "").strip()))
+        return
+    p = subprocess.run(["xmllint", "--noout", "--relaxng", LIBVIRT_RNG, path], capture_output=True, text=True, timeout=60)
+    err = (p.stderr or "").strip().splitlines()
+    emit(p.returncode == 0, label, "(c) libvirt-xml validates against libvirt %s's domain.rng" % M.get("libvirt_version", "?"),
+         "xmllint --relaxng: " + (err[-1] if err else "ok") if p.returncode == 0 else " / ".join(err[-3:]))
+
+
+def schema_bites(logdir):
+    """The schema check is worth something: the first smmuv3 <driver> with an attribute
+    libvirt does not have (the identifier vsmmu allocates) must fail to validate."""
+    path = os.path.join(logdir, "libvirt.xml")
+    try:
+        text = open(path).read()
+    except OSError:
+        return
+    if "<driver pciBus=" not in text:
+        return
+    bad = os.path.join(logdir, "libvirt-invented.xml")
+    open(bad, "w").write(text.replace("<driver pciBus=", "<driver identifier='1' pciBus=", 1))
+    p = subprocess.run(["xmllint", "--noout", "--relaxng", LIBVIRT_RNG, bad], capture_output=True, text=True, timeout=60)
+    emit(p.returncode != 0, "-", "(c) libvirt's domain.rng refuses an invented <iommu><driver identifier=>",
+         "xmllint exit %d" % p.returncode)
+
+
+def name_fd_is_refused():
+    """Why --fds writes placeholders that launch resolves: on the command line QEMU's
+    monitor_fd_param takes a number only (a name needs a monitor's getfd)."""
+    ok, err = start_once([QEMU, "-machine", "virt,accel=tcg", "-object", "iommufd,id=iommufd0,fd=vsmmu-vm1-iommufd"])
+    emit(not ok and "Invalid file descriptor number" in err, "-", "(c) a name is no fd on QEMU's command line (placeholders must become numbers)",
+         err.splitlines()[-1] if err else "it started")
+
+
 # --------------------------------------------------------------------------- main
 
 def main():
@@ -968,6 +1240,7 @@ def main():
     emit(not miss, "-", "arm-smmuv3 properties of this QEMU",
          ("has %s" % " ".join(have)) + ("; MISSING %s" % " ".join(miss) if miss else ""))
 
+    name_fd_is_refused()
     for g in M["guests"]:
         label = g["label"]
         name = g["guest"]
@@ -981,6 +1254,12 @@ def main():
             emit(False, label, "vsmmu qemu-args", "output is not JSON: %s" % e)
             continue
         emit(True, label, "vsmmu qemu-args --format json", "%d args, %d machine args" % (len(j["args"]), len(j.get("machine", []))))
+        platform = j.get("platform", "aarch64-virt")
+        # (c) the hand-over forms (fds, argv) and the libvirt domain
+        handover_checks(label, g, logdir, platform)
+        libvirt_check(label, g, logdir)
+        if platform != "aarch64-virt":
+            continue  # (a) and (b) are the aarch64 virt checks
         layout = None
         if g["plan_rc"] == 0:
             try:
@@ -1018,6 +1297,11 @@ def main():
              " ".join("%s=%s" % (k, fmt_addr(*v)) for k, v in sorted(pred.items())))
         # (b) boot
         boot(label, mach_tcg, forms, pxb, sec, pred, layout, logdir)
+
+    if M["guests"]:
+        schema_bites(os.path.join(WORK, M["guests"][0]["dir"]))
+    for g in M.get("libvirt_only", []):
+        libvirt_check(g["label"], g, os.path.join(WORK, g["dir"]))
 
     if M.get("t0"):
         print("qemu-check: took %ds in all" % (time.time() - M["t0"]), flush=True)

@@ -89,6 +89,24 @@ struct vsmmu_iommu_ioas_unmap {         // 24 bytes
     VSMMU_ALIGNED_U64 length;
 };
 
+// IOMMU_OPTION (docs/kernel-interface.md §2.11): vsmmu sets RLIMIT_MODE to per-process
+// accounting on the fresh iommufd it hands a VMM, as KubeVirt does.
+struct vsmmu_iommu_option {             // 24 bytes
+    uint32_t size;
+    uint32_t option_id;
+    uint16_t op;
+    uint16_t __reserved;
+    uint32_t object_id;
+    VSMMU_ALIGNED_U64 val64;
+};
+
+enum {
+    VSMMU_IOMMU_OPTION_RLIMIT_MODE = 0,
+    VSMMU_IOMMU_OPTION_HUGE_PAGES = 1,
+    VSMMU_IOMMU_OPTION_OP_SET = 0,
+    VSMMU_IOMMU_OPTION_OP_GET = 1,
+};
+
 struct vsmmu_iommu_hwpt_alloc {         // 48 bytes
     uint32_t size;
     uint32_t flags;

@@ -1,0 +1,31 @@
+import Testing
+import VsmmuKernel
+import VsmmuModel
+import VsmmuYAML
+
+// Issue 13 (8): a host description (the simulated host's file) takes only the driver
+// names the live backend would write into a sysfs path.
+
+private func host(driver: String) -> String {
+    """
+    apiVersion: vsmmu/v1
+    kind: Host
+    metadata: { name: h }
+    kernel: { release: "7.2", iommufd: true, vfioCdev: true }
+    iommus: []
+    pciDevices:
+      - { address: "0000:09:01.0", vendor: 0x10de, device: 0x2342, class: 0x030200, driver: \(driver), iommuGroup: 12 }
+
+    """
+}
+
+@Test(arguments: ["\"../../x\"", "\"a/b\"", "\"nv\\nidia\"", "\"..\"", "\".\"", "\"\"", "\"nvidia \""])
+func aHostFileRefusesABadDriverName(_ driver: String) {
+    #expect(throws: (any Error).self) { try HostDescription.parse(SourceText(path: "h.yaml", bytes: Array(host(driver: driver).utf8))) }
+}
+
+@Test(arguments: ["nvidia", "vfio-pci", "mlx5_core", "null"])
+func aHostFileTakesARealDriverName(_ driver: String) throws {
+    let h = try HostDescription.parse(SourceText(path: "h.yaml", bytes: Array(host(driver: driver).utf8)))
+    #expect(h.pciDevices.first?.driver == (driver == "null" ? nil : driver))
+}
