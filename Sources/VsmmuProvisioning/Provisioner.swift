@@ -237,8 +237,8 @@ public final class Provisioner {
             again = try makePlan(topology, validation: validation, host: session.host, store: store,
                                  only: destroying ? Set(topology.guests.map(\.name)) : nil, destroying: destroying)
         } catch {
-            throw CommandError(message: "every step succeeded, but reading the kernel back to verify them failed: \(error)",
-                               hint: "run `vsmmu plan` to check the result")
+            throw CommandError(.kernel, "every step succeeded, but reading the kernel back to verify them failed",
+                               hint: "run `vsmmu plan` to check the result", cause: error)
         }
         guard !again.isEmpty else { return }
         for c in again.changes {

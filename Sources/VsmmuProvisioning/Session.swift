@@ -72,7 +72,7 @@ public final class Session: @unchecked Sendable {
         do {
             sim = try SimStore.open(directory: stateDir + "/sim", initialHost: initial, codec: YAMLHostCodec())
         } catch {
-            throw CommandError(message: "cannot open the simulated kernel in \(stateDir)/sim: \(error)")
+            throw CommandError(.state, "cannot open the simulated kernel in \(stateDir)/sim", cause: error)
         }
         let session = Session(port: sim, sim: sim, stateDir: stateDir)
         session.lock = lock
