@@ -329,9 +329,7 @@ extension AgentServer {
             let lifecycle = GuestLifecycle(session: session)
             if request.vmm == .adopt { return try adopt(request, channel, peer: peer, store: store, console: console) }
             let handover: Handover
-            do { handover = try lifecycle.handOver(request.guest, store: store, note: { console.error("note: \($0)") }) } catch let e as LaunchError {
-                throw CommandError(message: e.message, hint: e.hint)
-            }
+            handover = try lifecycle.handOver(request.guest, store: store, note: { console.error("note: \($0)") })
             log("launch of guest \(request.guest) for pid \(peer.pid) (uid \(peer.uid)): \(request.command.joined(separator: " "))")
             var answer = LaunchReply(memlock: handover.pinnedBytes)
             var fds: [Int32] = []

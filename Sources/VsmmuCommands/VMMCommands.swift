@@ -48,7 +48,7 @@ struct LayoutOptions: ParsableArguments {
         let users: UserResolver = kernel.host != nil ? SimulatedUserResolver() : SystemUserResolver()
         let desired: DesiredState
         do { desired = try DesiredState.build(topology: topology, host: host, resolved: validation.resolved, previous: store.allocations, users: users) } catch {
-            throw CommandError(message: error.message, hint: error.hint)
+            throw error
         }
         if store.allocations.guests[g.name] == nil {
             console.error("note: guest \(g.name) is not applied yet: these are the values apply will allocate")

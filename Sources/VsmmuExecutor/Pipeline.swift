@@ -4,12 +4,8 @@ import VsmmuPlanner
 
 /// Topology → plan → apply, the same for every caller (commands, agent, tests).
 public enum Pipeline {
-    public struct Failure: Error, CustomStringConvertible {
-        public var message: String
-        public var hint: String?
-        public init(message: String, hint: String? = nil) { self.message = message; self.hint = hint }
-        public var description: String { message }
-    }
+    /// The pipeline's failures are VsmmuErrors (the name is kept for its callers).
+    public typealias Failure = VsmmuError
 
     /// Observes the kernel (read-only calls) and plans `topology` against it.
     /// `onlyGuests` limits the plan to those guests' holdings; `destroying` plans their teardown.
@@ -33,7 +29,7 @@ public enum Pipeline {
         for g in topology.guests { for d in g.allDevices { if let a = d.host.pciAddress { addresses.insert(a) } } }
         let observed: ObservedState
         do { observed = try ObservedState.observe(port: port, holdings: holdings, addresses: addresses) } catch {
-            throw Failure(message: "cannot read the kernel's state: \(error)")
+            throw VsmmuError("cannot read the kernel's state", kernel: error)
         }
         var effective = topology
         if destroying { effective.guests = [] }
@@ -43,7 +39,7 @@ public enum Pipeline {
         do {
             desired = try DesiredState.build(topology: effective, host: host, resolved: validation.resolved, previous: store.allocations, users: users)
         } catch {
-            throw Failure(message: error.message, hint: error.hint)
+            throw error
         }
         var plan = Planner.plan(desired: desired, observed: observed, topologyFile: topology.file, hostName: host.name, simulated: simulated)
         if destroying {

@@ -115,12 +115,8 @@ public final class Provisioner {
 
     func makePlan(_ topology: Topology, validation: ValidationResult, host: HostDescription, store: StateStore,
                   only guests: Set<String>? = nil, destroying: Bool = false) throws -> Plan {
-        do {
-            return try Pipeline.plan(topology, validation: validation, port: port, host: host, store: store,
-                                     simulated: session.simulated, onlyGuests: guests, destroying: destroying)
-        } catch {
-            throw CommandError(message: error.message, hint: error.hint)
-        }
+        try Pipeline.plan(topology, validation: validation, port: port, host: host, store: store,
+                          simulated: session.simulated, onlyGuests: guests, destroying: destroying)
     }
 
     /// The plan for `source` on this kernel, with its guests' lifecycle states.
@@ -241,8 +237,8 @@ public final class Provisioner {
             again = try makePlan(topology, validation: validation, host: session.host, store: store,
                                  only: destroying ? Set(topology.guests.map(\.name)) : nil, destroying: destroying)
         } catch {
-            throw CommandError(message: "every step succeeded, but reading the kernel back to verify them failed: \(error)",
-                               hint: "run `vsmmu plan` to check the result")
+            throw CommandError(.kernel, "every step succeeded, but reading the kernel back to verify them failed",
+                               hint: "run `vsmmu plan` to check the result", cause: error)
         }
         guard !again.isEmpty else { return }
         for c in again.changes {
