@@ -17,7 +17,7 @@ description:
     IOMMU; this module asks it not to unless O(probe_driverless=true), so that gathering facts
     never moves a device.
 author:
-  - vsmmu developers
+  - vsmmu developers (!UNKNOWN)
 requirements:
   - the vsmmu binary on the target (see O(binary))
 options:
@@ -45,8 +45,10 @@ options:
     default: vsmmu
 attributes:
   check_mode:
+    description: The module only reads; it runs the same in check mode.
     support: full
   diff_mode:
+    description: Nothing changes, so there is no diff.
     support: none
 '''
 

@@ -18,7 +18,7 @@ description:
   - "When vsmmu refuses the topology the task fails and C(msg) holds vsmmu's error lines,
     each C(FILE:LINE:COL: error: ...) followed by its C(hint: ...)."
 author:
-  - vsmmu developers
+  - vsmmu developers (!UNKNOWN)
 requirements:
   - the vsmmu binary on the target (see O(binary))
 options:
@@ -61,8 +61,10 @@ options:
     default: vsmmu
 attributes:
   check_mode:
+    description: Only C(vsmmu plan) runs; nothing on the host or in the state directory changes.
     support: full
   diff_mode:
+    description: The diff is the text plan, as C(vsmmu plan) prints it.
     support: full
 notes:
   - In check mode with a O(host_file) and a O(state_dir) that does not exist yet, the plan is made
