@@ -15,7 +15,8 @@ vsmmu=${VSMMU_BIN:-$(cd "$repo" && swift build --show-bin-path)/vsmmu}
 vsmmu=$(cd "$(dirname "$vsmmu")" && pwd)/$(basename "$vsmmu")
 [ -x "$vsmmu" ] || { echo "ansible: no vsmmu binary at $vsmmu (build it first)"; echo "ansible: 0 passed, 1 failed"; exit 1; }
 
-if ! "$venv/bin/ansible-playbook" --version 2>/dev/null | grep -q "core $ANSIBLE_CORE_VERSION"; then
+# (The version is read whole: grep -q would end the pipe early and fail it under pipefail.)
+if [[ "$("$venv/bin/ansible-playbook" --version 2>/dev/null)" != *"core $ANSIBLE_CORE_VERSION"* ]]; then
   echo "ansible: installing ansible-core $ANSIBLE_CORE_VERSION into $venv"
   rm -rf "$venv"
   # ansible-core 2.19 needs Python >= 3.11 on the controller.

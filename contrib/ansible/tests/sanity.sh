@@ -14,7 +14,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 ANSIBLE_CORE_VERSION=2.19.14
 venv=${XDG_CACHE_HOME:-$HOME/.cache}/vsmmu-ansible-$ANSIBLE_CORE_VERSION
 test_home=${XDG_CACHE_HOME:-$HOME/.cache}/vsmmu-ansible-test-home
-if ! "$venv/bin/ansible-test" --version 2>/dev/null | grep -q "$ANSIBLE_CORE_VERSION"; then
+if [[ "$("$venv/bin/ansible-test" --version 2>/dev/null)" != *"$ANSIBLE_CORE_VERSION"* ]]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "ansible-core==$ANSIBLE_CORE_VERSION"
 fi

@@ -70,19 +70,30 @@ def error_message(stderr, fallback):
     return '\n'.join(lines)
 
 
-def run_vsmmu(module, argv, ok_codes=(0,)):
-    """Runs vsmmu; on an exit status outside ok_codes fails the task with vsmmu's own error lines."""
+def run_command(module, argv, ok_codes=(0,)):
+    """Runs vsmmu; on an exit status outside ok_codes fails the task with vsmmu's own error lines. Returns (rc, stdout)."""
     rc, out, err = module.run_command(argv, environ_update={'LC_ALL': 'C'})
     if rc not in ok_codes:
         module.fail_json(msg=error_message(err, '%s exited with status %d' % (argv[1], rc)),
                          errors=parse_errors(err), rc=rc, stdout=out, stderr=err, cmd=argv)
-    return rc, out, err
+    return rc, out
+
+
+def run_vsmmu(module, argv):
+    """Runs vsmmu (exit status 0 or the task fails); returns what it printed."""
+    return run_command(module, argv)[1]
 
 
 def run_json(module, argv, ok_codes=(0,)):
     """Runs a vsmmu command that prints one JSON document; returns (rc, document)."""
-    rc, out, err = run_vsmmu(module, argv, ok_codes)
+    rc, out = run_command(module, argv, ok_codes)
     try:
         return rc, json.loads(out)
     except ValueError as e:
-        module.fail_json(msg='vsmmu %s did not print JSON: %s' % (argv[1], e), rc=rc, stdout=out, stderr=err, cmd=argv)
+        module.fail_json(msg='vsmmu %s did not print JSON: %s' % (argv[1], e), rc=rc, stdout=out, cmd=argv)
+        raise  # not reached: fail_json exits
+
+
+def json_document(module, argv):
+    """Runs a vsmmu command that prints one JSON document (exit status 0 or the task fails)."""
+    return run_json(module, argv)[1]

@@ -81,7 +81,7 @@ ansible_facts:
 '''
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.vsmmu.vsmmu.plugins.module_utils.vsmmu import connection_args, run_json, vsmmu_binary
+from ansible_collections.vsmmu.vsmmu.plugins.module_utils.vsmmu import connection_args, json_document, vsmmu_binary
 
 
 def main():
@@ -100,7 +100,7 @@ def main():
     if p['remote']:
         argv += ['--remote', p['remote']]
     argv += ['--probe-driverless' if p['probe_driverless'] else '--no-probe-driverless', '--format', 'json']
-    _, host = run_json(module, argv)
+    host = json_document(module, argv)
     module.exit_json(changed=False, ansible_facts=dict(vsmmu_host=host))
 
 

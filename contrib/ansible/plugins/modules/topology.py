@@ -143,7 +143,7 @@ import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.vsmmu.vsmmu.plugins.module_utils.vsmmu import (
-    connection_args, run_json, run_vsmmu, vsmmu_binary)
+    connection_args, json_document, run_json, run_vsmmu, vsmmu_binary)
 
 
 def plan_is_empty(plan):
@@ -208,27 +208,27 @@ def main():
         if p['state'] == 'present':
             result['changed'] = rc == 2 or not plan_is_empty(plan)
             if module._diff:
-                _, text, _ = run_vsmmu(module, [binary, 'plan', topology] + conn)
+                text = run_vsmmu(module, [binary, 'plan', topology] + conn)
                 result['diff'] = dict(prepared=text)
             if result['changed'] and not module.check_mode:
-                _, out, _ = run_vsmmu(module, [binary, 'apply', topology] + conn + ['--auto-approve'])
+                out = run_vsmmu(module, [binary, 'apply', topology] + conn + ['--auto-approve'])
                 result['output'] = out
                 rc, after = run_json(module, [binary, 'plan', topology] + conn + ['--format', 'json', '--detailed-exitcode'], ok_codes=(0, 2))
                 result['guests'] = after.get('guests', [])
                 if rc == 2:
                     module.warn('vsmmu apply finished but the plan is still not empty: %s' % after.get('summary'))
         else:
-            _, shown = run_json(module, [binary, 'show'] + conn + ['--format', 'json'])
+            shown = json_document(module, [binary, 'show'] + conn + ['--format', 'json'])
             guests, devices = held_by(plan, shown)
             result['destroyed'] = dict(guests=guests, devices=devices)
             result['summary'] = dict(add=0, change=0, destroy=len(guests) + len(devices))
             result['changed'] = bool(guests or devices)
             text = absent_text(guests, devices)
             if result['changed'] and not module.check_mode:
-                _, text, _ = run_vsmmu(module, [binary, 'destroy', topology] + conn + ['--auto-approve'])
+                text = run_vsmmu(module, [binary, 'destroy', topology] + conn + ['--auto-approve'])
                 result['output'] = text
                 result['changed'] = not text.startswith('No changes.')
-                _, after = run_json(module, [binary, 'plan', topology] + conn + ['--format', 'json'])
+                after = json_document(module, [binary, 'plan', topology] + conn + ['--format', 'json'])
                 result['guests'] = after.get('guests', [])
             if module._diff:
                 result['diff'] = dict(prepared=text)
