@@ -115,8 +115,8 @@ out=$work/after.sha
 check "check mode left both state directories byte-identical" cmp -s "$work/before.sha" "$work/after.sha"
 
 play bad bad.yml
-check "a bad topology fails on both hosts naming FILE:LINE:COL and the hint" \
-  bash -c "[ $rc = 0 ] && grep -q 'bad-topology.yaml:9:5: error: unknown key' '$out' && grep -q '^node1 .*rescued=1' '$out' && grep -q '^node2 .*rescued=1' '$out'"
+check "a bad topology (src, then inline content) fails on both hosts naming FILE:LINE:COL and the hint" \
+  bash -c "[ $rc = 0 ] && grep -q 'bad-topology.yaml:9:5: error: unknown key' '$out' && grep -q '^node1 .*rescued=2' '$out' && grep -q '^node2 .*rescued=2' '$out'"
 
 play absent-1 site.yml -e vsmmu_state=absent
 check "state=absent: changed on both hosts" changed_on_both 1
