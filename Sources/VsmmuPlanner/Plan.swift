@@ -51,6 +51,9 @@ public struct Plan: Codable, Sendable {
     /// The lifecycle state of the topology's guests that vsmmu holds or a VMM runs (nil in
     /// plans saved by an older vsmmu).
     public var guests: [GuestStatus]?
+    /// Guests that other topologies hold on this host, per topology name: the plan leaves
+    /// them alone (nil in plans saved by an older vsmmu).
+    public var otherTopologies: [String: Int]?
 
     /// A plan of bare operations (a launch's release of a guest's held graph).
     public init(releasing operations: [PlanStep], allocations: Allocations) {

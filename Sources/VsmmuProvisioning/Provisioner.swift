@@ -81,6 +81,8 @@ public struct ReconcileResult {
     /// The plan of what differs (nil: no topology was ever applied here).
     public var drift: Plan?
     public var file: String?
+    /// The topology it planned (to apply it).
+    public var source: SourceText?
     /// The drift was applied (fix mode).
     public var fixed = false
     public var hasDrift: Bool { drift.map { !$0.isEmpty } ?? false }
@@ -117,10 +119,25 @@ public final class Provisioner {
                   only guests: Set<String>? = nil, destroying: Bool = false) throws -> Plan {
         do {
             return try Pipeline.plan(topology, validation: validation, port: port, host: host, store: store,
-                                     simulated: session.simulated, onlyGuests: guests, destroying: destroying)
+                                     simulated: session.simulated, onlyGuests: guests, destroying: destroying,
+                                     otherFiles: appliedFiles())
         } catch {
             throw CommandError(message: error.message, hint: error.hint)
         }
+    }
+
+    /// Every topology applied on this state directory, by name (a record from before
+    /// several topologies could share a host moves under its name first).
+    func applied() -> [(name: String, record: AppliedTopology.Record)] {
+        AppliedTopology.migrateLegacy(stateDir: session.stateDir) { r in (try? Topology.parse(SourceText(path: r.path, bytes: r.bytes)))?.name }
+        return AppliedTopology.all(stateDir: session.stateDir).compactMap { r in
+            (try? Topology.parse(SourceText(path: r.path, bytes: r.bytes))).map { ($0.name, r) }
+        }
+    }
+
+    /// Topology name → the file it was last applied from, for errors about what it holds.
+    func appliedFiles() -> [String: String] {
+        Dictionary(applied().map { ($0.name, $0.record.path) }, uniquingKeysWith: { a, _ in a })
     }
 
     /// The plan for `source` on this kernel, with its guests' lifecycle states.
@@ -141,7 +158,8 @@ public final class Provisioner {
     func guestStatuses(_ topology: Topology, store: StateStore) -> [GuestStatus] {
         let names = Set(topology.guests.map(\.name))
         var out: [GuestStatus] = []
-        for var s in GuestLifecycle(session: session).statuses(store.holdings) {
+        let own = Pipeline.ownView(store.holdings, allocations: store.allocations, topology: topology.name).holdings
+        for var s in GuestLifecycle(session: session).statuses(own) {
             if names.contains(s.name) { out.append(s); continue }
             guard s.state == .running || s.state == .handedOver else { continue }
             s.notes.append("not in \(topology.file): torn down when its VMM exits")
@@ -174,7 +192,8 @@ public final class Provisioner {
         switch input {
         case .savedPlan(let saved, let file):
             guard !options.destroying else { throw CommandError(message: "destroy takes a topology file, not a saved plan") }
-            let current = try ObservedState.observe(port: port, holdings: store.holdings,
+            let own = Pipeline.ownView(store.holdings, allocations: store.allocations, topology: saved.topology).holdings
+            let current = try ObservedState.observe(port: port, holdings: own,
                                                     addresses: Set(saved.layout.flatMap { $0.devices.compactMap { PCIAddress($0.host) } }))
             if current.fingerprint != saved.fingerprint {
                 throw CommandError(message: "the kernel's state moved since \(file) was made (fingerprint \(saved.fingerprint), now \(current.fingerprint)); nothing was changed",
@@ -224,12 +243,12 @@ public final class Provisioner {
 
     /// Keeps the topology just applied for later re-preparation; forgets it once destroyed.
     func remember(_ topology: Topology, source: SourceText, destroyed: Bool) throws {
+        _ = applied()  // moves a record from before ownership under its name
         if !destroyed {
-            AppliedTopology.save(stateDir: session.stateDir, path: topology.file, bytes: source.bytes)
-        } else if let applied = AppliedTopology.load(stateDir: session.stateDir),
-                  (try? Topology.parse(SourceText(path: applied.path, bytes: applied.bytes)))?.name == topology.name {
+            AppliedTopology.save(stateDir: session.stateDir, name: topology.name, path: topology.file, bytes: source.bytes)
+        } else {
             // Destroyed: a reconcile must not build it again.
-            AppliedTopology.forget(stateDir: session.stateDir)
+            AppliedTopology.forget(stateDir: session.stateDir, name: topology.name)
         }
     }
 
@@ -264,18 +283,23 @@ public final class Provisioner {
 
     // MARK: reconcile and the lifecycle
 
-    /// Plans the topology last applied here against the kernel, and with `fix` applies it.
-    public func reconcile(fix: Bool, events: ProvisioningEvents, shouldStop: @escaping () -> Bool = { false }) throws -> ReconcileResult {
-        guard let applied = AppliedTopology.load(stateDir: session.stateDir) else { return ReconcileResult() }
-        let source = SourceText(path: applied.path, bytes: applied.bytes)
-        var result = ReconcileResult(drift: try plan(source, events: events), file: applied.path)
-        guard fix, result.hasDrift else { return result }
-        var options = ApplyOptions()
-        options.autoApprove = true
-        options.shouldStop = shouldStop
-        _ = try apply(.topology(source), options: options, events: events, settled: true)
-        result.fixed = true
-        return result
+    /// Plans each topology applied here against the kernel, and with `fix` applies it.
+    /// One result per topology, in name order.
+    public func reconcile(fix: Bool, events: ProvisioningEvents, shouldStop: @escaping () -> Bool = { false }) throws -> [ReconcileResult] {
+        var results: [ReconcileResult] = []
+        for (_, record) in applied() {
+            let source = SourceText(path: record.path, bytes: record.bytes)
+            var result = ReconcileResult(drift: try plan(source, events: events), file: record.path, source: source)
+            if fix, result.hasDrift {
+                var options = ApplyOptions()
+                options.autoApprove = true
+                options.shouldStop = shouldStop
+                _ = try apply(.topology(source), options: options, events: events, settled: true)
+                result.fixed = true
+            }
+            results.append(result)
+        }
+        return results
     }
 
     /// Guests whose VMM exited go back to prepared (docs/contract.md §6): their records go,
@@ -292,12 +316,13 @@ public final class Provisioner {
         try reprepare(events: events, shouldStop: shouldStop)
     }
 
-    /// Applies the topology last applied on this state directory (nothing if none).
+    /// Applies each topology last applied on this state directory (nothing if none).
     public func reprepare(events: ProvisioningEvents, shouldStop: @escaping () -> Bool = { false }) throws {
-        guard let applied = AppliedTopology.load(stateDir: session.stateDir) else { return }
-        var options = ApplyOptions()
-        options.autoApprove = true
-        options.shouldStop = shouldStop
-        _ = try apply(.topology(SourceText(path: applied.path, bytes: applied.bytes)), options: options, events: events, settled: true)
+        for (_, record) in applied() {
+            var options = ApplyOptions()
+            options.autoApprove = true
+            options.shouldStop = shouldStop
+            _ = try apply(.topology(SourceText(path: record.path, bytes: record.bytes)), options: options, events: events, settled: true)
+        }
     }
 }
