@@ -70,6 +70,7 @@ enum PlanJSON {
             var o: [String: JSONValue] = ["action": .string(c.action.rawValue), "type": .string(c.type), "name": .string(c.name),
                                           "summary": .string(c.summary)]
             if let f = c.forcedBy { o["forcedBy"] = .string(f) }
+            if c.restartRequired == true { o["restartRequired"] = .bool(true) }
             if !c.attributes.isEmpty {
                 o["attributes"] = .array(c.attributes.map { a in
                     ["name": .string(a.name), "from": a.from.map(JSONValue.string) ?? .null, "to": a.to.map(JSONValue.string) ?? .null]

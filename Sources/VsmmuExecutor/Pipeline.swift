@@ -99,6 +99,18 @@ public enum Pipeline {
         }
         // A running guest keeps every allocated value (its VMM was started with them).
         for name in running.keys { if let a = store.allocations.guests[name] { plan.allocations.guests[name] = a } }
+        // A running guest's VMM was started with what it saw then: a change to that plans
+        // as `~`, for the operator to restart the VM (docs/contract.md §6).
+        let runningHere = topology.guests.filter { running[$0.name] != nil }
+        if !runningHere.isEmpty {
+            var t = topology
+            t.guests = runningHere
+            if let d = try? DesiredState.build(topology: t, host: host, resolved: validation.resolved, previous: store.allocations, users: users) {
+                for l in Planner.layout(d) {
+                    if let before = store.allocations.guests[l.guest]?.layout { plan.changes += Planner.visibleChanges(before, l, restart: true) }
+                }
+            }
+        }
         // Other topologies' guests keep theirs: this plan does not touch them.
         var counts: [String: Int] = [:]
         for (g, t) in others {

@@ -23,6 +23,9 @@ public struct GuestAllocation: Codable, Hashable, Sendable {
     /// The `metadata.name` of the topology that declared the guest: only that topology
     /// plans it (nil: recorded before ownership existed).
     public var topology: String?
+    /// What the guest saw when its topology was last applied (every guest-visible value):
+    /// a change to any of them is a change of the plan even where no kernel object moves.
+    public var layout: GuestLayout?
     public var vsmmus: [String: VSMMUAllocation] = [:]
     /// Root ports on pcie.0 for devices with no vSMMU.
     public var rootPorts = PortAllocation()

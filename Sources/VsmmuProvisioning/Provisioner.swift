@@ -211,8 +211,11 @@ public final class Provisioner {
         if let expected = options.expectFingerprint, expected != plan.fingerprint {
             throw CommandError(message: "the kernel's state moved since the plan you approved; nothing was changed", hint: "run the command again to see the new plan")
         }
-        if plan.isEmpty {
+        if plan.isEmpty || plan.onlyAwaitsRestart {
             if !options.dryRun, store.allocations != plan.allocations { try store.saveAllocations(plan.allocations) }
+            for c in plan.changes { events.note("note: \(c.address) runs with its earlier values; the VM must be restarted to take them") }
+            // The file applied now is the one to prepare the guests from later.
+            if !options.dryRun, let checked { try remember(checked.topology, source: checked.source, destroyed: options.destroying) }
             return .noChanges(plan)
         }
         if options.dryRun { return .dryRun(plan) }
@@ -263,8 +266,8 @@ public final class Provisioner {
             throw CommandError(message: "every step succeeded, but reading the kernel back to verify them failed: \(error)",
                                hint: "run `vsmmu plan` to check the result")
         }
-        guard !again.isEmpty else { return }
-        for c in again.changes {
+        guard !again.isEmpty, !again.onlyAwaitsRestart else { return }
+        for c in again.changes where c.restartRequired != true {
             events.note("\(c.address): desired \(c.action == .destroy ? "absent" : c.summary), current \(c.action == .create ? "absent" : (c.forcedBy ?? c.attributes.map { "\($0.name) \($0.from ?? "none")" }.joined(separator: ", ")))")
         }
         throw CommandError(message: "after applying, the kernel still differs from the topology (\(again.operations.count) operation(s) left)",
