@@ -57,6 +57,8 @@ public struct Plan: Codable, Sendable {
     /// Guests that other topologies hold on this host, per topology name: the plan leaves
     /// them alone (nil in plans saved by an older vsmmu).
     public var otherTopologies: [String: Int]?
+    /// The state directory the plan was made on: a saved plan applies there only.
+    public var stateDir: String?
 
     /// A plan of bare operations (a launch's release of a guest's held graph).
     public init(releasing operations: [PlanStep], allocations: Allocations) {

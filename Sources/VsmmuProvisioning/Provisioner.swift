@@ -122,9 +122,12 @@ public final class Provisioner {
                                      simulated: session.simulated, onlyGuests: guests, destroying: destroying,
                                      otherFiles: appliedFiles())
         } catch {
-            throw CommandError(message: error.message, hint: error.hint)
+            throw CommandError(message: error.message, hint: error.hint.map { $0.hasPrefix("vsmmu ") ? $0 + session.context : $0 })
         }
     }
+
+    /// A state directory as one path, however it was named.
+    static func canonical(_ dir: String) -> String { URL(fileURLWithPath: dir).standardizedFileURL.resolvingSymlinksInPath().path }
 
     /// Every topology applied on this state directory, by name (a record from before
     /// several topologies could share a host moves under its name first).
@@ -151,6 +154,7 @@ public final class Provisioner {
         let (topology, validation) = try validated(source, host: host)
         var plan = try makePlan(topology, validation: validation, host: host, store: store)
         plan.guests = guestStatuses(topology, store: store)
+        plan.stateDir = Self.canonical(session.stateDir)
         return plan
     }
 
@@ -192,12 +196,16 @@ public final class Provisioner {
         switch input {
         case .savedPlan(let saved, let file):
             guard !options.destroying else { throw CommandError(message: "destroy takes a topology file, not a saved plan") }
+            if let made = saved.stateDir, made != Self.canonical(session.stateDir) {
+                throw CommandError(message: "\(file) was made on the state directory \(made), not \(Self.canonical(session.stateDir)); nothing was changed",
+                                   hint: "vsmmu apply \(file) --state-dir \(made)\(saved.simulated ? " --host FILE" : ""), or make a new plan here: vsmmu plan \(saved.topologyFile) --out \(file)\(session.context)")
+            }
             let own = Pipeline.ownView(store.holdings, allocations: store.allocations, topology: saved.topology).holdings
             let current = try ObservedState.observe(port: port, holdings: own,
                                                     addresses: Set(saved.layout.flatMap { $0.devices.compactMap { PCIAddress($0.host) } }))
             if current.fingerprint != saved.fingerprint {
                 throw CommandError(message: "the kernel's state moved since \(file) was made (fingerprint \(saved.fingerprint), now \(current.fingerprint)); nothing was changed",
-                                   hint: "make a new plan: vsmmu plan \(saved.topologyFile) --out \(file)")
+                                   hint: "make a new plan: vsmmu plan \(saved.topologyFile) --out \(file)\(session.context)")
             }
             plan = saved
         case .topology(let source):
@@ -225,7 +233,8 @@ public final class Provisioner {
             let total = checked.topology.guests.flatMap(\.memory).reduce(UInt64(0)) { $0 &+ $1.size }
             if let problem = Preflight.memlockProblem(pinning: total) { throw CommandError(message: problem + "; nothing was changed") }
         }
-        if !options.autoApprove && options.expectFingerprint == nil {
+        // A saved plan is the approval (as terraform's): the user reviewed it when it was made.
+        if case .topology = input, !options.autoApprove && options.expectFingerprint == nil {
             guard let confirm = options.confirm else {
                 throw CommandError(message: "refusing to \(options.destroying ? "destroy" : "apply") without confirmation: standard input is not a terminal",
                                    hint: "review the plan, then run again with --auto-approve")
@@ -264,14 +273,14 @@ public final class Provisioner {
                                  only: destroying ? Set(topology.guests.map(\.name)) : nil, destroying: destroying)
         } catch {
             throw CommandError(message: "every step succeeded, but reading the kernel back to verify them failed: \(error)",
-                               hint: "run `vsmmu plan` to check the result")
+                               hint: "run `vsmmu plan \(topology.file)\(session.context)` to check the result")
         }
         guard !again.isEmpty, !again.onlyAwaitsRestart else { return }
         for c in again.changes where c.restartRequired != true {
             events.note("\(c.address): desired \(c.action == .destroy ? "absent" : c.summary), current \(c.action == .create ? "absent" : (c.forcedBy ?? c.attributes.map { "\($0.name) \($0.from ?? "none")" }.joined(separator: ", ")))")
         }
         throw CommandError(message: "after applying, the kernel still differs from the topology (\(again.operations.count) operation(s) left)",
-                           hint: "run `vsmmu plan` to see them; something else changed the host meanwhile")
+                           hint: "run `vsmmu plan \(topology.file)\(session.context)` to see them; something else changed the host meanwhile")
     }
 
     // MARK: show
