@@ -56,7 +56,7 @@ enum ShowDocument {
             if g.uncertain { drift.append(.string("guest \(name): an apply was interrupted inside it; apply rebuilds it")) }
             var devices: [String: JSONValue] = [:]
             for (d, h) in g.devices {
-                var o2: [String: JSONValue] = ["host": .string(h.source), "devId": .int(Int64(h.devID)),
+                var o2: [String: JSONValue] = ["host": .string(h.source.description), "devId": .int(Int64(h.devID)),
                                                "attachedHwpt": h.attached.map { .int(Int64($0)) } ?? .null]
                 if let c = h.cdev { o2["cdevFd"] = .int(Int64(c.fd)) }
                 if let i = h.vfioIndex { o2["cdev"] = .string("/dev/vfio/devices/vfio\(i)") }
@@ -64,7 +64,7 @@ enum ShowDocument {
                 if let u = h.owner { o2["ownerUid"] = .int(Int64(u)) }
                 let lost = o.lostDevices.contains("\(name)/\(d)")
                 o2["state"] = .string(dead ? "lost" : lost ? "drift" : "ok")
-                if lost, let a = PCIAddress(h.source) {
+                if lost, let a = h.source.pciAddress {
                     drift.append(.string("device \(name)/\(d): \(a) is on \(o.sysfs[a]?.driver ?? "no driver"), not vfio-pci; its binding is gone"))
                 }
                 devices[d] = .object(o2)

@@ -11,6 +11,8 @@ public struct ApplyError: Error, CustomStringConvertible {
     public var hint: String?
     /// What the executor did to leave the host safe (e.g. a device given back).
     public var rollback: [String] = []
+    /// The kernel call that failed, when one did.
+    public var cause: KernelCallError? = nil
 
     public var description: String {
         var s = "step \(operation.index) \(operation.call) (\(operation.resource)) failed: \(message)"
@@ -65,7 +67,7 @@ public final class Executor {
 
     func fail(_ op: PlanStep, _ e: KernelCallError) -> ApplyError {
         ApplyError(operation: op, errno: e.errno, message: e.detail.isEmpty ? "the kernel refused" : e.detail,
-                   hint: Hints.hint(call: op.kernelCall, errno: e.errno, action: op.action))
+                   hint: Hints.hint(call: op.kernelCall, errno: e.errno, action: op.action), cause: e)
     }
 
     func guestHolding(_ op: PlanStep, _ g: String) throws(ApplyError) -> GuestHolding {

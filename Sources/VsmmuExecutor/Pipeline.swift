@@ -4,12 +4,8 @@ import VsmmuPlanner
 
 /// Topology → plan → apply, the same for every caller (commands, agent, tests).
 public enum Pipeline {
-    public struct Failure: Error, CustomStringConvertible {
-        public var message: String
-        public var hint: String?
-        public init(message: String, hint: String? = nil) { self.message = message; self.hint = hint }
-        public var description: String { message }
-    }
+    /// The pipeline's failures are VsmmuErrors (the name is kept for its callers).
+    public typealias Failure = VsmmuError
 
     /// What topology `name` may plan: the holdings without the guests (and their devices)
     /// that other topologies declared (docs/contract.md §7), and those guests' owners.
@@ -19,7 +15,7 @@ public enum Pipeline {
         var h = all
         var theirs = Set<PCIAddress>()
         for g in others.keys {
-            for d in all.guests[g]?.devices.values ?? [:].values { if let a = PCIAddress(d.source) { theirs.insert(a) } }
+            for d in all.guests[g]?.devices.values ?? [:].values { if let a = d.source.pciAddress { theirs.insert(a) } }
             for a in all.running[g]?.devices.values ?? [:].values { theirs.insert(a) }
             h.guests[g] = nil
             h.running[g] = nil
@@ -35,19 +31,19 @@ public enum Pipeline {
         func owner(_ t: String) -> String { "topology '\(t)'" + (files[t].map { " (\($0))" } ?? "") }
         for g in topology.guests {
             if let t = others[g.name] {
-                throw Failure(message: "\(topology.file):\(g.nameMark.line):\(g.nameMark.column): guest '\(g.name)' belongs to \(owner(t)) on this host; nothing was changed",
+                throw Failure(.plan, "\(topology.file):\(g.nameMark.line):\(g.nameMark.column): guest '\(g.name)' belongs to \(owner(t)) on this host; nothing was changed",
                               hint: "give the guest another name, or change it in \(files[t] ?? "that topology's file")")
             }
         }
         var holder: [PCIAddress: (guest: String, device: String)] = [:]
         for g in others.keys {
-            for (n, d) in all.guests[g]?.devices ?? [:] { if let a = PCIAddress(d.source) { holder[a] = (g, n) } }
+            for (n, d) in all.guests[g]?.devices ?? [:] { if let a = d.source.pciAddress { holder[a] = (g, n) } }
             for (n, a) in all.running[g]?.devices ?? [:] { holder[a] = (g, n) }
         }
         for g in topology.guests {
             for d in g.allDevices {
                 guard let a = d.host.pciAddress, let h = holder[a], let t = others[h.guest] else { continue }
-                throw Failure(message: "\(topology.file):\(d.hostMark.line):\(d.hostMark.column): device '\(d.name)' (\(a)) is held by guest '\(h.guest)' (device '\(h.device)') of \(owner(t)) on this host; nothing was changed",
+                throw Failure(.plan, "\(topology.file):\(d.hostMark.line):\(d.hostMark.column): device '\(d.name)' (\(a)) is held by guest '\(h.guest)' (device '\(h.device)') of \(owner(t)) on this host; nothing was changed",
                               hint: "a device serves one guest: destroy it there first (vsmmu destroy \(files[t] ?? "FILE")), or choose another device")
             }
         }
@@ -79,7 +75,7 @@ public enum Pipeline {
         for g in topology.guests { for d in g.allDevices { if let a = d.host.pciAddress { addresses.insert(a) } } }
         let observed: ObservedState
         do { observed = try ObservedState.observe(port: port, holdings: holdings, addresses: addresses) } catch {
-            throw Failure(message: "cannot read the kernel's state: \(error)")
+            throw VsmmuError("cannot read the kernel's state", kernel: error)
         }
         var effective = topology
         if destroying { effective.guests = [] }
@@ -89,7 +85,7 @@ public enum Pipeline {
         do {
             desired = try DesiredState.build(topology: effective, host: host, resolved: validation.resolved, previous: store.allocations, users: users)
         } catch {
-            throw Failure(message: error.message, hint: error.hint)
+            throw error
         }
         var plan = Planner.plan(desired: desired, observed: observed, topologyFile: topology.file, hostName: host.name, simulated: simulated)
         if destroying {

@@ -92,23 +92,28 @@ public struct Errno: Error, Hashable, Sendable, Codable, CustomStringConvertible
 
 /// A failed kernel call: which call, on what, and the errno the kernel returned.
 public struct KernelCallError: Error, Sendable, CustomStringConvertible {
-    public var kernelCall: KernelCall
+    /// The call's C name (or the seam's name for its own system call, e.g. "OPEN").
+    public var call: String
+    /// The vocabulary's call; nil for a seam's own system call.
+    public var kernelCall: KernelCall?
     public var errno: Errno
     public var detail: String
 
     public init(_ call: KernelCall, _ errno: Errno, _ detail: String = "") {
+        self.call = call.name
         self.kernelCall = call
         self.errno = errno
         self.detail = detail
     }
 
-    /// A failure of a seam's own system call (`KernelCall.system`), e.g. "OPEN".
+    /// A failure of a seam's own system call ("OPEN", "REMOTE_CONNECT", …), or of a
+    /// vocabulary call named by its C name.
     public init(_ name: String, _ errno: Errno, _ detail: String = "") {
-        self.init(.system(name), errno, detail)
+        self.call = name
+        self.kernelCall = KernelCall(name: name)
+        self.errno = errno
+        self.detail = detail
     }
-
-    /// The call's C name.
-    public var call: String { kernelCall.name }
 
     /// The same failure, reported as `call` (the port's name for the seam step that failed).
     public func renamed(_ call: KernelCall) -> KernelCallError { KernelCallError(call, errno, detail) }

@@ -1,101 +1,115 @@
-/// The vocabulary of kernel calls: every call the kernel port makes, with its C name
-/// (the ioctl's, or a name for the sysfs / file step), its request number when it is an
-/// ioctl (§1.1), and whether it changes kernel state. Plans, errors, traces, hints and
-/// VSMMU_SIM_FAIL name calls by these values; `KernelRequest` writes their details.
-public struct KernelCall: Hashable, Sendable, CustomStringConvertible {
-    /// The C name, e.g. "IOMMU_DESTROY"; non-ioctl steps have names such as "SYSFS_UNBIND".
-    public let name: String
-    /// The ioctl request number; nil for sysfs writes, opens, closes and memory calls.
-    public let request: UInt32?
-    /// Counted in `KernelPort.mutatingCalls` (and logged by the simulated kernel).
-    public let isMutating: Bool
-
-    init(_ name: String, request: UInt32? = nil, mutating: Bool) {
-        self.name = name; self.request = request; self.isMutating = mutating
-    }
-
-    public var description: String { name }
-
-    /// The vocabulary's call of that name, or nil.
-    public init?(name: String) {
-        guard let known = KernelCall.all.first(where: { $0.name == name }) else { return nil }
-        self = known
-    }
-
-    /// A step below the port (a seam's own system call, e.g. "OPEN" or "REMOTE_CONNECT"),
-    /// named for errors only: never planned, hinted or injected.
-    public static func system(_ name: String) -> KernelCall { KernelCall(name: name) ?? KernelCall(name, mutating: false) }
-
-    // MARK: iommufd ioctls (§1.1)
-    public static let destroy = KernelCall("IOMMU_DESTROY", request: 0x3B80, mutating: true)
-    public static let ioasAlloc = KernelCall("IOMMU_IOAS_ALLOC", request: 0x3B81, mutating: true)
-    public static let ioasAllowIovas = KernelCall("IOMMU_IOAS_ALLOW_IOVAS", request: 0x3B82, mutating: true)
-    public static let ioasCopy = KernelCall("IOMMU_IOAS_COPY", request: 0x3B83, mutating: true)
-    public static let ioasIovaRanges = KernelCall("IOMMU_IOAS_IOVA_RANGES", request: 0x3B84, mutating: false)
-    public static let ioasMap = KernelCall("IOMMU_IOAS_MAP", request: 0x3B85, mutating: true)
-    public static let ioasUnmap = KernelCall("IOMMU_IOAS_UNMAP", request: 0x3B86, mutating: true)
-    public static let option = KernelCall("IOMMU_OPTION", request: 0x3B87, mutating: true)
-    public static let vfioIoas = KernelCall("IOMMU_VFIO_IOAS", request: 0x3B88, mutating: true)
-    public static let hwptAlloc = KernelCall("IOMMU_HWPT_ALLOC", request: 0x3B89, mutating: true)
-    public static let getHwInfo = KernelCall("IOMMU_GET_HW_INFO", request: 0x3B8A, mutating: false)
-    /// Changes the IOMMU's caches, no iommufd object: not counted as mutating.
-    public static let hwptInvalidate = KernelCall("IOMMU_HWPT_INVALIDATE", request: 0x3B8D, mutating: false)
-    public static let ioasMapFile = KernelCall("IOMMU_IOAS_MAP_FILE", request: 0x3B8F, mutating: true)
-    public static let viommuAlloc = KernelCall("IOMMU_VIOMMU_ALLOC", request: 0x3B90, mutating: true)
-    public static let vdeviceAlloc = KernelCall("IOMMU_VDEVICE_ALLOC", request: 0x3B91, mutating: true)
-    public static let veventqAlloc = KernelCall("IOMMU_VEVENTQ_ALLOC", request: 0x3B93, mutating: true)
-    public static let hwQueueAlloc = KernelCall("IOMMU_HW_QUEUE_ALLOC", request: 0x3B94, mutating: true)
+/// The vocabulary of kernel calls: every call the kernel port makes, by its C name (the
+/// ioctl's, or a name for the sysfs / file step), with its request number when it is an
+/// ioctl (§1.1) and whether it changes kernel state. Plans, errors, traces, hints and
+/// VSMMU_SIM_FAIL name calls by these values; `KernelRequest` writes their details. A new
+/// case is pointed at by the compiler in `request`, `isMutating` and KernelRequest, and
+/// by the tests in vsmmu-remote's table.
+public enum KernelCall: String, CaseIterable, Hashable, Sendable, CustomStringConvertible {
+    // iommufd ioctls (§1.1)
+    case destroy = "IOMMU_DESTROY"
+    case ioasAlloc = "IOMMU_IOAS_ALLOC"
+    case ioasIovaRanges = "IOMMU_IOAS_IOVA_RANGES"
+    case ioasMap = "IOMMU_IOAS_MAP"
+    case ioasUnmap = "IOMMU_IOAS_UNMAP"
+    /// RLIMIT_MODE on the fresh iommufd a launch hands a VMM (§2.11).
+    case option = "IOMMU_OPTION"
+    case hwptAlloc = "IOMMU_HWPT_ALLOC"
+    case getHwInfo = "IOMMU_GET_HW_INFO"
+    case hwptInvalidate = "IOMMU_HWPT_INVALIDATE"
+    case ioasMapFile = "IOMMU_IOAS_MAP_FILE"
+    case viommuAlloc = "IOMMU_VIOMMU_ALLOC"
+    case vdeviceAlloc = "IOMMU_VDEVICE_ALLOC"
+    case veventqAlloc = "IOMMU_VEVENTQ_ALLOC"
+    case hwQueueAlloc = "IOMMU_HW_QUEUE_ALLOC"
     /// The selftest mock driver's command (CONFIG_IOMMUFD_TEST, §7).
-    public static let testCmd = KernelCall("IOMMU_TEST_CMD", request: 0x3BA0, mutating: true)
-
-    // MARK: VFIO cdev ioctls
-    public static let bindIommufd = KernelCall("VFIO_DEVICE_BIND_IOMMUFD", request: 0x3B76, mutating: true)
-    public static let attach = KernelCall("VFIO_DEVICE_ATTACH_IOMMUFD_PT", request: 0x3B77, mutating: true)
-    public static let detach = KernelCall("VFIO_DEVICE_DETACH_IOMMUFD_PT", request: 0x3B78, mutating: true)
-    public static let deviceGetInfo = KernelCall("VFIO_DEVICE_GET_INFO", request: 0x3B6B, mutating: false)
-
-    // MARK: files and memory
-    public static let openIommufd = KernelCall("OPEN_IOMMUFD", mutating: true)
-    public static let closeIommufd = KernelCall("CLOSE_IOMMUFD", mutating: true)
-    public static let openVfioDevice = KernelCall("OPEN_VFIO_DEVICE", mutating: true)
-    public static let closeVfioDevice = KernelCall("CLOSE_VFIO_DEVICE", mutating: true)
-    public static let closeEventFD = KernelCall("CLOSE_EVENT_FD", mutating: true)
+    case testCmd = "IOMMU_TEST_CMD"
+    // VFIO cdev ioctls
+    case bindIommufd = "VFIO_DEVICE_BIND_IOMMUFD"
+    case attach = "VFIO_DEVICE_ATTACH_IOMMUFD_PT"
+    case detach = "VFIO_DEVICE_DETACH_IOMMUFD_PT"
+    case deviceGetInfo = "VFIO_DEVICE_GET_INFO"
+    // files and memory
+    case openIommufd = "OPEN_IOMMUFD"
+    case closeIommufd = "CLOSE_IOMMUFD"
+    case openVfioDevice = "OPEN_VFIO_DEVICE"
+    case closeVfioDevice = "CLOSE_VFIO_DEVICE"
+    case closeEventFD = "CLOSE_EVENT_FD"
     /// close(2) of an fd found by `openFiles` (an orphan).
-    public static let closeFD = KernelCall("CLOSE_FD", mutating: true)
-    public static let memfdCreate = KernelCall("MEMFD_CREATE", mutating: true)
-    public static let mmapAnon = KernelCall("MMAP_ANON", mutating: true)
-    public static let munmap = KernelCall("MUNMAP", mutating: true)
-    public static let chownVfioDevice = KernelCall("CHOWN_VFIO_DEVICE", mutating: true)
-    public static let statVfioDevice = KernelCall("STAT_VFIO_DEVICE", mutating: false)
+    case closeFD = "CLOSE_FD"
+    case memfdCreate = "MEMFD_CREATE"
+    case mmapAnon = "MMAP_ANON"
+    case munmap = "MUNMAP"
+    case chownVfioDevice = "CHOWN_VFIO_DEVICE"
+    case statVfioDevice = "STAT_VFIO_DEVICE"
     /// The holding process exits (the simulated kernel's; the real one just dies).
-    public static let processExit = KernelCall("PROCESS_EXIT", mutating: true)
-    /// A simulated VMM process starts / takes fds sent to it (SCM_RIGHTS), simulated kernel only.
-    public static let processSpawn = KernelCall("PROCESS_SPAWN", mutating: true)
-    public static let sendFDs = KernelCall("SCM_RIGHTS", mutating: true)
+    case processExit = "PROCESS_EXIT"
+    /// A simulated VMM process starts / takes fds sent to it (SCM_RIGHTS): simulated kernel only.
+    case processSpawn = "PROCESS_SPAWN"
+    case sendFDs = "SCM_RIGHTS"
     /// Who holds a device's VFIO cdev or group open: /proc/<pid>/fd of every process.
-    public static let procFDScan = KernelCall("PROC_FD_SCAN", mutating: false)
+    case procFDScan = "PROC_FD_SCAN"
+    // sysfs (§8)
+    case sysfsDriverOverride = "SYSFS_DRIVER_OVERRIDE"
+    case sysfsUnbind = "SYSFS_UNBIND"
+    case sysfsDriversProbe = "SYSFS_DRIVERS_PROBE"
+    case sysfsReadPCIDevices = "SYSFS_READ_PCI_DEVICES"
+    case sysfsReadPCIDevice = "SYSFS_READ_PCI_DEVICE"
+    case sysfsReadIOMMUGroup = "SYSFS_READ_IOMMU_GROUP"
+    case sysfsReadIOMMUNames = "SYSFS_READ_IOMMU_NAMES"
+    case sysfsReadReservedRegions = "SYSFS_READ_RESERVED_REGIONS"
+    case sysfsReadDriver = "SYSFS_READ_DRIVER"
 
-    // MARK: sysfs (§8)
-    public static let sysfsDriverOverride = KernelCall("SYSFS_DRIVER_OVERRIDE", mutating: true)
-    public static let sysfsUnbind = KernelCall("SYSFS_UNBIND", mutating: true)
-    public static let sysfsDriversProbe = KernelCall("SYSFS_DRIVERS_PROBE", mutating: true)
-    public static let sysfsReadPCIDevices = KernelCall("SYSFS_READ_PCI_DEVICES", mutating: false)
-    public static let sysfsReadPCIDevice = KernelCall("SYSFS_READ_PCI_DEVICE", mutating: false)
-    public static let sysfsReadIOMMUGroup = KernelCall("SYSFS_READ_IOMMU_GROUP", mutating: false)
-    public static let sysfsReadIOMMUNames = KernelCall("SYSFS_READ_IOMMU_NAMES", mutating: false)
-    public static let sysfsReadReservedRegions = KernelCall("SYSFS_READ_RESERVED_REGIONS", mutating: false)
-    public static let sysfsReadDriver = KernelCall("SYSFS_READ_DRIVER", mutating: false)
+    /// The C name, e.g. "IOMMU_DESTROY".
+    public var name: String { rawValue }
+    public var description: String { rawValue }
+    /// The vocabulary's call of that name, or nil.
+    public init?(name: String) { self.init(rawValue: name) }
 
-    /// Every call of the vocabulary.
-    public static let all: [KernelCall] = [
-        destroy, ioasAlloc, ioasAllowIovas, ioasCopy, ioasIovaRanges, ioasMap, ioasUnmap, option, vfioIoas, hwptAlloc,
-        getHwInfo, hwptInvalidate, ioasMapFile, viommuAlloc, vdeviceAlloc, veventqAlloc, hwQueueAlloc, testCmd,
-        bindIommufd, attach, detach, deviceGetInfo,
-        openIommufd, closeIommufd, openVfioDevice, closeVfioDevice, closeEventFD, closeFD, memfdCreate, mmapAnon, munmap,
-        chownVfioDevice, statVfioDevice, processExit, processSpawn, sendFDs, procFDScan,
-        sysfsDriverOverride, sysfsUnbind, sysfsDriversProbe, sysfsReadPCIDevices, sysfsReadPCIDevice, sysfsReadIOMMUGroup,
-        sysfsReadIOMMUNames, sysfsReadReservedRegions, sysfsReadDriver,
-    ]
+    /// The ioctl request number; nil for sysfs writes, opens, closes and memory calls.
+    public var request: UInt32? {
+        switch self {
+        case .destroy: return 0x3B80
+        case .ioasAlloc: return 0x3B81
+        case .ioasIovaRanges: return 0x3B84
+        case .ioasMap: return 0x3B85
+        case .ioasUnmap: return 0x3B86
+        case .option: return 0x3B87
+        case .hwptAlloc: return 0x3B89
+        case .getHwInfo: return 0x3B8A
+        case .hwptInvalidate: return 0x3B8D
+        case .ioasMapFile: return 0x3B8F
+        case .viommuAlloc: return 0x3B90
+        case .vdeviceAlloc: return 0x3B91
+        case .veventqAlloc: return 0x3B93
+        case .hwQueueAlloc: return 0x3B94
+        case .testCmd: return 0x3BA0
+        case .bindIommufd: return 0x3B76
+        case .attach: return 0x3B77
+        case .detach: return 0x3B78
+        case .deviceGetInfo: return 0x3B6B
+        case .openIommufd, .closeIommufd, .openVfioDevice, .closeVfioDevice, .closeEventFD, .closeFD, .memfdCreate, .mmapAnon,
+             .munmap, .chownVfioDevice, .statVfioDevice, .processExit, .processSpawn, .sendFDs, .procFDScan,
+             .sysfsDriverOverride, .sysfsUnbind, .sysfsDriversProbe, .sysfsReadPCIDevices, .sysfsReadPCIDevice, .sysfsReadIOMMUGroup, .sysfsReadIOMMUNames, .sysfsReadReservedRegions,
+             .sysfsReadDriver:
+            return nil
+        }
+    }
+
+    /// Counted in `KernelPort.mutatingCalls` (and logged by the simulated kernel).
+    public var isMutating: Bool {
+        switch self {
+        // Reads; and INVALIDATE changes the IOMMU's caches, no iommufd object.
+        case .ioasIovaRanges, .getHwInfo, .hwptInvalidate, .deviceGetInfo, .statVfioDevice, .sysfsReadPCIDevices,
+             .sysfsReadPCIDevice, .sysfsReadIOMMUGroup, .sysfsReadIOMMUNames, .sysfsReadReservedRegions, .sysfsReadDriver,
+             .procFDScan:
+            return false
+        case .destroy, .ioasAlloc, .ioasMap, .ioasUnmap, .option, .hwptAlloc, .ioasMapFile, .viommuAlloc, .vdeviceAlloc,
+             .veventqAlloc, .hwQueueAlloc, .testCmd, .bindIommufd, .attach, .detach, .openIommufd, .closeIommufd,
+             .openVfioDevice, .closeVfioDevice, .closeEventFD, .closeFD, .memfdCreate, .mmapAnon, .munmap, .chownVfioDevice,
+             .processExit, .processSpawn, .sendFDs, .sysfsDriverOverride, .sysfsUnbind, .sysfsDriversProbe:
+            return true
+        }
+    }
 }
 
 /// One call with its arguments, as both backends describe it in errors and traces (the

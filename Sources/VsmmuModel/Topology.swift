@@ -23,6 +23,13 @@ public enum DeviceSource: Hashable, Sendable, Codable, CustomStringConvertible {
         }
     }
     public var pciAddress: PCIAddress? { if case .pci(let a) = self { return a }; return nil }
+
+    /// Reads `description` back: `0000:09:01.0` or `selftest:N`.
+    public init?(_ text: String) {
+        if text.hasPrefix("selftest:"), let n = Int(text.dropFirst("selftest:".count)), n >= 0 { self = .selftest(n); return }
+        guard let a = PCIAddress(text) else { return nil }
+        self = .pci(a)
+    }
 }
 
 public struct Device: Hashable, Sendable {

@@ -56,17 +56,11 @@ public struct PortAllocation: Codable, Hashable, Sendable {
     }
 }
 
-public struct AllocationError: Error, Sendable, CustomStringConvertible {
-    public var message: String
-    public var hint: String?
-    public var description: String { message }
-}
-
 public enum Allocator {
     public static let slotCount = 32
 
     /// Allocations for `topology`, keeping every value of `previous` that still applies.
-    public static func allocate(_ topology: Topology, previous: Allocations) throws(AllocationError) -> Allocations {
+    public static func allocate(_ topology: Topology, previous: Allocations) throws(VsmmuError) -> Allocations {
         var next = Allocations()
         for guest in topology.guests {
             next.guests[guest.name] = try allocate(guest, previous: previous.guests[guest.name] ?? GuestAllocation())
@@ -75,7 +69,7 @@ public enum Allocator {
         return next
     }
 
-    static func allocatePorts(_ devices: [Device], previous: PortAllocation, where what: String) throws(AllocationError) -> PortAllocation {
+    static func allocatePorts(_ devices: [Device], previous: PortAllocation, where what: String) throws(VsmmuError) -> PortAllocation {
         var out = PortAllocation()
         var taken = Set<Int>()
         for d in devices { if let s = d.slot { out.slots[d.name] = s; taken.insert(s) } }
@@ -92,7 +86,7 @@ public enum Allocator {
                 holes.remove(h)
             } else {
                 guard let free = (0..<slotCount).first(where: { !taken.contains($0) && !holes.contains($0) }) else {
-                    throw AllocationError(message: "\(what) has no free root-port slot left for device '\(d.name)' (\(slotCount) per bus)")
+                    throw VsmmuError(.allocation, "\(what) has no free root-port slot left for device '\(d.name)' (\(slotCount) per bus)")
                 }
                 slot = free
             }
@@ -105,7 +99,7 @@ public enum Allocator {
         return out
     }
 
-    static func allocate(_ guest: Guest, previous: GuestAllocation) throws(AllocationError) -> GuestAllocation {
+    static func allocate(_ guest: Guest, previous: GuestAllocation) throws(VsmmuError) -> GuestAllocation {
         var out = GuestAllocation()
         out.rootPorts = try allocatePorts(guest.devices, previous: previous.rootPorts, where: "pcie.0 of guest '\(guest.name)'")
         let rootNeed = 1 + out.rootPorts.ports.count
@@ -160,7 +154,7 @@ public enum Allocator {
             }
             if chosen == nil { chosen = (rootNeed...max(rootNeed, 256 - n)).first { free($0, $0 + n - 1) } }
             guard let b = chosen else {
-                throw AllocationError(message: "guest '\(guest.name)' has no room for the expander bus of vSMMU '\(s.name)' (it needs \(n) bus numbers)",
+                throw VsmmuError(.allocation, "guest '\(guest.name)' has no room for the expander bus of vSMMU '\(s.name)' (it needs \(n) bus numbers)",
                                       hint: "fewer devices or vSMMUs, or explicit busNumber values with room between them")
             }
             buses[s.name] = b
@@ -171,12 +165,12 @@ public enum Allocator {
         for (i, (name, b)) in sorted.enumerated() {
             let next = i + 1 < sorted.count ? sorted[i + 1].1 : 256
             if next - b < need(name) {
-                throw AllocationError(message: "vSMMU '\(name)' of guest '\(guest.name)' on bus \(hex2(b)) needs \(need(name)) bus numbers but has \(next - b) before \(next > 255 ? "the end" : hex2(next))",
+                throw VsmmuError(.allocation, "vSMMU '\(name)' of guest '\(guest.name)' on bus \(hex2(b)) needs \(need(name)) bus numbers but has \(next - b) before \(next > 255 ? "the end" : hex2(next))",
                                       hint: "bus numbers of existing vSMMUs never move (their vSIDs would change); give this vSMMU an explicit busNumber with more room, or move devices to another vSMMU")
             }
         }
         if let lowest = sorted.first, lowest.1 < rootNeed {
-            throw AllocationError(message: "pcie.0 of guest '\(guest.name)' needs \(rootNeed) bus numbers but vSMMU '\(lowest.0)' starts at \(hex2(lowest.1))")
+            throw VsmmuError(.allocation, "pcie.0 of guest '\(guest.name)' needs \(rootNeed) bus numbers but vSMMU '\(lowest.0)' starts at \(hex2(lowest.1))")
         }
         for s in guest.vsmmus {
             out.vsmmus[s.name] = VSMMUAllocation(busNumber: buses[s.name]!, identifier: ids[s.name]!, ports: ports[s.name]!)

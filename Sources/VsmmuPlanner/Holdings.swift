@@ -1,4 +1,5 @@
 import VsmmuKernel
+import VsmmuModel
 
 /// What the executor holds in the kernel, per guest: fds and object IDs. The kernel has
 /// no ioctl that lists iommufd objects (reference §9.6): the holder's own record is the
@@ -124,7 +125,8 @@ public struct GuestHolding: Codable, Hashable, Sendable {
 }
 
 public struct DeviceHolding: Codable, Hashable, Sendable {
-    public var source: String            // "0000:09:01.0" or "selftest:0"
+    /// Written in holdings.json as its text, `0000:09:01.0` or `selftest:0` (as before it was typed).
+    public var source: DeviceSource
     /// The open VFIO cdev (real devices); nil for mock devices.
     public var cdev: DeviceHandle?
     public var vfioIndex: Int?
@@ -134,8 +136,36 @@ public struct DeviceHolding: Codable, Hashable, Sendable {
     /// The HWPT the device is attached to now (nil: not attached).
     public var attached: ObjectID?
     public var owner: UInt32?
-    public init(source: String, cdev: DeviceHandle?, vfioIndex: Int?, mockStdev: ObjectID?, devID: ObjectID) {
+    public init(source: DeviceSource, cdev: DeviceHandle?, vfioIndex: Int?, mockStdev: ObjectID?, devID: ObjectID) {
         self.source = source; self.cdev = cdev; self.vfioIndex = vfioIndex; self.mockStdev = mockStdev; self.devID = devID
+    }
+
+    private enum CodingKeys: String, CodingKey { case source, cdev, vfioIndex, mockStdev, devID, attached, owner }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let text = try c.decode(String.self, forKey: .source)
+        guard let source = DeviceSource(text) else {
+            throw DecodingError.dataCorruptedError(forKey: .source, in: c, debugDescription: "'\(text)' is neither a PCI address nor selftest:N")
+        }
+        self.source = source
+        cdev = try c.decodeIfPresent(DeviceHandle.self, forKey: .cdev)
+        vfioIndex = try c.decodeIfPresent(Int.self, forKey: .vfioIndex)
+        mockStdev = try c.decodeIfPresent(ObjectID.self, forKey: .mockStdev)
+        devID = try c.decode(ObjectID.self, forKey: .devID)
+        attached = try c.decodeIfPresent(ObjectID.self, forKey: .attached)
+        owner = try c.decodeIfPresent(UInt32.self, forKey: .owner)
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(source.description, forKey: .source)
+        try c.encodeIfPresent(cdev, forKey: .cdev)
+        try c.encodeIfPresent(vfioIndex, forKey: .vfioIndex)
+        try c.encodeIfPresent(mockStdev, forKey: .mockStdev)
+        try c.encode(devID, forKey: .devID)
+        try c.encodeIfPresent(attached, forKey: .attached)
+        try c.encodeIfPresent(owner, forKey: .owner)
     }
 }
 

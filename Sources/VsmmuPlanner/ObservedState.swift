@@ -16,7 +16,7 @@ public struct ObservedState: Sendable {
     public static func observe(port: KernelPort, holdings: Holdings, addresses: Set<PCIAddress>) throws(KernelCallError) -> ObservedState {
         var all = addresses
         for g in holdings.guests.values {
-            for d in g.devices.values { if let a = PCIAddress(d.source) { all.insert(a) } }
+            for d in g.devices.values { if let a = d.source.pciAddress { all.insert(a) } }
         }
         for a in holdings.originalDrivers.keys { all.insert(a) }
         for a in holdings.unknownOriginalDrivers ?? [] { all.insert(a) }
@@ -48,7 +48,7 @@ public struct ObservedState: Sendable {
             }
             guard !dead.contains(name) else { continue }
             for (dname, d) in g.devices where d.cdev != nil {
-                guard let a = PCIAddress(d.source), let s = sysfs[a], s.driver == "vfio-pci", s.vfioDevIndex == d.vfioIndex else {
+                guard let a = d.source.pciAddress, let s = sysfs[a], s.driver == "vfio-pci", s.vfioDevIndex == d.vfioIndex else {
                     lost.insert("\(name)/\(dname)")
                     continue
                 }

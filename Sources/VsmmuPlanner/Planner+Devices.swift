@@ -16,10 +16,10 @@ extension Planner {
 
     func heldDeviceVerdict(_ s: GuestScope, _ dname: String, _ d: DeviceHolding) -> Verdict {
         guard let want = s.desiredDevices[dname] else { return .destroy }
-        if want.source.description != d.source { return .replace(forcedBy: "host (\(d.source) → \(want.source))") }
+        if want.source != d.source { return .replace(forcedBy: "host (\(d.source) → \(want.source))") }
         if let was = s.heldVSMMUOf[dname], was != want.vsmmu { return .replace(forcedBy: "vsmmu (\(was) → \(want.vsmmu ?? "none"))") }
         if observed.lostDevices.contains(s.key(dname)) {
-            let now = PCIAddress(d.source).flatMap { observed.sysfs[$0]?.driver } ?? "none"
+            let now = d.source.pciAddress.flatMap { observed.sysfs[$0]?.driver } ?? "none"
             return .replace(forcedBy: "driver (changed to \(now) outside vsmmu: binding lost)")
         }
         // An earlier apply opened the cdev but stopped before BIND: finish it.
@@ -30,7 +30,7 @@ extension Planner {
     mutating func heldDevice(_ s: inout GuestScope, _ dname: String, _ d: DeviceHolding, wanted: Set<PCIAddress>) {
         let verdict = heldDeviceVerdict(s, dname, d)
         let want = s.desiredDevices[dname]
-        let address = PCIAddress(d.source)
+        let address = d.source.pciAddress
         switch verdict {
         case .keep, .create:
             return

@@ -88,5 +88,5 @@ extension Planner {
     func closePhase(_ d: DeviceHolding) -> Phase { d.mockStdev != nil ? .unmapMemory : .closeDevices }
 
     /// What closing a held device's cdev frees: its address, for the way back.
-    func closed(_ d: DeviceHolding) -> [Dep] { PCIAddress(d.source).map { [.cdevClosed($0)] } ?? [] }
+    func closed(_ d: DeviceHolding) -> [Dep] { d.source.pciAddress.map { [.cdevClosed($0)] } ?? [] }
 }

@@ -137,7 +137,7 @@ public struct Planner {
             teardownGuest(name, h)
         }
         for (dname, d) in h.devices.sorted(by: { $0.key < $1.key }) where d.cdev != nil {
-            if let a = PCIAddress(d.source), !wanted.contains(a) {
+            if let a = d.source.pciAddress, !wanted.contains(a) {
                 note(.destroy, "device", "\(name)/\(dname)", "\(a) back to \(self.originalDriverText(a))")
                 giveBack(a, resource: "device \(name)/\(dname)")
             }
@@ -148,7 +148,7 @@ public struct Planner {
     /// record was lost, or an interrupted apply): give them back too.
     mutating func strayAddresses(wanted: Set<PCIAddress>) {
         var held = Set<PCIAddress>()
-        for g in observed.holdings.guests.values { for d in g.devices.values { if let a = PCIAddress(d.source) { held.insert(a) } } }
+        for g in observed.holdings.guests.values { for d in g.devices.values { if let a = d.source.pciAddress { held.insert(a) } } }
         for a in (observed.holdings.unknownOriginalDrivers ?? []).sorted() where !wanted.contains(a) && !held.contains(a) {
             add(.giveBack, "device \(a)", .forgetOriginalDriver(address: a))
         }

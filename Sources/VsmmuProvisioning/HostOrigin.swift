@@ -55,7 +55,7 @@ public struct HostOrigin: Codable, Equatable {
         let what = recorded.name != given.name
             ? "\(hostFile) describes host \(given.name)"
             : "\(hostFile) describes host \(given.name) differently from \(recorded.file) when the state was made"
-        throw CommandError(message: "the state directory \(stateDir) was made from host \(recorded.name) (--host \(recorded.file)), but \(what); nothing was changed",
+        throw CommandError(.state, "the state directory \(stateDir) was made from host \(recorded.name) (--host \(recorded.file)), but \(what); nothing was changed",
                            hint: "use --host \(recorded.file) with this state directory, or start over with a new one: --state-dir NEW_DIR (or destroy what it holds and remove \(stateDir))")
     }
 
@@ -63,7 +63,7 @@ public struct HostOrigin: Codable, Equatable {
     public static func checkLive(stateDir: String) throws {
         let (simulated, recorded) = recorded(stateDir: stateDir)
         guard simulated else { return }
-        throw CommandError(message: "the state directory \(stateDir) holds a simulated host\(recorded.map { " (\($0.name))" } ?? ""), but no --host was given: its records do not describe this machine's kernel; nothing was changed",
+        throw CommandError(.state, "the state directory \(stateDir) holds a simulated host\(recorded.map { " (\($0.name))" } ?? ""), but no --host was given: its records do not describe this machine's kernel; nothing was changed",
                            hint: "add --host \(recorded?.file ?? "FILE") (or VSMMU_HOST), or use another --state-dir for this machine")
     }
 }

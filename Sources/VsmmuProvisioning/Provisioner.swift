@@ -122,7 +122,9 @@ public final class Provisioner {
                                      simulated: session.simulated, onlyGuests: guests, destroying: destroying,
                                      otherFiles: appliedFiles())
         } catch {
-            throw CommandError(message: error.message, hint: error.hint.map { $0.hasPrefix("vsmmu ") ? $0 + session.context : $0 })
+            var e = error
+            if let h = e.hint, h.hasPrefix("vsmmu ") { e.hint = h + session.context }
+            throw e
         }
     }
 
@@ -197,7 +199,7 @@ public final class Provisioner {
         case .savedPlan(let saved, let file):
             guard !options.destroying else { throw CommandError(message: "destroy takes a topology file, not a saved plan") }
             if let made = saved.stateDir, made != Self.canonical(session.stateDir) {
-                throw CommandError(message: "\(file) was made on the state directory \(made), not \(Self.canonical(session.stateDir)); nothing was changed",
+                throw CommandError(.state, "\(file) was made on the state directory \(made), not \(Self.canonical(session.stateDir)); nothing was changed",
                                    hint: "vsmmu apply \(file) --state-dir \(made)\(saved.simulated ? " --host FILE" : ""), or make a new plan here: vsmmu plan \(saved.topologyFile) --out \(file)\(session.context)")
             }
             let own = Pipeline.ownView(store.holdings, allocations: store.allocations, topology: saved.topology).holdings
@@ -272,8 +274,8 @@ public final class Provisioner {
             again = try makePlan(topology, validation: validation, host: session.host, store: store,
                                  only: destroying ? Set(topology.guests.map(\.name)) : nil, destroying: destroying)
         } catch {
-            throw CommandError(message: "every step succeeded, but reading the kernel back to verify them failed: \(error)",
-                               hint: "run `vsmmu plan \(topology.file)\(session.context)` to check the result")
+            throw CommandError(.kernel, "every step succeeded, but reading the kernel back to verify them failed",
+                               hint: "run `vsmmu plan \(topology.file)\(session.context)` to check the result", cause: error)
         }
         guard !again.isEmpty, !again.onlyAwaitsRestart else { return }
         for c in again.changes where c.restartRequired != true {

@@ -7,13 +7,9 @@ import VsmmuPlanner
 import VsmmuSim
 import VsmmuYAML
 
-/// A command-level failure: printed as `error: message` (+ hint), exit status 1.
-public struct CommandError: Error, CustomStringConvertible {
-    public var message: String
-    public var hint: String?
-    public init(message: String, hint: String? = nil) { self.message = message; self.hint = hint }
-    public var description: String { message }
-}
+/// A command-level failure, printed as `error: message`, its causes and a hint, exit
+/// status 1: a VsmmuError (`CommandError(message:hint:)` is code .command).
+public typealias CommandError = VsmmuError
 
 /// YAML for the simulated host's host.yaml (the same format as `vsmmu host`).
 public struct YAMLHostCodec: HostFileCodec {
@@ -82,7 +78,7 @@ public final class Session: @unchecked Sendable {
         do {
             sim = try SimStore.open(directory: stateDir + "/sim", initialHost: initial, codec: YAMLHostCodec())
         } catch {
-            throw CommandError(message: "cannot open the simulated kernel in \(stateDir)/sim: \(error)")
+            throw CommandError(.state, "cannot open the simulated kernel in \(stateDir)/sim", cause: error)
         }
         let session = Session(port: sim, sim: sim, stateDir: stateDir)
         session.lock = lock

@@ -17,7 +17,7 @@ public struct VMMGuestLayout: Sendable {
 
     public init(holding h: GuestHolding, port: KernelPort) throws(KernelCallError) {
         for (name, d) in h.devices.sorted(by: { $0.key < $1.key }) {
-            guard let a = PCIAddress(d.source) else { continue }
+            guard let a = d.source.pciAddress else { continue }
             let iommu = try port.pciDevice(a)?.iommu ?? ""
             let vsmmu = h.vsmmus.sorted { $0.key < $1.key }.first { $0.value.vdevices[name] != nil }?.key
             devices.append(Device(name: name, address: a, iommu: iommu, vsmmu: vsmmu))

@@ -48,7 +48,7 @@ public struct SimCall: Hashable, Sendable, Codable, CustomStringConvertible {
 
 extension SimulatedKernel {
     /// Every operation name VSMMU_SIM_FAIL accepts: the kernel-call vocabulary.
-    public static let operationNames: Set<String> = Set(KernelCall.all.map(\.name))
+    public static let operationNames: Set<String> = Set(KernelCall.allCases.map(\.name))
 
     /// Parses `VSMMU_SIM_FAIL`: a comma-separated list of `OP[#N]:ERRNO`, e.g.
     /// `IOMMU_VIOMMU_ALLOC:ENOMEM,VFIO_DEVICE_BIND_IOMMUFD#2:EBUSY`.
