@@ -232,26 +232,27 @@ final class AgentServer: @unchecked Sendable {
         let api = Provisioner(session: session)
         var drift = false
         _ = try? runReporting(text) { () throws -> Int32 in
-            let found = try api.reconcile(fix: false, events: ProvisioningEvents(note: { text.error($0) }))
-            guard found.hasDrift, let plan = found.drift, let path = found.file else { return 0 }
-            drift = true
-            if options.reconcile == .report {
-                out("vsmmu-agent: reconcile (\(reason)): drift found; run `vsmmu plan \(path)` to see it, or start the agent with --reconcile=fix\n")
-                text.write(PlanText.render(plan, ops: false))
-                return 0
-            }
-            out("vsmmu-agent: reconcile (\(reason)): drift found, re-applying \(path)\n")
-            do {
-                var options = ApplyOptions()
-                options.autoApprove = true
-                options.shouldStop = { [self] in stopping }
-                let source = SourceText(path: path, bytes: AppliedTopology.load(stateDir: session.stateDir)?.bytes ?? [])
-                _ = try api.apply(.topology(source), options: options,
-                                  events: Runner.events(text, plan: { text.write(PlanText.render($0, ops: false)) }), settled: true)
-                out("vsmmu-agent: reconcile (\(reason)): converged\n")
-            } catch {
-                out("vsmmu-agent: reconcile (\(reason)): failed, see below\n")
-                throw error
+            // One topology at a time: each owns its guests (docs/contract.md §7).
+            for found in try api.reconcile(fix: false, events: ProvisioningEvents(note: { text.error($0) })) {
+                guard found.hasDrift, let plan = found.drift, let path = found.file, let source = found.source else { continue }
+                drift = true
+                if options.reconcile == .report {
+                    out("vsmmu-agent: reconcile (\(reason)): drift found; run `vsmmu plan \(path)` to see it, or start the agent with --reconcile=fix\n")
+                    text.write(PlanText.render(plan, ops: false))
+                    continue
+                }
+                out("vsmmu-agent: reconcile (\(reason)): drift found, re-applying \(path)\n")
+                do {
+                    var options = ApplyOptions()
+                    options.autoApprove = true
+                    options.shouldStop = { [self] in stopping }
+                    _ = try api.apply(.topology(source), options: options,
+                                      events: Runner.events(text, plan: { text.write(PlanText.render($0, ops: false)) }), settled: true)
+                    out("vsmmu-agent: reconcile (\(reason)): converged\n")
+                } catch {
+                    out("vsmmu-agent: reconcile (\(reason)): failed, see below\n")
+                    throw error
+                }
             }
             return 0
         }

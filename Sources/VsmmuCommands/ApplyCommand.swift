@@ -15,7 +15,8 @@ struct Apply: ParsableCommand {
         progress line per step on standard error. Afterwards the kernel is observed again \
         and must match the topology. A second apply of a converged topology changes \
         nothing. One apply at a time per state directory. A saved PLAN (from `plan --out`) \
-        is refused when the kernel's state moved since it was made.
+        applies without a prompt (it is the approval), on the state directory it was made \
+        on only, and is refused when the kernel's state moved since it was made.
 
         A failed apply stops at the failing step and names it, the object and the kernel's \
         errno; a device that was being moved to vfio-pci is given back to its driver. \

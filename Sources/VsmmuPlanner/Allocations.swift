@@ -8,9 +8,24 @@ public struct Allocations: Codable, Hashable, Sendable {
     public var formatVersion = 1
     public var guests: [String: GuestAllocation] = [:]
     public init() {}
+
+    /// The guests a topology other than `topology` declared, with that topology's name
+    /// (docs/contract.md §7). A guest with no recorded owner was recorded by a vsmmu from
+    /// before ownership, when one topology held the whole host: it goes with the one planning.
+    public func owners(otherThan topology: String) -> [String: String] {
+        var out: [String: String] = [:]
+        for (g, a) in guests { if let o = a.topology, o != topology { out[g] = o } }
+        return out
+    }
 }
 
 public struct GuestAllocation: Codable, Hashable, Sendable {
+    /// The `metadata.name` of the topology that declared the guest: only that topology
+    /// plans it (nil: recorded before ownership existed).
+    public var topology: String?
+    /// What the guest saw when its topology was last applied (every guest-visible value):
+    /// a change to any of them is a change of the plan even where no kernel object moves.
+    public var layout: GuestLayout?
     public var vsmmus: [String: VSMMUAllocation] = [:]
     /// Root ports on pcie.0 for devices with no vSMMU.
     public var rootPorts = PortAllocation()
@@ -49,6 +64,7 @@ public enum Allocator {
         var next = Allocations()
         for guest in topology.guests {
             next.guests[guest.name] = try allocate(guest, previous: previous.guests[guest.name] ?? GuestAllocation())
+            next.guests[guest.name]?.topology = topology.name
         }
         return next
     }

@@ -7,6 +7,8 @@ public struct DesiredState: Sendable {
     public var topologyName: String
     public var guests: [DesiredGuest]
     public var allocations: Allocations
+    /// The allocations recorded before this plan (with what each guest saw then).
+    public var previous = Allocations()
 }
 
 public struct DesiredGuest: Sendable {
@@ -139,7 +141,7 @@ extension DesiredState {
             }
             guests.append(DesiredGuest(name: g.name, owner: owner, devices: devices, stage2: stage2, memory: g.memory, vsmmus: vsmmus))
         }
-        return DesiredState(topologyName: topology.name, guests: guests, allocations: allocations)
+        return DesiredState(topologyName: topology.name, guests: guests, allocations: allocations, previous: previous)
     }
 }
 
