@@ -27,7 +27,14 @@ enum Dispatch {
                 throw CommandError(message: "\(busy)", hint: "if a vsmmu agent serves this state directory, talk to it with --socket PATH")
             }
             let outcome = RequestOutcome()
-            let code = Runner.execute(request, session: session, console: console, outcome: outcome, confirm: isatty(0) == 1 ? { _ in askYes(console) } : nil)
+            let mutating = request.command == .apply || request.command == .destroy
+            var code = Runner.execute(request, session: session, console: console, outcome: outcome, confirm: isatty(0) == 1 ? { _ in askYes(console) } : nil,
+                                      shouldStop: mutating ? { Interrupt.install(); return Interrupt.wasRequested } : { false })
+            if mutating, Interrupt.wasRequested, code != 0 {
+                let verb = request.command == .destroy ? "destroy" : "apply"
+                console.error("Interrupted: the step in flight finished and everything done is journaled. Resume with: vsmmu \(verb) \(file ?? "FILE")\(kernel.context)")
+                code = 130
+            }
             if let savePlanTo, let plan = outcome.savedPlan {
                 try SavedPlan.write(plan, to: savePlanTo)
                 console.error("Saved the plan to \(savePlanTo). Apply exactly this plan with: vsmmu apply \(savePlanTo)\(kernel.context)")

@@ -10,14 +10,16 @@ import VsmmuPlanner
 public struct ProvisioningEvents: Sendable {
     /// A line about what is being done besides the plan (recovery, lifecycle, notes).
     public var note: @Sendable (String) -> Void
-    /// One line per finished step of an apply.
+    /// One line per resource of an apply as it starts and when it ends.
     public var progress: @Sendable (String) -> Void
+    /// One line per finished step (kernel call) of an apply.
+    public var call: @Sendable (String) -> Void
     /// The plan an apply is about to carry out (shown before it asks for approval).
     public var planned: @Sendable (Plan) -> Void
 
     public init(note: @escaping @Sendable (String) -> Void, progress: @escaping @Sendable (String) -> Void = { _ in },
-                planned: @escaping @Sendable (Plan) -> Void = { _ in }) {
-        self.note = note; self.progress = progress; self.planned = planned
+                call: @escaping @Sendable (String) -> Void = { _ in }, planned: @escaping @Sendable (Plan) -> Void = { _ in }) {
+        self.note = note; self.progress = progress; self.call = call; self.planned = planned
     }
 
     public static let silent = ProvisioningEvents(note: { _ in })
@@ -244,7 +246,7 @@ public final class Provisioner {
             guard confirm(plan) else { return .cancelled(plan) }
         }
         do {
-            try Pipeline.apply(plan, port: port, store: store, progress: events.progress, shouldStop: options.shouldStop)
+            try Pipeline.apply(plan, port: port, store: store, progress: events.progress, calls: events.call, shouldStop: options.shouldStop)
         } catch {
             try? session.save()
             throw error

@@ -80,10 +80,12 @@ final class AgentProcess {
 @Test func applyThroughTheSocketThenPlanIsEmpty() throws {
     let agent = try AgentProcess()
     let t = "examples/two-vsmmus-four-gpus.yaml"
-    let a = vsmmu(["apply", t, "--socket", agent.socket, "--auto-approve"])
+    let a = vsmmu(["apply", t, "--socket", agent.socket, "--auto-approve", "-v"])
     #expect(a.code == 0, "\(a.stderr) \(agent.logText)")
     #expect(a.stdout.contains("Apply complete! Resources: 10 added"))
+    // -v reaches the agent: the per-call lines under the resource lines.
     #expect(a.stderr.contains("[54/54]"))
+    #expect(a.stderr.contains("vsmmu train0/smmu1: Creation complete after "))
     let p = vsmmu(["plan", t, "--socket", agent.socket, "--detailed-exitcode"])
     #expect(p.code == 0)
     #expect(p.stdout.hasPrefix("No changes."))
