@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # qemu-check: what vsmmu emits for QEMU, checked against a real qemu-system-aarch64 >= 11.
 #
-#   bash scripts/qemu-check.sh          # as root; Debian 12 x86_64; reaches deb.debian.org
+#   bash scripts/qemu-check.sh          # as root; Debian 12 x86_64; reaches the Debian archive of
+#                                       # this machine's apt sources (scripts/debian-mirror.sh)
 #
 # Timing (2-core Debian 12 x86_64, no KVM, TCG; measured 2026-11-25 with
 # `time bash scripts/qemu-check.sh`):
@@ -45,7 +46,7 @@
 #   VSMMU_QEMU_SUITE        Debian suite of the root (default trixie; sid also works)
 #   VSMMU_QEMU_BACKPORTS    suite to take qemu-system-arm from (default trixie-backports
 #                           for trixie, none otherwise; set empty for none)
-#   VSMMU_QEMU_MIRROR       default http://deb.debian.org/debian
+#   VSMMU_QEMU_MIRROR       default: the Debian archive this machine's apt uses
 #   VSMMU_QEMU_REFRESH=1    rebuild the cached root (e.g. to pick up a newer QEMU)
 #   VSMMU_QEMU_PLACEHOLDER  default virtio-rng-pci,disable-legacy=on (no backend, no option ROM)
 #   VSMMU_QEMU_BOOT_TIMEOUT seconds to wait for the firmware per guest (default 240)
@@ -66,7 +67,10 @@ elif [ "$SUITE" = trixie ]; then
 else
 	BACKPORTS=
 fi
-MIRROR=${VSMMU_QEMU_MIRROR:-http://deb.debian.org/debian}
+MIRROR=$(bash "$HERE/debian-mirror.sh" "${VSMMU_QEMU_MIRROR:-}" 2>&1) || {
+	printf 'FAIL setup: %s\nqemu-check: 0 passed, 1 failed\n' "$MIRROR"
+	exit 1
+}
 REFRESH=${VSMMU_QEMU_REFRESH:-0}
 PLACEHOLDER=${VSMMU_QEMU_PLACEHOLDER:-virtio-rng-pci,disable-legacy=on}
 BOOT_TIMEOUT=${VSMMU_QEMU_BOOT_TIMEOUT:-240}
