@@ -31,7 +31,8 @@ struct Agent: ParsableCommand {
         refused: the fds live in the executor's process).
 
         Example:
-          vsmmu agent --host examples/hosts/grace-2smmu-cmdqv.yaml --socket /tmp/vsmmu.sock --state-dir /tmp/vsmmu
+          vsmmu agent --host examples/hosts/grace-2smmu-cmdqv.yaml \\
+            --socket /tmp/vsmmu.sock --state-dir /tmp/vsmmu
         """)
 
     enum ReconcileMode: String, ExpressibleByArgument, CaseIterable { case report, fix }

@@ -19,7 +19,8 @@ struct PlanCommand: ParsableCommand {
         2 changes present (with --detailed-exitcode).
 
         Example:
-          vsmmu plan examples/one-guest-one-vsmmu.yaml --host examples/hosts/grace-2smmu-cmdqv.yaml --ops
+          vsmmu plan examples/one-guest-one-vsmmu.yaml --ops \\
+            --host examples/hosts/grace-2smmu-cmdqv.yaml
         """)
 
     enum Format: String, ExpressibleByArgument, CaseIterable { case text, json }

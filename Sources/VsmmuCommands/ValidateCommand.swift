@@ -15,7 +15,8 @@ struct Validate: ParsableCommand {
         Exit status: 0 valid, 1 invalid.
 
         Example:
-          vsmmu validate examples/two-vsmmus-four-gpus.yaml --host examples/hosts/grace-2smmu-cmdqv.yaml --verbose
+          vsmmu validate examples/two-vsmmus-four-gpus.yaml --verbose \\
+            --host examples/hosts/grace-2smmu-cmdqv.yaml
         """)
 
     @Argument(help: "The topology file (kind Topology).")
