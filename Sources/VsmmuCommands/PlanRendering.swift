@@ -93,7 +93,7 @@ enum PlanJSON {
              }),
              "devices": .array(g.devices.map { d in
                  ["name": .string(d.name), "host": .string(d.host), "vsmmu": d.vsmmu.map(JSONValue.string) ?? .null, "slot": .int(Int64(d.slot)),
-                  "guestAddress": .string(d.guestAddress), "vsid": d.vsid.map { .uint($0) } ?? .null]
+                  "guestAddress": .string(d.guestAddress), "vsid": d.vsid.map { .string(YAMLText.hex($0)) } ?? .null]
              })]
         }
         return ["formatVersion": .int(Int64(Plan.formatVersion)), "topology": .string(plan.topology), "topologyFile": .string(plan.topologyFile),
