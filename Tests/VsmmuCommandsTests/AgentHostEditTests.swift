@@ -22,3 +22,21 @@ import Testing
     #expect(agent.logText.contains("request by uid \(getuid()) (pid "), "\(agent.logText)")
     #expect(agent.logText.contains("apply \(t) by uid \(getuid()): done"), "\(agent.logText)")
 }
+
+/// qemu-args and libvirt-xml work through the agent: resolved against the host it runs on
+/// and the allocations it keeps, the same as in-process on that state directory.
+@Test func qemuArgsAndLibvirtXMLWorkThroughTheSocket() throws {
+    let agent = try AgentProcess()
+    let t = "examples/two-vsmmus-four-gpus.yaml"
+    #expect(vsmmu(["apply", t, "--socket", agent.socket, "--auto-approve", "--quiet"]).code == 0)
+    let viaAgent = vsmmu(["qemu-args", t, "--guest", "train0", "--socket", agent.socket, "--fds", "--format", "argv"])
+    #expect(viaAgent.code == 0, "\(viaAgent.stderr)")
+    #expect(viaAgent.stdout.contains("arm-smmuv3"), "\(viaAgent.stdout)")
+    let local = vsmmu(["qemu-args", t, "--guest", "train0", "--host", grace, "--state-dir", agent.dir + "/state", "--fds", "--format", "argv"])
+    #expect(local.code == 0, "\(local.stderr)")
+    #expect(viaAgent.stdout == local.stdout)
+    let xml = vsmmu(["libvirt-xml", t, "--guest", "train0", "--socket", agent.socket])
+    #expect(xml.code == 0, "\(xml.stderr)")
+    #expect(xml.stdout.contains("<iommu model='smmuv3'"), "\(xml.stdout.prefix(400))")
+    #expect(agent.logText.contains("qemu-args \(t)"), "\(agent.logText)")
+}
