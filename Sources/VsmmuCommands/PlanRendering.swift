@@ -70,6 +70,13 @@ enum PlanJSON {
             var o: [String: JSONValue] = ["action": .string(c.action.rawValue), "type": .string(c.type), "name": .string(c.name),
                                           "summary": .string(c.summary)]
             if let f = c.forcedBy { o["forcedBy"] = .string(f) }
+            if let r = c.replacement {
+                var f: [String: JSONValue] = ["attribute": .string(r.attribute)]
+                if let from = r.from { f["from"] = .string(from) }
+                if let to = r.to { f["to"] = .string(to) }
+                if let reason = r.reason { f["reason"] = .string(reason) }
+                o["replacement"] = .object(f)
+            }
             if c.restartRequired == true { o["restartRequired"] = .bool(true) }
             if !c.attributes.isEmpty {
                 o["attributes"] = .array(c.attributes.map { a in
