@@ -135,6 +135,8 @@ enum Runner {
         let plan = try api.plan(try source(r), events: events(console))
         if r.format == "json" {
             console.print(PlanJSON.render(plan).rendered())
+        } else if r.format == "yaml" {
+            console.write(ShowDocument.yaml(PlanJSON.render(plan)))
         } else {
             console.write(PlanText.render(plan, ops: r.ops))
         }

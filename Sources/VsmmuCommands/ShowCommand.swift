@@ -18,12 +18,11 @@ struct Show: ParsableCommand {
           vsmmu show --host examples/hosts/grace-2smmu-cmdqv.yaml --format json
         """)
 
-    enum Format: String, ExpressibleByArgument, CaseIterable { case yaml, json }
 
     @OptionGroup var kernel: KernelOptions
 
-    @Option(help: "yaml or json.")
-    var format: Format = .yaml
+    @Option(help: "text (the YAML document), yaml or json.")
+    var format: OutputFormat = .text
 
     func run() throws {
         var request = Request(.show)
