@@ -40,3 +40,14 @@ import Testing
     #expect(xml.stdout.contains("<iommu model='smmuv3'"), "\(xml.stdout.prefix(400))")
     #expect(agent.logText.contains("qemu-args \(t)"), "\(agent.logText)")
 }
+
+/// An in-process command on a state directory an idle agent serves is told to use the
+/// agent's socket, not that something is applying.
+@Test func theLockMessageNamesTheAgentAndItsSocket() throws {
+    let agent = try AgentProcess()
+    let r = vsmmu(["plan", "examples/one-guest-one-vsmmu.yaml", "--host", grace, "--state-dir", agent.dir + "/state"])
+    #expect(r.code == 1)
+    #expect(r.stderr.contains("a vsmmu agent (pid "), "\(r.stderr)")
+    #expect(r.stderr.contains("send the request to it: --socket \(agent.socket)"), "\(r.stderr)")
+    #expect(!r.stderr.contains("applying or destroying"))
+}
