@@ -1,6 +1,6 @@
 
 
-/// The Host description (SPEC §3): what the kernel shows about a host. The same
+/// The Host description (docs/contract.md §3): what the kernel shows about a host. The same
 /// format is what `vsmmu host` prints and what the simulated kernel starts from.
 public struct HostDescription: Hashable, Sendable, Codable {
     public var name: String

@@ -1,6 +1,6 @@
 import VsmmuKernel
 
-/// Moving a PCI address to vfio-pci and back (reference §8: "Safe move to vfio-pci",
+/// Moving a PCI address to vfio-pci and back (docs/kernel-interface.md §8: "Safe move to vfio-pci",
 /// "Way back"), each step only as far as sysfs shows it is needed.
 extension Planner {
     mutating func moveToVFIO(_ a: PCIAddress, resource: String) {
@@ -71,7 +71,7 @@ extension Planner {
             add(.destroyVDevices, "device \(g)/\(d)", .destroyVDevice(guest: g, vsmmu: v, device: d), gives: [.vdevicesGone(vsmmu: key)])
         }
         for (t, _) in h.eventQueues.sorted(by: { $0.key < $1.key }) {
-            add(.destroyEventQueues, r, .destroyEventQueue(guest: g, vsmmu: v, type: VEventQType(rawValue: t)), gives: [.eventQueuesGone(vsmmu: key)])
+            add(.destroyEventQueues, r, .destroyEventQueue(guest: g, vsmmu: v, type: t), gives: [.eventQueuesGone(vsmmu: key)])
         }
         add(.destroyVIOMMUs, r, .destroyVIOMMU(guest: g, vsmmu: v),
             needs: [.nestedGone(vsmmu: key), .vdevicesGone(vsmmu: key), .eventQueuesGone(vsmmu: key)], gives: [.viommuGone(vsmmu: key)])
@@ -82,7 +82,7 @@ extension Planner {
         add(.releaseMemory, "memory \(g)/\(r)", .releaseMemory(guest: g, region: r), needs: [.unmapped("\(g)/\(r)")], gives: [.released("\(g)/\(r)")])
     }
 
-    /// A VFIO device closes after its IOAS is gone (reference §0 T9). A mock device
+    /// A VFIO device closes after its IOAS is gone (docs/kernel-interface.md §0 T9). A mock device
     /// cannot be detached, only destroyed, and it holds its HWPT: it goes before the
     /// stage-2 HWPTs.
     func closePhase(_ d: DeviceHolding) -> Phase { d.mockStdev != nil ? .unmapMemory : .closeDevices }

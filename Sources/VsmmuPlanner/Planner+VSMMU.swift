@@ -1,15 +1,15 @@
 import VsmmuKernel
 import VsmmuModel
 
-/// vSMMUs: held ones kept, rebuilt or removed; new (or rebuilt) ones built in SPEC §5
+/// vSMMUs: held ones kept, rebuilt or removed; new (or rebuilt) ones built in docs/contract.md §5
 /// step 7 order: check, vIOMMU, vDevices before any nested attach, abort and bypass
 /// HWPTs, vEVENTQs, then the devices onto bypass.
 extension Planner {
     func heldVSMMUVerdict(_ want: DesiredVSMMU?, _ v: VSMMUHolding) -> Verdict {
         guard let want else { return .destroy }
         if want.resolved.physical != v.physical { return .replace(.change("physical", v.physical, want.resolved.physical)) }
-        if want.flavor.viommuType.rawValue != v.viommuType {
-            let from = VIOMMUType(rawValue: v.viommuType).name, to = want.flavor.viommuType.name
+        if want.flavor.viommuType != v.viommuType {
+            let from = v.viommuType.name, to = want.flavor.viommuType.name
             return .replace(Replacement(attribute: "cmdqv", from: from, to: to, reason: nil, text: "cmdqv (vIOMMU type \(from) → \(to))"))
         }
         return .keep
@@ -73,7 +73,7 @@ extension Planner {
                 needs: [viommu], gives: [.bypass(vsmmu: s.key(v.name))])
             s.needNestedAttach.formUnion(v.devices)
         }
-        for t in v.flavor.eventQueueTypes where heldV?.eventQueues[t.rawValue] == nil {
+        for t in v.flavor.eventQueueTypes where heldV?.eventQueues[t] == nil {
             add(.buildVSMMUs, r, .allocEventQueue(guest: s.name, vsmmu: v.name, type: t, depth: eventQueueDepth), needs: [viommu])
         }
     }

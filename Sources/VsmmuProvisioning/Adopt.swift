@@ -25,8 +25,8 @@ public struct AdoptHandover {
         }
         for (name, v) in g.vsmmus {
             var queues: [String: AdoptMap.EventQueue] = [:]
-            for (t, q) in v.eventQueues { queues[String(t)] = .init(id: q.id, fd: fd(q.fd.fd)) }
-            m.vsmmus[name] = .init(physical: v.physical, viommu: v.viommu, viommuType: v.viommuType, abortHwpt: v.abortHWPT, bypassHwpt: v.bypassHWPT,
+            for (t, q) in v.eventQueues { queues[String(t.rawValue)] = .init(id: q.id, fd: fd(q.fd.fd)) }
+            m.vsmmus[name] = .init(physical: v.physical, viommu: v.viommu, viommuType: v.viommuType.rawValue, abortHwpt: v.abortHWPT, bypassHwpt: v.bypassHWPT,
                                    veventqs: queues, vdevices: v.vdevices.mapValues { .init(id: $0.id, vsid: $0.virtID) })
         }
         for (name, r) in g.memory {
@@ -42,7 +42,7 @@ public struct AdoptHandover {
         var p: [(String, Int32)] = [(FDPlaceholder.name(guest: guest, thing: .iommufd), g.iommufd.fd)]
         for (name, d) in g.devices.sorted(by: { $0.key < $1.key }) { if let c = d.cdev { p.append((FDPlaceholder.name(guest: guest, thing: .device(name)), c.fd)) } }
         for (name, v) in g.vsmmus.sorted(by: { $0.key < $1.key }) {
-            for (t, q) in v.eventQueues.sorted(by: { $0.key < $1.key }) { p.append((FDPlaceholder.name(guest: guest, thing: .eventQueue(vsmmu: name, type: t)), q.fd.fd)) }
+            for (t, q) in v.eventQueues.sorted(by: { $0.key < $1.key }) { p.append((FDPlaceholder.name(guest: guest, thing: .eventQueue(vsmmu: name, type: t.rawValue)), q.fd.fd)) }
         }
         for (name, m) in g.memory.sorted(by: { $0.key < $1.key }) { if let f = m.memory.file { p.append((FDPlaceholder.name(guest: guest, thing: .memory(name)), f.fd)) } }
         placeholders = p

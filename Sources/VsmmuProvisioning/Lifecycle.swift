@@ -59,6 +59,11 @@ public final class GuestLifecycle {
             if r.remote == nil, !holders.contains(where: { $0.pid == r.pid }) {
                 problems.append("\(name) \(a): its VFIO cdev is not open in pid \(r.pid)")
             }
+            // Between the release and the VMM's own bind another process could take the
+            // device (root, or the cdev's owner): name it.
+            for other in holders where other.pid != r.pid {
+                problems.append("\(name) \(a) is held by \(other), not by the VMM")
+            }
         }
         return problems
     }

@@ -44,7 +44,7 @@ func everyInvalidExampleFailsExactlyAsItSays(file: String) throws {
 }
 
 @Test func everyRuleOfSpecSection2HasAnInvalidExample() {
-    // One file per rule of SPEC §2; a rule without its file is a gap in the contract's tests.
+    // One file per rule of docs/contract.md §2; a rule without its file is a gap in the contract's tests.
     let rules = ["unknown-key", "wrong-type", "duplicate-key", "duplicate-name", "bad-pci-address", "size-zero",
                  "size-not-aligned", "size-overflow", "size-too-large", "memory-overlap", "memory-reserved",
                  "device-used-twice", "vsmmu-mixed-iommus", "vsmmu-wrong-physical", "two-vsmmus-same-physical",

@@ -138,7 +138,7 @@ func resources(_ p: Plan) -> Set<String> { Set(p.operations.map(\.resource)) }
     #expect(p.changes.first?.forcedBy?.hasPrefix("cmdqv") == true)
     try h.apply(try h.topology(off))
     #expect(try h.plan(try h.topology(off)).isEmpty)
-    #expect(h.store.holdings.guests["vm"]!.vsmmus["s0"]!.viommuType == VIOMMUType.armSMMUv3.rawValue)
+    #expect(h.store.holdings.guests["vm"]!.vsmmus["s0"]!.viommuType == VIOMMUType.armSMMUv3)
 }
 
 @Test func removingAGuestTearsItDownAndGivesDevicesBack() throws {
