@@ -31,7 +31,8 @@ struct Agent: ParsableCommand {
         refused: the fds live in the executor's process).
 
         Example:
-          vsmmu agent --host examples/hosts/grace-2smmu-cmdqv.yaml --socket /tmp/vsmmu.sock --state-dir /tmp/vsmmu
+          vsmmu agent --host examples/hosts/grace-2smmu-cmdqv.yaml \\
+            --socket /tmp/vsmmu.sock --state-dir /tmp/vsmmu
         """)
 
     enum ReconcileMode: String, ExpressibleByArgument, CaseIterable { case report, fix }
@@ -186,6 +187,11 @@ final class AgentServer: @unchecked Sendable {
         }
         requestLock.lock()
         defer { requestLock.unlock() }
+        // One log line per request, with who asked.
+        let what = envelope.handoff.map { "handoff --guest \($0)" } ?? envelope.launch.map { _ in "launch" }
+            ?? envelope.request.map { r in ([r.command.rawValue] + (r.file.map { [$0] } ?? []) + (r.dryRun ? ["--dry-run"] : [])).joined(separator: " ") } ?? "?"
+        log("request by uid \(peer.uid) (pid \(peer.pid)): \(what)")
+        reloadSimulatedHost()
         if let guest = envelope.handoff {
             handoff(guest, channel)
             return
@@ -209,11 +215,24 @@ final class AgentServer: @unchecked Sendable {
                              err: { s in self.reply(channel, AgentClient.Reply(err: s)) })
         let outcome = RequestOutcome()
         let code = Runner.execute(request, session: session, console: remote, outcome: outcome, confirm: nil, shouldStop: { [self] in stopping })
+        if request.command == .apply || request.command == .destroy {
+            log("\(request.command.rawValue) \(request.file ?? "") by uid \(peer.uid): \(code == 0 ? "done" : "failed (exit \(code))")")
+        }
         var final = AgentClient.Reply(exit: code, fingerprint: outcome.fingerprint)
         if let plan = outcome.savedPlan {
             final.savedPlan = (try? SavedPlan.encode(plan))?.base64EncodedString()
         }
         reply(channel, final)
+    }
+
+    /// Edits of sim/host.yaml made while the agent runs take effect at the next request.
+    func reloadSimulatedHost() {
+        guard let sim = session.sim else { return }
+        do {
+            if try sim.reloadHostFile() { log("\(session.stateDir)/sim/host.yaml changed: the simulated host now follows it") }
+        } catch {
+            log("\(session.stateDir)/sim/host.yaml changed but cannot be read: \(error); the simulated host is unchanged")
+        }
     }
 
     // MARK: reconcile
@@ -225,6 +244,7 @@ final class AgentServer: @unchecked Sendable {
         let locked = channel == nil
         if locked { requestLock.lock() }
         defer { if locked { requestLock.unlock() } }
+        if locked { reloadSimulatedHost() }
         let out: @Sendable (String) -> Void = { [self] s in
             if let channel { reply(channel, AgentClient.Reply(err: s)) } else { console.errorRaw(s) }
         }

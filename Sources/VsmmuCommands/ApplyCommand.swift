@@ -28,7 +28,8 @@ struct Apply: ParsableCommand {
         Exit status: 0 done (or nothing to do), 1 error.
 
         Example:
-          vsmmu apply examples/one-guest-one-vsmmu.yaml --host examples/hosts/grace-2smmu-cmdqv.yaml --auto-approve
+          vsmmu apply examples/one-guest-one-vsmmu.yaml \\
+            --host examples/hosts/grace-2smmu-cmdqv.yaml --auto-approve
         """)
 
     @Argument(help: "The topology file, or a plan saved by `vsmmu plan --out`.")
@@ -70,7 +71,8 @@ struct Destroy: ParsableCommand {
         Exit status: 0 done, 1 error.
 
         Example:
-          vsmmu destroy examples/one-guest-one-vsmmu.yaml --host examples/hosts/grace-2smmu-cmdqv.yaml --auto-approve
+          vsmmu destroy examples/one-guest-one-vsmmu.yaml \\
+            --host examples/hosts/grace-2smmu-cmdqv.yaml --auto-approve
         """)
 
     @Argument(help: "The topology file whose guests are torn down.")

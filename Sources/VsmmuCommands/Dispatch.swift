@@ -6,12 +6,13 @@ import VsmmuPlanner
 
 /// Runs a request in-process (with --host and no --socket) or through the agent.
 enum Dispatch {
-    static func run(_ request: Request, file: String?, kernel: KernelOptions, savePlanTo: String? = nil) throws -> Int32 {
+    /// `socket`: go to that agent whatever the options say.
+    static func run(_ request: Request, file: String?, kernel: KernelOptions, savePlanTo: String? = nil, socket explicit: String? = nil) throws -> Int32 {
         let console = Console.standard()
         return try runReporting(console) {
             var request = request
             if let file { try request.attach(file: file) }
-            if let socket = kernel.agentSocket {
+            if let socket = explicit ?? kernel.agentSocket {
                 // A state directory named with no --host: the request would go to the live
                 // kernel's agent, never to the simulated host that directory holds.
                 if kernel.host == nil, let dir = kernel.stateDir { try HostOrigin.checkLive(stateDir: dir) }

@@ -19,10 +19,10 @@ struct PlanCommand: ParsableCommand {
         2 changes present (with --detailed-exitcode).
 
         Example:
-          vsmmu plan examples/one-guest-one-vsmmu.yaml --host examples/hosts/grace-2smmu-cmdqv.yaml --ops
+          vsmmu plan examples/one-guest-one-vsmmu.yaml --ops \\
+            --host examples/hosts/grace-2smmu-cmdqv.yaml
         """)
 
-    enum Format: String, ExpressibleByArgument, CaseIterable { case text, json }
 
     @Argument(help: "The topology file.")
     var file: String
@@ -32,8 +32,8 @@ struct PlanCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Save the plan for `vsmmu apply PLAN`; it carries a fingerprint of the state it was made from.", valueName: "PLAN"))
     var out: String?
 
-    @Option(help: "Output format: text or json (formatVersion 1, stable for pipelines).")
-    var format: Format = .text
+    @Option(help: "Output format: text, json (formatVersion 1, stable for pipelines) or yaml (the same document).")
+    var format: OutputFormat = .text
 
     @Flag(help: "List the ordered operations.")
     var ops = false

@@ -70,6 +70,13 @@ enum PlanJSON {
             var o: [String: JSONValue] = ["action": .string(c.action.rawValue), "type": .string(c.type), "name": .string(c.name),
                                           "summary": .string(c.summary)]
             if let f = c.forcedBy { o["forcedBy"] = .string(f) }
+            if let r = c.replacement {
+                var f: [String: JSONValue] = ["attribute": .string(r.attribute)]
+                if let from = r.from { f["from"] = .string(from) }
+                if let to = r.to { f["to"] = .string(to) }
+                if let reason = r.reason { f["reason"] = .string(reason) }
+                o["replacement"] = .object(f)
+            }
             if c.restartRequired == true { o["restartRequired"] = .bool(true) }
             if !c.attributes.isEmpty {
                 o["attributes"] = .array(c.attributes.map { a in
@@ -93,7 +100,7 @@ enum PlanJSON {
              }),
              "devices": .array(g.devices.map { d in
                  ["name": .string(d.name), "host": .string(d.host), "vsmmu": d.vsmmu.map(JSONValue.string) ?? .null, "slot": .int(Int64(d.slot)),
-                  "guestAddress": .string(d.guestAddress), "vsid": d.vsid.map { .uint($0) } ?? .null]
+                  "guestAddress": .string(d.guestAddress), "vsid": d.vsid.map { .string(YAMLText.hex($0)) } ?? .null]
              })]
         }
         return ["formatVersion": .int(Int64(Plan.formatVersion)), "topology": .string(plan.topology), "topologyFile": .string(plan.topologyFile),

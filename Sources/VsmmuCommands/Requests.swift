@@ -10,6 +10,8 @@ import VsmmuYAML
 /// What a request asks for. On the agent's socket it is the command's name.
 public enum RequestKind: String, Codable, Sendable {
     case plan, apply, destroy, show, reconcile
+    /// The guest's QEMU arguments or libvirt domain, resolved where the agent runs.
+    case qemuArgs = "qemu-args", libvirtXML = "libvirt-xml"
 }
 
 /// One kernel-facing request (plan, apply, destroy, show), the same whether the CLI runs
@@ -35,6 +37,8 @@ public struct Request: Codable, Sendable {
     /// apply/destroy: a line per kernel call too (-v), or no progress lines at all (--quiet).
     public var verbose = false
     public var quiet = false
+    /// qemu-args: fd placeholders (--fds).
+    public var fds = false
 
     public init(_ command: RequestKind) { self.command = command }
 
@@ -42,7 +46,7 @@ public struct Request: Codable, Sendable {
     // can leave out what they do not use.
     enum CodingKeys: String, CodingKey {
         case command, file, contentBase64, format, ops, detailedExitcode, autoApprove, dryRun, wantSavedPlan, expectFingerprint, guest, rebuildState
-        case verbose, quiet
+        case verbose, quiet, fds
     }
 
     public init(from decoder: Decoder) throws {
@@ -61,6 +65,7 @@ public struct Request: Codable, Sendable {
         rebuildState = try c.decodeIfPresent(Bool.self, forKey: .rebuildState) ?? false
         verbose = try c.decodeIfPresent(Bool.self, forKey: .verbose) ?? false
         quiet = try c.decodeIfPresent(Bool.self, forKey: .quiet) ?? false
+        fds = try c.decodeIfPresent(Bool.self, forKey: .fds) ?? false
     }
 
     var content: [UInt8]? { contentBase64.flatMap { Data(base64Encoded: $0) }.map { [UInt8]($0) } }
@@ -96,11 +101,21 @@ enum Runner {
                 case .destroy: return try apply(request, api: api, console: console, confirm: confirm, destroying: true, shouldStop: shouldStop)
                 case .show: return try show(request, api: api, console: console)
                 case .reconcile: throw CommandError(message: "reconcile is the agent's: run it with --socket")
+                case .qemuArgs, .libvirtXML: return try vmm(request, session: session, console: console)
                 }
             }
         } catch {
             return 1
         }
+    }
+
+    /// qemu-args and libvirt-xml resolved on this session's host and allocations.
+    static func vmm(_ r: Request, session: Session, console: Console) throws -> Int32 {
+        guard let guest = r.guest else { throw CommandError(message: "the request names no guest") }
+        let l = try LayoutOptions.layout(try source(r), guest: guest, host: session.host, stateDir: session.stateDir,
+                                         simulated: session.simulated, console: console)
+        if r.command == .libvirtXML { return try LibvirtXml.write(l, console: console) }
+        return try QemuArgs.write(l, guest: guest, format: QemuArgs.Format(rawValue: r.format ?? "args") ?? .args, fds: r.fds, console: console)
     }
 
     /// Where the API's lines go: notes and progress to standard error.
@@ -120,6 +135,8 @@ enum Runner {
         let plan = try api.plan(try source(r), events: events(console))
         if r.format == "json" {
             console.print(PlanJSON.render(plan).rendered())
+        } else if r.format == "yaml" {
+            console.write(ShowDocument.yaml(PlanJSON.render(plan)))
         } else {
             console.write(PlanText.render(plan, ops: r.ops))
         }

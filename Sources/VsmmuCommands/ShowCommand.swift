@@ -18,12 +18,11 @@ struct Show: ParsableCommand {
           vsmmu show --host examples/hosts/grace-2smmu-cmdqv.yaml --format json
         """)
 
-    enum Format: String, ExpressibleByArgument, CaseIterable { case yaml, json }
 
     @OptionGroup var kernel: KernelOptions
 
-    @Option(help: "yaml or json.")
-    var format: Format = .yaml
+    @Option(help: "text (the YAML document), yaml or json.")
+    var format: OutputFormat = .text
 
     func run() throws {
         var request = Request(.show)
@@ -79,10 +78,10 @@ enum ShowDocument {
             var vsmmus: [String: JSONValue] = [:]
             for (v, h) in g.vsmmus {
                 var vdevs: [String: JSONValue] = [:]
-                for (d, vd) in h.vdevices { vdevs[d] = ["vdeviceId": .int(Int64(vd.id)), "vsid": .string("0x" + String(vd.virtID, radix: 16))] }
+                for (d, vd) in h.vdevices { vdevs[d] = ["vdeviceId": .int(Int64(vd.id)), "vsid": .string(YAMLText.hex(vd.virtID))] }
                 var queues: [String: JSONValue] = [:]
                 for (t, q) in h.eventQueues { queues[String(t.rawValue)] = ["veventqId": .int(Int64(q.id)), "fd": .int(Int64(q.fd.fd))] }
-                vsmmus[v] = ["physical": .string(h.physical), "viommuId": .int(Int64(h.viommu)), "viommuType": .int(Int64(h.viommuType.rawValue)),
+                vsmmus[v] = ["physical": .string(h.physical), "viommuId": .int(Int64(h.viommu)), "viommuType": .string(h.viommuType.name),
                              "abortHwptId": h.abortHWPT.map { .int(Int64($0)) } ?? .null, "bypassHwptId": h.bypassHWPT.map { .int(Int64($0)) } ?? .null,
                              "vdevices": .object(vdevs), "veventqs": .object(queues)]
             }

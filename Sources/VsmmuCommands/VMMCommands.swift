@@ -20,6 +20,18 @@ struct LayoutOptions: ParsableArguments {
 
     @OptionGroup var kernel: KernelOptions
 
+    /// With --socket (or VSMMU_SOCKET) and no --host, the agent resolves the layout against
+    /// the host it runs on and the allocations it keeps. nil: in-process.
+    func throughAgent(_ kind: RequestKind, format: String?, fds: Bool) throws -> Int32? {
+        let explicit = kernel.socket != nil || !(ProcessInfo.processInfo.environment["VSMMU_SOCKET"] ?? "").isEmpty
+        guard kernel.host == nil, explicit, let socket = kernel.agentSocket else { return nil }
+        var request = Request(kind)
+        request.guest = guest
+        request.format = format
+        request.fds = fds
+        return try Dispatch.run(request, file: file, kernel: kernel, socket: socket)
+    }
+
     func layout(console: Console) throws -> (VMMLayout, Topology) {
         let stateDir = kernel.resolvedStateDir
         var host: HostDescription
@@ -40,12 +52,20 @@ struct LayoutOptions: ParsableArguments {
         }
         let source: SourceText
         do { source = try InputFile.read(file) } catch { throw CommandError(message: error.rendered()) }
+        return try Self.layout(source, guest: guest, host: host, stateDir: stateDir, simulated: kernel.host != nil, console: console)
+    }
+
+    /// The guest's layout from `source` against `host`, with the allocations kept in
+    /// `stateDir` (in-process, or in the agent for `--socket`).
+    static func layout(_ source: SourceText, guest: String, host: HostDescription, stateDir: String, simulated: Bool,
+                       console: Console) throws -> (VMMLayout, Topology) {
+        let file = source.path
         let (topology, validation) = try Provisioner.validate(source, host: host)
         guard let g = topology.guest(named: guest) else {
             throw CommandError(message: "\(file) has no guest '\(guest)'", hint: "guests: \(topology.guests.map(\.name).joined(separator: ", "))")
         }
         let store = try StateStore(directory: stateDir)
-        let users: UserResolver = kernel.host != nil ? SimulatedUserResolver() : SystemUserResolver()
+        let users: UserResolver = simulated ? SimulatedUserResolver() : SystemUserResolver()
         let desired: DesiredState
         do { desired = try DesiredState.build(topology: topology, host: host, resolved: validation.resolved, previous: store.allocations, users: users) } catch {
             throw error
@@ -107,19 +127,27 @@ struct QemuArgs: ParsableCommand {
 
     func run() throws {
         let console = Console.standard()
+        if let code = try options.throughAgent(.qemuArgs, format: format.rawValue, fds: fds) {
+            if code != 0 { throw ExitCode(code) }
+            return
+        }
         let code = try runReporting(console) {
-            let (layout, topology) = try options.layout(console: console)
-            let out: QEMUArgs.Output
-            do { out = try QEMUArgs.render(layout, fds: fds) } catch { throw CommandError(message: "\(error)") }
-            switch format {
-            case .args: console.write(QEMUArgs.text(out, guest: options.guest, topology: topology.name))
-            case .argv:
-                do { console.write(try QEMUArgs.argv(out)) } catch { throw CommandError(message: "\(error)") }
-            case .json: console.print(QEMUArgs.json(out, guest: options.guest).rendered())
-            }
-            return 0
+            try Self.write(try options.layout(console: console), guest: options.guest, format: format, fds: fds, console: console)
         }
         if code != 0 { throw ExitCode(code) }
+    }
+
+    static func write(_ l: (VMMLayout, Topology), guest: String, format: Format, fds: Bool, console: Console) throws -> Int32 {
+        let (layout, topology) = l
+        let out: QEMUArgs.Output
+        do { out = try QEMUArgs.render(layout, fds: fds) } catch { throw CommandError(message: "\(error)") }
+        switch format {
+        case .args: console.write(QEMUArgs.text(out, guest: guest, topology: topology.name))
+        case .argv:
+            do { console.write(try QEMUArgs.argv(out)) } catch { throw CommandError(message: "\(error)") }
+        case .json: console.print(QEMUArgs.json(out, guest: guest).rendered())
+        }
+        return 0
     }
 }
 
@@ -153,13 +181,21 @@ struct LibvirtXml: ParsableCommand {
 
     func run() throws {
         let console = Console.standard()
+        if let code = try options.throughAgent(.libvirtXML, format: nil, fds: false) {
+            if code != 0 { throw ExitCode(code) }
+            return
+        }
         let code = try runReporting(console) {
-            let (layout, topology) = try options.layout(console: console)
-            let out = LibvirtXML.render(layout, topology: topology.name)
-            for n in out.notes { console.error("note: \(n)") }
-            console.write(out.xml)
-            return 0
+            try Self.write(try options.layout(console: console), console: console)
         }
         if code != 0 { throw ExitCode(code) }
+    }
+
+    static func write(_ l: (VMMLayout, Topology), console: Console) throws -> Int32 {
+        let (layout, topology) = l
+        let out = LibvirtXML.render(layout, topology: topology.name)
+        for n in out.notes { console.error("note: \(n)") }
+        console.write(out.xml)
+        return 0
     }
 }

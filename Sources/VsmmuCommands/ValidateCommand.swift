@@ -15,7 +15,8 @@ struct Validate: ParsableCommand {
         Exit status: 0 valid, 1 invalid.
 
         Example:
-          vsmmu validate examples/two-vsmmus-four-gpus.yaml --host examples/hosts/grace-2smmu-cmdqv.yaml --verbose
+          vsmmu validate examples/two-vsmmus-four-gpus.yaml --verbose \\
+            --host examples/hosts/grace-2smmu-cmdqv.yaml
         """)
 
     @Argument(help: "The topology file (kind Topology).")
@@ -26,6 +27,13 @@ struct Validate: ParsableCommand {
     @Flag(name: .shortAndLong, help: "Print the resolved value of every `auto` feature.")
     var verbose = false
 
+    @Option(help: "text, or json (valid, the diagnostics with line and column, the counts) on standard output.")
+    var format: OutputFormat = .text
+
+    func validate() throws {
+        if format == .yaml { throw ValidationError("validate writes text or json") }
+    }
+
     func run() throws {
         // Where the state directory already holds the simulated host, validate reads what
         // plan would: that host as it is now (its origin checked against --host).
@@ -35,14 +43,30 @@ struct Validate: ParsableCommand {
             let code = try runReporting(console) { () throws -> Int32 in current = try Session.open(kernel).host; return 0 }
             if code != 0 { throw ExitCode(code) }
         }
-        let code = ValidateRunner.run(file: file, hostFile: kernel.host, verbose: verbose, console: .standard(), current: current)
+        let code = ValidateRunner.run(file: file, hostFile: kernel.host, verbose: verbose, console: .standard(), current: current, json: format == .json)
         if code != 0 { throw ExitCode(code) }
     }
 }
 
 public enum ValidateRunner {
     /// `current`: the host to check against instead of reading `hostFile` (a simulated host's state).
-    public static func run(file: String, hostFile: String?, verbose: Bool, console: Console, current: HostDescription? = nil) -> Int32 {
+    /// The result as JSON for pipelines: the same exit codes, errors as fields.
+    static func json(_ file: String, host: HostDescription?, diagnostics: [Diagnostic], topology: Topology?) -> String {
+        var o: [String: JSONValue] = ["file": .string(file), "valid": .bool(diagnostics.isEmpty),
+                                      "host": host.map { .string($0.name) } ?? .null,
+                                      "diagnostics": .array(diagnostics.map { d in
+                                          ["line": .int(Int64(d.mark.line)), "column": .int(Int64(d.mark.column)), "message": .string(d.message),
+                                           "hint": d.hint.map(JSONValue.string) ?? .null]
+                                      })]
+        if let topology, diagnostics.isEmpty {
+            o["guests"] = .int(Int64(topology.guests.count))
+            o["vsmmus"] = .int(Int64(topology.guests.reduce(0) { $0 + $1.vsmmus.count }))
+            o["devices"] = .int(Int64(topology.guests.reduce(0) { $0 + $1.allDevices.count }))
+        }
+        return JSONValue.object(o).rendered()
+    }
+
+    public static func run(file: String, hostFile: String?, verbose: Bool, console: Console, current: HostDescription? = nil, json: Bool = false) -> Int32 {
         var host: HostDescription? = current
         if let hostFile, current == nil {
             do { host = try HostDescription.load(path: hostFile) } catch {
@@ -54,11 +78,16 @@ public enum ValidateRunner {
         let topology: Topology
         let source: SourceText
         do { (topology, source) = try Topology.load(path: file) } catch {
+            if json { console.print(Self.json(file, host: host, diagnostics: error.diagnostics, topology: nil)); return 1 }
             console.error(error.rendered())
             console.error("\(file): \(countPhrase(error.diagnostics.count))")
             return 1
         }
         let result = Validator.validate(topology, host: host)
+        if json {
+            console.print(Self.json(file, host: host, diagnostics: result.isValid ? [] : result.diagnostics, topology: topology))
+            return result.isValid ? 0 : 1
+        }
         if !result.isValid {
             for d in result.diagnostics { console.error(d.rendered(source: source)) }
             console.error("\(file): \(countPhrase(result.diagnostics.count))")

@@ -11,7 +11,8 @@ public struct VsmmuCommand: ParsableCommand {
         applied idempotently and reconciled against live kernel state.
 
         Try it without hardware, on a simulated host:
-          vsmmu plan examples/one-guest-one-vsmmu.yaml --host examples/hosts/grace-2smmu-cmdqv.yaml
+          vsmmu plan examples/one-guest-one-vsmmu.yaml \\
+            --host examples/hosts/grace-2smmu-cmdqv.yaml
         """,
         version: "0.1.0",
         subcommands: [Validate.self, PlanCommand.self, Apply.self, Destroy.self, Show.self, Host.self, QemuArgs.self, LibvirtXml.self, Agent.self, Launch.self, Reconcile.self, Handoff.self, Schema.self])

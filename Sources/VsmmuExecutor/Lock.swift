@@ -13,9 +13,28 @@ public final class StateLock {
     public struct Busy: Error, CustomStringConvertible {
         public var path: String
         public var holder: String
+        /// The holder's command line (/proc/PID/cmdline), when readable.
+        public var command: [String] = []
         public var description: String {
-            "another vsmmu (\(holder)) holds the lock \(path); it is applying or destroying now. Wait for it to finish, then run again."
+            // An agent holds the lock for as long as it runs, busy or idle.
+            if let i = command.firstIndex(of: "agent"), i > 0 {
+                let socket = command.firstIndex(of: "--socket").flatMap { $0 + 1 < command.count ? command[$0 + 1] : nil }
+                return "a vsmmu agent (\(holder)) serves this state directory (it holds the lock \(path) while it runs); "
+                    + "send the request to it: --socket \(socket ?? "/run/vsmmu/agent.sock")"
+            }
+            return "another vsmmu (\(holder)) holds the lock \(path); it is applying or destroying now. Wait for it to finish, then run again."
         }
+    }
+
+    /// A process's argv, from /proc.
+    static func commandLine(_ pid: String) -> [String] {
+        let fd = Glibc.open("/proc/\(pid)/cmdline", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return [] }
+        defer { Glibc.close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+        guard n > 0 else { return [] }
+        return buffer.prefix(n).split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
     }
 
     /// The lock cannot be taken for another reason (what it is, said plainly).
@@ -43,7 +62,7 @@ public final class StateLock {
             Glibc.close(fd)
             guard e == EWOULDBLOCK else { throw Unusable(message: "cannot lock \(path): \(String(cString: strerror(e)))") }
             let pid = String(decoding: buffer.prefix(max(0, n)), as: UTF8.self).filter(\.isNumber)
-            throw Busy(path: path, holder: pid.isEmpty ? "unknown pid" : "pid \(pid)")
+            throw Busy(path: path, holder: pid.isEmpty ? "unknown pid" : "pid \(pid)", command: pid.isEmpty ? [] : Self.commandLine(pid))
         }
         _ = ftruncate(fd, 0)
         _ = pwrite(fd, "\(getpid())\n", "\(getpid())\n".utf8.count, 0)

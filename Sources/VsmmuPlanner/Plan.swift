@@ -7,6 +7,29 @@ public struct AttributeChange: Codable, Hashable, Sendable {
     public var to: String?
 }
 
+/// What forces a replacement, as a field (terraform's "forces replacement"): the attribute
+/// that changes and its values, or for a state rather than a value, the attribute it
+/// concerns and the reason (`binding-lost`, `context-lost`, ...).
+public struct Replacement: Codable, Hashable, Sendable {
+    public var attribute: String
+    public var from: String?
+    public var to: String?
+    /// A stable word for what forces it where no value changes.
+    public var reason: String?
+    /// The plan's words for it.
+    public var text: String
+
+    /// An attribute's value changes: `name (from → to)`.
+    public static func change(_ attribute: String, _ from: String, _ to: String) -> Replacement {
+        Replacement(attribute: attribute, from: from, to: to, reason: nil, text: "\(attribute) (\(from) → \(to))")
+    }
+
+    /// A state forces it: `reason` for scripts, `text` for people.
+    public static func state(_ attribute: String, reason: String, text: String) -> Replacement {
+        Replacement(attribute: attribute, from: nil, to: nil, reason: reason, text: text)
+    }
+}
+
 /// One resource line of a plan, as terraform prints them.
 public struct ResourceChange: Codable, Hashable, Sendable {
     public enum Action: String, Codable, Sendable {
@@ -29,6 +52,8 @@ public struct ResourceChange: Codable, Hashable, Sendable {
     public var attributes: [AttributeChange]
     /// For a replacement: the attribute that forces it (terraform's "forces replacement").
     public var forcedBy: String?
+    /// The same as fields (nil in plans saved by an older vsmmu).
+    public var replacement: Replacement?
     /// The guest runs with the old value: its VM must be restarted to see the change
     /// (nil: no; optional for plans saved by an older vsmmu).
     public var restartRequired: Bool?

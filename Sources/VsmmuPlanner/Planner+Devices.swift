@@ -16,11 +16,11 @@ extension Planner {
 
     func heldDeviceVerdict(_ s: GuestScope, _ dname: String, _ d: DeviceHolding) -> Verdict {
         guard let want = s.desiredDevices[dname] else { return .destroy }
-        if want.source != d.source { return .replace(forcedBy: "host (\(d.source) → \(want.source))") }
-        if let was = s.heldVSMMUOf[dname], was != want.vsmmu { return .replace(forcedBy: "vsmmu (\(was) → \(want.vsmmu ?? "none"))") }
+        if want.source != d.source { return .replace(.change("host", d.source.description, want.source.description)) }
+        if let was = s.heldVSMMUOf[dname], was != want.vsmmu { return .replace(.change("vsmmu", was, want.vsmmu ?? "none")) }
         if observed.lostDevices.contains(s.key(dname)) {
             let now = d.source.pciAddress.flatMap { observed.sysfs[$0]?.driver } ?? "none"
-            return .replace(forcedBy: "driver (changed to \(now) outside vsmmu: binding lost)")
+            return .replace(Replacement(attribute: "driver", from: "vfio-pci", to: now, reason: "binding-lost", text: "driver (changed to \(now) outside vsmmu: binding lost)"))
         }
         // An earlier apply opened the cdev but stopped before BIND: finish it.
         if d.devID == 0, d.cdev != nil { return .update([AttributeChange(name: "bound", from: "no", to: "yes")]) }

@@ -63,10 +63,10 @@ extension Planner {
     func memoryVerdict(_ want: MemoryRegion?, _ m: MemoryHolding?) -> Verdict {
         guard let m else { return .create }
         guard let want else { return .destroy }
-        if want.guestAddress != m.iova { return .replace(forcedBy: "guestAddress (\(YAMLText.hex(m.iova)) → \(YAMLText.hex(want.guestAddress)))") }
-        if want.size != m.length { return .replace(forcedBy: "size (\(YAMLText.size(m.length)) → \(YAMLText.size(want.size)))") }
-        if want.backing != m.backing { return .replace(forcedBy: "backing (\(m.backing.rawValue) → \(want.backing.rawValue))") }
-        if !m.mapped { return .replace(forcedBy: "mapping (an earlier apply stopped before mapping it)") }
+        if want.guestAddress != m.iova { return .replace(.change("guestAddress", YAMLText.hex(m.iova), YAMLText.hex(want.guestAddress))) }
+        if want.size != m.length { return .replace(.change("size", YAMLText.size(m.length), YAMLText.size(want.size))) }
+        if want.backing != m.backing { return .replace(.change("backing", m.backing.rawValue, want.backing.rawValue)) }
+        if !m.mapped { return .replace(.state("mapping", reason: "not-mapped", text: "mapping (an earlier apply stopped before mapping it)")) }
         return .keep
     }
 

@@ -7,9 +7,10 @@ import VsmmuModel
 extension Planner {
     func heldVSMMUVerdict(_ want: DesiredVSMMU?, _ v: VSMMUHolding) -> Verdict {
         guard let want else { return .destroy }
-        if want.resolved.physical != v.physical { return .replace(forcedBy: "physical (\(v.physical) → \(want.resolved.physical))") }
+        if want.resolved.physical != v.physical { return .replace(.change("physical", v.physical, want.resolved.physical)) }
         if want.flavor.viommuType != v.viommuType {
-            return .replace(forcedBy: "cmdqv (vIOMMU type \(v.viommuType.name) → \(want.flavor.viommuType.name))")
+            let from = v.viommuType.name, to = want.flavor.viommuType.name
+            return .replace(Replacement(attribute: "cmdqv", from: from, to: to, reason: nil, text: "cmdqv (vIOMMU type \(from) → \(to))"))
         }
         return .keep
     }

@@ -28,7 +28,7 @@ public struct Planner {
         case keep
         case create
         case update([AttributeChange])
-        case replace(forcedBy: String)
+        case replace(Replacement)
         case destroy
     }
 
@@ -86,15 +86,16 @@ public struct Planner {
     mutating func note(_ verdict: Verdict, _ type: String, _ name: String, _ summary: String) {
         let action: ResourceChange.Action
         var attributes: [AttributeChange] = []
-        var forcedBy: String?
+        var replacement: Replacement?
         switch verdict {
         case .keep: return
         case .create: action = .create
         case .update(let a): action = .update; attributes = a
-        case .replace(let f): action = .replace; forcedBy = f
+        case .replace(let r): action = .replace; replacement = r
         case .destroy: action = .destroy
         }
-        changes.append(ResourceChange(action: action, type: type, name: name, summary: summary, attributes: attributes, forcedBy: forcedBy))
+        changes.append(ResourceChange(action: action, type: type, name: name, summary: summary, attributes: attributes,
+                                      forcedBy: replacement?.text, replacement: replacement))
     }
 
     /// Flattens the phases and turns needs into step dependencies.
@@ -169,14 +170,16 @@ public struct Planner {
     mutating func desiredGuest(_ g: DesiredGuest, wanted: Set<PCIAddress>) {
         var h = observed.holdings.guests[g.name]
         if let held = h {
-            var reason: String?
-            if observed.deadGuests.contains(g.name) { reason = "context lost: the process that held its iommufd fd exited" }
-            else if held.uncertain { reason = "an interrupted apply left its iommufd context uncertain" }
-            else if g.stage2.contains(where: { s in held.stage2[s.iommu].map { $0.nestParent != s.nestParent } ?? false }) {
-                reason = "a stage-2 HWPT changes its nest-parent flag"
+            var reason: Replacement?
+            if observed.deadGuests.contains(g.name) {
+                reason = .state("context", reason: "context-lost", text: "context lost: the process that held its iommufd fd exited")
+            } else if held.uncertain {
+                reason = .state("context", reason: "interrupted", text: "an interrupted apply left its iommufd context uncertain")
+            } else if g.stage2.contains(where: { s in held.stage2[s.iommu].map { $0.nestParent != s.nestParent } ?? false }) {
+                reason = .state("stage2.nestParent", reason: "nest-parent-changes", text: "a stage-2 HWPT changes its nest-parent flag")
             }
             if let reason {
-                note(.replace(forcedBy: reason), "guest", g.name, "iommufd context, IOAS")
+                note(.replace(reason), "guest", g.name, "iommufd context, IOAS")
                 add(.dropContexts, "guest \(g.name)", observed.deadGuests.contains(g.name) ? .forgetGuest(guest: g.name) : .closeGuest(guest: g.name))
                 h = nil
             }

@@ -227,6 +227,18 @@ public final class SimStore {
         if !written { throw SimStoreError("\(logPath): write failed (errno \(errno))") }
     }
 
+    /// host.yaml edited since the kernel last wrote it: for a kernel that lives long (an
+    /// agent's), the same as `open` does at start. Returns whether there were edits.
+    func reloadHostEdits(into kernel: SimulatedKernel) throws -> Bool {
+        guard let bytes = try read(Self.hostName), let base = kernel.state.savedHost else { return false }
+        let text = String(decoding: bytes, as: UTF8.self)
+        guard text != codec.encode(base) else { return false }
+        let edited = try codec.decode(text, path: hostPath)
+        kernel.applyHostEdits(base: base, edited: edited)
+        try save(kernel)
+        return true
+    }
+
     /// host.yaml then kernel.json, each written to a temporary file and renamed into
     /// place, then the log is truncated. A kill in between is harmless: log entries
     /// carry sequence numbers, and host.yaml edits are detected against the host the

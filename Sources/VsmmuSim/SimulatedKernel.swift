@@ -78,6 +78,13 @@ public final class SimulatedKernel: KernelPort {
 
     /// Writes the state to the store (host.yaml, kernel.json) and truncates the redo
     /// log. A kernel without a store has nothing to save.
+    /// Takes in what was edited in sim/host.yaml since this kernel last wrote it (the
+    /// agent asks before each request). Returns whether anything was.
+    public func reloadHostFile() throws -> Bool {
+        guard let store else { return false }
+        return try store.reloadHostEdits(into: self)
+    }
+
     public func save() throws {
         guard let store else { return }
         if let persistenceError { throw SimStoreError("the redo log could not be written earlier: \(persistenceError)") }

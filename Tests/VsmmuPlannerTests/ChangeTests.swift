@@ -104,6 +104,9 @@ func resources(_ p: Plan) -> Set<String> { Set(p.operations.map(\.resource)) }
     let p = try h.plan(try h.topology(grown))
     #expect(p.changes.map { "\($0.action) \($0.address)" } == ["replace memory vm/ram1"])
     #expect(p.changes.first?.forcedBy == "size (4GiB → 8GiB)")
+    // and as fields, for scripts
+    #expect(p.changes.first?.replacement?.attribute == "size")
+    #expect(p.changes.first?.replacement?.from == "4GiB" && p.changes.first?.replacement?.to == "8GiB")
     #expect(p.operations.map(\.call) == ["IOMMU_IOAS_UNMAP", "RELEASE_GUEST_MEMORY", "MMAP_ANON", "IOMMU_IOAS_MAP"])
     try h.apply(try h.topology(grown))
     #expect(try h.plan(try h.topology(grown)).isEmpty)

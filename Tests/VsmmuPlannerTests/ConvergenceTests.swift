@@ -55,6 +55,7 @@ func destroyGivesEveryDeviceBackAndLeavesNothing(example: String) throws {
     #expect(p.changes.first.map { "\($0.action) \($0.address)" } == "replace guest train0")
     #expect(p.changes.dropFirst().allSatisfy { $0.action == .create && $0.name.hasPrefix("train0/") })
     #expect(p.changes.first?.forcedBy?.contains("context lost") == true)
+    #expect(p.changes.first?.replacement?.reason == "context-lost")
     #expect(!p.operations.contains { $0.call.hasPrefix("SYSFS") }, "host-level state survived; no sysfs step is needed")
     try h.apply(t)
     #expect(h.summary() == clean)
