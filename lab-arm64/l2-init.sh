@@ -1,6 +1,6 @@
 #!/bin/busybox sh
 # /init of the nested (L2) guest of boot kvm, started by QEMU 11 under KVM in the L1 guest
-# with `arm-smmuv3,accel=on` and the outer edu on vfio-pci (from ../shared/lab-arm64-kvm).
+# with `arm-smmuv3,accel=on` and the outer edu on vfio-pci (from a recipe kept outside the repository, lab-arm64-kvm).
 # Prints, on its serial console (QEMU's stdout in L1, relayed to the boot log):
 #   L2-HELLO / L2-PCI <bdf> <vendor:device> iommu=<iommu> / L2-IORT-BEGIN..END (base64)
 #   L2-CHECK PASS|FAIL <name>: edu-behind-smmuv3, smmuv3-driver, edu-mmio, and with l2.dma
