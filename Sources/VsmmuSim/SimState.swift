@@ -38,13 +38,27 @@ struct SimPCIDevice: Hashable, Codable {
     var nativeDriver: String?
     /// Owner of the cdev node; reset to root:root whenever the node is re-created.
     var owner: VfioOwner
+    /// The host description's per-device facts (SPEC §3), kept as written (optional so
+    /// that kernel.json saved before them decodes): nil means the IOMMU's value.
+    var vfioDriver: String?
+    var ats: Bool?
+    var pasidWidth: Int?
+    var canwbs: Bool?
+    var bars: [PCIBar]?
+    var unknownFacts: [DeviceFact]?
 
     /// PCI class 0x0604xx: a PCI-to-PCI bridge (vfio-pci refuses non type-0 headers, §8).
     var isBridge: Bool { (classCode >> 8) == 0x0604 }
 
     var hostDevice: HostPCIDevice {
         HostPCIDevice(address: address, vendor: vendor, device: device, classCode: classCode, driver: driver,
-                      iommuGroup: iommuGroup, iommu: iommu, numaNode: numaNode)
+                      iommuGroup: iommuGroup, iommu: iommu, numaNode: numaNode, vfioDriver: vfioDriver, ats: ats,
+                      pasidWidth: pasidWidth, canwbs: canwbs, bars: bars, unknown: unknownFacts ?? [])
+    }
+
+    mutating func takeFacts(of host: HostPCIDevice) {
+        vfioDriver = host.vfioDriver; ats = host.ats; pasidWidth = host.pasidWidth; canwbs = host.canwbs
+        bars = host.bars; unknownFacts = host.unknown.isEmpty ? nil : host.unknown
     }
 }
 

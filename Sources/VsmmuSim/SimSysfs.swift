@@ -137,6 +137,7 @@ extension SimulatedKernel {
                                   driver: host.driver, driverOverride: nil, iommuGroup: host.iommuGroup, iommu: host.iommu,
                                   numaNode: host.numaNode, vfioIndex: nil,
                                   nativeDriver: host.driver == "vfio-pci" ? nil : host.driver, owner: .root)
+        device.takeFacts(of: host)
         if host.driver == "vfio-pci" { device.vfioIndex = lowestFreeVfioIndex() }
         setDevice(host.address, device)
     }
@@ -194,6 +195,7 @@ extension SimulatedKernel {
         if old.iommuGroup != new.iommuGroup { device.iommuGroup = new.iommuGroup }
         if old.iommu != new.iommu { device.iommu = new.iommu }
         if old.numaNode != new.numaNode { device.numaNode = new.numaNode }
+        device.takeFacts(of: new)
         setDevice(new.address, device)
         if old.driver != new.driver { setDriverByDrift(new.address, new.driver) }
     }
