@@ -158,4 +158,5 @@ public enum VFIODriver {
     public static func isVFIO(_ driver: String) -> Bool {
         driver == genericVFIODriver || driver.hasSuffix("_vfio_pci") || driver.hasSuffix("-vfio-pci")
     }
+    public static func isVFIO(_ driver: String?) -> Bool { driver.map { isVFIO($0) } ?? false }
 }
