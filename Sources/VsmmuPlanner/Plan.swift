@@ -94,4 +94,7 @@ public struct GuestLayout: Codable, Hashable, Sendable {
     public var guest: String
     public var vsmmus: [VSMMULayout]
     public var devices: [DeviceLayout]
+    /// Bytes of guest RAM the guest's VMM pins (all of it is mapped for DMA): its
+    /// RLIMIT_MEMLOCK must allow them unless it has CAP_IPC_LOCK (nil in older plans).
+    public var lockedMemory: UInt64?
 }

@@ -57,7 +57,7 @@ public final class GuestLifecycle {
         var problems: [String] = []
         for (name, a) in r.devices.sorted(by: { $0.key < $1.key }) {
             guard let d = try? port.pciDevice(a) else { problems.append("\(name) \(a): cannot be read"); continue }
-            if d.driver != "vfio-pci" { problems.append("\(name) \(a) is on \(d.driver ?? "no driver"), not vfio-pci") }
+            if !VFIODriver.isVFIO(d.driver) { problems.append("\(name) \(a) is on \(d.driver ?? "no driver"), not a VFIO driver") }
             let holders = (try? port.deviceHolders(a)) ?? []
             if r.remote == nil, !holders.contains(where: { $0.pid == r.pid }) {
                 problems.append("\(name) \(a): its VFIO cdev is not open in pid \(r.pid)")

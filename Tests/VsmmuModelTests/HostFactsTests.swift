@@ -77,3 +77,34 @@ pciDevices:
     #expect(messages == ["kernel.pageSize 8192 is not a Linux page size (4096, 16384 or 65536)",
                          "PCI device 0000:09:01.0 has vfioDriver 'nvidia', which is not a VFIO driver (vfio-pci, or a variant driver ending in _vfio_pci)"])
 }
+
+@Test func perDeviceRulesNameTheDeviceAndTheFact() throws {
+    let host = try HostDescription.parse(SourceText(path: "h.yaml", bytes: Array(factsHost.utf8)))
+    let topology = try parse("""
+    apiVersion: vsmmu/v1
+    kind: Topology
+    metadata: { name: t }
+    guests:
+      - name: vm1
+        memory:
+          - { name: ram0, guestAddress: 0x40000000, size: 0x40001000, backing: memfd }
+        vsmmus:
+          - name: s0
+            ats: on
+            ssidSize: 8
+            devices:
+              - { name: gpu0, host: 0000:09:01.0 }
+        devices:
+          - { name: nic0, host: 0000:0a:00.0 }
+
+    """)
+    let messages = Validator.validate(topology, host: host).diagnostics.map { "\($0.mark.line): \($0.message)" }
+    #expect(messages == [
+        "7: memory region 'ram0' size 1048580KiB is not a multiple of the 64KiB page size of host 'h' (kernel.pageSize)",
+        "13: device 'gpu0' (0000:09:01.0) has no ATS (ats: false), but vSMMU 's0' has ats: on",
+        "13: device 'gpu0' (0000:09:01.0) has a 0-bit PASID width (pasidWidth), less than the ssidSize 8 of vSMMU 's0'",
+        "15: the VFIO driver of 0000:0a:00.0 is unknown (vfioDriver: the host description could not read modules.alias), so vsmmu cannot choose between vfio-pci and a variant driver",
+    ])
+    // Without the host (4 KiB pages assumed), the size is fine.
+    #expect(Validator.validate(topology, host: nil).diagnostics.isEmpty)
+}
