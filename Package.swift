@@ -10,6 +10,7 @@
 //   VsmmuExecutor (lock, journal, apply, verify)
 //   VsmmuProvisioning (sessions, the guest lifecycle: the API below the CLI and the agent)
 //   VsmmuCommands (CLI commands) -> vsmmu (one-file main)
+import Foundation
 import PackageDescription
 
 let package = Package(
@@ -87,3 +88,12 @@ let package = Package(
     ]
 )
 
+// Fuzz targets (Fuzz/README.md): in the package only for scripts/fuzz.sh, which builds them
+// with -sanitize=fuzzer in its own scratch directory (libFuzzer supplies their main).
+if ProcessInfo.processInfo.environment["VSMMU_FUZZ"] == "1" {
+    package.targets.append(.executableTarget(
+        name: "vsmmu-fuzz",
+        dependencies: ["VsmmuCommands", "VsmmuIPC", "VsmmuKernel", "VsmmuLinux", "VsmmuModel", "VsmmuPlanner", "VsmmuYAML", "CVsmmuUAPI"],
+        path: "Fuzz/Sources/vsmmu-fuzz",
+        swiftSettings: [.enableExperimentalFeature("Extern")]))
+}

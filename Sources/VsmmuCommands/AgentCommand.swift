@@ -232,26 +232,27 @@ final class AgentServer: @unchecked Sendable {
         let api = Provisioner(session: session)
         var drift = false
         _ = try? runReporting(text) { () throws -> Int32 in
-            let found = try api.reconcile(fix: false, events: ProvisioningEvents(note: { text.error($0) }))
-            guard found.hasDrift, let plan = found.drift, let path = found.file else { return 0 }
-            drift = true
-            if options.reconcile == .report {
-                out("vsmmu-agent: reconcile (\(reason)): drift found; run `vsmmu plan \(path)` to see it, or start the agent with --reconcile=fix\n")
-                text.write(PlanText.render(plan, ops: false))
-                return 0
-            }
-            out("vsmmu-agent: reconcile (\(reason)): drift found, re-applying \(path)\n")
-            do {
-                var options = ApplyOptions()
-                options.autoApprove = true
-                options.shouldStop = { [self] in stopping }
-                let source = SourceText(path: path, bytes: AppliedTopology.load(stateDir: session.stateDir)?.bytes ?? [])
-                _ = try api.apply(.topology(source), options: options,
-                                  events: Runner.events(text, plan: { text.write(PlanText.render($0, ops: false)) }), settled: true)
-                out("vsmmu-agent: reconcile (\(reason)): converged\n")
-            } catch {
-                out("vsmmu-agent: reconcile (\(reason)): failed, see below\n")
-                throw error
+            // One topology at a time: each owns its guests (docs/contract.md §7).
+            for found in try api.reconcile(fix: false, events: ProvisioningEvents(note: { text.error($0) })) {
+                guard found.hasDrift, let plan = found.drift, let path = found.file, let source = found.source else { continue }
+                drift = true
+                if options.reconcile == .report {
+                    out("vsmmu-agent: reconcile (\(reason)): drift found; run `vsmmu plan \(path)` to see it, or start the agent with --reconcile=fix\n")
+                    text.write(PlanText.render(plan, ops: false))
+                    continue
+                }
+                out("vsmmu-agent: reconcile (\(reason)): drift found, re-applying \(path)\n")
+                do {
+                    var options = ApplyOptions()
+                    options.autoApprove = true
+                    options.shouldStop = { [self] in stopping }
+                    _ = try api.apply(.topology(source), options: options,
+                                      events: Runner.events(text, plan: { text.write(PlanText.render($0, ops: false)) }), settled: true)
+                    out("vsmmu-agent: reconcile (\(reason)): converged\n")
+                } catch {
+                    out("vsmmu-agent: reconcile (\(reason)): failed, see below\n")
+                    throw error
+                }
             }
             return 0
         }
@@ -280,11 +281,11 @@ final class AgentServer: @unchecked Sendable {
         var fds: [Int32] = []
         var standIns: [Int32] = []
         let names = Dictionary(adoptable.placeholders.map { ($0.fd, $0.name) }, uniquingKeysWith: { a, _ in a })
-        func pass(_ fd: Int32) -> JSONValue {
+        func pass(_ fd: Int32) -> Int32 {
             if session.simulated {
                 let what = names[fd] ?? "fd \(fd)"
                 let s = vsmmu_memfd_create("vsmmu-standin:\(what)", vsmmu_memfd_flags(0, 0))
-                guard s >= 0 else { return .null }
+                guard s >= 0 else { return -1 }
                 let text = "{\"standsFor\":\"\(what)\",\"simulatedFd\":\(fd)}"
                 _ = text.withCString { write(s, $0, strlen($0)) }
                 standIns.append(s)
@@ -292,10 +293,10 @@ final class AgentServer: @unchecked Sendable {
             } else {
                 fds.append(fd)
             }
-            return .int(Int64(fds.count - 1))
+            return Int32(fds.count - 1)
         }
-        let map = adoptable.map(simulated: session.simulated, fdRef: pass)
-        reply(channel, AgentClient.Reply(handoff: JSONText(map.rendered(pretty: false))), fds: fds)
+        let map = adoptable.map(simulated: session.simulated, fd: pass)
+        reply(channel, AgentClient.Reply(handoff: JSONText(map.json())), fds: fds)
         for s in standIns { close(s) }
         reply(channel, AgentClient.Reply(exit: 0))
     }
@@ -329,9 +330,7 @@ extension AgentServer {
             let lifecycle = GuestLifecycle(session: session)
             if request.vmm == .adopt { return try adopt(request, channel, peer: peer, store: store, console: console) }
             let handover: Handover
-            do { handover = try lifecycle.handOver(request.guest, store: store, note: { console.error("note: \($0)") }) } catch let e as LaunchError {
-                throw CommandError(message: e.message, hint: e.hint)
-            }
+            handover = try lifecycle.handOver(request.guest, store: store, note: { console.error("note: \($0)") })
             log("launch of guest \(request.guest) for pid \(peer.pid) (uid \(peer.uid)): \(request.command.joined(separator: " "))")
             var answer = LaunchReply(memlock: handover.pinnedBytes)
             var fds: [Int32] = []
@@ -387,14 +386,14 @@ extension AgentServer {
             let process = sim.spawnProcess(pid: peer.pid, command: request.command.first.map { ($0 as NSString).lastPathComponent } ?? "vmm")
             try sim.transferFiles(a.placeholders.map(\.fd), to: process)
             answer.simulatedFD = Dictionary(uniqueKeysWithValues: a.placeholders.map { ($0.name, $0.fd) })
-            answer.adoptMap = JSONText(a.map(simulated: true) { .int(Int64($0)) }.rendered(pretty: false))
+            answer.adoptMap = JSONText(a.map(simulated: true) { $0 }.json())
             try lifecycle.finishAdopt(a, pid: peer.pid, startTime: start, command: request.command, store: store, transferredTo: process)
             _ = channel.send(String(decoding: (try? JSONEncoder().encode(AgentClient.Reply(launch: answer))) ?? Data(), as: UTF8.self))
         } else {
             if vsmmu_raise_memlock(peer.pid, answer.memlock) != 0 { console.error("note: could not raise RLIMIT_MEMLOCK of pid \(peer.pid)") }
             let fds = a.placeholders.map(\.fd)
             answer.fdIndex = Dictionary(uniqueKeysWithValues: a.placeholders.enumerated().map { ($0.element.name, $0.offset) })
-            answer.adoptMap = JSONText(a.map(simulated: false) { fd in fds.firstIndex(of: fd).map { .int(Int64($0)) } ?? .null }.rendered(pretty: false))
+            answer.adoptMap = JSONText(a.map(simulated: false) { fd in fds.firstIndex(of: fd).map { Int32($0) } ?? -1 }.json())
             _ = channel.send(String(decoding: (try? JSONEncoder().encode(AgentClient.Reply(launch: answer))) ?? Data(), as: UTF8.self), fds: fds)
             try lifecycle.finishAdopt(a, pid: peer.pid, startTime: start, command: request.command, store: store)
         }

@@ -12,10 +12,14 @@ struct Apply: ParsableCommand {
         discussion: """
         Prints the plan, asks for confirmation (or takes --auto-approve), then runs the \
         operations one by one, each written to the journal before it runs, with one \
-        progress line per step on standard error. Afterwards the kernel is observed again \
+        progress line per resource on standard error as it starts and when it ends (its \
+        time and ids; -v adds each kernel call, --quiet shows none). A first Ctrl-C (or \
+        SIGTERM) lets the step in flight finish, stops, says how to resume and exits 130; \
+        a second one stops at once (the journal covers it). Afterwards the kernel is observed again \
         and must match the topology. A second apply of a converged topology changes \
         nothing. One apply at a time per state directory. A saved PLAN (from `plan --out`) \
-        is refused when the kernel's state moved since it was made.
+        applies without a prompt (it is the approval), on the state directory it was made \
+        on only, and is refused when the kernel's state moved since it was made.
 
         A failed apply stops at the failing step and names it, the object and the kernel's \
         errno; a device that was being moved to vfio-pci is given back to its driver. \
@@ -38,6 +42,8 @@ struct Apply: ParsableCommand {
     @Flag(help: "Plan only: show what would be done and change nothing.")
     var dryRun = false
 
+    @OptionGroup var output: ProgressOptions
+
     @Flag(help: ArgumentHelp("When holdings.json was lost (vsmmu refuses to plan and says so): close the kernel objects no record names, rebuild the record from the journal and the kernel (an original driver it cannot know is marked unknown), then apply."))
     var rebuildState = false
 
@@ -46,6 +52,7 @@ struct Apply: ParsableCommand {
         request.autoApprove = autoApprove
         request.dryRun = dryRun
         request.rebuildState = rebuildState
+        output.apply(to: &request)
         let code = try Dispatch.run(request, file: file, kernel: kernel)
         if code != 0 { throw ExitCode(code) }
     }
@@ -74,9 +81,12 @@ struct Destroy: ParsableCommand {
     @Flag(help: "Destroy without asking.")
     var autoApprove = false
 
+    @OptionGroup var output: ProgressOptions
+
     func run() throws {
         var request = Request(.destroy)
         request.autoApprove = autoApprove
+        output.apply(to: &request)
         let code = try Dispatch.run(request, file: file, kernel: kernel)
         if code != 0 { throw ExitCode(code) }
     }

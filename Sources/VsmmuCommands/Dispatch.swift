@@ -12,6 +12,9 @@ enum Dispatch {
             var request = request
             if let file { try request.attach(file: file) }
             if let socket = kernel.agentSocket {
+                // A state directory named with no --host: the request would go to the live
+                // kernel's agent, never to the simulated host that directory holds.
+                if kernel.host == nil, let dir = kernel.stateDir { try HostOrigin.checkLive(stateDir: dir) }
                 if kernel.host == nil, !FileManager.default.fileExists(atPath: "/dev/iommu"), kernel.socket == nil,
                    ProcessInfo.processInfo.environment["VSMMU_SOCKET"] == nil {
                     throw CommandError(message: "this kernel has no /dev/iommu (it was built without CONFIG_IOMMUFD), so vsmmu cannot work on it",
@@ -24,10 +27,17 @@ enum Dispatch {
                 throw CommandError(message: "\(busy)", hint: "if a vsmmu agent serves this state directory, talk to it with --socket PATH")
             }
             let outcome = RequestOutcome()
-            let code = Runner.execute(request, session: session, console: console, outcome: outcome, confirm: isatty(0) == 1 ? { _ in askYes(console) } : nil)
+            let mutating = request.command == .apply || request.command == .destroy
+            var code = Runner.execute(request, session: session, console: console, outcome: outcome, confirm: isatty(0) == 1 ? { _ in askYes(console) } : nil,
+                                      shouldStop: mutating ? { Interrupt.install(); return Interrupt.wasRequested } : { false })
+            if mutating, Interrupt.wasRequested, code != 0 {
+                let verb = request.command == .destroy ? "destroy" : "apply"
+                console.error("Interrupted: the step in flight finished and everything done is journaled. Resume with: vsmmu \(verb) \(file ?? "FILE")\(kernel.context)")
+                code = 130
+            }
             if let savePlanTo, let plan = outcome.savedPlan {
                 try SavedPlan.write(plan, to: savePlanTo)
-                console.error("Saved the plan to \(savePlanTo). Apply exactly this plan with: vsmmu apply \(savePlanTo)\(kernel.host.map { " --host \($0)" } ?? "")")
+                console.error("Saved the plan to \(savePlanTo). Apply exactly this plan with: vsmmu apply \(savePlanTo)\(kernel.context)")
             }
             return code
         }

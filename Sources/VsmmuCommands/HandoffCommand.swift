@@ -38,7 +38,7 @@ struct Handoff: ParsableCommand {
                 if let h = r.handoff { map = h.text; fds = channel.takeReceivedFDs() }
                 if let exit = r.exit {
                     guard exit == 0, let map else { return exit }
-                    console.print(HandoffMap.localize(map, fds: fds))
+                    console.print(try HandoffMap.printable(map, fds: fds))
                     return 0
                 }
             }
@@ -49,32 +49,30 @@ struct Handoff: ParsableCommand {
 }
 
 enum HandoffMap {
-    /// Replaces each `fdIndex` with `fd`, the number received in this process, and for a
-    /// simulated host's stand-ins reads what each fd stands for.
-    static func localize(_ text: String, fds: [Int32], pretty: Bool = true) -> String {
-        guard let obj = try? JSONSerialization.jsonObject(with: Data(text.utf8)) else { return text }
-        func walk(_ v: Any) -> Any {
-            if var d = v as? [String: Any] {
-                for (k, x) in d { d[k] = walk(x) }
-                for key in d.keys where key == "fdIndex" || key == "iommufdFdIndex" {
-                    if let i = d[key] as? Int, i < fds.count {
-                        let newKey = key == "iommufdFdIndex" ? "iommufdFd" : "fd"
-                        d[newKey] = Int(fds[i])
-                        d[key] = nil
-                        var buf = [UInt8](repeating: 0, count: 256)
-                        let n = pread(fds[i], &buf, 256, 0)
-                        if n > 0, let s = String(bytes: buf.prefix(n), encoding: .utf8), s.hasPrefix("{\"standsFor\"") {
-                            d[newKey == "fd" ? "standIn" : "iommufdStandIn"] = (try? JSONSerialization.jsonObject(with: Data(s.utf8))) ?? s
-                        }
-                    }
-                }
-                return d
-            }
-            if let a = v as? [Any] { return a.map(walk) }
-            return v
+    /// The map as the agent sent it, its fd fields (indexes into the fds received) turned
+    /// into the fd numbers here; `fds` nil: a simulated host's map, numbers kept.
+    static func localize(_ text: String, fds: [Int32]?) throws -> AdoptMap {
+        guard let map = try? JSONDecoder().decode(AdoptMap.self, from: Data(text.utf8)) else {
+            throw CommandError(message: "the agent's map is not an adopt map of format \(AdoptMap.currentFormat)")
         }
-        let out = walk(obj)
-        guard let data = try? JSONSerialization.data(withJSONObject: out, options: pretty ? [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes] : [.sortedKeys, .withoutEscapingSlashes]) else { return text }
+        guard let fds else { return map }
+        return map.renumbered { i in i >= 0 && Int(i) < fds.count ? fds[Int(i)] : -1 }
+    }
+
+    /// What `vsmmu handoff` prints: the localized map and, on a simulated host (whose fds
+    /// are stand-in memfds), what each received fd stands for.
+    static func printable(_ text: String, fds: [Int32]) throws -> String {
+        let map = try localize(text, fds: fds)
+        guard map.simulated else { return map.json(pretty: true) }
+        var doc = (try? JSONSerialization.jsonObject(with: Data(map.json().utf8)) as? [String: Any]) ?? [:]
+        var standIns: [String: Any] = [:]
+        for fd in fds {
+            var buf = [UInt8](repeating: 0, count: 256)
+            let n = pread(fd, &buf, 256, 0)
+            if n > 0, let s = String(bytes: buf.prefix(n), encoding: .utf8), let o = try? JSONSerialization.jsonObject(with: Data(s.utf8)) { standIns[String(fd)] = o }
+        }
+        doc["standIns"] = standIns
+        let data = (try? JSONSerialization.data(withJSONObject: doc, options: [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes])) ?? Data()
         return String(decoding: data, as: UTF8.self)
     }
 }

@@ -64,9 +64,9 @@ struct Host: ParsableCommand {
                     notes = r.notes
                 } catch {
                     if let executor {
-                        throw CommandError(message: "cannot read the devices of the kernel behind the \(executor.location): \(error)")
+                        throw CommandError(.kernel, "cannot read the devices of the kernel behind the \(executor.location)", cause: error)
                     }
-                    throw CommandError(message: "cannot read this machine's devices: \(error)", hint: "is sysfs mounted at \(kernel.sysfsRoot)?")
+                    throw CommandError(.kernel, "cannot read this machine's devices", hint: "is sysfs mounted at \(kernel.sysfsRoot)?", cause: error)
                 }
                 if !linux.hasIommufd { notes.insert("no /dev/iommu under \(linux.devRoot): the kernel has no iommufd", at: 0) }
             }

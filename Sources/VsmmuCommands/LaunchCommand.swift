@@ -105,7 +105,7 @@ struct Launch: ParsableCommand {
                 _ = vsmmu_raise_memlock(0, answer.memlock)
                 if let map = answer.adoptMap {
                     // The adopting VMM reads the object ids (and its fd numbers) from here.
-                    setenv("VSMMU_ADOPT_MAP", answer.simulatedFD != nil ? map.text : HandoffMap.localize(map.text, fds: fds, pretty: false), 1)
+                    setenv("VSMMU_ADOPT_MAP", try HandoffMap.localize(map.text, fds: answer.simulatedFD != nil ? nil : fds).json(), 1)
                 }
                 return try FDPlaceholder.resolve(request.command, numbers: numbers)
             }
@@ -128,7 +128,7 @@ struct Launch: ParsableCommand {
             let me = LocalProcess.current
             let process = sim.spawnProcess(pid: me.pid, command: request.command.first.map { ($0 as NSString).lastPathComponent } ?? "vmm")
             try sim.transferFiles(a.placeholders.map(\.fd), to: process)
-            setenv("VSMMU_ADOPT_MAP", a.map(simulated: true) { .int(Int64($0)) }.rendered(pretty: false), 1)
+            setenv("VSMMU_ADOPT_MAP", a.map(simulated: true) { $0 }.json(), 1)
             try lifecycle.finishAdopt(a, pid: me.pid, startTime: me.startTime, command: request.command, store: store, transferredTo: process)
             console.error("Guest \(request.guest) adopted by pid \(me.pid) (simulated host: VSMMU_ADOPT_MAP has its object ids).")
             return try FDPlaceholder.resolve(request.command, numbers: Dictionary(uniqueKeysWithValues: a.placeholders.map { ($0.name, $0.fd) }))

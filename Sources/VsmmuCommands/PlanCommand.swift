@@ -90,8 +90,11 @@ func runReporting(_ console: Console, _ body: () throws -> Int32) throws -> Int3
     } catch is ExitCode1 {
         return 1
     } catch let e as CommandError {
-        console.error("error: \(e.message)")
-        if let h = e.hint { console.error("hint: \(h)") }
+        // The chain: what failed, then what it failed on, down to the kernel's errno.
+        let chain = e.chain
+        console.error("error: \(chain[0])")
+        for cause in chain.dropFirst() { console.error("  caused by: \(cause)") }
+        if let h = e.firstHint { console.error("hint: \(h)") }
         return 1
     } catch let e as InvalidTopology {
         // As `validate` prints them: every diagnostic at FILE:LINE:COL, then the count.
@@ -101,10 +104,6 @@ func runReporting(_ console: Console, _ body: () throws -> Int32) throws -> Int3
             for d in e.diagnostics { console.error(d.rendered(source: e.source)) }
             console.error("\(e.source.path): \(ValidateRunner.countPhrase(e.diagnostics.count)); nothing was changed")
         }
-        return 1
-    } catch let e as LaunchError {
-        console.error("error: \(e.message)")
-        if let h = e.hint { console.error("hint: \(h)") }
         return 1
     } catch let e as StateLock.Busy {
         console.error("error: \(e)")

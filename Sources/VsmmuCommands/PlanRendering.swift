@@ -9,10 +9,10 @@ enum PlanText {
         let where_ = "host \(plan.host)\(plan.simulated ? " (simulated)" : ""), topology \(plan.topology.isEmpty ? plan.topologyFile : plan.topology)"
         if plan.changes.isEmpty {
             if plan.operations.isEmpty {
-                return "No changes. The kernel holds what \(plan.topologyFile) asks for on \(where_).\n" + lifecycle(plan)
+                return "No changes. The kernel holds what \(plan.topologyFile) asks for on \(where_).\n" + others(plan) + lifecycle(plan)
             }
         } else {
-            out += "vsmmu will make these changes on \(where_):\n\n"
+            out += "vsmmu will make these changes on \(where_):\n" + others(plan) + "\n"
             let width = plan.changes.map { "\($0.type) \($0.name)".count }.max() ?? 0
             for c in plan.changes {
                 let symbol = c.action.symbol
@@ -46,6 +46,14 @@ enum PlanText {
         return out + lifecycle(plan)
     }
 
+    /// What other topologies hold on this host (docs/contract.md §7): never part of this plan.
+    static func others(_ plan: Plan) -> String {
+        guard let o = plan.otherTopologies, !o.isEmpty else { return "" }
+        let total = o.values.reduce(0, +)
+        let list = o.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: ", ")
+        return "Other topologies hold \(total) guest\(total == 1 ? "" : "s") on this host (\(list)); this plan leaves them alone.\n"
+    }
+
     /// One line per guest a VMM holds (docs/contract.md §6): vsmmu plans none of its
     /// objects, and says what the running checks found.
     static func lifecycle(_ plan: Plan) -> String {
@@ -65,6 +73,7 @@ enum PlanJSON {
             var o: [String: JSONValue] = ["action": .string(c.action.rawValue), "type": .string(c.type), "name": .string(c.name),
                                           "summary": .string(c.summary)]
             if let f = c.forcedBy { o["forcedBy"] = .string(f) }
+            if c.restartRequired == true { o["restartRequired"] = .bool(true) }
             if !c.attributes.isEmpty {
                 o["attributes"] = .array(c.attributes.map { a in
                     ["name": .string(a.name), "from": a.from.map(JSONValue.string) ?? .null, "to": a.to.map(JSONValue.string) ?? .null]
@@ -94,7 +103,8 @@ enum PlanJSON {
         return ["formatVersion": .int(Int64(Plan.formatVersion)), "topology": .string(plan.topology), "topologyFile": .string(plan.topologyFile),
                 "host": .string(plan.host), "simulated": .bool(plan.simulated), "fingerprint": .string(plan.fingerprint),
                 "summary": ["add": .int(Int64(plan.toAdd)), "change": .int(Int64(plan.toChange)), "destroy": .int(Int64(plan.toDestroy))],
-                "changes": .array(changes), "operations": .array(ops), "layout": .array(layout),
+                "changes": .array(changes),
+                "otherTopologies": .object((plan.otherTopologies ?? [:]).mapValues { .int(Int64($0)) }), "operations": .array(ops), "layout": .array(layout),
                 "guests": .array((plan.guests ?? []).map { s in
                     var o: [String: JSONValue] = ["name": .string(s.name), "state": s.state.map { .string($0.rawValue) } ?? .null]
                     if let pid = s.pid { o["pid"] = .int(Int64(pid)) }

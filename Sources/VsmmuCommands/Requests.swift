@@ -32,6 +32,9 @@ public struct Request: Codable, Sendable {
     public var guest: String?
     /// apply: rebuild a lost holdings.json from the journal and the kernel first.
     public var rebuildState = false
+    /// apply/destroy: a line per kernel call too (-v), or no progress lines at all (--quiet).
+    public var verbose = false
+    public var quiet = false
 
     public init(_ command: RequestKind) { self.command = command }
 
@@ -39,6 +42,7 @@ public struct Request: Codable, Sendable {
     // can leave out what they do not use.
     enum CodingKeys: String, CodingKey {
         case command, file, contentBase64, format, ops, detailedExitcode, autoApprove, dryRun, wantSavedPlan, expectFingerprint, guest, rebuildState
+        case verbose, quiet
     }
 
     public init(from decoder: Decoder) throws {
@@ -55,6 +59,8 @@ public struct Request: Codable, Sendable {
         expectFingerprint = try c.decodeIfPresent(String.self, forKey: .expectFingerprint)
         guest = try c.decodeIfPresent(String.self, forKey: .guest)
         rebuildState = try c.decodeIfPresent(Bool.self, forKey: .rebuildState) ?? false
+        verbose = try c.decodeIfPresent(Bool.self, forKey: .verbose) ?? false
+        quiet = try c.decodeIfPresent(Bool.self, forKey: .quiet) ?? false
     }
 
     var content: [UInt8]? { contentBase64.flatMap { Data(base64Encoded: $0) }.map { [UInt8]($0) } }
@@ -98,8 +104,11 @@ enum Runner {
     }
 
     /// Where the API's lines go: notes and progress to standard error.
-    static func events(_ console: Console, plan: @escaping @Sendable (Plan) -> Void = { _ in }) -> ProvisioningEvents {
-        ProvisioningEvents(note: { console.error($0) }, progress: { console.error($0) }, planned: plan)
+    /// `request` chooses the progress lines: per resource (default), with each call (-v), none (--quiet).
+    static func events(_ console: Console, request: Request? = nil, plan: @escaping @Sendable (Plan) -> Void = { _ in }) -> ProvisioningEvents {
+        let quiet = request?.quiet ?? false, verbose = request?.verbose ?? false
+        return ProvisioningEvents(note: { console.error($0) }, progress: { if !quiet { console.error($0) } },
+                                  call: { if verbose && !quiet { console.error("  " + $0) } }, planned: plan)
     }
 
     static func source(_ r: Request) throws -> SourceText {
@@ -132,7 +141,7 @@ enum Runner {
         options.shouldStop = shouldStop
         let input: ApplyInput
         if let bytes = r.content, let saved = SavedPlan.decode(bytes) { input = .savedPlan(saved, file: r.file ?? "?") } else { input = .topology(try source(r)) }
-        let outcome = try api.apply(input, options: options, events: events(console, plan: { console.write(PlanText.render($0, ops: false)) }))
+        let outcome = try api.apply(input, options: options, events: events(console, request: r, plan: { console.write(PlanText.render($0, ops: false)) }))
         switch outcome {
         case .noChanges: return 0
         case .dryRun:

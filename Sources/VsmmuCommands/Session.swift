@@ -11,11 +11,30 @@ import VsmmuYAML
 
 /// Options every kernel-facing command takes (SPEC §4 "Common options").
 struct KernelOptions: ParsableArguments {
-    @Option(help: ArgumentHelp("Run against a simulated kernel started from this host description (kind Host). Its state, including what an agent would hold, is kept under the state directory (sim/host.yaml: edit it to simulate drift); once it exists, it is what runs.", valueName: "FILE"))
-    var host: String?
+    @Option(name: .customLong("host"), help: ArgumentHelp("Run against a simulated kernel started from this host description (kind Host; or VSMMU_HOST). Its state, including what an agent would hold, is kept under the state directory (sim/host.yaml: edit it to simulate drift); once it exists, it is what runs, and another host for it is an error.", valueName: "FILE"))
+    var hostOption: String?
 
-    @Option(help: ArgumentHelp("State directory: holdings, journal, allocations, lock (default /var/lib/vsmmu for root, else $XDG_STATE_HOME/vsmmu).", valueName: "DIR"))
-    var stateDir: String?
+    @Option(name: .customLong("state-dir"), help: ArgumentHelp("State directory (or VSMMU_STATE_DIR): holdings, journal, allocations, lock (default /var/lib/vsmmu for root, else $XDG_STATE_HOME/vsmmu).", valueName: "DIR"))
+    var stateDirOption: String?
+
+    private static func environment(_ name: String) -> String? {
+        ProcessInfo.processInfo.environment[name].flatMap { $0.isEmpty ? nil : $0 }
+    }
+
+    /// --host, else VSMMU_HOST.
+    var host: String? { hostOption ?? Self.environment("VSMMU_HOST") }
+    /// --state-dir, else VSMMU_STATE_DIR (nil: the default).
+    var stateDir: String? { stateDirOption ?? Self.environment("VSMMU_STATE_DIR") }
+
+    /// The options to repeat in a command vsmmu suggests, so that it reaches the same
+    /// kernel and state (what came from the environment is still there).
+    var context: String {
+        var out = ""
+        if let h = hostOption { out += " --host \(h)" }
+        if let d = stateDirOption { out += " --state-dir \(d)" }
+        if let s = socket { out += " --socket \(s)" }
+        return out
+    }
 
     @Option(help: ArgumentHelp("Where sysfs is mounted (for tests).", valueName: "DIR"))
     var sysfsRoot: String = "/sys"
@@ -85,6 +104,8 @@ struct RemoteOptions: ParsableArguments {
 extension Session {
     /// The session the options name (a simulated host, the live kernel, or a remote one).
     static func open(_ options: KernelOptions, remote: RemoteExecutor? = nil) throws -> Session {
-        try Session.open(host: options.host, stateDir: options.resolvedStateDir, sysfsRoot: options.sysfsRoot, remote: remote)
+        let session = try Session.open(host: options.host, stateDir: options.resolvedStateDir, sysfsRoot: options.sysfsRoot, remote: remote)
+        session.context = options.context
+        return session
     }
 }

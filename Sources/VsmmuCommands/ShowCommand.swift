@@ -81,8 +81,8 @@ enum ShowDocument {
                 var vdevs: [String: JSONValue] = [:]
                 for (d, vd) in h.vdevices { vdevs[d] = ["vdeviceId": .int(Int64(vd.id)), "vsid": .string("0x" + String(vd.virtID, radix: 16))] }
                 var queues: [String: JSONValue] = [:]
-                for (t, q) in h.eventQueues { queues[String(t)] = ["veventqId": .int(Int64(q.id)), "fd": .int(Int64(q.fd.fd))] }
-                vsmmus[v] = ["physical": .string(h.physical), "viommuId": .int(Int64(h.viommu)), "viommuType": .int(Int64(h.viommuType)),
+                for (t, q) in h.eventQueues { queues[String(t.rawValue)] = ["veventqId": .int(Int64(q.id)), "fd": .int(Int64(q.fd.fd))] }
+                vsmmus[v] = ["physical": .string(h.physical), "viommuId": .int(Int64(h.viommu)), "viommuType": .int(Int64(h.viommuType.rawValue)),
                              "abortHwptId": h.abortHWPT.map { .int(Int64($0)) } ?? .null, "bypassHwptId": h.bypassHWPT.map { .int(Int64($0)) } ?? .null,
                              "vdevices": .object(vdevs), "veventqs": .object(queues)]
             }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import VsmmuProvisioning
 import VsmmuExecutor
+import VsmmuFiles
 import VsmmuKernel
 import VsmmuLinux
 import VsmmuModel
@@ -23,8 +24,11 @@ struct LayoutOptions: ParsableArguments {
         let stateDir = kernel.resolvedStateDir
         var host: HostDescription
         let simHost = stateDir + "/sim/host.yaml"
-        if kernel.host != nil, FileManager.default.fileExists(atPath: simHost) {
-            do { host = try HostDescription.load(path: simHost) } catch { throw CommandError(message: error.rendered()) }
+        // Read through the checked state directory, never through a link (VsmmuFiles).
+        let simHostBytes = kernel.host == nil ? nil
+            : (try? StateDirectory(stateDir, create: false).subdirectory("sim", create: false).read("host.yaml")).flatMap { $0 }
+        if let simHostBytes {
+            do { host = try HostDescription.parse(SourceText(path: simHost, bytes: simHostBytes)) } catch { throw CommandError(message: error.rendered()) }
         } else if let h = kernel.host {
             do { host = try HostDescription.load(path: h) } catch { throw CommandError(message: error.rendered()) }
         } else {
@@ -44,7 +48,7 @@ struct LayoutOptions: ParsableArguments {
         let users: UserResolver = kernel.host != nil ? SimulatedUserResolver() : SystemUserResolver()
         let desired: DesiredState
         do { desired = try DesiredState.build(topology: topology, host: host, resolved: validation.resolved, previous: store.allocations, users: users) } catch {
-            throw CommandError(message: error.message, hint: error.hint)
+            throw error
         }
         if store.allocations.guests[g.name] == nil {
             console.error("note: guest \(g.name) is not applied yet: these are the values apply will allocate")

@@ -1,6 +1,7 @@
 import ArgumentParser
 import VsmmuKernel
 import VsmmuModel
+import VsmmuProvisioning
 
 struct Validate: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -20,22 +21,30 @@ struct Validate: ParsableCommand {
     @Argument(help: "The topology file (kind Topology).")
     var file: String
 
-    @Option(help: ArgumentHelp("A host description (kind Host) to check against.", valueName: "FILE"))
-    var host: String?
+    @OptionGroup var kernel: KernelOptions
 
     @Flag(name: .shortAndLong, help: "Print the resolved value of every `auto` feature.")
     var verbose = false
 
     func run() throws {
-        let code = ValidateRunner.run(file: file, hostFile: host, verbose: verbose, console: .standard())
+        // Where the state directory already holds the simulated host, validate reads what
+        // plan would: that host as it is now (its origin checked against --host).
+        var current: HostDescription?
+        if kernel.host != nil, HostOrigin.holdsSimulatedHost(stateDir: kernel.resolvedStateDir) {
+            let console = Console.standard()
+            let code = try runReporting(console) { () throws -> Int32 in current = try Session.open(kernel).host; return 0 }
+            if code != 0 { throw ExitCode(code) }
+        }
+        let code = ValidateRunner.run(file: file, hostFile: kernel.host, verbose: verbose, console: .standard(), current: current)
         if code != 0 { throw ExitCode(code) }
     }
 }
 
 public enum ValidateRunner {
-    public static func run(file: String, hostFile: String?, verbose: Bool, console: Console) -> Int32 {
-        var host: HostDescription?
-        if let hostFile {
+    /// `current`: the host to check against instead of reading `hostFile` (a simulated host's state).
+    public static func run(file: String, hostFile: String?, verbose: Bool, console: Console, current: HostDescription? = nil) -> Int32 {
+        var host: HostDescription? = current
+        if let hostFile, current == nil {
             do { host = try HostDescription.load(path: hostFile) } catch {
                 console.error(error.rendered())
                 console.error("\(hostFile): the host description is invalid")

@@ -294,7 +294,7 @@ extension Executor {
         // TEGRA241_CMDQV takes a 16-byte in/out struct (mmap offset and length).
         let data = type == .tegra241CMDQV ? [UInt8](repeating: 0, count: 16) : []
         let r = try port.viommuAlloc(h.iommufd, type: type, devID: dev.devID, hwptID: s2.hwpt, data: data)
-        return [.vsmmu(g, v, VSMMUHolding(physical: physical, viommu: r.id, viommuType: type.rawValue))]
+        return [.vsmmu(g, v, VSMMUHolding(physical: physical, viommu: r.id, viommuType: type))]
     }
 
     func allocVDevice(_ op: PlanStep, _ g: String, _ v: String, _ d: String, _ virt: UInt64) throws -> [HoldingPatch] {
@@ -320,7 +320,7 @@ extension Executor {
         let h = try guestHolding(op, g)
         var vh = try vsmmu(op, g, v)
         let r = try port.veventqAlloc(h.iommufd, viommuID: vh.viommu, type: type, depth: depth)
-        vh.eventQueues[type.rawValue] = EventQueueHolding(id: r.id, fd: r.eventFD)
+        vh.eventQueues[type] = EventQueueHolding(id: r.id, fd: r.eventFD)
         return [.vsmmu(g, v, vh)]
     }
 }
@@ -330,12 +330,12 @@ extension Executor {
     func destroyEventQueue(_ op: PlanStep, _ g: String, _ v: String, _ type: VEventQType) throws -> [HoldingPatch] {
         let h = try guestHolding(op, g)
         var vh = try vsmmu(op, g, v)
-        if let q = vh.eventQueues[type.rawValue] {
+        if let q = vh.eventQueues[type] {
             // An open vEVENTQ fd blocks its own DESTROY (reference §9.8).
             port.closeEventFD(h.iommufd, q.fd)
             try port.destroy(h.iommufd, id: q.id)
         }
-        vh.eventQueues[type.rawValue] = nil
+        vh.eventQueues[type] = nil
         return [.vsmmu(g, v, vh)]
     }
 

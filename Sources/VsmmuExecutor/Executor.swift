@@ -11,6 +11,8 @@ public struct ApplyError: Error, CustomStringConvertible {
     public var hint: String?
     /// What the executor did to leave the host safe (e.g. a device given back).
     public var rollback: [String] = []
+    /// The kernel call that failed, when one did.
+    public var cause: KernelCallError? = nil
 
     public var description: String {
         var s = "step \(operation.index) \(operation.call) (\(operation.resource)) failed: \(message)"
@@ -29,29 +31,35 @@ public final class Executor {
 
     let port: KernelPort
     let store: StateStore
+    /// One line per resource as it starts and when it ends (terraform's), with its time and ids.
     let progress: (String) -> Void
+    /// One line per finished step (kernel call), for -v.
+    let calls: (String) -> Void
 
-    public init(port: KernelPort, store: StateStore, progress: @escaping (String) -> Void = { _ in }) {
-        self.port = port; self.store = store; self.progress = progress
+    public init(port: KernelPort, store: StateStore, progress: @escaping (String) -> Void = { _ in }, calls: @escaping (String) -> Void = { _ in }) {
+        self.port = port; self.store = store; self.progress = progress; self.calls = calls
     }
 
     /// Runs the operations in order. `shouldStop` is asked before each step (SIGTERM in the
     /// agent): the running step always finishes, so the journal stays consistent.
     public func run(_ plan: Plan, shouldStop: () -> Bool = { false }) throws(ApplyError) {
         let total = plan.operations.count
+        var lines = ResourceLines(plan)
         for op in plan.operations {
             if shouldStop() {
-                throw ApplyError(operation: op, errno: nil, message: "stopped before this step (the agent is shutting down); everything before it is done and journaled",
+                throw ApplyError(operation: op, errno: nil, message: "stopped before this step (asked to stop: a signal, or the agent shutting down); everything before it is done and journaled",
                                  hint: "the next apply continues from here")
             }
             let seq: Int
             do { seq = try store.begin(op) } catch {
                 throw ApplyError(operation: op, errno: nil, message: "cannot write the journal: \(error)")
             }
+            if let line = lines.starting(op) { progress(line) }
             do {
                 let patches = try perform(op)
                 try? store.done(seq, patches)
-                progress("[\(op.index)/\(total)] \(op.call) \(op.resource): ok")
+                calls("[\(op.index)/\(total)] \(op.call) \(op.resource): ok")
+                if let line = lines.finished(op, ids: ResourceLines.ids(op.resource, store.holdings)) { progress(line) }
             } catch {
                 try? store.failed(seq, error.errno)
                 var e = error
@@ -65,7 +73,7 @@ public final class Executor {
 
     func fail(_ op: PlanStep, _ e: KernelCallError) -> ApplyError {
         ApplyError(operation: op, errno: e.errno, message: e.detail.isEmpty ? "the kernel refused" : e.detail,
-                   hint: Hints.hint(call: op.kernelCall, errno: e.errno, action: op.action))
+                   hint: Hints.hint(call: op.kernelCall, errno: e.errno, action: op.action), cause: e)
     }
 
     func guestHolding(_ op: PlanStep, _ g: String) throws(ApplyError) -> GuestHolding {

@@ -10,6 +10,9 @@ public final class Channel: @unchecked Sendable {
     private var buffer: [UInt8] = []
     private var start = 0
     private var scanned = 0
+    /// Bytes the line reader has looked at for a newline, in all: linear reading keeps it at
+    /// about the bytes received (tests check it instead of timing the reader).
+    public private(set) var bytesExamined = 0
     /// fds received with the data read so far (SCM_RIGHTS), when `acceptsFDs`.
     public private(set) var receivedFDs: [Int32] = []
     /// Whether fds the peer sends are kept for `takeReceivedFDs` (a client taking a
@@ -104,9 +107,14 @@ public final class Channel: @unchecked Sendable {
     /// The first newline at or after `scanned` (memchr: each byte looked at once).
     private func newline() -> Int? {
         buffer.withUnsafeBufferPointer { b -> Int? in
-            guard scanned < b.count, let base = b.baseAddress,
-                  let p = memchr(base + scanned, 10, b.count - scanned) else { return nil }
-            return base.distance(to: p.assumingMemoryBound(to: UInt8.self))
+            guard scanned < b.count, let base = b.baseAddress else { return nil }
+            guard let p = memchr(base + scanned, 10, b.count - scanned) else {
+                bytesExamined += b.count - scanned
+                return nil
+            }
+            let at = base.distance(to: p.assumingMemoryBound(to: UInt8.self))
+            bytesExamined += at + 1 - scanned
+            return at
         }
     }
 

@@ -5,86 +5,94 @@
 public typealias ObjectID = UInt32
 
 /// A u32 uAPI enumeration (a HWPT data type, a vIOMMU type, …): the raw value, and the
-/// C name (without the common prefix) of the values the table knows.
-public protocol UAPIEnumeration: RawRepresentable, Hashable, Sendable, Codable, Comparable, CustomStringConvertible,
-    ExpressibleByIntegerLiteral where RawValue == UInt32, IntegerLiteralType == UInt32 {
-    init(rawValue: UInt32)
-    /// The C names of the known values, e.g. `ARM_SMMUV3` for IOMMU_HWPT_DATA_ARM_SMMUV3.
-    static var names: [UInt32: String] { get }
-}
-
-extension UAPIEnumeration {
+/// C name (without the common prefix) of the values its kind's table knows. One generic
+/// type; each kind is a caseless enum naming its values, e.g. `HWPTDataType.armSMMUv3`.
+public struct UAPIValue<Kind: UAPIKind>: RawRepresentable, Hashable, Sendable, Codable, Comparable, CustomStringConvertible,
+    ExpressibleByIntegerLiteral {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
     public init(integerLiteral value: UInt32) { self.init(rawValue: value) }
     /// The C name without its prefix, or the number in hex for a value outside the table.
-    public var name: String { Self.names[rawValue] ?? hex(rawValue) }
+    public var name: String { Kind.names[rawValue] ?? hex(rawValue) }
     public var description: String { name }
     public static func < (a: Self, b: Self) -> Bool { a.rawValue < b.rawValue }
 }
 
+/// The table of one kind of uAPI enumeration.
+public protocol UAPIKind: Sendable {
+    static var names: [UInt32: String] { get }
+}
+
 /// IOMMU_HWPT_ALLOC data_type (§2.13).
-public struct HWPTDataType: UAPIEnumeration {
-    public let rawValue: UInt32
-    public init(rawValue: UInt32) { self.rawValue = rawValue }
-    public static let none: Self = 0
-    public static let vtdS1: Self = 1
-    public static let armSMMUv3: Self = 2
-    public static let selftest: Self = 0xdead
+public typealias HWPTDataType = UAPIValue<HWPTDataKind>
+public enum HWPTDataKind: UAPIKind {
     public static let names: [UInt32: String] = [0: "NONE", 1: "VTD_S1", 2: "ARM_SMMUV3", 0xdead: "SELFTEST"]
+}
+extension UAPIValue where Kind == HWPTDataKind {
+    public static var none: Self { 0 }
+    public static var vtdS1: Self { 1 }
+    public static var armSMMUv3: Self { 2 }
+    public static var selftest: Self { 0xdead }
 }
 
 /// IOMMU_GET_HW_INFO data_type (§2.14).
-public struct HWInfoType: UAPIEnumeration {
-    public let rawValue: UInt32
-    public init(rawValue: UInt32) { self.rawValue = rawValue }
-    public static let none: Self = 0
-    public static let intelVTD: Self = 1
-    public static let armSMMUv3: Self = 2
-    public static let tegra241CMDQV: Self = 3
-    public static let amd: Self = 4
-    public static let selftest: Self = 0xfeedbeef
+public typealias HWInfoType = UAPIValue<HWInfoKind>
+public enum HWInfoKind: UAPIKind {
     public static let names: [UInt32: String] = [0: "NONE", 1: "INTEL_VTD", 2: "ARM_SMMUV3", 3: "TEGRA241_CMDQV", 4: "AMD",
                                                  0xfeedbeef: "SELFTEST"]
 }
+extension UAPIValue where Kind == HWInfoKind {
+    public static var none: Self { 0 }
+    public static var intelVTD: Self { 1 }
+    public static var armSMMUv3: Self { 2 }
+    public static var tegra241CMDQV: Self { 3 }
+    public static var amd: Self { 4 }
+    public static var selftest: Self { 0xfeedbeef }
+}
 
 /// IOMMU_VIOMMU_ALLOC type (§2.19, §7.3).
-public struct VIOMMUType: UAPIEnumeration {
-    public let rawValue: UInt32
-    public init(rawValue: UInt32) { self.rawValue = rawValue }
-    public static let armSMMUv3: Self = 1
-    public static let tegra241CMDQV: Self = 2
-    public static let selftest: Self = 0xdeadbeef
+public typealias VIOMMUType = UAPIValue<VIOMMUKind>
+public enum VIOMMUKind: UAPIKind {
     public static let names: [UInt32: String] = [1: "ARM_SMMUV3", 2: "TEGRA241_CMDQV", 0xdeadbeef: "SELFTEST"]
+}
+extension UAPIValue where Kind == VIOMMUKind {
+    public static var armSMMUv3: Self { 1 }
+    public static var tegra241CMDQV: Self { 2 }
+    public static var selftest: Self { 0xdeadbeef }
 }
 
 /// IOMMU_VEVENTQ_ALLOC type (§2.21, §7.3).
-public struct VEventQType: UAPIEnumeration {
-    public let rawValue: UInt32
-    public init(rawValue: UInt32) { self.rawValue = rawValue }
-    public static let armSMMUv3: Self = 1
-    public static let tegra241CMDQV: Self = 2
-    public static let selftest: Self = 0xbeefbeef
+public typealias VEventQType = UAPIValue<VEventQKind>
+public enum VEventQKind: UAPIKind {
     public static let names: [UInt32: String] = [1: "ARM_SMMUV3", 2: "TEGRA241_CMDQV", 0xbeefbeef: "SELFTEST"]
+}
+extension UAPIValue where Kind == VEventQKind {
+    public static var armSMMUv3: Self { 1 }
+    public static var tegra241CMDQV: Self { 2 }
+    public static var selftest: Self { 0xbeefbeef }
     /// The largest veventq_depth the kernel accepts.
-    public static let maxDepth: UInt32 = 524_288
+    public static var maxDepth: UInt32 { 524_288 }
 }
 
 /// IOMMU_HW_QUEUE_ALLOC type (§2.22).
-public struct HWQueueType: UAPIEnumeration {
-    public let rawValue: UInt32
-    public init(rawValue: UInt32) { self.rawValue = rawValue }
-    public static let tegra241CMDQV: Self = 1
-    public static let selftest: Self = 0xdeadbeef
+public typealias HWQueueType = UAPIValue<HWQueueKind>
+public enum HWQueueKind: UAPIKind {
     public static let names: [UInt32: String] = [1: "TEGRA241_CMDQV", 0xdeadbeef: "SELFTEST"]
+}
+extension UAPIValue where Kind == HWQueueKind {
+    public static var tegra241CMDQV: Self { 1 }
+    public static var selftest: Self { 0xdeadbeef }
 }
 
 /// IOMMU_HWPT_INVALIDATE data_type (§2.17) and the size of one ARM command (§5.5).
-public struct InvalidateDataType: UAPIEnumeration {
-    public let rawValue: UInt32
-    public init(rawValue: UInt32) { self.rawValue = rawValue }
-    public static let vtdS1: Self = 0
-    public static let armSMMUv3: Self = 1
+public typealias InvalidateDataType = UAPIValue<InvalidateDataKind>
+public enum InvalidateDataKind: UAPIKind {
     public static let names: [UInt32: String] = [0: "VTD_S1", 1: "ARM_SMMUV3"]
-    public static let armEntrySize: UInt32 = 16
+}
+extension UAPIValue where Kind == InvalidateDataKind {
+    public static var vtdS1: Self { 0 }
+    public static var armSMMUv3: Self { 1 }
+    public static var armEntrySize: UInt32 { 16 }
 }
 
 /// A u32/u64 flags word of the uAPI: an option set whose known bits have C names.

@@ -174,7 +174,11 @@ public final class RemoteExecutor: IoctlTransport, HostFiles, @unchecked Sendabl
             }
             var body = Payload(bytes: try receive(length, op, deadline))
             guard try body.u32() == seq else { throw KernelCallError(op.name, .EPROTO, "\(location) answered \(op.name) out of sequence") }
-            return Reply(result: try body.i32(), payload: Payload(bytes: Array(body.bytes[8...])))
+            let result = try body.i32()
+            // A result is a count, an fd or -errno (1...4095): anything below would overflow
+            // where it is negated into an Errno (found by the remote-reply fuzz target).
+            guard result >= -4095 else { throw KernelCallError(op.name, .EPROTO, "\(location) answered \(op.name) with \(result), neither a result nor -errno") }
+            return Reply(result: result, payload: Payload(bytes: Array(body.bytes[8...])))
         } catch let error as KernelCallError {
             breakConnection(error.errno, error.detail)
             throw KernelCallError(op.name, error.errno, error.detail)

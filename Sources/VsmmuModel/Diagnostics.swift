@@ -35,21 +35,35 @@ public struct SourceText: Sendable {
     public let path: String
     public let bytes: [UInt8]
     private let lineStarts: [Int]
+    /// Where each line's break starts (the last line: the end of the file).
+    private let lineEnds: [Int]
 
     public init(path: String, bytes: [UInt8]) {
         self.path = path
         self.bytes = bytes
-        var starts = [0]
-        for (i, b) in bytes.enumerated() where b == 10 { starts.append(i + 1) }
+        // Lines as libyaml numbers them (LineBreak): LF, CR, CR LF, NEL, LS, PS.
+        var starts = [0], ends: [Int] = []
+        var i = 0
+        while i < bytes.count {
+            let n = LineBreak.length(at: i, in: bytes)
+            if n == 0 { i += 1; continue }
+            ends.append(i)
+            i += n
+            starts.append(i)
+        }
+        ends.append(bytes.count)
         lineStarts = starts
+        lineEnds = ends
     }
+
+    /// Lines in the file (the last one may be empty).
+    public var lineCount: Int { lineStarts.count }
 
     /// Line n (1-based) as text, nil past the end; invalid UTF-8 is shown repaired.
     public func line(_ n: Int) -> String? {
         guard n >= 1, n <= lineStarts.count else { return nil }
         let start = lineStarts[n - 1]
-        var end = n < lineStarts.count ? lineStarts[n] - 1 : bytes.count
-        if end > start, bytes[end - 1] == 13 { end -= 1 }
+        let end = lineEnds[n - 1]
         guard end >= start else { return "" }
         let slice = bytes[start..<min(end, start + 200)]
         return String(decoding: slice, as: UTF8.self)

@@ -8,9 +8,24 @@ public struct Allocations: Codable, Hashable, Sendable {
     public var formatVersion = 1
     public var guests: [String: GuestAllocation] = [:]
     public init() {}
+
+    /// The guests a topology other than `topology` declared, with that topology's name
+    /// (docs/contract.md §7). A guest with no recorded owner was recorded by a vsmmu from
+    /// before ownership, when one topology held the whole host: it goes with the one planning.
+    public func owners(otherThan topology: String) -> [String: String] {
+        var out: [String: String] = [:]
+        for (g, a) in guests { if let o = a.topology, o != topology { out[g] = o } }
+        return out
+    }
 }
 
 public struct GuestAllocation: Codable, Hashable, Sendable {
+    /// The `metadata.name` of the topology that declared the guest: only that topology
+    /// plans it (nil: recorded before ownership existed).
+    public var topology: String?
+    /// What the guest saw when its topology was last applied (every guest-visible value):
+    /// a change to any of them is a change of the plan even where no kernel object moves.
+    public var layout: GuestLayout?
     public var vsmmus: [String: VSMMUAllocation] = [:]
     /// Root ports on pcie.0 for devices with no vSMMU.
     public var rootPorts = PortAllocation()
@@ -41,25 +56,20 @@ public struct PortAllocation: Codable, Hashable, Sendable {
     }
 }
 
-public struct AllocationError: Error, Sendable, CustomStringConvertible {
-    public var message: String
-    public var hint: String?
-    public var description: String { message }
-}
-
 public enum Allocator {
     public static let slotCount = 32
 
     /// Allocations for `topology`, keeping every value of `previous` that still applies.
-    public static func allocate(_ topology: Topology, previous: Allocations) throws(AllocationError) -> Allocations {
+    public static func allocate(_ topology: Topology, previous: Allocations) throws(VsmmuError) -> Allocations {
         var next = Allocations()
         for guest in topology.guests {
             next.guests[guest.name] = try allocate(guest, previous: previous.guests[guest.name] ?? GuestAllocation())
+            next.guests[guest.name]?.topology = topology.name
         }
         return next
     }
 
-    static func allocatePorts(_ devices: [Device], previous: PortAllocation, where what: String) throws(AllocationError) -> PortAllocation {
+    static func allocatePorts(_ devices: [Device], previous: PortAllocation, where what: String) throws(VsmmuError) -> PortAllocation {
         var out = PortAllocation()
         var taken = Set<Int>()
         for d in devices { if let s = d.slot { out.slots[d.name] = s; taken.insert(s) } }
@@ -76,7 +86,7 @@ public enum Allocator {
                 holes.remove(h)
             } else {
                 guard let free = (0..<slotCount).first(where: { !taken.contains($0) && !holes.contains($0) }) else {
-                    throw AllocationError(message: "\(what) has no free root-port slot left for device '\(d.name)' (\(slotCount) per bus)")
+                    throw VsmmuError(.allocation, "\(what) has no free root-port slot left for device '\(d.name)' (\(slotCount) per bus)")
                 }
                 slot = free
             }
@@ -89,7 +99,7 @@ public enum Allocator {
         return out
     }
 
-    static func allocate(_ guest: Guest, previous: GuestAllocation) throws(AllocationError) -> GuestAllocation {
+    static func allocate(_ guest: Guest, previous: GuestAllocation) throws(VsmmuError) -> GuestAllocation {
         var out = GuestAllocation()
         out.rootPorts = try allocatePorts(guest.devices, previous: previous.rootPorts, where: "pcie.0 of guest '\(guest.name)'")
         let rootNeed = 1 + out.rootPorts.ports.count
@@ -144,7 +154,7 @@ public enum Allocator {
             }
             if chosen == nil { chosen = (rootNeed...max(rootNeed, 256 - n)).first { free($0, $0 + n - 1) } }
             guard let b = chosen else {
-                throw AllocationError(message: "guest '\(guest.name)' has no room for the expander bus of vSMMU '\(s.name)' (it needs \(n) bus numbers)",
+                throw VsmmuError(.allocation, "guest '\(guest.name)' has no room for the expander bus of vSMMU '\(s.name)' (it needs \(n) bus numbers)",
                                       hint: "fewer devices or vSMMUs, or explicit busNumber values with room between them")
             }
             buses[s.name] = b
@@ -155,12 +165,12 @@ public enum Allocator {
         for (i, (name, b)) in sorted.enumerated() {
             let next = i + 1 < sorted.count ? sorted[i + 1].1 : 256
             if next - b < need(name) {
-                throw AllocationError(message: "vSMMU '\(name)' of guest '\(guest.name)' on bus \(hex2(b)) needs \(need(name)) bus numbers but has \(next - b) before \(next > 255 ? "the end" : hex2(next))",
+                throw VsmmuError(.allocation, "vSMMU '\(name)' of guest '\(guest.name)' on bus \(hex2(b)) needs \(need(name)) bus numbers but has \(next - b) before \(next > 255 ? "the end" : hex2(next))",
                                       hint: "bus numbers of existing vSMMUs never move (their vSIDs would change); give this vSMMU an explicit busNumber with more room, or move devices to another vSMMU")
             }
         }
         if let lowest = sorted.first, lowest.1 < rootNeed {
-            throw AllocationError(message: "pcie.0 of guest '\(guest.name)' needs \(rootNeed) bus numbers but vSMMU '\(lowest.0)' starts at \(hex2(lowest.1))")
+            throw VsmmuError(.allocation, "pcie.0 of guest '\(guest.name)' needs \(rootNeed) bus numbers but vSMMU '\(lowest.0)' starts at \(hex2(lowest.1))")
         }
         for s in guest.vsmmus {
             out.vsmmus[s.name] = VSMMUAllocation(busNumber: buses[s.name]!, identifier: ids[s.name]!, ports: ports[s.name]!)

@@ -7,6 +7,8 @@ public struct DesiredState: Sendable {
     public var topologyName: String
     public var guests: [DesiredGuest]
     public var allocations: Allocations
+    /// The allocations recorded before this plan (with what each guest saw then).
+    public var previous = Allocations()
 }
 
 public struct DesiredGuest: Sendable {
@@ -84,20 +86,14 @@ func hex(_ v: UInt64, _ width: Int = 0) -> String {
     return String(repeating: "0", count: max(0, width - s.count)) + s
 }
 
-public struct PlanError: Error, Sendable, CustomStringConvertible {
-    public var message: String
-    public var hint: String?
-    public init(_ message: String, hint: String? = nil) { self.message = message; self.hint = hint }
-    public var description: String { message }
-}
 
 extension DesiredState {
     /// Builds the desired graph. The topology must already be valid against `host`.
     public static func build(topology: Topology, host: HostDescription, resolved: [String: ResolvedVSMMU],
-                             previous: Allocations, users: UserResolver) throws(PlanError) -> DesiredState {
+                             previous: Allocations, users: UserResolver) throws(VsmmuError) -> DesiredState {
         let allocations: Allocations
         do { allocations = try Allocator.allocate(topology, previous: previous) } catch {
-            throw PlanError(error.message, hint: error.hint)
+            throw error
         }
         var index: [PCIAddress: HostPCIDevice] = [:]
         for d in host.pciDevices { index[d.address] = d }
@@ -118,7 +114,7 @@ extension DesiredState {
             var vsmmus: [DesiredVSMMU] = []
             for s in g.vsmmus {
                 guard let r = resolved["\(g.name)/\(s.name)"] else {
-                    throw PlanError("vSMMU '\(s.name)' of guest '\(g.name)' could not be resolved against the host")
+                    throw VsmmuError(.plan, "vSMMU '\(s.name)' of guest '\(g.name)' could not be resolved against the host")
                 }
                 let a = alloc.vsmmus[s.name]!
                 for d in s.devices {
@@ -146,16 +142,16 @@ extension DesiredState {
             var owner: ResolvedUser?
             if let u = g.user {
                 do { owner = try users.resolve(u) } catch {
-                    throw PlanError("guest '\(g.name)': \(error.message)", hint: error.hint)
+                    throw VsmmuError(.plan, "guest '\(g.name)'", cause: error)
                 }
             }
             guests.append(DesiredGuest(name: g.name, owner: owner, devices: devices, stage2: stage2, memory: g.memory, vsmmus: vsmmus))
         }
-        return DesiredState(topologyName: topology.name, guests: guests, allocations: allocations)
+        return DesiredState(topologyName: topology.name, guests: guests, allocations: allocations, previous: previous)
     }
 }
 
 /// Turns a topology's `user` into a uid and gid.
 public protocol UserResolver: Sendable {
-    func resolve(_ user: String) throws(PlanError) -> ResolvedUser
+    func resolve(_ user: String) throws(VsmmuError) -> ResolvedUser
 }

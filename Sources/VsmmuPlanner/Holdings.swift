@@ -190,14 +190,14 @@ public struct MemoryHolding: Codable, Hashable, Sendable {
 public struct VSMMUHolding: Codable, Hashable, Sendable {
     public var physical: String
     public var viommu: ObjectID
-    public var viommuType: UInt32
+    public var viommuType: VIOMMUType
     public var abortHWPT: ObjectID?
     public var bypassHWPT: ObjectID?
     /// vEVENTQ per type: id and its fd.
-    public var eventQueues: [UInt32: EventQueueHolding] = [:]
+    public var eventQueues: [VEventQType: EventQueueHolding] = [:]
     /// vDevice per device name.
     public var vdevices: [String: VDeviceHolding] = [:]
-    public init(physical: String, viommu: ObjectID, viommuType: UInt32) {
+    public init(physical: String, viommu: ObjectID, viommuType: VIOMMUType) {
         self.physical = physical; self.viommu = viommu; self.viommuType = viommuType
     }
 }

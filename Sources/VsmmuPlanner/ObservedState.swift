@@ -96,8 +96,8 @@ enum Fingerprint {
                 out += " mem \(n) \(m.iova) \(m.length) \(m.backing.rawValue) \(m.mapped) \(m.memory.userVA) \(m.memory.file?.fd ?? -1)\n"
             }
             for (n, v) in g.vsmmus.sorted(by: { $0.key < $1.key }) {
-                out += " vsmmu \(n) \(v.physical) \(v.viommu) \(v.viommuType) \(v.abortHWPT ?? 0) \(v.bypassHWPT ?? 0)\n"
-                for (t, q) in v.eventQueues.sorted(by: { $0.key < $1.key }) { out += "  evq \(t) \(q.id) \(q.fd.fd)\n" }
+                out += " vsmmu \(n) \(v.physical) \(v.viommu) \(v.viommuType.rawValue) \(v.abortHWPT ?? 0) \(v.bypassHWPT ?? 0)\n"
+                for (t, q) in v.eventQueues.sorted(by: { $0.key < $1.key }) { out += "  evq \(t.rawValue) \(q.id) \(q.fd.fd)\n" }
                 for (d, vd) in v.vdevices.sorted(by: { $0.key < $1.key }) { out += "  vdev \(d) \(vd.id) \(vd.virtID)\n" }
             }
         }

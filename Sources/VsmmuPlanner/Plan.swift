@@ -29,6 +29,9 @@ public struct ResourceChange: Codable, Hashable, Sendable {
     public var attributes: [AttributeChange]
     /// For a replacement: the attribute that forces it (terraform's "forces replacement").
     public var forcedBy: String?
+    /// The guest runs with the old value: its VM must be restarted to see the change
+    /// (nil: no; optional for plans saved by an older vsmmu).
+    public var restartRequired: Bool?
 
     public var address: String { "\(type) \(name)" }
 }
@@ -51,6 +54,11 @@ public struct Plan: Codable, Sendable {
     /// The lifecycle state of the topology's guests that vsmmu holds or a VMM runs (nil in
     /// plans saved by an older vsmmu).
     public var guests: [GuestStatus]?
+    /// Guests that other topologies hold on this host, per topology name: the plan leaves
+    /// them alone (nil in plans saved by an older vsmmu).
+    public var otherTopologies: [String: Int]?
+    /// The state directory the plan was made on: a saved plan applies there only.
+    public var stateDir: String?
 
     /// A plan of bare operations (a launch's release of a guest's held graph).
     public init(releasing operations: [PlanStep], allocations: Allocations) {
@@ -65,6 +73,8 @@ public struct Plan: Codable, Sendable {
     }
 
     public var isEmpty: Bool { changes.isEmpty && operations.isEmpty }
+    /// Nothing to do but restart running VMs (their guests saw values that changed).
+    public var onlyAwaitsRestart: Bool { operations.isEmpty && !changes.isEmpty && changes.allSatisfy { $0.restartRequired == true } }
     public var toAdd: Int { changes.filter { $0.action == .create || $0.action == .replace }.count }
     public var toChange: Int { changes.filter { $0.action == .update }.count }
     public var toDestroy: Int { changes.filter { $0.action == .destroy || $0.action == .replace }.count }
@@ -78,6 +88,13 @@ public struct GuestLayout: Codable, Hashable, Sendable {
         public var slot: Int
         public var guestAddress: String
         public var vsid: UInt64?
+    }
+    /// A guest RAM region as the guest sees it.
+    public struct MemoryLayout: Codable, Hashable, Sendable {
+        public var name: String
+        public var guestAddress: UInt64
+        public var size: UInt64
+        public var backing: String
     }
     public struct VSMMULayout: Codable, Hashable, Sendable {
         public var name: String
@@ -94,6 +111,8 @@ public struct GuestLayout: Codable, Hashable, Sendable {
     public var guest: String
     public var vsmmus: [VSMMULayout]
     public var devices: [DeviceLayout]
+    /// nil in plans saved by an older vsmmu.
+    public var memory: [MemoryLayout]?
     /// Bytes of guest RAM the guest's VMM pins (all of it is mapped for DMA): its
     /// RLIMIT_MEMLOCK must allow them unless it has CAP_IPC_LOCK (nil in older plans).
     public var lockedMemory: UInt64?

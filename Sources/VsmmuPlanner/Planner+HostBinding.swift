@@ -72,7 +72,7 @@ extension Planner {
             add(.destroyVDevices, "device \(g)/\(d)", .destroyVDevice(guest: g, vsmmu: v, device: d), gives: [.vdevicesGone(vsmmu: key)])
         }
         for (t, _) in h.eventQueues.sorted(by: { $0.key < $1.key }) {
-            add(.destroyEventQueues, r, .destroyEventQueue(guest: g, vsmmu: v, type: VEventQType(rawValue: t)), gives: [.eventQueuesGone(vsmmu: key)])
+            add(.destroyEventQueues, r, .destroyEventQueue(guest: g, vsmmu: v, type: t), gives: [.eventQueuesGone(vsmmu: key)])
         }
         add(.destroyVIOMMUs, r, .destroyVIOMMU(guest: g, vsmmu: v),
             needs: [.nestedGone(vsmmu: key), .vdevicesGone(vsmmu: key), .eventQueuesGone(vsmmu: key)], gives: [.viommuGone(vsmmu: key)])

@@ -34,7 +34,7 @@ extension Planner {
         return "\(v.flavor.typeName) vIOMMU on \(r.physical), bus \(Allocator.hex2(v.busNumber)), id \(v.identifier); ats \(onOff(r.ats)), ril \(onOff(r.ril)), ssidSize \(r.ssidSize), oas \(r.oas)"
     }
 
-    static func layout(_ d: DesiredState) -> [GuestLayout] {
+    public static func layout(_ d: DesiredState) -> [GuestLayout] {
         d.guests.map { g in
             GuestLayout(
                 guest: g.name,
@@ -45,6 +45,9 @@ extension Planner {
                 },
                 devices: g.devices.map { d in
                     GuestLayout.DeviceLayout(name: d.name, host: d.source.description, vsmmu: d.vsmmu, slot: d.slot, guestAddress: d.guestAddress, vsid: d.vsid)
+                },
+                memory: g.memory.map { m in
+                    GuestLayout.MemoryLayout(name: m.name, guestAddress: m.guestAddress, size: m.size, backing: m.backing.rawValue)
                 },
                 lockedMemory: g.memory.reduce(UInt64(0)) { $0 &+ $1.size })
         }

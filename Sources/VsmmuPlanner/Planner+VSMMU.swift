@@ -8,8 +8,8 @@ extension Planner {
     func heldVSMMUVerdict(_ want: DesiredVSMMU?, _ v: VSMMUHolding) -> Verdict {
         guard let want else { return .destroy }
         if want.resolved.physical != v.physical { return .replace(forcedBy: "physical (\(v.physical) → \(want.resolved.physical))") }
-        if want.flavor.viommuType.rawValue != v.viommuType {
-            return .replace(forcedBy: "cmdqv (vIOMMU type \(VIOMMUType(rawValue: v.viommuType).name) → \(want.flavor.viommuType.name))")
+        if want.flavor.viommuType != v.viommuType {
+            return .replace(forcedBy: "cmdqv (vIOMMU type \(v.viommuType.name) → \(want.flavor.viommuType.name))")
         }
         return .keep
     }
@@ -72,7 +72,7 @@ extension Planner {
                 needs: [viommu], gives: [.bypass(vsmmu: s.key(v.name))])
             s.needNestedAttach.formUnion(v.devices)
         }
-        for t in v.flavor.eventQueueTypes where heldV?.eventQueues[t.rawValue] == nil {
+        for t in v.flavor.eventQueueTypes where heldV?.eventQueues[t] == nil {
             add(.buildVSMMUs, r, .allocEventQueue(guest: s.name, vsmmu: v.name, type: t, depth: eventQueueDepth), needs: [viommu])
         }
     }

@@ -42,9 +42,18 @@ public struct Planner {
         var p = Planner(desired: desired, observed: observed)
         p.diff()
         let ops = p.order()
+        let layout = Planner.layout(desired)
+        var allocations = desired.allocations
+        for l in layout {
+            allocations.guests[l.guest]?.layout = l
+            // Only a guest vsmmu holds has a VM that saw the earlier values.
+            guard observed.holdings.guests[l.guest] != nil, let before = desired.previous.guests[l.guest]?.layout else { continue }
+            let noted = Set(p.changes.map(\.address))
+            p.changes += visibleChanges(before, l).filter { !noted.contains($0.address) }
+        }
         return Plan(topology: desired.topologyName, topologyFile: topologyFile, host: hostName, simulated: simulated,
                     fingerprint: observed.fingerprint, changes: p.changes, operations: ops,
-                    allocations: desired.allocations, layout: Planner.layout(desired))
+                    allocations: allocations, layout: layout)
     }
 
     /// What a launch runs before it hands a prepared guest to its VMM (docs/contract.md

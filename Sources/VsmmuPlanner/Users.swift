@@ -1,3 +1,4 @@
+import VsmmuKernel
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -6,10 +7,10 @@ import Glibc
 public struct SystemUserResolver: UserResolver {
     public init() {}
 
-    public func resolve(_ user: String) throws(PlanError) -> ResolvedUser {
+    public func resolve(_ user: String) throws(VsmmuError) -> ResolvedUser {
         if let uid = UInt32(user) { return ResolvedUser(name: user, uid: uid, gid: Self.gid(of: uid) ?? uid, note: "") }
         guard let pw = getpwnam(user) else {
-            throw PlanError("user '\(user)' does not exist on this host", hint: "create the account, or write its numeric uid")
+            throw VsmmuError(.plan, "user '\(user)' does not exist on this host", hint: "create the account, or write its numeric uid")
         }
         return ResolvedUser(name: user, uid: pw.pointee.pw_uid, gid: pw.pointee.pw_gid, note: "")
     }
@@ -25,7 +26,7 @@ public struct SystemUserResolver: UserResolver {
 public struct SimulatedUserResolver: UserResolver {
     public init() {}
 
-    public func resolve(_ user: String) throws(PlanError) -> ResolvedUser {
+    public func resolve(_ user: String) throws(VsmmuError) -> ResolvedUser {
         if let uid = UInt32(user) { return ResolvedUser(name: user, uid: uid, gid: uid, note: "") }
         // FNV-1a of the name into 60000..<65000: stable across runs and machines.
         var h: UInt32 = 2_166_136_261

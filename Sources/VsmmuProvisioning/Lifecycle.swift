@@ -7,11 +7,8 @@ import VsmmuSim
 import VsmmuVMM
 
 /// A launch refused before anything changed.
-public struct LaunchError: Error, CustomStringConvertible {
-    public var message: String
-    public var hint: String?
-    public var description: String { message }
-}
+/// A launch or hand-over that cannot go ahead: a VsmmuError (code .command).
+public typealias LaunchError = VsmmuError
 
 /// The fresh fds of a handover and how `{placeholder}`s in the VMM's command name them.
 public struct Handover: Sendable {
@@ -61,6 +58,11 @@ public final class GuestLifecycle {
             let holders = (try? port.deviceHolders(a)) ?? []
             if r.remote == nil, !holders.contains(where: { $0.pid == r.pid }) {
                 problems.append("\(name) \(a): its VFIO cdev is not open in pid \(r.pid)")
+            }
+            // Between the release and the VMM's own bind another process could take the
+            // device (root, or the cdev's owner): name it.
+            for other in holders where other.pid != r.pid {
+                problems.append("\(name) \(a) is held by \(other), not by the VMM")
             }
         }
         return problems
@@ -171,8 +173,8 @@ public final class GuestLifecycle {
         } catch {
             undo()
             try? store.checkpoint()
-            throw LaunchError(message: "releasing guest \(guest)'s held objects failed: \(error)",
-                              hint: "run vsmmu apply to prepare it again, then launch")
+            throw LaunchError(.kernel, "releasing guest \(guest)'s held objects failed",
+                              hint: "run vsmmu apply to prepare it again, then launch", cause: error)
         }
         var placeholders: [String: Int32] = [FDPlaceholder.name(guest: guest, thing: .iommufd): iommufd.fd]
         for (n, c) in devices { placeholders[FDPlaceholder.name(guest: guest, thing: .device(n))] = c.fd }
@@ -204,7 +206,7 @@ public final class GuestLifecycle {
         } catch {
             sim.exitProcess(process)
             try? sim.save()
-            throw LaunchError(message: "the VMM's realize failed on the simulated kernel: \(error)")
+            throw LaunchError(.kernel, "the VMM's realize failed on the simulated kernel", cause: error)
         }
         return process
     }

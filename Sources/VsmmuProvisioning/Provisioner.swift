@@ -10,14 +10,16 @@ import VsmmuPlanner
 public struct ProvisioningEvents: Sendable {
     /// A line about what is being done besides the plan (recovery, lifecycle, notes).
     public var note: @Sendable (String) -> Void
-    /// One line per finished step of an apply.
+    /// One line per resource of an apply as it starts and when it ends.
     public var progress: @Sendable (String) -> Void
+    /// One line per finished step (kernel call) of an apply.
+    public var call: @Sendable (String) -> Void
     /// The plan an apply is about to carry out (shown before it asks for approval).
     public var planned: @Sendable (Plan) -> Void
 
     public init(note: @escaping @Sendable (String) -> Void, progress: @escaping @Sendable (String) -> Void = { _ in },
-                planned: @escaping @Sendable (Plan) -> Void = { _ in }) {
-        self.note = note; self.progress = progress; self.planned = planned
+                call: @escaping @Sendable (String) -> Void = { _ in }, planned: @escaping @Sendable (Plan) -> Void = { _ in }) {
+        self.note = note; self.progress = progress; self.call = call; self.planned = planned
     }
 
     public static let silent = ProvisioningEvents(note: { _ in })
@@ -81,6 +83,8 @@ public struct ReconcileResult {
     /// The plan of what differs (nil: no topology was ever applied here).
     public var drift: Plan?
     public var file: String?
+    /// The topology it planned (to apply it).
+    public var source: SourceText?
     /// The drift was applied (fix mode).
     public var fixed = false
     public var hasDrift: Bool { drift.map { !$0.isEmpty } ?? false }
@@ -117,10 +121,30 @@ public final class Provisioner {
                   only guests: Set<String>? = nil, destroying: Bool = false) throws -> Plan {
         do {
             return try Pipeline.plan(topology, validation: validation, port: port, host: host, store: store,
-                                     simulated: session.simulated, onlyGuests: guests, destroying: destroying)
+                                     simulated: session.simulated, onlyGuests: guests, destroying: destroying,
+                                     otherFiles: appliedFiles())
         } catch {
-            throw CommandError(message: error.message, hint: error.hint)
+            var e = error
+            if let h = e.hint, h.hasPrefix("vsmmu ") { e.hint = h + session.context }
+            throw e
         }
+    }
+
+    /// A state directory as one path, however it was named.
+    static func canonical(_ dir: String) -> String { URL(fileURLWithPath: dir).standardizedFileURL.resolvingSymlinksInPath().path }
+
+    /// Every topology applied on this state directory, by name (a record from before
+    /// several topologies could share a host moves under its name first).
+    func applied() -> [(name: String, record: AppliedTopology.Record)] {
+        AppliedTopology.migrateLegacy(stateDir: session.stateDir) { r in (try? Topology.parse(SourceText(path: r.path, bytes: r.bytes)))?.name }
+        return AppliedTopology.all(stateDir: session.stateDir).compactMap { r in
+            (try? Topology.parse(SourceText(path: r.path, bytes: r.bytes))).map { ($0.name, r) }
+        }
+    }
+
+    /// Topology name → the file it was last applied from, for errors about what it holds.
+    func appliedFiles() -> [String: String] {
+        Dictionary(applied().map { ($0.name, $0.record.path) }, uniquingKeysWith: { a, _ in a })
     }
 
     /// The plan for `source` on this kernel, with its guests' lifecycle states.
@@ -134,6 +158,7 @@ public final class Provisioner {
         let (topology, validation) = try validated(source, host: host)
         var plan = try makePlan(topology, validation: validation, host: host, store: store)
         plan.guests = guestStatuses(topology, store: store)
+        plan.stateDir = Self.canonical(session.stateDir)
         return plan
     }
 
@@ -141,7 +166,8 @@ public final class Provisioner {
     func guestStatuses(_ topology: Topology, store: StateStore) -> [GuestStatus] {
         let names = Set(topology.guests.map(\.name))
         var out: [GuestStatus] = []
-        for var s in GuestLifecycle(session: session).statuses(store.holdings) {
+        let own = Pipeline.ownView(store.holdings, allocations: store.allocations, topology: topology.name).holdings
+        for var s in GuestLifecycle(session: session).statuses(own) {
             if names.contains(s.name) { out.append(s); continue }
             guard s.state == .running || s.state == .handedOver else { continue }
             s.notes.append("not in \(topology.file): torn down when its VMM exits")
@@ -174,11 +200,16 @@ public final class Provisioner {
         switch input {
         case .savedPlan(let saved, let file):
             guard !options.destroying else { throw CommandError(message: "destroy takes a topology file, not a saved plan") }
-            let current = try ObservedState.observe(port: port, holdings: store.holdings,
+            if let made = saved.stateDir, made != Self.canonical(session.stateDir) {
+                throw CommandError(.state, "\(file) was made on the state directory \(made), not \(Self.canonical(session.stateDir)); nothing was changed",
+                                   hint: "vsmmu apply \(file) --state-dir \(made)\(saved.simulated ? " --host FILE" : ""), or make a new plan here: vsmmu plan \(saved.topologyFile) --out \(file)\(session.context)")
+            }
+            let own = Pipeline.ownView(store.holdings, allocations: store.allocations, topology: saved.topology).holdings
+            let current = try ObservedState.observe(port: port, holdings: own,
                                                     addresses: Set(saved.layout.flatMap { $0.devices.compactMap { PCIAddress($0.host) } }))
             if current.fingerprint != saved.fingerprint {
                 throw CommandError(message: "the kernel's state moved since \(file) was made (fingerprint \(saved.fingerprint), now \(current.fingerprint)); nothing was changed",
-                                   hint: "make a new plan: vsmmu plan \(saved.topologyFile) --out \(file)")
+                                   hint: "make a new plan: vsmmu plan \(saved.topologyFile) --out \(file)\(session.context)")
             }
             plan = saved
         case .topology(let source):
@@ -192,8 +223,11 @@ public final class Provisioner {
         if let expected = options.expectFingerprint, expected != plan.fingerprint {
             throw CommandError(message: "the kernel's state moved since the plan you approved; nothing was changed", hint: "run the command again to see the new plan")
         }
-        if plan.isEmpty {
+        if plan.isEmpty || plan.onlyAwaitsRestart {
             if !options.dryRun, store.allocations != plan.allocations { try store.saveAllocations(plan.allocations) }
+            for c in plan.changes { events.note("note: \(c.address) runs with its earlier values; the VM must be restarted to take them") }
+            // The file applied now is the one to prepare the guests from later.
+            if !options.dryRun, let checked { try remember(checked.topology, source: checked.source, destroyed: options.destroying) }
             return .noChanges(plan)
         }
         if options.dryRun { return .dryRun(plan) }
@@ -203,7 +237,8 @@ public final class Provisioner {
             let total = checked.topology.guests.flatMap(\.memory).reduce(UInt64(0)) { $0 &+ $1.size }
             if let problem = Preflight.memlockProblem(pinning: total) { throw CommandError(message: problem + "; nothing was changed") }
         }
-        if !options.autoApprove && options.expectFingerprint == nil {
+        // A saved plan is the approval (as terraform's): the user reviewed it when it was made.
+        if case .topology = input, !options.autoApprove && options.expectFingerprint == nil {
             guard let confirm = options.confirm else {
                 throw CommandError(message: "refusing to \(options.destroying ? "destroy" : "apply") without confirmation: standard input is not a terminal",
                                    hint: "review the plan, then run again with --auto-approve")
@@ -211,7 +246,7 @@ public final class Provisioner {
             guard confirm(plan) else { return .cancelled(plan) }
         }
         do {
-            try Pipeline.apply(plan, port: port, store: store, progress: events.progress, shouldStop: options.shouldStop)
+            try Pipeline.apply(plan, port: port, store: store, progress: events.progress, calls: events.call, shouldStop: options.shouldStop)
         } catch {
             try? session.save()
             throw error
@@ -224,12 +259,12 @@ public final class Provisioner {
 
     /// Keeps the topology just applied for later re-preparation; forgets it once destroyed.
     func remember(_ topology: Topology, source: SourceText, destroyed: Bool) throws {
+        _ = applied()  // moves a record from before ownership under its name
         if !destroyed {
-            AppliedTopology.save(stateDir: session.stateDir, path: topology.file, bytes: source.bytes)
-        } else if let applied = AppliedTopology.load(stateDir: session.stateDir),
-                  (try? Topology.parse(SourceText(path: applied.path, bytes: applied.bytes)))?.name == topology.name {
+            AppliedTopology.save(stateDir: session.stateDir, name: topology.name, path: topology.file, bytes: source.bytes)
+        } else {
             // Destroyed: a reconcile must not build it again.
-            AppliedTopology.forget(stateDir: session.stateDir)
+            AppliedTopology.forget(stateDir: session.stateDir, name: topology.name)
         }
     }
 
@@ -241,15 +276,15 @@ public final class Provisioner {
             again = try makePlan(topology, validation: validation, host: session.host, store: store,
                                  only: destroying ? Set(topology.guests.map(\.name)) : nil, destroying: destroying)
         } catch {
-            throw CommandError(message: "every step succeeded, but reading the kernel back to verify them failed: \(error)",
-                               hint: "run `vsmmu plan` to check the result")
+            throw CommandError(.kernel, "every step succeeded, but reading the kernel back to verify them failed",
+                               hint: "run `vsmmu plan \(topology.file)\(session.context)` to check the result", cause: error)
         }
-        guard !again.isEmpty else { return }
-        for c in again.changes {
+        guard !again.isEmpty, !again.onlyAwaitsRestart else { return }
+        for c in again.changes where c.restartRequired != true {
             events.note("\(c.address): desired \(c.action == .destroy ? "absent" : c.summary), current \(c.action == .create ? "absent" : (c.forcedBy ?? c.attributes.map { "\($0.name) \($0.from ?? "none")" }.joined(separator: ", ")))")
         }
         throw CommandError(message: "after applying, the kernel still differs from the topology (\(again.operations.count) operation(s) left)",
-                           hint: "run `vsmmu plan` to see them; something else changed the host meanwhile")
+                           hint: "run `vsmmu plan \(topology.file)\(session.context)` to see them; something else changed the host meanwhile")
     }
 
     // MARK: show
@@ -264,18 +299,23 @@ public final class Provisioner {
 
     // MARK: reconcile and the lifecycle
 
-    /// Plans the topology last applied here against the kernel, and with `fix` applies it.
-    public func reconcile(fix: Bool, events: ProvisioningEvents, shouldStop: @escaping () -> Bool = { false }) throws -> ReconcileResult {
-        guard let applied = AppliedTopology.load(stateDir: session.stateDir) else { return ReconcileResult() }
-        let source = SourceText(path: applied.path, bytes: applied.bytes)
-        var result = ReconcileResult(drift: try plan(source, events: events), file: applied.path)
-        guard fix, result.hasDrift else { return result }
-        var options = ApplyOptions()
-        options.autoApprove = true
-        options.shouldStop = shouldStop
-        _ = try apply(.topology(source), options: options, events: events, settled: true)
-        result.fixed = true
-        return result
+    /// Plans each topology applied here against the kernel, and with `fix` applies it.
+    /// One result per topology, in name order.
+    public func reconcile(fix: Bool, events: ProvisioningEvents, shouldStop: @escaping () -> Bool = { false }) throws -> [ReconcileResult] {
+        var results: [ReconcileResult] = []
+        for (_, record) in applied() {
+            let source = SourceText(path: record.path, bytes: record.bytes)
+            var result = ReconcileResult(drift: try plan(source, events: events), file: record.path, source: source)
+            if fix, result.hasDrift {
+                var options = ApplyOptions()
+                options.autoApprove = true
+                options.shouldStop = shouldStop
+                _ = try apply(.topology(source), options: options, events: events, settled: true)
+                result.fixed = true
+            }
+            results.append(result)
+        }
+        return results
     }
 
     /// Guests whose VMM exited go back to prepared (docs/contract.md §6): their records go,
@@ -292,12 +332,13 @@ public final class Provisioner {
         try reprepare(events: events, shouldStop: shouldStop)
     }
 
-    /// Applies the topology last applied on this state directory (nothing if none).
+    /// Applies each topology last applied on this state directory (nothing if none).
     public func reprepare(events: ProvisioningEvents, shouldStop: @escaping () -> Bool = { false }) throws {
-        guard let applied = AppliedTopology.load(stateDir: session.stateDir) else { return }
-        var options = ApplyOptions()
-        options.autoApprove = true
-        options.shouldStop = shouldStop
-        _ = try apply(.topology(SourceText(path: applied.path, bytes: applied.bytes)), options: options, events: events, settled: true)
+        for (_, record) in applied() {
+            var options = ApplyOptions()
+            options.autoApprove = true
+            options.shouldStop = shouldStop
+            _ = try apply(.topology(SourceText(path: record.path, bytes: record.bytes)), options: options, events: events, settled: true)
+        }
     }
 }

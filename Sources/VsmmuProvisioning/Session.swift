@@ -7,13 +7,9 @@ import VsmmuPlanner
 import VsmmuSim
 import VsmmuYAML
 
-/// A command-level failure: printed as `error: message` (+ hint), exit status 1.
-public struct CommandError: Error, CustomStringConvertible {
-    public var message: String
-    public var hint: String?
-    public init(message: String, hint: String? = nil) { self.message = message; self.hint = hint }
-    public var description: String { message }
-}
+/// A command-level failure, printed as `error: message`, its causes and a hint, exit
+/// status 1: a VsmmuError (`CommandError(message:hint:)` is code .command).
+public typealias CommandError = VsmmuError
 
 /// YAML for the simulated host's host.yaml (the same format as `vsmmu host`).
 public struct YAMLHostCodec: HostFileCodec {
@@ -33,6 +29,9 @@ public final class Session: @unchecked Sendable {
     public let port: KernelPort
     public let sim: SimulatedKernel?
     public let stateDir: String
+    /// The options a command suggested to the user must repeat to reach this session's
+    /// kernel and state (" --host FILE --state-dir DIR"; empty when all are defaults).
+    public var context = ""
     public let simulated: Bool
     /// The kernel is behind a vsmmu-remote executor: its fds are not this process's, and
     /// this machine's limits say nothing about it.
@@ -56,6 +55,7 @@ public final class Session: @unchecked Sendable {
             return session
         }
         guard let hostFile else {
+            try HostOrigin.checkLive(stateDir: stateDir)
             if !FileManager.default.fileExists(atPath: "/dev/iommu") {
                 throw CommandError(message: "this kernel has no /dev/iommu (it was built without CONFIG_IOMMUFD), so vsmmu cannot work on it",
                                    hint: "try vsmmu on a simulated host: --host examples/hosts/grace-2smmu-cmdqv.yaml")
@@ -63,6 +63,7 @@ public final class Session: @unchecked Sendable {
             if let problem = Preflight.accessProblem(sysfsRoot: sysfsRoot) {
                 throw CommandError(message: problem)
             }
+
             return Session(port: LinuxKernel(sysfsRoot: sysfsRoot), sim: nil, stateDir: stateDir)
         }
         let initial: HostDescription
@@ -72,11 +73,12 @@ public final class Session: @unchecked Sendable {
         // The simulated kernel's files have one writer at a time: this process, for as long
         // as the session lives (an agent over the same state directory holds it too).
         let lock = try StateLock(directory: stateDir)
+        try HostOrigin.check(hostFile: hostFile, host: initial, stateDir: stateDir)
         let sim: SimulatedKernel
         do {
             sim = try SimStore.open(directory: stateDir + "/sim", initialHost: initial, codec: YAMLHostCodec())
         } catch {
-            throw CommandError(message: "cannot open the simulated kernel in \(stateDir)/sim: \(error)")
+            throw CommandError(.state, "cannot open the simulated kernel in \(stateDir)/sim", cause: error)
         }
         let session = Session(port: sim, sim: sim, stateDir: stateDir)
         session.lock = lock

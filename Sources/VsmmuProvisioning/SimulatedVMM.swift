@@ -7,7 +7,7 @@ import VsmmuPlanner
 /// Taken from the holding the launch is about to release.
 public struct VMMGuestLayout: Sendable {
     public struct Device: Sendable { public var name: String; public var address: PCIAddress; public var iommu: String; public var vsmmu: String? }
-    public struct VSMMU: Sendable { public var name: String; public var physical: String; public var viommuType: UInt32 }
+    public struct VSMMU: Sendable { public var name: String; public var physical: String; public var viommuType: VIOMMUType }
     public struct Memory: Sendable { public var name: String; public var iova: UInt64; public var length: UInt64 }
     public var devices: [Device] = []
     public var vsmmus: [VSMMU] = []
@@ -80,7 +80,7 @@ public enum QEMURealize {
             guard let first = layout.devices.first(where: { $0.vsmmu == v.name }), let devID = r.devIDs[first.name],
                   let s2 = stage2[v.physical] else { continue }
             _ = try port.getHwInfo(files.iommufd, devID: devID, requestType: nil)
-            let type = VIOMMUType(rawValue: v.viommuType)
+            let type = v.viommuType
             let data = type == .tegra241CMDQV ? [UInt8](repeating: 0, count: 16) : []
             let viommu = try port.viommuAlloc(files.iommufd, type: type, devID: devID, hwptID: s2, data: data).id
             r.viommus[v.name] = viommu

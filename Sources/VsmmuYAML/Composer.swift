@@ -174,9 +174,13 @@ private struct EventComposer {
 
     /// Line and column of a byte offset (the reader reports offsets only).
     func lineOf(offset: Int) -> Mark {
-        var line = 1, column = 1
-        for b in source.prefix(offset) {
-            if b == 10 { line += 1; column = 1 } else if b & 0xC0 != 0x80 { column += 1 }
+        var line = 1, column = 1, i = 0
+        let end = min(offset, source.count)
+        while i < end {
+            let n = LineBreak.length(at: i, in: source)
+            if n > 0 { line += 1; column = 1; i += n; continue }
+            if source[i] & 0xC0 != 0x80 { column += 1 }
+            i += 1
         }
         return Mark(line: line, column: column)
     }

@@ -77,3 +77,20 @@ public struct YAMLError: Error, Sendable, CustomStringConvertible {
     public init(_ message: String, at mark: Mark) { self.message = message; self.mark = mark }
     public var description: String { "\(mark): \(message)" }
 }
+
+/// A line break as libyaml counts one (its marks' line numbers): LF, CR, CR LF, and in
+/// UTF-8 NEL, LS and PS. Snippets and offsets use the same rule, so a diagnostic's line is
+/// the line shown (a lone CR used to shift them apart).
+public enum LineBreak {
+    /// The break's length in bytes at `i`, or 0 when none starts there.
+    public static func length(at i: Int, in b: [UInt8]) -> Int {
+        guard i < b.count else { return 0 }
+        switch b[i] {
+        case 10: return 1
+        case 13: return i + 1 < b.count && b[i + 1] == 10 ? 2 : 1
+        case 0xC2: return i + 1 < b.count && b[i + 1] == 0x85 ? 2 : 0
+        case 0xE2: return i + 2 < b.count && b[i + 1] == 0x80 && (b[i + 2] == 0xA8 || b[i + 2] == 0xA9) ? 3 : 0
+        default: return 0
+        }
+    }
+}

@@ -734,6 +734,8 @@ static int write_full(const void *b, size_t n) {
     return 0;
 }
 
+static void serve(void);
+
 static void usage(void) {
     fprintf(stderr, "usage: vsmmu-remote [--root DIR] [--log FILE] [--vmm PATH [--vmm-log DIR]] [PORT]\n");
     exit(2);
@@ -772,6 +774,14 @@ int main(int argc, char **argv) {
         setrlimit(RLIMIT_NOFILE, &rl);
     }
 
+    serve();
+    return 0;
+}
+
+// Serves frames from in_fd until BYE, the end of the stream or a write error, then closes
+// every fd it holds (the guest kernel tears their objects down). Fuzz/remote-frame.c
+// runs it on each fuzzed stream.
+static void serve(void) {
     for (int bye = 0; !bye; ) {
         uint8_t hdr[8];
         if (read_full(hdr, 4)) break;
@@ -826,5 +836,4 @@ int main(int argc, char **argv) {
     }
 out:
     for (int fd = 0; fd < MAX_FDS; fd++) if (held[fd]) close(fd); // the guest kernel tears down
-    return 0;
 }

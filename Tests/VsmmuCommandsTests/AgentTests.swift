@@ -80,10 +80,12 @@ final class AgentProcess {
 @Test func applyThroughTheSocketThenPlanIsEmpty() throws {
     let agent = try AgentProcess()
     let t = "examples/two-vsmmus-four-gpus.yaml"
-    let a = vsmmu(["apply", t, "--socket", agent.socket, "--auto-approve"])
+    let a = vsmmu(["apply", t, "--socket", agent.socket, "--auto-approve", "-v"])
     #expect(a.code == 0, "\(a.stderr) \(agent.logText)")
     #expect(a.stdout.contains("Apply complete! Resources: 10 added"))
+    // -v reaches the agent: the per-call lines under the resource lines.
     #expect(a.stderr.contains("[54/54]"))
+    #expect(a.stderr.contains("vsmmu train0/smmu1: Creation complete after "))
     let p = vsmmu(["plan", t, "--socket", agent.socket, "--detailed-exitcode"])
     #expect(p.code == 0)
     #expect(p.stdout.hasPrefix("No changes."))
@@ -205,11 +207,15 @@ func runAs(nobody: Bool, _ args: [String]) -> RunResult {
     #expect(r.code == 0, "\(r.stderr)")
     let map = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
     #expect(map["guest"] as? String == "train0")
-    #expect((map["iommufdStandIn"] as? [String: Any])?["standsFor"] as? String == "vsmmu-train0-iommufd")
+    #expect(map["formatVersion"] as? Int == 1)
+    // each fd received stands for what the map says it is
+    let standIns = map["standIns"] as? [String: [String: Any]] ?? [:]
+    func stands(_ fd: Any?) -> String? { (fd as? Int).flatMap { standIns[String($0)]?["standsFor"] as? String } }
+    #expect(stands(map["iommufdFd"]) == "vsmmu-train0-iommufd")
     let devices = map["devices"] as? [String: [String: Any]] ?? [:]
     #expect(Set(devices.keys) == ["gpu0", "gpu1", "gpu2", "gpu3"])
     for (name, d) in devices {
-        #expect((d["standIn"] as? [String: Any])?["standsFor"] as? String == "vsmmu-train0-\(name)")
+        #expect(stands(d["fd"]) == "vsmmu-train0-\(name)")
         #expect((d["fd"] as? Int ?? -1) > 2)
     }
     let vsmmus = map["vsmmus"] as? [String: [String: Any]] ?? [:]
@@ -218,7 +224,7 @@ func runAs(nobody: Bool, _ args: [String]) -> RunResult {
     #expect(((vsmmus["smmu0"]?["veventqs"] as? [String: Any])?.count ?? 0) == 2)
     #expect(vsmmus["smmu0"]?["bypassHwpt"] is Int)
     let memory = map["memory"] as? [String: [String: Any]] ?? [:]
-    #expect((memory["ram0"]?["standIn"] as? [String: Any])?["standsFor"] as? String == "vsmmu-train0-ram0")
+    #expect(stands(memory["ram0"]?["fd"]) == "vsmmu-train0-ram0")
     let unknown = vsmmu(["handoff", "--guest", "nope", "--socket", agent.socket])
     #expect(unknown.code == 1)
     #expect(unknown.stderr.contains("holds no prepared guest 'nope'"))

@@ -90,7 +90,7 @@ func qemuArgsFollowTheAcceleratedModesRules(key: String) throws {
     #expect(vsmmu(["apply", base, "--host", grace, "--state-dir", dir, "--auto-approve"]).code == 0)
     // remove gpu0: its root port stays, empty, so gpu1 keeps bus 0x12 and vSID 0x1200
     var text = try String(contentsOfFile: base, encoding: .utf8)
-    text = text.replacingOccurrences(of: "          - name: gpu0\n            host: 0000:09:01.0\n", with: "")
+    text = text.replacingOccurrences(of: "          - name: gpu0\n            host: \"0000:09:01.0\"\n", with: "")
     try text.write(toFile: base, atomically: true, encoding: .utf8)
     #expect(vsmmu(["apply", base, "--host", grace, "--state-dir", dir, "--auto-approve"]).code == 0)
     let r = vsmmu(["qemu-args", base, "--guest", "train0", "--host", grace, "--state-dir", dir])

@@ -31,3 +31,12 @@ import VsmmuKernel
     let result = arg.withUnsafeMutableBytes { r.ioctl(3, UInt32(0x3B80), $0) }
     #expect(result == -Errno.EPROTO.rawValue)
 }
+
+// Found by the remote-reply fuzz target: a result of Int32.min was negated into an Errno
+// (arithmetic overflow: vsmmu and the agent trapped).
+@Test func aResultBelowEveryErrnoIsMalformedNotAnOverflow() throws {
+    let fake = FakeExecutor { _ in le32(UInt32(bitPattern: Int32.min)) }
+    let r = try remote(fake)
+    #expect(r.status("/dev/iommu") == nil)
+    #expect(r.transportFailure?.contains("neither a result nor -errno") == true, "\(r.transportFailure ?? "nil")")
+}

@@ -1,3 +1,4 @@
+import Foundation
 import CVsmmuUAPI
 import Testing
 import VsmmuKernel
@@ -97,13 +98,25 @@ func hardwareInfoEncodesAndDecodesTheHostsFacts(host name: String) throws {
     #expect(tegra.vcmdqs == 8)
 }
 
-@Test func uapiValuesKeepTheirCNames() {
+@Test func uapiValuesKeepTheirCNames() throws {
     #expect(HWPTAllocFlags([.nestParent, .dirtyTracking]).description == "NEST_PARENT|DIRTY_TRACKING")
     #expect(HWPTAllocFlags(rawValue: 0x11).description == "NEST_PARENT|0x10")
     #expect(IOASMapFlags().description == "0")
     #expect(VIOMMUType.tegra241CMDQV.name == "TEGRA241_CMDQV")
     #expect(HWInfoType(rawValue: 0x77).name == "0x77")
     #expect(VEventQType.selftest.rawValue == 0xbeefbeef)
+    // Saved as the bare numbers (holdings, the simulated kernel's state, plan files).
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = .sortedKeys
+    let json = try encoder.encode(Saved())
+    #expect(String(decoding: json, as: UTF8.self) == #"{"flags":3,"type":2,"types":[1]}"#)
+    #expect(try JSONDecoder().decode(Saved.self, from: json) == Saved())
+}
+
+private struct Saved: Codable, Equatable {
+    var flags: HWPTAllocFlags = [.nestParent, .dirtyTracking]
+    var type: VIOMMUType = .tegra241CMDQV
+    var types: [VEventQType] = [.armSMMUv3]
 }
 
 /// Every ioctl of the vocabulary is on vsmmu-remote's list (its C table is the one place

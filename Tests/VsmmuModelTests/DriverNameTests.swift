@@ -29,3 +29,18 @@ func aHostFileTakesARealDriverName(_ driver: String) throws {
     let h = try HostDescription.parse(SourceText(path: "h.yaml", bytes: Array(host(driver: driver).utf8)))
     #expect(h.pciDevices.first?.driver == (driver == "null" ? nil : driver))
 }
+
+// Found by the topology fuzz target (issue 13): libyaml counts a lone CR as a line break,
+// the snippet did not, so a diagnostic's line named a line its snippet could not show.
+@Test func aDiagnosticAfterLoneCRsShowsItsOwnLine() throws {
+    let text = "apiVersion: vsmmu/v1\rkind: Topology\rmetadata: { name: t }\rguests: [ { name: VM1 } ]\r"
+    let source = SourceText(path: "cr.yaml", bytes: Array(text.utf8))
+    do {
+        _ = try Topology.parse(source)
+        Issue.record("VM1 is not a valid guest name")
+    } catch {
+        let d = try #require(error.diagnostics.first)
+        #expect(d.mark.line == 4, "\(d)")
+        #expect(error.rendered().contains("4 | guests: [ { name: VM1 } ]"), "\(error.rendered())")
+    }
+}

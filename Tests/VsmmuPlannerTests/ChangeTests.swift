@@ -114,7 +114,9 @@ func resources(_ p: Plan) -> Set<String> { Set(p.operations.map(\.resource)) }
     try h.apply(try h.topology(base))
     let moved = base.replacingOccurrences(of: "      - name: s1\n", with: "      - name: s1\n        busNumber: 0x40\n")
     let p = try h.plan(try h.topology(moved))
-    #expect(Set(p.changes.map(\.address)) == ["device vm/gpu2", "device vm/gpu3"])
+    // The bus number is guest-visible: the vSMMU says so, with its attribute.
+    #expect(Set(p.changes.map(\.address)) == ["device vm/gpu2", "device vm/gpu3", "vsmmu vm/s1"])
+    #expect(p.changes.first { $0.address == "vsmmu vm/s1" }?.attributes.map(\.name) == ["busNumber"])
     let calls = p.operations.map(\.call)
     #expect(calls.filter { $0 == "IOMMU_VDEVICE_ALLOC" }.count == 2)
     #expect(calls.filter { $0 == "IOMMU_DESTROY" }.count == 2)
@@ -133,7 +135,7 @@ func resources(_ p: Plan) -> Set<String> { Set(p.operations.map(\.resource)) }
     #expect(p.changes.first?.forcedBy?.hasPrefix("cmdqv") == true)
     try h.apply(try h.topology(off))
     #expect(try h.plan(try h.topology(off)).isEmpty)
-    #expect(h.store.holdings.guests["vm"]!.vsmmus["s0"]!.viommuType == VIOMMUType.armSMMUv3.rawValue)
+    #expect(h.store.holdings.guests["vm"]!.vsmmus["s0"]!.viommuType == VIOMMUType.armSMMUv3)
 }
 
 @Test func removingAGuestTearsItDownAndGivesDevicesBack() throws {

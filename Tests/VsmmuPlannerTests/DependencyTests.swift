@@ -73,3 +73,24 @@ func dependencyKinds(_ h: Harness, _ t: Topology, destroying: Bool = false) thro
     #expect(all.given.subtracting(all.needed).isEmpty, "given, never needed: \(all.given.subtracting(all.needed))")
     #expect(all.needed.union(all.given) == Set(Dep.Kind.allCases), "not reached: \(Set(Dep.Kind.allCases).subtracting(all.needed.union(all.given)))")
 }
+
+/// Holdings written when a vSMMU's types were bare u32s read back unchanged, and are
+/// written the same way.
+@Test func typedVSMMUHoldingsReadAndWriteTheNumbersEarlierFilesHave() throws {
+    struct Earlier: Codable {
+        var physical = "smmu3.0x0000000016000000"
+        var viommu: UInt32 = 7
+        var viommuType: UInt32 = 2
+        var abortHWPT: UInt32? = 8
+        var bypassHWPT: UInt32? = 9
+        var eventQueues: [UInt32: EventQueueHolding] = [2: EventQueueHolding(id: 11, fd: KernelFile(fd: 13))]   // one: a dictionary's order is its own
+        var vdevices: [String: VDeviceHolding] = ["gpu0": VDeviceHolding(id: 5, virtID: 0x1100)]
+    }
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = .sortedKeys
+    let earlier = try encoder.encode(Earlier())
+    let now = try JSONDecoder().decode(VSMMUHolding.self, from: earlier)
+    #expect(now.viommuType == .tegra241CMDQV)
+    #expect(now.eventQueues[.tegra241CMDQV]?.id == 11)
+    #expect(try encoder.encode(now) == earlier)
+}

@@ -86,3 +86,26 @@ func aStockVMMCannotTakeAPreparedGuestButCanAfterTheHandover(example: String) th
     }
     #expect(!h.sim.trace.contains { $0.op == "SYSFS_UNBIND" })
 }
+
+@Test func aDeviceTakenByAnotherProcessAfterTheReleaseIsNamed() throws {
+    let h = try Harness(host: exampleHost("one-guest-one-vsmmu"))
+    let t = try h.example("one-guest-one-vsmmu")
+    try h.apply(t)
+    let session = Session(port: h.sim, sim: h.sim, stateDir: h.dir)
+    let lifecycle = GuestLifecycle(session: session)
+    let handover = try lifecycle.handOver("vm1", store: h.store, note: { _ in })
+    // Another process opens and binds the device in the window before the VMM's bind.
+    let intruder = h.sim.spawnProcess(pid: 6666, command: "intruder")
+    let gpu = handover.layout.devices[0]
+    try h.sim.run(as: intruder) {
+        let fd = try h.sim.openIommufd()
+        let cdev = try h.sim.openVfioDevice(index: try h.sim.pciDevice(gpu.address)!.vfioDevIndex!)
+        _ = try h.sim.bindIommufd(cdev, iommufd: fd)
+    }
+    // The VMM's realize fails at its bind, as QEMU's would, and nothing is recorded running.
+    #expect(throws: LaunchError.self) { _ = try lifecycle.simulateVMM(handover, pid: 4545, command: ["qemu-system-aarch64"]) }
+    // Had the VMM been recorded running, the check names the intruder.
+    let r = RunningGuest(pid: 4545, startTime: nil, command: ["qemu"], vmm: .qemu, since: 0, devices: [gpu.name: gpu.address])
+    let problems = lifecycle.runningProblems(r)
+    #expect(problems.contains { $0.contains("held by pid 6666 (intruder)") }, "\(problems)")
+}

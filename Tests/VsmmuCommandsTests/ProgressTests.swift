@@ -1,0 +1,65 @@
+import Foundation
+import Testing
+import VsmmuTestSupport
+
+/// Apply's output as an operator reads it: one line per resource as it starts and when it
+/// ends (with its time and ids), each kernel call under -v, nothing under --quiet.
+@Test func applyPrintsOneLinePerResourceStartAndEnd() throws {
+    let t = "examples/two-vsmmus-four-gpus.yaml"
+    for (flag, dir) in [("", tempDir()), ("-v", tempDir()), ("--quiet", tempDir())] {
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let a = vsmmu(["apply", t, "--host", grace, "--state-dir", dir, "--auto-approve"] + (flag.isEmpty ? [] : [flag]))
+        #expect(a.code == 0, "\(a.stderr)")
+        let lines = a.stderr.split(separator: "\n").map(String.init)
+        let calls = lines.filter { $0.contains("] ") && $0.hasSuffix(": ok") }
+        switch flag {
+        case "":
+            // 10 resources: a start and an end line each, no per-call line.
+            #expect(lines.count == 20, "\(a.stderr)")
+            #expect(calls.isEmpty)
+            #expect(lines.contains("vsmmu train0/smmu0: Creating..."))
+            #expect(lines.contains { $0.hasPrefix("vsmmu train0/smmu0: Creation complete after ") && $0.contains("[viommu ") }, "\(a.stderr)")
+            #expect(lines.contains { $0.hasPrefix("device train0/gpu2: Creation complete after ") && $0.contains("(vSID 0x2100)]") }, "\(a.stderr)")
+        case "-v":
+            #expect(calls.count == 54, "\(calls.count)")
+            #expect(lines.contains("vsmmu train0/smmu0: Creating..."))
+        default:
+            #expect(a.stderr == "", "\(a.stderr)")
+        }
+    }
+}
+
+/// A first SIGINT lets the step in flight finish, stops, says how to resume and exits 130.
+@Test func aFirstInterruptFinishesTheStepAndSaysHowToResume() throws {
+    let dir = tempDir()
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let t = "examples/two-vsmmus-four-gpus.yaml"
+    let ctx = ["--host", grace, "--state-dir", dir]
+    #expect(vsmmu(["plan", t] + ctx).code == 0)   // the simulated host exists: the apply below is all steps
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: vsmmuBinary)
+    p.arguments = ["apply", t, "--auto-approve"] + ctx
+    p.currentDirectoryURL = URL(fileURLWithPath: packageRoot)
+    p.environment = ["PATH": "/usr/bin:/bin", "HOME": NSTemporaryDirectory(), "VSMMU_SIM_DELAY_MS": "100"]
+    let err = Pipe()
+    p.standardError = err
+    p.standardOutput = FileHandle.nullDevice
+    p.standardInput = FileHandle.nullDevice
+    try p.run()
+    // Interrupt once the steps run (the first resource line is out).
+    var seen = Data()
+    while !String(decoding: seen, as: UTF8.self).contains("Creating...") {
+        let chunk = err.fileHandleForReading.availableData
+        if chunk.isEmpty { break }
+        seen += chunk
+    }
+    kill(p.processIdentifier, SIGINT)
+    let text = String(decoding: seen + err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    p.waitUntilExit()
+    #expect(p.terminationStatus == 130, "\(text)")
+    #expect(text.contains("Interrupted: the step in flight finished and everything done is journaled. Resume with: vsmmu apply \(t) --host \(grace) --state-dir \(dir)"), "\(text)")
+    // Resuming converges.
+    let resumed = vsmmu(["apply", t, "--auto-approve"] + ctx)
+    #expect(resumed.code == 0, "\(resumed.stderr)")
+    #expect(vsmmu(["plan", t, "--detailed-exitcode"] + ctx).code == 0)
+}
