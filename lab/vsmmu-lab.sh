@@ -87,8 +87,10 @@ if ! bash "$REPO/scripts/debian-closure.sh" amd64 "$qcache" qemu-system-x86 ||
 fi
 echo "vsmmu-lab: QEMU for the guest ready in $(($(date +%s) - t)) s"
 mkdir -p "$overlay/lab/bench.d"
-cp "$HERE"/bench/* "$overlay/lab/bench.d/"
-chmod +x "$overlay"/lab/bench.d/*
+if [ "${VSMMU_LAB_BENCH:-1}" = 1 ]; then # VSMMU_LAB_BENCH=0: no bench (figures only, no checks)
+	cp "$HERE"/bench/* "$overlay/lab/bench.d/"
+	chmod +x "$overlay"/lab/bench.d/*
+fi
 # the benchmark's floor: the same ioctl sequence from a minimal static C program
 if ! gcc -static -O2 -Wall -Werror -I"$REPO/Sources/CVsmmuUAPI/include" -o "$overlay/bin/mock-floor" "$HERE/floor/mock-floor.c"; then
 	echo "lab: 0 passed, 1 failed"

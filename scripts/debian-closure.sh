@@ -4,7 +4,7 @@
 # apt configuration (own sources, lists, cache, and an EMPTY dpkg status, so apt resolves
 # every dependency), `install --download-only`, then `dpkg-deb -x` of each .deb. The
 # mirror is this machine's own (scripts/debian-mirror.sh). Grown from
-# ../shared/lab-arm64-kvm/2-fetch-qemu-arm64.sh.
+# a recipe kept outside the repository (lab-arm64-kvm/2-fetch-qemu-arm64.sh).
 #
 #   bash scripts/debian-closure.sh ARCH DEST PKG...     # e.g. amd64 DIR qemu-system-x86
 #

@@ -95,7 +95,7 @@ final class AgentServer: @unchecked Sendable {
         if s.lock == nil { s.lock = try StateLock(directory: s.stateDir) }
         s.holdsLock = true
         if let sim = s.sim {
-            // A new agent process: whatever an earlier one held died with it (reference §4.4).
+            // A new agent process: whatever an earlier one held died with it (docs/kernel-interface.md §4.4).
             sim.simulateProcessExit()
             try sim.save()
         }

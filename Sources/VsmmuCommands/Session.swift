@@ -9,7 +9,7 @@ import VsmmuPlanner
 import VsmmuSim
 import VsmmuYAML
 
-/// Options every kernel-facing command takes (SPEC §4 "Common options").
+/// Options every kernel-facing command takes (docs/contract.md §4 "Common options").
 struct KernelOptions: ParsableArguments {
     @Option(name: .customLong("host"), help: ArgumentHelp("Run against a simulated kernel started from this host description (kind Host; or VSMMU_HOST). Its state, including what an agent would hold, is kept under the state directory (sim/host.yaml: edit it to simulate drift); once it exists, it is what runs, and another host for it is an error.", valueName: "FILE"))
     var hostOption: String?

@@ -45,7 +45,7 @@ extension Executor {
     }
 }
 
-/// A sysfs binding step, each read back before the next (reference §8, safe order).
+/// A sysfs binding step, each read back before the next (docs/kernel-interface.md §8, safe order).
 extension Executor {
     func setDriverOverride(_ op: PlanStep, _ a: PCIAddress, _ d: String?) throws -> [HoldingPatch] {
         var patches: [HoldingPatch] = []
@@ -56,7 +56,7 @@ extension Executor {
             patches.append(Executor.vsmmuMovedIt(current) ? .originalDriverUnknown(a) : .originalDriver(a, .some(current?.driver)))
         }
         try port.writeDriverOverride(a, d)
-        // Verify each binding step before the next (reference §8, safe order).
+        // Verify each binding step before the next (docs/kernel-interface.md §8, safe order).
         let now = try port.pciDevice(a)?.driverOverride
         if now != d {
             throw ApplyError(operation: op, errno: nil, message: "after writing driver_override, \(a) reads \(now.map { "'\($0)'" } ?? "unset"), not \(d.map { "'\($0)'" } ?? "unset")")
@@ -129,7 +129,7 @@ extension Executor {
     func closeGuest(_ op: PlanStep, _ g: String) throws -> [HoldingPatch] {
         let h = try guestHolding(op, g)
         // The context is uncertain: close every fd it holds; the kernel then destroys
-        // every object in it (reference §4.4). Host-level bindings stay.
+        // every object in it (docs/kernel-interface.md §4.4). Host-level bindings stay.
         for v in h.vsmmus.values { for q in v.eventQueues.values { port.closeEventFD(h.iommufd, q.fd) } }
         for d in h.devices.values { if let c = d.cdev { port.close(c) } }
         for m in h.memory.values { port.releaseGuestMemory(m.memory) }
@@ -248,7 +248,7 @@ extension Executor {
         let h = try guestHolding(op, g)
         guard var m = h.memory[r], let ioas = h.ioas else { throw ApplyError(operation: op, errno: nil, message: "memory \(g)/\(r) was not created") }
         // memfd and hugetlbfs RAM go in by IOAS_MAP_FILE, so another process (the VMM)
-        // can map the same pages and the pin accounting can move (reference §9.16).
+        // can map the same pages and the pin accounting can move (docs/kernel-interface.md §9.16).
         let source: MapSource = m.memory.file.map { .file($0, offset: 0) } ?? .userVA(m.memory.userVA)
         m.iova = try port.ioasMap(h.iommufd, ioas: ioas, flags: [.fixedIOVA, .writeable, .readable],
                                   source: source, length: m.length, iova: iova)
@@ -331,7 +331,7 @@ extension Executor {
         let h = try guestHolding(op, g)
         var vh = try vsmmu(op, g, v)
         if let q = vh.eventQueues[type] {
-            // An open vEVENTQ fd blocks its own DESTROY (reference §9.8).
+            // An open vEVENTQ fd blocks its own DESTROY (docs/kernel-interface.md §9.8).
             port.closeEventFD(h.iommufd, q.fd)
             try port.destroy(h.iommufd, id: q.id)
         }

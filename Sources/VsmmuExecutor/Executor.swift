@@ -138,7 +138,7 @@ public final class Executor {
 
     // MARK: - safety after a failure
 
-    /// A failed move to vfio-pci must not leave the device on no driver (SPEC §7):
+    /// A failed move to vfio-pci must not leave the device on no driver (docs/contract.md §7):
     /// undo the override and give it back to the driver it had.
     func rollback(after op: PlanStep) -> [String] {
         let address: PCIAddress
@@ -167,11 +167,11 @@ public enum NestedData {
     public static func bytes(dataType: HWPTDataType, kind: NestedKind) -> [UInt8] {
         switch dataType {
         case .armSMMUv3:
-            // vSTE words 0 and 1, little-endian (reference §5.3): abort {0x1, 0}, bypass {0x9, 0}.
+            // vSTE words 0 and 1, little-endian (docs/kernel-interface.md §5.3): abort {0x1, 0}, bypass {0x9, 0}.
             let w0: UInt64 = kind == .abort ? UAPI.vsteAbort.0 : UAPI.vsteBypass.0
             return LE.bytes(w0) + LE.bytes(UInt64(0))
         case .selftest:
-            // iommu_hwpt_selftest {iotlb, pagetable_type} (reference §7.3).
+            // iommu_hwpt_selftest {iotlb, pagetable_type} (docs/kernel-interface.md §7.3).
             return [UInt8](repeating: 0, count: 8)
         default:
             return []
@@ -179,7 +179,7 @@ public enum NestedData {
     }
 }
 
-/// What to do about a kernel error, per call (reference §9: errno ≠ cause).
+/// What to do about a kernel error, per call (docs/kernel-interface.md §9: errno ≠ cause).
 public enum Hints {
     static let byCall: [KernelCall: [Errno: String]] = [
         .bindIommufd: [

@@ -1,7 +1,7 @@
 import Glibc
 import VsmmuFiles
 
-/// One apply or destroy at a time per state directory (SPEC §7): flock(2) on
+/// One apply or destroy at a time per state directory (docs/contract.md §7): flock(2) on
 /// `<state>/lock`, with the holder's pid written in it for the message. The lock is
 /// opened from the checked state directory without following links (a `lock` that is
 /// a link to another file is refused, never truncated).

@@ -3,7 +3,7 @@ import VsmmuPlanner
 
 /// After an interrupted apply: fds opened by a step that never finished are not in the
 /// holdings. A VFIO cdev among them may still be bound, which would make the device's
-/// next bind fail (one bind per device, reference §3.3); close them all.
+/// next bind fail (one bind per device, docs/kernel-interface.md §3.3); close them all.
 public enum Recovery {
     public static func sweepOrphans(port: KernelPort, holdings: Holdings) -> [String] {
         var known = Set<Int32>()

@@ -8,7 +8,7 @@ import VsmmuPlanner
 ///
 ///   <state>/holdings.json     what the executor holds, as of the last clean finish
 ///   <state>/journal.log       one JSON line per step since: begin, then done or failed
-///   <state>/allocations.json  bus numbers, slots, identifiers (SPEC §2 stability)
+///   <state>/allocations.json  bus numbers, slots, identifiers (docs/contract.md §2 stability)
 ///   <state>/lock              flock'ed by the one apply or destroy running
 public final class StateStore {
     public let directory: String

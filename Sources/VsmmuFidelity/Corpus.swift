@@ -60,7 +60,7 @@ public struct Corpus: Sendable {
         "invalidate": (["hwpt", "entry_len", "entries"], ["type", "num"]),
     ]
 
-    /// Names for the uAPI numbers a corpus uses most (reference §2, §5, §7): the typed
+    /// Names for the uAPI numbers a corpus uses most (docs/kernel-interface.md §2, §5, §7): the typed
     /// values' C names, with the kind as prefix where the bare name would be ambiguous.
     public static let constants: [String: UInt64] = {
         var c: [String: UInt64] = [:]

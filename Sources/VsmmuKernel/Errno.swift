@@ -1,5 +1,5 @@
 /// A Linux errno with its C name kept findable (values from
-/// reference/iommufd-uapi.md, generic errno table; valid on x86_64 and arm64).
+/// docs/kernel-interface.md, generic errno table; valid on x86_64 and arm64).
 public struct Errno: Error, Hashable, Sendable, Codable, CustomStringConvertible {
     public let rawValue: Int32
     public init(_ rawValue: Int32) { self.rawValue = rawValue }

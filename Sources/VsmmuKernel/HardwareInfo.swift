@@ -1,6 +1,6 @@
-/// The driver payloads of IOMMU_GET_HW_INFO (§2.14), decoded and encoded in one place:
+/// The driver payloads of IOMMU_GET_HW_INFO (docs/kernel-interface.md §2.14), decoded and encoded in one place:
 /// `vsmmu host` and the executor decode what the kernel reports, the simulated kernel
-/// encodes what a host description says. Register bit positions: §5.1, §5.7, §5.8, §6.
+/// encodes what a host description says. Register bit positions: docs/kernel-interface.md §5.1, §5.7, §5.8, §6.
 
 /// `struct iommu_hw_info_arm_smmuv3` (40 bytes: flags, reserved, idr[6], iidr, aidr).
 public struct ARMSMMUv3HWInfo: Hashable, Sendable {
@@ -136,7 +136,7 @@ public struct Tegra241CMDQVHWInfo: Hashable, Sendable {
     public var vcmdqs: Int { 1 << Int(log2VCMDQs) }
 }
 
-/// Decoded IOMMU features (reference §5.1, §5.8, §6); nil where the registers cannot tell.
+/// Decoded IOMMU features (docs/kernel-interface.md §5.1, §5.8, §6); nil where the registers cannot tell.
 public struct IOMMUFeatures: Hashable, Sendable {
     public var nesting: Bool?
     public var coherent: Bool?
@@ -153,7 +153,7 @@ public struct IOMMUFeatures: Hashable, Sendable {
     public static func armSMMUv3(_ data: [UInt8], maxPasidLog2: UInt8, capabilities: HWInfoCapabilities) -> IOMMUFeatures? {
         guard let info = ARMSMMUv3HWInfo(data) else { return nil }
         var f = IOMMUFeatures()
-        // Necessary, not sufficient (errata): the NEST_PARENT probe decides (§9.23).
+        // Necessary, not sufficient (errata): the NEST_PARENT probe decides (docs/kernel-interface.md §9.23).
         f.nesting = info.s1p && info.s2p
         // S2FWB makes a vIOMMU possible; without it, only the CANWBS firmware flag can (probe).
         f.coherent = info.s2fwb ? true : nil

@@ -1,6 +1,6 @@
 
 
-/// The Host description (SPEC §3): what the kernel shows about a host. The same
+/// The Host description (docs/contract.md §3): what the kernel shows about a host. The same
 /// format is what `vsmmu host` prints and what the simulated kernel starts from.
 public struct HostDescription: Hashable, Sendable, Codable {
     public var name: String
@@ -72,7 +72,7 @@ public struct HostIOMMU: Hashable, Sendable, Codable {
     }
 }
 
-/// A fact the kernel keeps per PCI device (SPEC §3); what discovery could not read is
+/// A fact the kernel keeps per PCI device (docs/contract.md §3); what discovery could not read is
 /// listed in the device's `unknown`.
 public enum DeviceFact: String, Hashable, Sendable, Codable, CaseIterable {
     case vfioDriver, ats, pasidWidth, canwbs, bars

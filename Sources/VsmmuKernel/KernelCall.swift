@@ -1,17 +1,17 @@
 /// The vocabulary of kernel calls: every call the kernel port makes, by its C name (the
 /// ioctl's, or a name for the sysfs / file step), with its request number when it is an
-/// ioctl (§1.1) and whether it changes kernel state. Plans, errors, traces, hints and
+/// ioctl (docs/kernel-interface.md §1.1) and whether it changes kernel state. Plans, errors, traces, hints and
 /// VSMMU_SIM_FAIL name calls by these values; `KernelRequest` writes their details. A new
 /// case is pointed at by the compiler in `request`, `isMutating` and KernelRequest, and
 /// by the tests in vsmmu-remote's table.
 public enum KernelCall: String, CaseIterable, Hashable, Sendable, CustomStringConvertible {
-    // iommufd ioctls (§1.1)
+    // iommufd ioctls (docs/kernel-interface.md §1.1)
     case destroy = "IOMMU_DESTROY"
     case ioasAlloc = "IOMMU_IOAS_ALLOC"
     case ioasIovaRanges = "IOMMU_IOAS_IOVA_RANGES"
     case ioasMap = "IOMMU_IOAS_MAP"
     case ioasUnmap = "IOMMU_IOAS_UNMAP"
-    /// RLIMIT_MODE on the fresh iommufd a launch hands a VMM (§2.11).
+    /// RLIMIT_MODE on the fresh iommufd a launch hands a VMM (docs/kernel-interface.md §2.11).
     case option = "IOMMU_OPTION"
     case hwptAlloc = "IOMMU_HWPT_ALLOC"
     case getHwInfo = "IOMMU_GET_HW_INFO"
@@ -21,7 +21,7 @@ public enum KernelCall: String, CaseIterable, Hashable, Sendable, CustomStringCo
     case vdeviceAlloc = "IOMMU_VDEVICE_ALLOC"
     case veventqAlloc = "IOMMU_VEVENTQ_ALLOC"
     case hwQueueAlloc = "IOMMU_HW_QUEUE_ALLOC"
-    /// The selftest mock driver's command (CONFIG_IOMMUFD_TEST, §7).
+    /// The selftest mock driver's command (CONFIG_IOMMUFD_TEST, docs/kernel-interface.md §7).
     case testCmd = "IOMMU_TEST_CMD"
     // VFIO cdev ioctls
     case bindIommufd = "VFIO_DEVICE_BIND_IOMMUFD"
@@ -48,7 +48,7 @@ public enum KernelCall: String, CaseIterable, Hashable, Sendable, CustomStringCo
     case sendFDs = "SCM_RIGHTS"
     /// Who holds a device's VFIO cdev or group open: /proc/<pid>/fd of every process.
     case procFDScan = "PROC_FD_SCAN"
-    // sysfs (§8)
+    // sysfs (docs/kernel-interface.md §8)
     case sysfsDriverOverride = "SYSFS_DRIVER_OVERRIDE"
     case sysfsUnbind = "SYSFS_UNBIND"
     case sysfsDriversProbe = "SYSFS_DRIVERS_PROBE"

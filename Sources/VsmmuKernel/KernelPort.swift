@@ -4,7 +4,7 @@
 /// simulated kernel. Nothing above this protocol knows which one runs.
 ///
 /// Each throwing call throws `KernelCallError` carrying the errno the real kernel
-/// would return (reference/iommufd-uapi.md §2, §3, §8).
+/// would return (docs/kernel-interface.md §2, §3, §8).
 
 /// An open /dev/iommu file (one iommufd context).
 public struct IommufdHandle: Hashable, Sendable, Codable { public var fd: Int32; public init(fd: Int32) { self.fd = fd } }
@@ -49,7 +49,7 @@ public struct GuestMemory: Hashable, Sendable, Codable {
     public init(file: KernelFile?, userVA: UInt64, size: UInt64) { self.file = file; self.userVA = userVA; self.size = size }
 }
 
-/// One PCI device as sysfs shows it (reference §8).
+/// One PCI device as sysfs shows it (docs/kernel-interface.md §8).
 public struct SysfsPCIDevice: Hashable, Sendable, Codable {
     public var address: PCIAddress
     public var vendor: UInt16
@@ -69,7 +69,7 @@ public struct SysfsPCIDevice: Hashable, Sendable, Codable {
     }
 }
 
-/// Result of the selftest mock driver's MOCK_DOMAIN command (reference §7.2).
+/// Result of the selftest mock driver's MOCK_DOMAIN command (docs/kernel-interface.md §7.2).
 public struct MockDevice: Hashable, Sendable, Codable {
     public var stdevID: ObjectID
     public var hwptID: ObjectID
@@ -145,15 +145,15 @@ public protocol KernelPort: AnyObject {
     func closeEventFD(_ fd: IommufdHandle, _ eventFD: KernelFile)
     func hwQueueAlloc(_ fd: IommufdHandle, viommuID: ObjectID, type: HWQueueType, index: UInt32, iova: UInt64, length: UInt64) throws(KernelCallError) -> ObjectID
 
-    /// IOMMU_HWPT_INVALIDATE (§2.17, ARM §5.5) on a nested HWPT or a vIOMMU: `entries`
+    /// IOMMU_HWPT_INVALIDATE (docs/kernel-interface.md §2.17, ARM §5.5) on a nested HWPT or a vIOMMU: `entries`
     /// holds `entryNum` requests of `entryLen` bytes each. Returns the number handled.
     func hwptInvalidate(_ fd: IommufdHandle, hwptID: ObjectID, dataType: InvalidateDataType, entryLen: UInt32, entryNum: UInt32, entries: [UInt8]) throws(KernelCallError) -> UInt32
 
-    /// IOMMU_OPTION (§2.11): SET (`value` non-nil) or GET; returns val64 as the kernel wrote it back.
+    /// IOMMU_OPTION (docs/kernel-interface.md §2.11): SET (`value` non-nil) or GET; returns val64 as the kernel wrote it back.
     @discardableResult
     func iommuOption(_ fd: IommufdHandle, option: IommuOption, objectID: ObjectID, set value: UInt64?) throws(KernelCallError) -> UInt64
 
-    // MARK: selftest mock devices (CONFIG_IOMMUFD_TEST, reference §7)
+    // MARK: selftest mock devices (CONFIG_IOMMUFD_TEST, docs/kernel-interface.md §7)
     func mockDomain(_ fd: IommufdHandle, ptID: ObjectID) throws(KernelCallError) -> MockDevice
     func mockDomainReplace(_ fd: IommufdHandle, stdevID: ObjectID, ptID: ObjectID) throws(KernelCallError) -> ObjectID
 
@@ -180,7 +180,7 @@ public protocol KernelPort: AnyObject {
     /// /sys/bus/pci/drivers/<name> exists.
     func driverLoaded(_ name: String) throws(KernelCallError) -> Bool
 
-    // MARK: sysfs binding writes (reference §8, "Safe move to vfio-pci")
+    // MARK: sysfs binding writes (docs/kernel-interface.md §8, "Safe move to vfio-pci")
     /// Writes `driver` (or "\n" to clear when nil) to driver_override.
     func writeDriverOverride(_ address: PCIAddress, _ driver: String?) throws(KernelCallError)
     /// Writes the address to /sys/bus/pci/drivers/<driver>/unbind.

@@ -1,4 +1,4 @@
-/// uAPI values from reference/iommufd-uapi.md (Linux 7.2). Numbers only; struct
+/// uAPI values from docs/kernel-interface.md (Linux 7.2). Numbers only; struct
 /// layouts live with the Linux backend's C shim. Each kind of value is its own type
 /// that keeps the C name findable (as swift-system's Errno does): a raw number that is
 /// not in the table still goes to the kernel as it is (the fidelity corpora send some).
@@ -23,7 +23,7 @@ public protocol UAPIKind: Sendable {
     static var names: [UInt32: String] { get }
 }
 
-/// IOMMU_HWPT_ALLOC data_type (§2.13).
+/// IOMMU_HWPT_ALLOC data_type (docs/kernel-interface.md §2.13).
 public typealias HWPTDataType = UAPIValue<HWPTDataKind>
 public enum HWPTDataKind: UAPIKind {
     public static let names: [UInt32: String] = [0: "NONE", 1: "VTD_S1", 2: "ARM_SMMUV3", 0xdead: "SELFTEST"]
@@ -35,7 +35,7 @@ extension UAPIValue where Kind == HWPTDataKind {
     public static var selftest: Self { 0xdead }
 }
 
-/// IOMMU_GET_HW_INFO data_type (§2.14).
+/// IOMMU_GET_HW_INFO data_type (docs/kernel-interface.md §2.14).
 public typealias HWInfoType = UAPIValue<HWInfoKind>
 public enum HWInfoKind: UAPIKind {
     public static let names: [UInt32: String] = [0: "NONE", 1: "INTEL_VTD", 2: "ARM_SMMUV3", 3: "TEGRA241_CMDQV", 4: "AMD",
@@ -50,7 +50,7 @@ extension UAPIValue where Kind == HWInfoKind {
     public static var selftest: Self { 0xfeedbeef }
 }
 
-/// IOMMU_VIOMMU_ALLOC type (§2.19, §7.3).
+/// IOMMU_VIOMMU_ALLOC type (docs/kernel-interface.md §2.19, §7.3).
 public typealias VIOMMUType = UAPIValue<VIOMMUKind>
 public enum VIOMMUKind: UAPIKind {
     public static let names: [UInt32: String] = [1: "ARM_SMMUV3", 2: "TEGRA241_CMDQV", 0xdeadbeef: "SELFTEST"]
@@ -61,7 +61,7 @@ extension UAPIValue where Kind == VIOMMUKind {
     public static var selftest: Self { 0xdeadbeef }
 }
 
-/// IOMMU_VEVENTQ_ALLOC type (§2.21, §7.3).
+/// IOMMU_VEVENTQ_ALLOC type (docs/kernel-interface.md §2.21, §7.3).
 public typealias VEventQType = UAPIValue<VEventQKind>
 public enum VEventQKind: UAPIKind {
     public static let names: [UInt32: String] = [1: "ARM_SMMUV3", 2: "TEGRA241_CMDQV", 0xbeefbeef: "SELFTEST"]
@@ -74,7 +74,7 @@ extension UAPIValue where Kind == VEventQKind {
     public static var maxDepth: UInt32 { 524_288 }
 }
 
-/// IOMMU_HW_QUEUE_ALLOC type (§2.22).
+/// IOMMU_HW_QUEUE_ALLOC type (docs/kernel-interface.md §2.22).
 public typealias HWQueueType = UAPIValue<HWQueueKind>
 public enum HWQueueKind: UAPIKind {
     public static let names: [UInt32: String] = [1: "TEGRA241_CMDQV", 0xdeadbeef: "SELFTEST"]
@@ -84,7 +84,7 @@ extension UAPIValue where Kind == HWQueueKind {
     public static var selftest: Self { 0xdeadbeef }
 }
 
-/// IOMMU_HWPT_INVALIDATE data_type (§2.17) and the size of one ARM command (§5.5).
+/// IOMMU_HWPT_INVALIDATE data_type (docs/kernel-interface.md §2.17) and the size of one ARM command (§5.5).
 public typealias InvalidateDataType = UAPIValue<InvalidateDataKind>
 public enum InvalidateDataKind: UAPIKind {
     public static let names: [UInt32: String] = [0: "VTD_S1", 1: "ARM_SMMUV3"]
@@ -118,7 +118,7 @@ extension UAPIFlags {
     }
 }
 
-/// IOMMU_HWPT_ALLOC flags (§2.13).
+/// IOMMU_HWPT_ALLOC flags (docs/kernel-interface.md §2.13).
 public struct HWPTAllocFlags: UAPIFlags {
     public let rawValue: UInt32
     public init(rawValue: UInt32) { self.rawValue = rawValue }
@@ -129,7 +129,7 @@ public struct HWPTAllocFlags: UAPIFlags {
     public static let names: [(UInt32, String)] = [(0x1, "NEST_PARENT"), (0x2, "DIRTY_TRACKING"), (0x4, "FAULT_ID_VALID"), (0x8, "PASID")]
 }
 
-/// IOMMU_IOAS_MAP / IOMMU_IOAS_MAP_FILE flags (§2.6).
+/// IOMMU_IOAS_MAP / IOMMU_IOAS_MAP_FILE flags (docs/kernel-interface.md §2.6).
 public struct IOASMapFlags: UAPIFlags {
     public let rawValue: UInt32
     public init(rawValue: UInt32) { self.rawValue = rawValue }
@@ -139,7 +139,7 @@ public struct IOASMapFlags: UAPIFlags {
     public static let names: [(UInt32, String)] = [(0x1, "FIXED_IOVA"), (0x2, "WRITEABLE"), (0x4, "READABLE")]
 }
 
-/// IOMMU_GET_HW_INFO flags (§2.14).
+/// IOMMU_GET_HW_INFO flags (docs/kernel-interface.md §2.14).
 public struct HWInfoFlags: UAPIFlags {
     public let rawValue: UInt32
     public init(rawValue: UInt32) { self.rawValue = rawValue }
@@ -147,7 +147,7 @@ public struct HWInfoFlags: UAPIFlags {
     public static let names: [(UInt32, String)] = [(0x1, "INPUT_TYPE")]
 }
 
-/// IOMMU_GET_HW_INFO out_capabilities (§2.14).
+/// IOMMU_GET_HW_INFO out_capabilities (docs/kernel-interface.md §2.14).
 public struct HWInfoCapabilities: UAPIFlags {
     public let rawValue: UInt64
     public init(rawValue: UInt64) { self.rawValue = rawValue }
@@ -160,11 +160,11 @@ public struct HWInfoCapabilities: UAPIFlags {
 }
 
 public enum UAPI {
-    // vSTE words for the nested HWPTs that exist before the guest runs (§5.3)
+    // vSTE words for the nested HWPTs that exist before the guest runs (docs/kernel-interface.md §5.3)
     public static let vsteAbort: (UInt64, UInt64) = (0x1, 0x0)
     public static let vsteBypass: (UInt64, UInt64) = (0x9, 0x0)
 
-    /// The ARM SMMUv3 software-MSI window every attached device reserves (§9.17).
+    /// The ARM SMMUv3 software-MSI window every attached device reserves (docs/kernel-interface.md §9.17).
     public static let armMSIWindowStart: UInt64 = 0x800_0000
     public static let armMSIWindowSize: UInt64 = 0x10_0000
 }

@@ -3,7 +3,7 @@ import Foundation
 import Glibc
 import VsmmuKernel
 
-/// Per-device host facts read from files (SPEC §3): the VFIO driver the kernel would match
+/// Per-device host facts read from files (docs/contract.md §3): the VFIO driver the kernel would match
 /// (modules.alias, as libvirt picks variant drivers), the memory BARs (sysfs `resource`),
 /// the kernel's page size.
 public enum VFIODriverMatch {

@@ -3,7 +3,7 @@ import Foundation
 import Glibc
 import VsmmuKernel
 
-/// `vsmmu host`: the Host description of this machine (SPEC §3), from sysfs and, for one
+/// `vsmmu host`: the Host description of this machine (docs/contract.md §3), from sysfs and, for one
 /// device per IOMMU that is already on vfio-pci, GET_HW_INFO and two probes in a private
 /// iommufd context (everything in it dies with the fd). What cannot be known without a
 /// bound device is listed under `unknown`, never guessed.
@@ -55,7 +55,7 @@ public struct HostDiscovery {
                     notes.append("\(name): probing through \(probe.address) failed: \(error)")
                 }
             } else if type == .intelVTd, let caps = intelRegisters(name) {
-                // VT-d exports cap/ecap in sysfs (reference §6): no device needs binding.
+                // VT-d exports cap/ecap in sysfs (docs/kernel-interface.md §6): no device needs binding.
                 f = IOMMUFeatures.intelVTd(caps) ?? IOMMUFeatures()
             } else if probeDriverless, kernel.hasIommufd, let spare = behind.first(where: { isSpare($0, among: devices) }) {
                 do {
@@ -88,7 +88,7 @@ public struct HostDiscovery {
             selftest.name = selftestName
             iommus.append(selftest)
         }
-        // Per device (SPEC §3): the VFIO driver and BARs from files; ATS, PASID width and
+        // Per device (docs/contract.md §3): the VFIO driver and BARs from files; ATS, PASID width and
         // CANWBS through the device when it is on a VFIO driver with its cdev free.
         let aliases = modulesAliases(release: release)
         let variantsBuiltIn = aliases == nil && variantDriverRegistered()
@@ -165,7 +165,7 @@ public struct HostDiscovery {
         case .armSMMUv3:
             guard var f = IOMMUFeatures.armSMMUv3(info.data, maxPasidLog2: info.maxPasidLog2, capabilities: info.capabilities) else { return IOMMUFeatures() }
             let ioas = try kernel.ioasAlloc(ctx)
-            // Nesting for real: errata can hide it behind set IDR bits (§9.23).
+            // Nesting for real: errata can hide it behind set IDR bits (docs/kernel-interface.md §9.23).
             do {
                 let s2 = try kernel.hwptAlloc(ctx, flags: .nestParent, devID: devID, ptID: ioas, dataType: .none, data: [])
                 f.nesting = true

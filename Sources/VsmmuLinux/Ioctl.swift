@@ -81,7 +81,7 @@ public struct IoctlCalls {
                     try call(.ioasIovaRanges(fd: fd, ioas: ioas, numIovas: capacity), fd, &s)
                 }
             } catch {
-                // EMSGSIZE comes after num_iovas was written back with the count needed (§2.4).
+                // EMSGSIZE comes after num_iovas was written back with the count needed (docs/kernel-interface.md §2.4).
                 if error.errno == .EMSGSIZE, s.num_iovas > capacity { capacity = s.num_iovas; continue }
                 throw error
             }

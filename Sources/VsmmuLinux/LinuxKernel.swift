@@ -176,7 +176,7 @@ public final class LinuxKernel: KernelPort {
             switch backing {
             case .memfd, .hugetlbfs:
                 // memfd (MFD_HUGETLB for huge pages): mapped into the IOAS by IOAS_MAP_FILE and
-                // by the VMM itself, never into this process (reference §9.16).
+                // by the VMM itself, never into this process (docs/kernel-interface.md §9.16).
                 let flags = vsmmu_memfd_flags(huge != nil || backing == .hugetlbfs ? 1 : 0, huge ?? 0)
                 do throws(KernelCallError) {
                     return GuestMemory(file: KernelFile(fd: own(try files.memfd(name: name, size: size, flags: flags))), userVA: 0, size: size)

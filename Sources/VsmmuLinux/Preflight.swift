@@ -2,7 +2,7 @@
 import Foundation
 import Glibc
 
-/// Checks a live host can do what a plan needs before anything changes (SPEC §7).
+/// Checks a live host can do what a plan needs before anything changes (docs/contract.md §7).
 public enum Preflight {
     /// CAP_IPC_LOCK (bit 14) in the effective set: pinning is then not charged to RLIMIT_MEMLOCK.
     public static func hasIPCLock(status: String? = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) -> Bool {
@@ -17,7 +17,7 @@ public enum Preflight {
         return UInt64(r.rlim_cur)
     }
 
-    /// Why pinning `bytes` of guest RAM would fail with ENOMEM (reference §9.15), or nil.
+    /// Why pinning `bytes` of guest RAM would fail with ENOMEM (docs/kernel-interface.md §9.15), or nil.
     public static func memlockProblem(pinning bytes: UInt64, limit: UInt64 = memlockLimit(), ipcLock: Bool = hasIPCLock()) -> String? {
         if ipcLock || limit == UInt64(bitPattern: -1) || bytes <= limit { return nil }
         return "guest RAM to pin is \(bytes >> 20) MiB but RLIMIT_MEMLOCK is \(limit >> 20) MiB and the process lacks CAP_IPC_LOCK: raise the limit (systemd LimitMEMLOCK=infinity) or grant CAP_IPC_LOCK"

@@ -17,7 +17,7 @@ public protocol SysfsAccess {
     func driversProbe(_ a: PCIAddress) throws(KernelCallError)
 }
 
-/// sysfs under a root (`/sys`, or a fake tree in tests), reference §8, read through
+/// sysfs under a root (`/sys`, or a fake tree in tests), docs/kernel-interface.md §8, read through
 /// `files` (this machine, or a remote executor's). Only validated PCI addresses and
 /// checked driver names ever become part of a path.
 public struct SysfsTree: SysfsAccess, Sendable {
@@ -90,7 +90,7 @@ public struct SysfsTree: SysfsAccess, Sendable {
         list(root + "/class/iommu").sorted()
     }
 
-    /// `0x%016llx 0x%016llx <type>` per line (reference §8).
+    /// `0x%016llx 0x%016llx <type>` per line (docs/kernel-interface.md §8).
     public func reservedRegions(group: Int) -> [(start: UInt64, last: UInt64, type: String)] {
         guard let text = read(root + "/kernel/iommu_groups/\(group)/reserved_regions") else { return [] }
         return text.split(separator: "\n").compactMap { line in

@@ -129,7 +129,7 @@ extension HostDescription {
         return d
     }
 
-    /// The Host description as YAML (SPEC §3), as `vsmmu host` prints it.
+    /// The Host description as YAML (docs/contract.md §3), as `vsmmu host` prints it.
     public func renderYAML() -> String {
         var o = "apiVersion: vsmmu/v1\nkind: Host\nmetadata:\n  name: \(YAMLText.quoted(name))\n"
         o += "kernel:\n  release: \(YAMLText.quoted(kernel.release))\n  iommufd: \(kernel.iommufd)\n  vfioCdev: \(kernel.vfioCdev)\n"

@@ -13,7 +13,7 @@ public enum AutoValue: Hashable, Sendable, Codable {
 /// Where a passed-through device comes from.
 public enum DeviceSource: Hashable, Sendable, Codable, CustomStringConvertible {
     case pci(PCIAddress)
-    /// A mock device of the kernel's iommufd selftest driver (SPEC §3).
+    /// A mock device of the kernel's iommufd selftest driver (docs/contract.md §3).
     case selftest(Int)
 
     public var description: String {
@@ -88,7 +88,7 @@ public struct Guest: Hashable, Sendable {
     public var allDevices: [Device] { vsmmus.flatMap(\.devices) + devices }
 }
 
-/// A parsed topology file (SPEC §2).
+/// A parsed topology file (docs/contract.md §2).
 public struct Topology: Hashable, Sendable {
     public var file: String
     public var name: String

@@ -23,13 +23,13 @@ public struct ValidationResult: Sendable {
     public var isValid: Bool { diagnostics.isEmpty }
 }
 
-/// The semantic rules of SPEC §2. Without a host, only the rules that need none.
+/// The semantic rules of docs/contract.md §2. Without a host, only the rules that need none.
 public struct Validator {
     public static let pageSize: UInt64 = 4096
     public static let maxVSMMUsPerGuest = 16
-    /// Drivers that leave an IOMMU group viable for user DMA (reference §8).
+    /// Drivers that leave an IOMMU group viable for user DMA (docs/kernel-interface.md §8).
     public static let dmaSafeDrivers: Set<String> = ["vfio-pci", "pci-stub", "pcieport"]
-    /// The selftest mock domain's aperture (reference §7.3).
+    /// The selftest mock domain's aperture (docs/kernel-interface.md §7.3).
     public static let mockAperture: (start: UInt64, last: UInt64) = (0x100_0000, 0x7FFF_FFFF)
 
     let topology: Topology
@@ -169,7 +169,7 @@ public struct Validator {
             if ok { placed.append((r, last)) }
         }
         // IOVA ranges the kernel reserves. Without a host: an accelerated vSMMU means
-        // ARM SMMUv3, whose software-MSI window every attached device reserves (§9.17).
+        // ARM SMMUv3, whose software-MSI window every attached device reserves (docs/kernel-interface.md §9.17).
         if host == nil && !guest.vsmmus.isEmpty {
             let window = ReservedRegion(start: UInt64(UAPI.armMSIWindowStart), size: UAPI.armMSIWindowSize, type: "msi")
             for (r, last) in placed where r.guestAddress <= window.last && window.start <= last {
@@ -452,7 +452,7 @@ public struct Validator {
         }
     }
 
-    // MARK: per-device facts and the page size (SPEC §3)
+    // MARK: per-device facts and the page size (docs/contract.md §3)
 
     /// The facts each device behind an accelerated vSMMU must have: known, CANWBS, ATS
     /// for `ats: on`, a PASID width for an explicit ssidSize. False when one fails. Only

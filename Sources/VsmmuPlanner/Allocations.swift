@@ -3,7 +3,7 @@ import VsmmuModel
 
 /// Values vsmmu chooses for the guest's PCI layout: expander bus numbers, IORT
 /// identifiers and root-port slots. Kept in the state directory so that they never
-/// move while their device stays in the topology (SPEC §2 "Derived values").
+/// move while their device stays in the topology (docs/contract.md §2 "Derived values").
 public struct Allocations: Codable, Hashable, Sendable {
     public var formatVersion = 1
     public var guests: [String: GuestAllocation] = [:]

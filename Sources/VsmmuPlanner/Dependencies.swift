@@ -9,7 +9,7 @@ enum Dep: Hashable, Sendable {
     case iommufd(guest: String)
     case ioas(guest: String)
     case ioasGone(guest: String)
-    // a PCI address moving between drivers (reference §8)
+    // a PCI address moving between drivers (docs/kernel-interface.md §8)
     case overrideVFIO(PCIAddress)
     case unboundFromHost(PCIAddress)
     case onVFIO(PCIAddress)

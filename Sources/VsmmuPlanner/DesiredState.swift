@@ -1,7 +1,7 @@
 import VsmmuKernel
 import VsmmuModel
 
-/// The object graph one topology asks for (SPEC §5), with every `auto` resolved and
+/// The object graph one topology asks for (docs/contract.md §5), with every `auto` resolved and
 /// every allocated value filled in.
 public struct DesiredState: Sendable {
     public var topologyName: String
@@ -51,7 +51,7 @@ public struct DesiredStage2: Sendable {
     public var viaDevice: String
 }
 
-/// Kernel type values per IOMMU family (reference §2, §5, §7.3).
+/// Kernel type values per IOMMU family (docs/kernel-interface.md §2, §5, §7.3).
 public struct VIOMMUFlavor: Hashable, Sendable, Codable {
     public var hwInfoType: HWInfoType
     public var viommuType: VIOMMUType

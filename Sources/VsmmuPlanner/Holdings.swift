@@ -2,7 +2,7 @@ import VsmmuKernel
 import VsmmuModel
 
 /// What the executor holds in the kernel, per guest: fds and object IDs. The kernel has
-/// no ioctl that lists iommufd objects (reference §9.6): the holder's own record is the
+/// no ioctl that lists iommufd objects (docs/kernel-interface.md §9.6): the holder's own record is the
 /// only account of what exists, so it is kept in the state directory (through the
 /// journal) and checked for liveness before it is trusted.
 public struct Holdings: Codable, Hashable, Sendable {

@@ -19,7 +19,7 @@ public enum AttachTarget: Codable, Hashable, Sendable, CustomStringConvertible {
 /// arguments that matter. Values only known when it runs (IDs, fds) are named
 /// symbolically; the executor looks them up in its holdings.
 public enum OpAction: Codable, Hashable, Sendable {
-    // host level (sysfs), reference §8 "Safe move to vfio-pci" and "Way back"
+    // host level (sysfs), docs/kernel-interface.md §8 "Safe move to vfio-pci" and "Way back"
     case setDriverOverride(address: PCIAddress, driver: String?)
     case unbindDriver(address: PCIAddress, driver: String)
     case probeDriver(address: PCIAddress, expect: String?)

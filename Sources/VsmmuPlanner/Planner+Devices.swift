@@ -97,7 +97,7 @@ extension Planner {
         }
     }
 
-    /// Attach to stage 2: new devices (SPEC §5 step 5), devices whose vSMMU or vDevice is
+    /// Attach to stage 2: new devices (docs/contract.md §5 step 5), devices whose vSMMU or vDevice is
     /// rebuilt (the vSID is latched at attach), and direct devices elsewhere; devices to
     /// (re-)attach to their vSMMU's bypass HWPT are noted for `vsmmuBuilds`.
     mutating func attachDevice(_ s: inout GuestScope, _ d: DesiredDevice) {

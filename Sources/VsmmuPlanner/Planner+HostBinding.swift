@@ -1,7 +1,7 @@
 import VsmmuKernel
 
 /// Moving a PCI address to its VFIO driver (vfio-pci or the variant driver the host names,
-/// e.g. nvgrace_gpu_vfio_pci) and back (reference §8: "Safe move to vfio-pci", "Way
+/// e.g. nvgrace_gpu_vfio_pci) and back (docs/kernel-interface.md §8: "Safe move to vfio-pci", "Way
 /// back"), each step only as far as sysfs shows it is needed.
 extension Planner {
     mutating func moveToVFIO(_ a: PCIAddress, driver: String, resource: String) {
@@ -83,7 +83,7 @@ extension Planner {
         add(.releaseMemory, "memory \(g)/\(r)", .releaseMemory(guest: g, region: r), needs: [.unmapped("\(g)/\(r)")], gives: [.released("\(g)/\(r)")])
     }
 
-    /// A VFIO device closes after its IOAS is gone (reference §0 T9). A mock device
+    /// A VFIO device closes after its IOAS is gone (docs/kernel-interface.md §0 T9). A mock device
     /// cannot be detached, only destroyed, and it holds its HWPT: it goes before the
     /// stage-2 HWPTs.
     func closePhase(_ d: DeviceHolding) -> Phase { d.mockStdev != nil ? .unmapMemory : .closeDevices }

@@ -1,7 +1,7 @@
 import VsmmuKernel
 import VsmmuModel
 
-/// vSMMUs: held ones kept, rebuilt or removed; new (or rebuilt) ones built in SPEC §5
+/// vSMMUs: held ones kept, rebuilt or removed; new (or rebuilt) ones built in docs/contract.md §5
 /// step 7 order: check, vIOMMU, vDevices before any nested attach, abort and bypass
 /// HWPTs, vEVENTQs, then the devices onto bypass.
 extension Planner {

@@ -2,13 +2,13 @@ import VsmmuKernel
 import VsmmuModel
 
 /// Diffs the desired graph against what the kernel holds and orders the operations:
-/// teardown in reverse dependency order first, then creation in SPEC §5 order.
+/// teardown in reverse dependency order first, then creation in docs/contract.md §5 order.
 ///
 /// One rule per resource kind (guest, device, memory, stage2, vsmmu; the files
 /// Planner+*.swift) decides a `Verdict` for each resource, and both the plan's summary
 /// line and the resource's operations follow from that verdict.
 public struct Planner {
-    /// Buckets in execution order. Teardown mirrors creation (reference §0 T1–T11).
+    /// Buckets in execution order. Teardown mirrors creation (docs/kernel-interface.md §0 T1–T11).
     enum Phase: Int, CaseIterable {
         case dropContexts, relatch, destroyNested, destroyVDevices, destroyEventQueues, destroyVIOMMUs,
              unmapMemory, releaseMemory, destroyStage2, destroyIOAS, closeDevices, closeContexts, giveBack,

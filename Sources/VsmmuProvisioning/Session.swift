@@ -89,7 +89,7 @@ public final class Session: @unchecked Sendable {
     /// IOMMU facts probed once on a live host (a device bound by this holder cannot be
     /// bound again for a probe).
     private var probedIOMMUs: [String: HostIOMMU] = [:]
-    /// Per-device GET_HW_INFO facts read while the device was free (SPEC §3).
+    /// Per-device GET_HW_INFO facts read while the device was free (docs/contract.md §3).
     private var probedDevices: [PCIAddress: HostPCIDevice] = [:]
 
     /// Reads the live host once, probing IOMMUs through driverless devices (ProbeOptions),

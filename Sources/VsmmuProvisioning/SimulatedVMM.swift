@@ -38,57 +38,98 @@ public struct VMMFiles: Sendable {
     }
 }
 
-/// QEMU's realize sequence for an accelerated-SMMUv3 guest, as the VMM's process issues it
-/// (docs/qemu-interface.md §2.1): bind every cdev to the iommufd, one IOAS, per physical
-/// IOMMU a stage-2 HWPT (nesting parent under an accelerated vSMMU) with every device
-/// attached, guest RAM mapped at its guest address, then per vSMMU GET_HW_INFO, the vIOMMU
-/// and the abort and bypass nested HWPTs. vDevices wait for the guest's driver (QEMU
-/// allocates one when the guest installs the device's STE). On a simulated host this plays
-/// the VMM's kernel side; run it as the VMM's simulated process.
+/// QEMU 11's realize sequence (docs/qemu-interface.md §2.1), device by device as the
+/// command line orders them: bind the cdev; the first device of a container makes its IOAS,
+/// asks GET_HW_INFO, allocates the stage-2 HWPT (a nesting parent for a device behind an
+/// accelerated vSMMU; DIRTY_TRACKING too when the IOMMU reports it), attaches, reads the IOVA
+/// ranges and maps guest RAM (MAP_FILE of the memfd); a later device tries the container's
+/// HWPTs, newest first, and on EINVAL (another physical IOMMU) gets a HWPT of its own in the
+/// same IOAS; then GET_HW_INFO again and, for a device behind a vSMMU, the vSMMU's vIOMMU with
+/// its abort and bypass nested HWPTs (once per vSMMU) and the device moved onto bypass.
+/// Devices behind accelerated vSMMUs share one container; the others share a second one (a
+/// second IOAS, guest RAM mapped again). vDevices and vEVENTQs wait for the guest's driver.
+/// On a simulated host this plays the VMM's kernel side: run it as the VMM's process.
 public enum QEMURealize {
     public struct Result: Sendable {
         public var devIDs: [String: ObjectID] = [:]
-        public var ioas: ObjectID = 0
+        /// IOAS per container: index 0 for the accelerated devices, 1 for the others.
+        public var ioas: [Int: ObjectID] = [:]
         public var viommus: [String: ObjectID] = [:]
+        public var attached: [String: ObjectID] = [:]
     }
+
+    /// One VFIO container: an IOAS and the HWPTs made in it, newest last.
+    struct Container { var ioas: ObjectID; var hwpts: [ObjectID] }
 
     public static func run(_ layout: VMMGuestLayout, files: VMMFiles, port: KernelPort) throws(KernelCallError) -> Result {
         var r = Result()
+        var containers: [Int: Container] = [:]
+        var viommuBypass: [String: ObjectID] = [:]
+        let ifd = files.iommufd
         for d in layout.devices {
             guard let cdev = files.devices[d.name] else { continue }
-            r.devIDs[d.name] = try port.bindIommufd(cdev, iommufd: files.iommufd)
-        }
-        r.ioas = try port.ioasAlloc(files.iommufd)
-        var stage2: [String: ObjectID] = [:]
-        for iommu in Set(layout.devices.map(\.iommu)).sorted() {
-            let members = layout.devices.filter { $0.iommu == iommu && r.devIDs[$0.name] != nil }
-            guard let first = members.first, let firstID = r.devIDs[first.name] else { continue }
-            var target = r.ioas
-            if layout.nestParent[iommu] == true {
-                target = try port.hwptAlloc(files.iommufd, flags: .nestParent, devID: firstID, ptID: r.ioas, dataType: .none, data: [])
+            let devID = try port.bindIommufd(cdev, iommufd: ifd)
+            r.devIDs[d.name] = devID
+            let accelerated = d.vsmmu != nil
+            let key = accelerated ? 0 : 1
+            var s2: ObjectID
+            if var c = containers[key] {
+                var joined: ObjectID?
+                for hwpt in c.hwpts.reversed() {
+                    do { joined = try port.attach(cdev, ptID: hwpt); break } catch {
+                        guard error.errno == .EINVAL else { throw error }   // incompatible: next
+                    }
+                }
+                if let joined { s2 = joined } else {
+                    s2 = try allocStage2(port, ifd, devID: devID, ioas: c.ioas, nestParent: layout.nestParent[d.iommu] == true)
+                    _ = try port.attach(cdev, ptID: s2)
+                    c.hwpts.append(s2)
+                }
+                containers[key] = c
+            } else {
+                let ioas = try port.ioasAlloc(ifd)
+                s2 = try allocStage2(port, ifd, devID: devID, ioas: ioas, nestParent: accelerated && layout.nestParent[d.iommu] == true)
+                _ = try port.attach(cdev, ptID: s2)
+                _ = try port.ioasIovaRanges(ifd, ioas: ioas)
+                for m in layout.memory {
+                    // A simulated process has no address space: anonymous RAM (IOAS_MAP of a
+                    // user VA) cannot be played; memfd RAM goes in by file, as QEMU does.
+                    guard let file = files.memory[m.name] else { continue }
+                    _ = try port.ioasMap(ifd, ioas: ioas, flags: [.fixedIOVA, .writeable, .readable],
+                                         source: .file(file, offset: 0), length: m.length, iova: m.iova)
+                }
+                containers[key] = Container(ioas: ioas, hwpts: [s2])
+                r.ioas[key] = ioas
             }
-            for d in members { if let cdev = files.devices[d.name] { stage2[iommu] = try port.attach(cdev, ptID: target) } }
-        }
-        for m in layout.memory {
-            guard let file = files.memory[m.name] else { continue }
-            // QEMU maps its own mapping of the memfd (IOAS_MAP of a user VA); a simulated
-            // process has no address space, so the same pages go in by file.
-            _ = try port.ioasMap(files.iommufd, ioas: r.ioas, flags: [.fixedIOVA, .writeable, .readable],
-                                 source: .file(file, offset: 0), length: m.length, iova: m.iova)
-        }
-        for v in layout.vsmmus {
-            guard let first = layout.devices.first(where: { $0.vsmmu == v.name }), let devID = r.devIDs[first.name],
-                  let s2 = stage2[v.physical] else { continue }
-            _ = try port.getHwInfo(files.iommufd, devID: devID, requestType: nil)
-            let type = v.viommuType
-            let data = type == .tegra241CMDQV ? [UInt8](repeating: 0, count: 16) : []
-            let viommu = try port.viommuAlloc(files.iommufd, type: type, devID: devID, hwptID: s2, data: data).id
-            r.viommus[v.name] = viommu
-            for kind in [NestedKind.abort, .bypass] {
-                _ = try port.hwptAlloc(files.iommufd, flags: [], devID: devID, ptID: viommu, dataType: .armSMMUv3,
-                                       data: NestedData.bytes(dataType: .armSMMUv3, kind: kind))
+            r.attached[d.name] = s2
+            _ = try port.getHwInfo(ifd, devID: devID, requestType: nil)
+            guard let vname = d.vsmmu, let v = layout.vsmmus.first(where: { $0.name == vname }) else { continue }
+            _ = try port.getHwInfo(ifd, devID: devID, requestType: nil)
+            if viommuBypass[vname] == nil {
+                let type = v.viommuType
+                let data = type == .tegra241CMDQV ? [UInt8](repeating: 0, count: 16) : []
+                let viommu = try port.viommuAlloc(ifd, type: type, devID: devID, hwptID: s2, data: data).id
+                r.viommus[vname] = viommu
+                var bypass: ObjectID = 0
+                for kind in [NestedKind.abort, .bypass] {
+                    let id = try port.hwptAlloc(ifd, flags: [], devID: devID, ptID: viommu, dataType: .armSMMUv3,
+                                                data: NestedData.bytes(dataType: .armSMMUv3, kind: kind))
+                    if kind == .bypass { bypass = id }
+                }
+                viommuBypass[vname] = bypass
             }
+            if let bypass = viommuBypass[vname] { r.attached[d.name] = try port.attach(cdev, ptID: bypass) }
         }
         return r
+    }
+
+    /// The container's stage-2 HWPT: NEST_PARENT when a vSMMU asked for one, and
+    /// DIRTY_TRACKING whenever the IOMMU reports it (QEMU 11 asks for both together).
+    static func allocStage2(_ port: KernelPort, _ ifd: IommufdHandle, devID: ObjectID, ioas: ObjectID, nestParent: Bool) throws(KernelCallError) -> ObjectID {
+        let info = try port.getHwInfo(ifd, devID: devID, requestType: nil)
+        var flags: HWPTAllocFlags = []
+        if info.capabilities.contains(.dirtyTracking) { flags.insert(.dirtyTracking) }
+        if nestParent { flags.insert(.nestParent) }
+        return try port.hwptAlloc(ifd, flags: flags, devID: devID, ptID: ioas, dataType: .none, data: [])
     }
 }

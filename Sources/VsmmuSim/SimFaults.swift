@@ -28,7 +28,7 @@ public struct SimConfigurationError: Error, Hashable, Sendable, CustomStringConv
 
 /// One call through the simulated kernel, as recorded in `SimulatedKernel.trace`.
 public struct SimCall: Hashable, Sendable, Codable, CustomStringConvertible {
-    /// The ioctl name (reference §1.1) or the non-ioctl name (OPEN_IOMMUFD, SYSFS_UNBIND, …).
+    /// The ioctl name (docs/kernel-interface.md §1.1) or the non-ioctl name (OPEN_IOMMUFD, SYSFS_UNBIND, …).
     public var op: String
     /// The call's arguments, e.g. "fd=3 ioas=1 iova=0x40000000 length=0x100000000".
     public var detail: String

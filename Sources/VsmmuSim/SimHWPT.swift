@@ -1,14 +1,14 @@
 import VsmmuKernel
 
-// IOMMU_HWPT_ALLOC (§2.13, ARM §5.2/§5.3, VT-d §6, selftest §7.3) and
-// IOMMU_GET_HW_INFO (§2.14, §5.1, §5.7, §5.8).
+// IOMMU_HWPT_ALLOC (docs/kernel-interface.md §2.13, ARM §5.2/§5.3, VT-d §6, selftest §7.3) and
+// IOMMU_GET_HW_INFO (docs/kernel-interface.md §2.14, §5.1, §5.7, §5.8).
 
-/// The selftest mock domain's aperture (§7.3, §9.19).
+/// The selftest mock domain's aperture (docs/kernel-interface.md §7.3, §9.19).
 let mockAperture = IovaRange(start: 0x100_0000, last: 0x7FFF_FFFF)
-/// The selftest mock domain's page size (MOCK_IO_PAGE_SIZE = PAGE_SIZE / 2, §7.3).
+/// The selftest mock domain's page size (MOCK_IO_PAGE_SIZE = PAGE_SIZE / 2, docs/kernel-interface.md §7.3).
 let mockPageSize: UInt64 = 0x800
 
-/// ARM SMMUv3 vSTE masks of the fields a guest may set (§5.3).
+/// ARM SMMUv3 vSTE masks of the fields a guest may set (docs/kernel-interface.md §5.3).
 let vsteWord0Allowed: UInt64 = 0xF80F_FFFF_FFFF_FFFF
 let vsteWord1Allowed: UInt64 = 0x0000_0000_3800_00FF
 
@@ -41,10 +41,10 @@ extension SimulatedKernel {
     }
 
     /// The aperture of a paging domain the driver of `iommu` makes with `flags`.
-    /// ARM S2 (nest parent): [0, 2^OAS-1] (§5.2). ARM S1 (flags 0): the input range is
-    /// the CPU VA size; the simulation assumes 48 bits (VA_BITS=48, not in the reference).
+    /// ARM S2 (nest parent): [0, 2^OAS-1] (docs/kernel-interface.md §5.2). ARM S1 (flags 0): the input range is
+    /// the CPU VA size; the simulation assumes 48 bits (VA_BITS=48, not in docs/kernel-interface.md).
     /// VT-d / AMD: [0, 2^oas-1] with the host's address width (a simplification).
-    /// Selftest: [0x1000000, 0x7FFFFFFF] (§7.3).
+    /// Selftest: [0x1000000, 0x7FFFFFFF] (docs/kernel-interface.md §7.3).
     func domainAperture(_ iommu: HostIOMMU, flags: HWPTAllocFlags) -> IovaRange {
         switch iommu.type {
         case .selftest: return mockAperture
@@ -70,7 +70,7 @@ extension SimulatedKernel {
         if dataType == .none && !data.isEmpty { throw Refusal(.EINVAL, "data_type NONE with data_len \(data.count)") }
         if dataType != .none && data.isEmpty { throw Refusal(.EINVAL, "data_type \(hex(dataType.rawValue)) with data_len 0") }
         guard let device = deviceObject(cid, devID) else { throw Refusal(.ENOENT, missing(cid, devID, "dev_id")) }
-        // §2.13/§9.1: an unknown pt_id is EINVAL here, not ENOENT.
+        // docs/kernel-interface.md §2.13/§9.1: an unknown pt_id is EINVAL here, not ENOENT.
         guard let pt = object(cid, ptID) else { throw Refusal(.EINVAL, missing(cid, ptID, "pt_id")) }
         let iommu = try iommu(of: device)
 
@@ -89,7 +89,7 @@ extension SimulatedKernel {
             throw Refusal(.EINVAL, "pt_id \(ptID) is a \(pt.typeName), not an IOAS, HWPT_PAGING or VIOMMU")
         }
         // The port carries no fault_id, so with FAULT_ID_VALID it is 0: never a FAULT
-        // object. The kernel looks it up after the driver made the domain (§2.13).
+        // object. The kernel looks it up after the driver made the domain (docs/kernel-interface.md §2.13).
         if flags.contains(.faultIDValid) { throw Refusal(.ENOENT, "fault_id 0 is not a FAULT object") }
 
         let id = allocateID(cid)
@@ -98,7 +98,7 @@ extension SimulatedKernel {
         return id
     }
 
-    /// pt_id = IOAS: a paging HWPT (§2.13), driver rules per IOMMU type.
+    /// pt_id = IOAS: a paging HWPT (docs/kernel-interface.md §2.13), driver rules per IOMMU type.
     private func pagingHWPT(_ cid: Int, flags: HWPTAllocFlags, iommu: HostIOMMU, ioas: ObjectID, dataType: HWPTDataType, data: [UInt8]) throws(Refusal) -> PagingHWPT {
         let unknown = flags.subtracting([.nestParent, .dirtyTracking, .faultIDValid, .pasid])
         if !unknown.isEmpty { throw Refusal(.EOPNOTSUPP, "unknown flag bits \(hex(unknown.rawValue))") }
@@ -109,7 +109,7 @@ extension SimulatedKernel {
 
         switch iommu.type {
         case .armSMMUv3:
-            // §5.2: no driver data; flags 0 / PASID / DIRTY (S1), or exactly NEST_PARENT (S2).
+            // docs/kernel-interface.md §5.2: no driver data; flags 0 / PASID / DIRTY (S1), or exactly NEST_PARENT (S2).
             if !data.isEmpty { throw Refusal(.EOPNOTSUPP, "the ARM SMMUv3 driver takes no data for a paging HWPT") }
             switch driverFlags {
             case [], .pasid:
@@ -142,7 +142,7 @@ extension SimulatedKernel {
         return PagingHWPT(ioas: ioas, iommu: iommu.name, flags: flags, automatic: false, aperture: aperture)
     }
 
-    /// pt_id = HWPT_PAGING: a nested HWPT directly on the parent (VT-d style, §2.13, §6).
+    /// pt_id = HWPT_PAGING: a nested HWPT directly on the parent (VT-d style, docs/kernel-interface.md §2.13, §6).
     private func nestedOnParent(flags: HWPTAllocFlags, device: DeviceObject, iommu: HostIOMMU, parentID: ObjectID, parent: PagingHWPT,
                                 dataType: HWPTDataType, data: [UInt8]) throws(Refusal) -> NestedHWPT {
         if !flags.subtracting([.faultIDValid, .pasid]).isEmpty {
@@ -150,7 +150,7 @@ extension SimulatedKernel {
         }
         if data.isEmpty { throw Refusal(.EOPNOTSUPP, "a nested HWPT needs driver data") }
         guard iommu.type == .intelVTd || iommu.type == .selftest else {
-            // §9.20: ARM (and AMD) have no nested allocator on a HWPT: use the vIOMMU.
+            // docs/kernel-interface.md §9.20: ARM (and AMD) have no nested allocator on a HWPT: use the vIOMMU.
             throw Refusal(.EOPNOTSUPP, "the \(iommu.type.rawValue) driver allocates nested HWPTs only on a vIOMMU")
         }
         if parent.automatic { throw Refusal(.EINVAL, "HWPT \(parentID) is an automatic HWPT") }
@@ -169,7 +169,7 @@ extension SimulatedKernel {
         return NestedHWPT(parent: .paging(parentID), iommu: device.iommu, config: .driverData, vste: nil)
     }
 
-    /// pt_id = VIOMMU: a nested HWPT on a vIOMMU (ARM SMMUv3 / selftest, §2.13, §5.3).
+    /// pt_id = VIOMMU: a nested HWPT on a vIOMMU (ARM SMMUv3 / selftest, docs/kernel-interface.md §2.13, §5.3).
     private func nestedOnVIOMMU(flags: HWPTAllocFlags, device: DeviceObject, viommuID: ObjectID, viommu: VIOMMUObject,
                                 dataType: HWPTDataType, data: [UInt8]) throws(Refusal) -> NestedHWPT {
         if device.iommu != viommu.iommu {
@@ -192,12 +192,12 @@ extension SimulatedKernel {
             _ = try copyStruct(data, minimum: 4, size: 8, what: "iommu_hwpt_selftest")
             return NestedHWPT(parent: .viommu(viommuID), iommu: viommu.iommu, config: .driverData, vste: nil)
         default:
-            // §6: AMD's vIOMMU has no nested allocator.
+            // docs/kernel-interface.md §6: AMD's vIOMMU has no nested allocator.
             throw Refusal(.EOPNOTSUPP, "vIOMMU \(viommuID) has no nested HWPT allocator")
         }
     }
 
-    /// arm_smmu_validate_vste (§5.3): V=0 is accepted whatever else is set (stored as
+    /// arm_smmu_validate_vste (docs/kernel-interface.md §5.3): V=0 is accepted whatever else is set (stored as
     /// zeros, acts as abort); with V=1 every bit outside the masks, a Config other than
     /// 0/4/5, or EATS other than 0/1 is EIO. EATS is removed from the stored vSTE.
     func validateVSTE(_ data: [UInt8]) throws(Refusal) -> (NestedConfig, [UInt64]) {
@@ -250,7 +250,7 @@ extension SimulatedKernel {
             guard requested == .none || requested == .intelVTD else { throw refuse() }
             type = .intelVTD; payload = IntelVTdHWInfo(host: iommu).bytes
         case .amdVi:
-            // EFR/EFR2 bit layouts are not in the reference: the payload is zeros.
+            // EFR/EFR2 bit layouts are not in docs/kernel-interface.md: the payload is zeros.
             guard requested == .none || requested == .amd else { throw refuse() }
             type = .amd; payload = [UInt8](repeating: 0, count: 16)
         case .selftest:
@@ -275,7 +275,7 @@ extension SimulatedKernel {
     /// simulation reports 2^4 = 16 (assumed) and enforces it for vDevices.
     var tegraLog2VSIDs: UInt8 { 4 }
 
-    /// The Tegra241 CMDQV payload (§5.7); version 1 (assumed).
+    /// The Tegra241 CMDQV payload (docs/kernel-interface.md §5.7); version 1 (assumed).
     func tegra241Info(_ iommu: HostIOMMU) -> Tegra241CMDQVHWInfo {
         Tegra241CMDQVHWInfo(version: 1, log2VCMDQs: log2VCMDQs(iommu), log2VSIDs: tegraLog2VSIDs)
     }

@@ -1,7 +1,7 @@
 import VsmmuKernel
 
-// The iommufd core: fd table, contexts and the object-ID space (§4.1), DESTROY and the
-// reference rules (§4.2), IOAS, MAP/MAP_FILE/UNMAP and IOVA_RANGES (§2.2–§2.9).
+// The iommufd core: fd table, contexts and the object-ID space (docs/kernel-interface.md §4.1), DESTROY and the
+// reference rules (docs/kernel-interface.md §4.2), IOAS, MAP/MAP_FILE/UNMAP and IOVA_RANGES (§2.2–§2.9).
 
 extension SimulatedKernel {
     // MARK: fd table (one per process, shared by every handle kind)
@@ -26,7 +26,7 @@ extension SimulatedKernel {
             guard state.contexts[cid] != nil else { throw Refusal(.EBADF, "fd \(fd) is not open") }
             return cid
         case .vfioDevice(let vfio) where vfio.context == nil:
-            // §3.3: before BIND every ioctl on a cdev returns EINVAL.
+            // docs/kernel-interface.md §3.3: before BIND every ioctl on a cdev returns EINVAL.
             throw Refusal(.EINVAL, "fd \(fd) is an unbound VFIO cdev, not /dev/iommu")
         default:
             throw Refusal(.ENOTTY, "fd \(fd) is not /dev/iommu")
@@ -34,13 +34,13 @@ extension SimulatedKernel {
     }
 
     /// Is anything still holding the context: its /dev/iommu fd, a bound cdev, an
-    /// open vEVENTQ fd (§4.4)?
+    /// open vEVENTQ fd (docs/kernel-interface.md §4.4)?
     func contextReferenced(_ cid: Int) -> Bool {
         indexes.isContextReferenced(cid)
     }
 
     /// When the last reference goes the kernel destroys every object of the context
-    /// (§4.4); its mappings release their pinned memory.
+    /// (docs/kernel-interface.md §4.4); its mappings release their pinned memory.
     func releaseContextIfUnreferenced(_ cid: Int) {
         guard state.contexts[cid] != nil, !contextReferenced(cid) else { return }
         removeContext(cid)
@@ -54,17 +54,17 @@ extension SimulatedKernel {
         setFile(fd, nil)
         switch file {
         case .iommufd(let cid):
-            // §4.4: closing the iommufd while cdevs or event fds hold it changes nothing.
+            // docs/kernel-interface.md §4.4: closing the iommufd while cdevs or event fds hold it changes nothing.
             releaseContextIfUnreferenced(cid)
         case .vfioDevice(let vfio):
-            // §3.3: last close of a bound cdev detaches, destroys the device object
+            // docs/kernel-interface.md §3.3: last close of a bound cdev detaches, destroys the device object
             // (tombstoning its vDevice), releases DMA ownership and the iommufd reference.
             if let cid = vfio.context, let devID = vfio.device {
                 destroyDeviceObject(cid, devID)
                 releaseContextIfUnreferenced(cid)
             }
         case .veventq(let cid, let id):
-            // §4.4: releases the object's extra reference; the object stays.
+            // docs/kernel-interface.md §4.4: releases the object's extra reference; the object stays.
             if case .veventq(var queue)? = object(cid, id) {
                 queue.fd = nil
                 setObject(cid, id, .veventq(queue))
@@ -106,7 +106,7 @@ extension SimulatedKernel {
         (state.contexts[cid]?.objects ?? [:]).sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
     }
 
-    /// §4.1: one ID space per context, from 1, lowest free first, tombstones never reused.
+    /// docs/kernel-interface.md §4.1: one ID space per context, from 1, lowest free first, tombstones never reused.
     func allocateID(_ cid: Int) -> ObjectID {
         let context = state.contexts[cid] ?? IommufdContext()
         var id: ObjectID = 1
@@ -133,7 +133,7 @@ extension SimulatedKernel {
         return nil
     }
 
-    /// "No such object" in the words the kernel's behaviour implies (§4.5 tombstones
+    /// "No such object" in the words the kernel's behaviour implies (docs/kernel-interface.md §4.5 tombstones
     /// answer ENOENT like unknown IDs).
     func missing(_ cid: Int, _ id: ObjectID, _ what: String) -> String {
         if id == 0 { return "\(what) 0 is never a valid ID" }
@@ -169,7 +169,7 @@ extension SimulatedKernel {
         }
     }
 
-    // MARK: IOMMU_DESTROY (§2.1, §4.2)
+    // MARK: IOMMU_DESTROY (docs/kernel-interface.md §2.1, §4.2)
 
     func destroyImpl(_ fd: Int32, id: ObjectID) throws(Refusal) {
         let cid = try context(ofIommufd: fd)
@@ -187,7 +187,7 @@ extension SimulatedKernel {
         }
         switch target {
         case .device(let device):
-            // §2.1/§9.13: the VFIO driver (or the selftest object) always holds the device.
+            // docs/kernel-interface.md §2.1/§9.13: the VFIO driver (or the selftest object) always holds the device.
             if case .mock(_, let stdev) = device.origin {
                 throw Refusal(.EBUSY, "DEVICE \(id) belongs to the selftest object \(stdev): destroy that instead")
             }
@@ -215,11 +215,11 @@ extension SimulatedKernel {
         case .vdevice:
             removeObject(cid, id)
         case .veventq(let queue):
-            // §9.8: an open vEVENTQ fd blocks its own DESTROY.
+            // docs/kernel-interface.md §9.8: an open vEVENTQ fd blocks its own DESTROY.
             if let fd = queue.fd { throw Refusal(.EBUSY, "VEVENTQ \(id) is held by its open event fd \(fd): close it first") }
             removeObject(cid, id)
         case .hwQueue(let queue):
-            // §4.2/§9.14: queue i is held by queue i+1 of the same vIOMMU (destroy descending).
+            // docs/kernel-interface.md §4.2/§9.14: queue i is held by queue i+1 of the same vIOMMU (destroy descending).
             try busy(holders {
                 if case .hwQueue(let q) = $0 { return q.viommu == queue.viommu && q.type == queue.type && q.index == queue.index &+ 1 }
                 return false
@@ -227,14 +227,14 @@ extension SimulatedKernel {
             removeObject(cid, id)
             if let access = queue.accessID { state.contexts[cid]?.tombstones.remove(access) }
         case .selftest(let selftest):
-            // §7.2: DESTROY(stdev) detaches, unbinds and deletes the mock device.
+            // docs/kernel-interface.md §7.2: DESTROY(stdev) detaches, unbinds and deletes the mock device.
             destroyDeviceObject(cid, selftest.device)
             removeObject(cid, id)
         }
     }
 
     /// The device object goes away (cdev closed, stdev destroyed): detach, tombstone its
-    /// vDevice (§4.5), free its ID.
+    /// vDevice (docs/kernel-interface.md §4.5), free its ID.
     func destroyDeviceObject(_ cid: Int, _ devID: ObjectID) {
         detachDevice(cid, devID)
         for entry in objects(cid) {
@@ -253,13 +253,13 @@ extension SimulatedKernel {
         releaseAutomaticHWPTIfUnused(cid, old)
     }
 
-    /// §3.3: automatic HWPTs are destroyed when their last device leaves.
+    /// docs/kernel-interface.md §3.3: automatic HWPTs are destroyed when their last device leaves.
     func releaseAutomaticHWPTIfUnused(_ cid: Int, _ hwptID: ObjectID) {
         guard let hwpt = pagingObject(cid, hwptID), hwpt.automatic, devicesAttached(cid, to: hwptID).isEmpty else { return }
         removeObject(cid, hwptID)
     }
 
-    // MARK: IOMMU_IOAS_ALLOC (§2.2)
+    // MARK: IOMMU_IOAS_ALLOC (docs/kernel-interface.md §2.2)
 
     func ioasAllocImpl(_ fd: Int32) throws(Refusal) -> ObjectID {
         let cid = try context(ofIommufd: fd)
@@ -272,7 +272,7 @@ extension SimulatedKernel {
 
     /// The reserved IOVA of an IOAS: outside each member paging HWPT's aperture, plus
     /// the reserved regions (all but direct-relaxable) of every device attached through
-    /// a HWPT of this IOAS (§2.4, §3.3, §9.17).
+    /// a HWPT of this IOAS (docs/kernel-interface.md §2.4, §3.3, §9.17).
     func reservedRanges(_ cid: Int, ioas: ObjectID) -> [IovaRange] {
         var reserved: [IovaRange] = []
         for entry in objects(cid) {
@@ -320,7 +320,7 @@ extension SimulatedKernel {
         return alignment
     }
 
-    // MARK: IOMMU_IOAS_IOVA_RANGES (§2.4)
+    // MARK: IOMMU_IOAS_IOVA_RANGES (docs/kernel-interface.md §2.4)
 
     func ioasIovaRangesImpl(_ fd: Int32, ioas: ObjectID) throws(Refusal) -> (ranges: [IovaRange], alignment: UInt64) {
         let cid = try context(ofIommufd: fd)
@@ -344,7 +344,7 @@ extension SimulatedKernel {
         return holes
     }
 
-    // MARK: IOMMU_IOAS_MAP / IOMMU_IOAS_MAP_FILE (§2.6, §2.7)
+    // MARK: IOMMU_IOAS_MAP / IOMMU_IOAS_MAP_FILE (docs/kernel-interface.md §2.6, §2.7)
 
     func ioasMapImpl(_ fd: Int32, ioas ioasID: ObjectID, flags: IOASMapFlags, source: MapSource, length: UInt64, iova: UInt64) throws(Refusal) -> UInt64 {
         let cid = try context(ofIommufd: fd)
@@ -396,7 +396,7 @@ extension SimulatedKernel {
         var mapping = Mapping(iova: start, length: length, readable: flags.contains(.readable),
                               writable: flags.contains(.writeable), source: mappingSource, pinned: false,
                               mappedBy: state.currentProcess == 0 ? nil : state.currentProcess)
-        // §2.6: pages are pinned now only when the IOAS already holds a HWPT.
+        // docs/kernel-interface.md §2.6: pages are pinned now only when the IOAS already holds a HWPT.
         if ioasHasHWPT(cid, ioas: ioasID) {
             try checkMemlock(cid: cid, process: state.currentProcess, adding: pinnedLength(mapping))
             mapping = try pin(mapping, cid: cid)
@@ -430,7 +430,7 @@ extension SimulatedKernel {
         throw Refusal(.ENOSPC, "no free IOVA hole of \(hex(length)) bytes")
     }
 
-    /// Pin a mapping's pages (§2.6): the user VA must be mapped in the process (else
+    /// Pin a mapping's pages (docs/kernel-interface.md §2.6): the user VA must be mapped in the process (else
     /// EFAULT); a MAP_FILE source must be a memfd (memfd_pin_folios refuses other files
     /// with EINVAL) and cover the range (beyond the end: EFAULT, UNVERIFIED errno).
     func pin(_ mapping: Mapping, cid: Int) throws(Refusal) -> Mapping {
@@ -494,7 +494,7 @@ extension SimulatedKernel {
         }
     }
 
-    // MARK: IOMMU_IOAS_UNMAP (§2.9)
+    // MARK: IOMMU_IOAS_UNMAP (docs/kernel-interface.md §2.9)
 
     func ioasUnmapImpl(_ fd: Int32, ioas ioasID: ObjectID, iova: UInt64, length: UInt64) throws(Refusal) -> UInt64 {
         let cid = try context(ofIommufd: fd)
@@ -558,7 +558,7 @@ func alignUp(_ value: UInt64, _ alignment: UInt64) -> (UInt64, Bool) {
     return (sum & ~(alignment - 1), overflow)
 }
 
-// MARK: IOMMU_OPTION (§2.11), in iommufd_option's order
+// MARK: IOMMU_OPTION (docs/kernel-interface.md §2.11), in iommufd_option's order
 
 extension SimulatedKernel {
     func iommuOptionImpl(_ fd: Int32, option: UInt32, objectID: ObjectID, set value: UInt64?) throws(Refusal) -> UInt64 {

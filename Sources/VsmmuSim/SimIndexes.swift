@@ -89,7 +89,7 @@ struct LiveRegion: Hashable {
 }
 
 extension OpenFile {
-    /// The iommufd context this open file keeps alive (§4.4).
+    /// The iommufd context this open file keeps alive (docs/kernel-interface.md §4.4).
     var referencedContext: Int? {
         switch self {
         case .iommufd(let c): return c

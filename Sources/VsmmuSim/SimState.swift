@@ -10,13 +10,13 @@ extension SimulatedKernel {
 }
 
 /// An IOMMU group: a PCI `iommu_group` number, or the private group each selftest mock
-/// device gets (reference §7.1: "each in its own IOMMU group").
+/// device gets (docs/kernel-interface.md §7.1: "each in its own IOMMU group").
 enum GroupKey: Hashable, Codable {
     case pci(Int)
     case mock(Int)
 }
 
-/// Owner of `/dev/vfio/devices/vfioN` (reference §8: created root:root).
+/// Owner of `/dev/vfio/devices/vfioN` (docs/kernel-interface.md §8: created root:root).
 struct VfioOwner: Hashable, Codable {
     var uid: UInt32
     var gid: UInt32
@@ -34,14 +34,14 @@ struct SimPCIDevice: Hashable, Codable {
     var iommuGroup: Int?
     var iommu: String?
     var numaNode: Int
-    /// vfio-dev/vfioN, present while vfio-pci is bound (§3.1).
+    /// vfio-dev/vfioN, present while vfio-pci is bound (docs/kernel-interface.md §3.1).
     var vfioIndex: Int?
     /// The driver `drivers_probe` binds when no override is set: the host description's
     /// driver unless that was vfio-pci (then nil: the device stays unbound).
     var nativeDriver: String?
     /// Owner of the cdev node; reset to root:root whenever the node is re-created.
     var owner: VfioOwner
-    /// The host description's per-device facts (SPEC §3), kept as written (optional so
+    /// The host description's per-device facts (docs/contract.md §3), kept as written (optional so
     /// that kernel.json saved before them decodes): nil means the IOMMU's value.
     var vfioDriver: String?
     var ats: Bool?
@@ -50,7 +50,7 @@ struct SimPCIDevice: Hashable, Codable {
     var bars: [PCIBar]?
     var unknownFacts: [DeviceFact]?
 
-    /// PCI class 0x0604xx: a PCI-to-PCI bridge (vfio-pci refuses non type-0 headers, §8).
+    /// PCI class 0x0604xx: a PCI-to-PCI bridge (vfio-pci refuses non type-0 headers, docs/kernel-interface.md §8).
     var isBridge: Bool { (classCode >> 8) == 0x0604 }
 
     var hostDevice: HostPCIDevice {
@@ -65,12 +65,12 @@ struct SimPCIDevice: Hashable, Codable {
     }
 }
 
-// MARK: iommufd objects (reference §4.1)
+// MARK: iommufd objects (docs/kernel-interface.md §4.1)
 
 enum DeviceOrigin: Hashable, Codable {
     /// Bound through a VFIO cdev of this PCI device.
     case vfio(PCIAddress)
-    /// A selftest mock device wrapped by the SELFTEST object `stdev` (§7.2).
+    /// A selftest mock device wrapped by the SELFTEST object `stdev` (docs/kernel-interface.md §7.2).
     case mock(serial: Int, stdev: ObjectID)
 }
 
@@ -88,12 +88,12 @@ struct PagingHWPT: Hashable, Codable {
     /// The IOMMU instance whose driver made the domain (the dev_id's IOMMU).
     var iommu: String
     var flags: HWPTAllocFlags
-    /// Created by attach-to-IOAS; destroyed with its last device (§3.3).
+    /// Created by attach-to-IOAS; destroyed with its last device (docs/kernel-interface.md §3.3).
     var automatic: Bool
     /// The domain's input range; everything outside is reserved in the IOAS.
     var aperture: IovaRange
     /// ARM: the domain enforces cache coherency (made or upgraded through a CANWBS
-    /// device): a non-CANWBS master cannot attach (§5.2, §9.24). nil: false.
+    /// device): a non-CANWBS master cannot attach (docs/kernel-interface.md §5.2, §9.24). nil: false.
     var enforcesCoherency: Bool?
     var nestParent: Bool { flags.contains(.nestParent) }
 }
@@ -105,7 +105,7 @@ enum NestedParent: Hashable, Codable {
     case paging(ObjectID)
 }
 
-/// What a nested HWPT's data says about translation (ARM vSTE Config, §5.3).
+/// What a nested HWPT's data says about translation (ARM vSTE Config, docs/kernel-interface.md §5.3).
 enum NestedConfig: String, Hashable, Codable {
     case abort, bypass, stage1
     /// Non-ARM driver data (VT-d S1, selftest): no vSTE.
@@ -133,7 +133,7 @@ struct Mapping: Hashable, Codable {
     var readable: Bool
     var writable: Bool
     var source: MappingSource
-    /// Pages pinned: happens when the IOAS holds a HWPT (§2.6 "Pinning is lazy").
+    /// Pages pinned: happens when the IOAS holds a HWPT (docs/kernel-interface.md §2.6 "Pinning is lazy").
     var pinned: Bool
     /// The process that made the mapping (its mm and RLIMIT_MEMLOCK); nil: the holder.
     var mappedBy: Int?
@@ -161,7 +161,7 @@ struct IOASObject: Hashable, Codable {
     var mappings: [Mapping] = []
 }
 
-/// A region of the iommufd fd's mmap space (vIOMMU MMIO pages, §5.7).
+/// A region of the iommufd fd's mmap space (vIOMMU MMIO pages, docs/kernel-interface.md §5.7).
 struct MmapRegion: Hashable, Codable {
     var offset: UInt64
     var length: UInt64
@@ -184,7 +184,7 @@ struct VEventQObject: Hashable, Codable {
     var viommu: ObjectID
     var type: VEventQType
     var depth: UInt32
-    /// The event fd while it is open (it blocks this object's DESTROY, §4.2).
+    /// The event fd while it is open (it blocks this object's DESTROY, docs/kernel-interface.md §4.2).
     var fd: Int32?
 }
 
@@ -217,7 +217,7 @@ enum SimObject: Hashable, Codable {
     case hwQueue(HWQueueObject)
     case selftest(SelftestObject)
 
-    /// The kernel's internal type name (§4.1), for error details.
+    /// The kernel's internal type name (docs/kernel-interface.md §4.1), for error details.
     var typeName: String {
         switch self {
         case .device: return "DEVICE"
@@ -233,10 +233,10 @@ enum SimObject: Hashable, Codable {
     }
 }
 
-/// One iommufd context (the open file of /dev/iommu): its objects and ID space (§4.1).
+/// One iommufd context (the open file of /dev/iommu): its objects and ID space (docs/kernel-interface.md §4.1).
 struct IommufdContext: Hashable, Codable {
     var objects: [ObjectID: SimObject] = [:]
-    /// IDs of vDevices force-destroyed with their device: never reused (§4.5).
+    /// IDs of vDevices force-destroyed with their device: never reused (docs/kernel-interface.md §4.5).
     var tombstones: Set<ObjectID> = []
     var mmapRegions: [MmapRegion] = []
     /// IOMMU_OPTION RLIMIT_MODE: pinned pages charged to the process (mm), not the user.

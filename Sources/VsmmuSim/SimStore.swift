@@ -63,7 +63,7 @@ struct LogEntry: Codable {
 
 extension SimulatedKernel {
     /// Called by the funnel after every executed mutating call (refused ones too: a
-    /// refused UNMAP may already have removed mappings, §2.9).
+    /// refused UNMAP may already have removed mappings, docs/kernel-interface.md §2.9).
     func appendToLog(_ request: SimRequest) {
         state.appliedSequence += 1
         guard let store else { return }
@@ -120,7 +120,7 @@ extension SimulatedKernel {
     }
 }
 
-/// Keeps a simulated kernel in a state directory across CLI runs (SPEC §6):
+/// Keeps a simulated kernel in a state directory across CLI runs (docs/contract.md §6):
 ///
 /// - `host.yaml`: the host-level part as a Host description, through the codec; the user
 ///   may edit it to simulate drift (it wins on the next open for what was edited);

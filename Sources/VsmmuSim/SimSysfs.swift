@@ -1,6 +1,6 @@
 import VsmmuKernel
 
-// sysfs as the provisioner sees it (§8): reads, the driver_override / unbind /
+// sysfs as the provisioner sees it (docs/kernel-interface.md §8): reads, the driver_override / unbind /
 // drivers_probe writes, cdev ownership, and host-description edits (drift).
 
 extension SimulatedKernel {
@@ -25,7 +25,7 @@ extension SimulatedKernel {
         (state.kernel.vfioCdev && name == "vfio-pci") || indexes.driverRefs[name] != nil
     }
 
-    /// vfioN is the lowest free index (§3.1).
+    /// vfioN is the lowest free index (docs/kernel-interface.md §3.1).
     func lowestFreeVfioIndex() -> Int {
         indexes.lowestFreeVfioIndex()
     }
@@ -60,7 +60,7 @@ extension SimulatedKernel {
         return regions.sorted { ($0.start, $0.last) < ($1.start, $1.last) }.map { ($0.start, $0.last, $0.type) }
     }
 
-    // MARK: writes (§8)
+    // MARK: writes (docs/kernel-interface.md §8)
 
     func writeDriverOverrideImpl(_ address: PCIAddress, _ driver: String?) throws(Refusal) {
         guard var device = state.devices[address] else { throw Refusal(.ENOENT, "/sys/bus/pci/devices/\(address) does not exist") }
@@ -78,7 +78,7 @@ extension SimulatedKernel {
             throw Refusal(.ENODEV, "\(address) is not bound to \(driver)")
         }
         if VFIODriver.isVFIO(driver) {
-            // §3.3/§9.32: vfio-pci's remove waits for every fd of the device to close,
+            // docs/kernel-interface.md §3.3/§9.32: vfio-pci's remove waits for every fd of the device to close,
             // uninterruptibly after a signal: the writer hangs. The simulation cannot hang;
             // it refuses with an errno the real write never returns, so a test that reaches
             // this line has found a caller that did not check `deviceHolders` first.
@@ -93,7 +93,7 @@ extension SimulatedKernel {
         setDevice(address, device)
     }
 
-    /// drivers_probe (§8): attach a driver if the device has none — the override if set,
+    /// drivers_probe (docs/kernel-interface.md §8): attach a driver if the device has none — the override if set,
     /// else the native driver. Probe failures are swallowed (success with nothing bound)
     /// except the DMA-ownership refusal, which the driver core returns (EBUSY).
     func driversProbeImpl(_ address: PCIAddress) throws(Refusal) {
@@ -152,7 +152,7 @@ extension SimulatedKernel {
     }
 
     /// Apply the user's edits of host.yaml (`edited` against `base`, the description last
-    /// written) over the current state: changed facts win, drivers included (§6 drift).
+    /// written) over the current state: changed facts win, drivers included (docs/contract.md §6 drift).
     func applyHostEdits(base: HostDescription, edited: HostDescription) {
         if edited.name != base.name { state.hostName = edited.name }
         if edited.kernel != base.kernel { state.kernel = edited.kernel }

@@ -1,9 +1,9 @@
 import VsmmuKernel
 
-// The VFIO cdev (§3.1–§3.3), the shared attach/replace core (§3.3, ARM §5.4), and the
-// selftest MOCK_DOMAIN / MOCK_DOMAIN_REPLACE commands that stand in for BIND/ATTACH (§7.2).
+// The VFIO cdev (docs/kernel-interface.md §3.1–§3.3), the shared attach/replace core (§3.3, ARM §5.4), and the
+// selftest MOCK_DOMAIN / MOCK_DOMAIN_REPLACE commands that stand in for BIND/ATTACH (docs/kernel-interface.md §7.2).
 
-/// Drivers that manage DMA themselves and so do not break a group's viability (§8):
+/// Drivers that manage DMA themselves and so do not break a group's viability (docs/kernel-interface.md §8):
 /// these and every VFIO driver (variant drivers set driver_managed_dma too).
 let dmaManagingDrivers: Set<String> = ["vfio-pci", "pci-stub", "pcieport"]
 func managesDMA(_ driver: String) -> Bool { dmaManagingDrivers.contains(driver) || VFIODriver.isVFIO(driver) }
@@ -17,7 +17,7 @@ extension SimulatedKernel {
     func vfioFile(_ fd: Int32) throws(Refusal) -> VfioFile {
         guard let file = ownFile(fd) else { throw Refusal(.EBADF, "fd \(fd) is not open") }
         // VFIO requests (nr < 0x80) on /dev/iommu go to the VFIO-container emulation:
-        // ENOTTY (§1.2); other files have no such ioctl either.
+        // ENOTTY (docs/kernel-interface.md §1.2); other files have no such ioctl either.
         guard case .vfioDevice(let vfio) = file else { throw Refusal(.ENOTTY, "fd \(fd) is not a VFIO device cdev") }
         return vfio
     }
@@ -34,7 +34,7 @@ extension SimulatedKernel {
         return fd
     }
 
-    // MARK: VFIO_DEVICE_BIND_IOMMUFD (§3.3, in the kernel's order)
+    // MARK: VFIO_DEVICE_BIND_IOMMUFD (docs/kernel-interface.md §3.3, in the kernel's order)
 
     func bindImpl(_ fd: Int32, iommufd: Int32) throws(Refusal) -> ObjectID {
         var vfio = try vfioFile(fd)
@@ -44,7 +44,7 @@ extension SimulatedKernel {
             throw Refusal(.EBADFD, "fd \(iommufd) is not an iommufd")
         }
         guard let pci = state.devices[vfio.address] else { throw Refusal(.ENODEV, "device \(vfio.address) is gone") }
-        // §3.3/§9.30: one bind per device system-wide.
+        // docs/kernel-interface.md §3.3/§9.30: one bind per device system-wide.
         for otherFD in indexes.sortedCdevFDs(of: vfio.address) where otherFD != fd {
             if case .vfioDevice(let other)? = state.files[otherFD], other.context != nil {
                 throw Refusal(.EINVAL, "\(vfio.address) is already bound through fd \(otherFD)")
@@ -52,11 +52,11 @@ extension SimulatedKernel {
         }
         // iommufd side. The IOMMU cache-coherency check (IOMMU_CAP_CACHE_COHERENCY, ARM
         // IDR0.COHACC) is assumed to pass: the host's `coherent` means CANWBS/S2FWB, which
-        // only gates the vIOMMU (§5.2).
+        // only gates the vIOMMU (docs/kernel-interface.md §5.2).
         guard let group = pci.iommuGroup, let iommuName = pci.iommu, hostIOMMU(iommuName) != nil else {
             throw Refusal(.ENODEV, "\(vfio.address) has no IOMMU group")
         }
-        // DMA ownership (§8): the group must not be owned by another iommufd, and no member
+        // DMA ownership (docs/kernel-interface.md §8): the group must not be owned by another iommufd, and no member
         // may be bound to a driver that uses the kernel DMA API.
         let members = indexes.sortedMembers(ofGroup: group)
         for member in members {
@@ -90,13 +90,13 @@ extension SimulatedKernel {
     func detachImpl(_ fd: Int32) throws(Refusal) {
         let vfio = try vfioFile(fd)
         guard let cid = vfio.context, let devID = vfio.device else { throw Refusal(.EINVAL, "fd \(fd) is not bound to an iommufd") }
-        // §9.31: detaching an unattached device succeeds.
+        // docs/kernel-interface.md §9.31: detaching an unattached device succeeds.
         detachDevice(cid, devID)
     }
 
     // MARK: the attach core
 
-    /// Attach (or replace, §3.3) a device to an IOAS, a HWPT_PAGING or a HWPT_NESTED.
+    /// Attach (or replace, docs/kernel-interface.md §3.3) a device to an IOAS, a HWPT_PAGING or a HWPT_NESTED.
     /// `replaceOnly` is MOCK_DOMAIN_REPLACE / iommufd_device_replace: the device must be
     /// attached already. Returns the HWPT attached (the automatic one for an IOAS).
     func attachDevice(_ cid: Int, _ devID: ObjectID, ptID: ObjectID, replaceOnly: Bool) throws(Refusal) -> ObjectID {
@@ -123,7 +123,7 @@ extension SimulatedKernel {
 
     /// Every check of an attach/replace, in the kernel's order (iommufd_hw_pagetable_attach):
     /// group rule (EINVAL), device reserved regions against the IOAS's mappings
-    /// (EADDRINUSE), then the IOMMU driver (ARM §5.4: EINVAL other SMMU, ENOENT S1 vSTE
+    /// (EADDRINUSE), then the IOMMU driver (ARM docs/kernel-interface.md §5.4: EINVAL other SMMU, ENOENT S1 vSTE
     /// without vDevice). Changes nothing.
     func planAttach(_ cid: Int, _ devID: ObjectID, hwptID: ObjectID, replaceOnly: Bool) throws(Refusal) -> AttachPlan {
         guard let device = deviceObject(cid, devID) else { throw Refusal(.ENOENT, "device \(devID) is gone") }
@@ -137,7 +137,7 @@ extension SimulatedKernel {
         }
         var moving = [devID]
         if let current {
-            // §3.3: a replace moves the whole group.
+            // docs/kernel-interface.md §3.3: a replace moves the whole group.
             moving += siblings.filter { $0.device.attached == current }.map(\.id)
         } else if let other = siblings.first(where: { $0.device.attached != nil && $0.device.attached != hwptID }) {
             throw Refusal(.EINVAL, "group sibling device \(other.id) is attached to HWPT \(other.device.attached ?? 0): a group shares one attachment")
@@ -178,7 +178,7 @@ extension SimulatedKernel {
         if let previous = plan.previous { releaseAutomaticHWPTIfUnused(cid, previous) }
     }
 
-    /// ARM cache-coherency enforcement (§5.2, §9.24): a non-CANWBS master cannot join a
+    /// ARM cache-coherency enforcement (docs/kernel-interface.md §5.2, §9.24): a non-CANWBS master cannot join a
     /// domain that enforces it (directly or under a nested HWPT on it); a CANWBS master
     /// attaching directly to a domain that does not upgrades it, which fails (EINVAL)
     /// while a non-CANWBS master is on it. Returns the HWPT to upgrade.
@@ -204,7 +204,7 @@ extension SimulatedKernel {
     private func driverAttachCheck(_ cid: Int, _ devID: ObjectID, _ device: DeviceObject, hwptID: ObjectID) throws(Refusal) {
         switch object(cid, hwptID) {
         case .hwptPaging(let paging)?:
-            // ARM §5.2: a domain of another SMMU → EINVAL (the same for other drivers).
+            // ARM docs/kernel-interface.md §5.2: a domain of another SMMU → EINVAL (the same for other drivers).
             if paging.iommu != device.iommu {
                 throw Refusal(.EINVAL, "HWPT \(hwptID) belongs to \(paging.iommu), the device to \(device.iommu)")
             }
@@ -220,10 +220,10 @@ extension SimulatedKernel {
                     return false
                 }
                 if hostIOMMU(viommu.iommu)?.type == .selftest {
-                    // §7.3: the mock needs a vDevice whatever the data.
+                    // docs/kernel-interface.md §7.3: the mock needs a vDevice whatever the data.
                     if !hasVDevice { throw Refusal(.ENOENT, "device \(devID) has no vDevice on vIOMMU \(viommuID)") }
                 } else if nested.config == .stage1 && !hasVDevice {
-                    // §5.4/§9.9: an S1-translate vSTE needs the vDevice first.
+                    // docs/kernel-interface.md §5.4/§9.9: an S1-translate vSTE needs the vDevice first.
                     throw Refusal(.ENOENT, "the vSTE selects S1 translation and device \(devID) has no vDevice on vIOMMU \(viommuID)")
                 }
             case .paging(let parentID):
@@ -237,9 +237,9 @@ extension SimulatedKernel {
         }
     }
 
-    /// pt_id = IOAS (§3.3): reuse an automatic HWPT of the IOAS that accepts the device
+    /// pt_id = IOAS (docs/kernel-interface.md §3.3): reuse an automatic HWPT of the IOAS that accepts the device
     /// (EINVAL from one means "try the next"), else create one with flags 0; manual HWPTs
-    /// are never picked (§9.5).
+    /// are never picked (docs/kernel-interface.md §9.5).
     private func attachToIOAS(_ cid: Int, _ devID: ObjectID, ioasID: ObjectID, replaceOnly: Bool) throws(Refusal) -> ObjectID {
         guard let device = deviceObject(cid, devID) else { throw Refusal(.ENOENT, "device \(devID) is gone") }
         for entry in objects(cid) {
@@ -284,11 +284,11 @@ extension SimulatedKernel {
         return id
     }
 
-    // MARK: selftest mock devices (§7.2)
+    // MARK: selftest mock devices (docs/kernel-interface.md §7.2)
 
     func selftestIOMMU() throws(Refusal) -> HostIOMMU {
         // Without CONFIG_IOMMUFD_TEST the request is beyond the table: VFIO-container
-        // emulation, ENOTTY (§1.2).
+        // emulation, ENOTTY (docs/kernel-interface.md §1.2).
         guard let iommu = state.iommus.first(where: { $0.type == .selftest }) else {
             throw Refusal(.ENOTTY, "\(KernelCall.testCmd) needs a kernel with CONFIG_IOMMUFD_TEST (no selftest IOMMU in the host)")
         }

@@ -1,14 +1,14 @@
 import VsmmuKernel
 
-// IOMMU_VIOMMU_ALLOC (§2.19, §5.2, §5.7, §7.3), IOMMU_VDEVICE_ALLOC (§2.20),
-// IOMMU_VEVENTQ_ALLOC (§2.21), IOMMU_HW_QUEUE_ALLOC (§2.22, §5.7, §7.3).
+// IOMMU_VIOMMU_ALLOC (docs/kernel-interface.md §2.19, §5.2, §5.7, §7.3), IOMMU_VDEVICE_ALLOC (§2.20),
+// IOMMU_VEVENTQ_ALLOC (docs/kernel-interface.md §2.21), IOMMU_HW_QUEUE_ALLOC (§2.22, §5.7, §7.3).
 
 extension SimulatedKernel {
     // MARK: mmap offsets of the iommufd fd
 
     /// The kernel page size that the iommufd mmap offsets are made of. Tegra241 hosts run
-    /// 64 KiB-page kernels, which is why the reference gives the VINTF page offset and
-    /// length as 65536 (§5.7): with a CMDQV IOMMU in the host the simulation uses 64 KiB,
+    /// 64 KiB-page kernels, which is why docs/kernel-interface.md gives the VINTF page offset and
+    /// length as 65536 (docs/kernel-interface.md §5.7): with a CMDQV IOMMU in the host the simulation uses 64 KiB,
     /// else 4 KiB (the selftest's 2-page region is then 0x2000 long, as in the lab).
     var mmapPageSize: UInt64 { state.iommus.contains { $0.cmdqvVCMDQs != nil } ? 65536 : simPageSize }
 
@@ -48,12 +48,12 @@ extension SimulatedKernel {
         var mmap: MmapRegion?
         switch iommu.type {
         case .armSMMUv3:
-            // §5.2 vIOMMU init: the nest parent must belong to this SMMU.
+            // docs/kernel-interface.md §5.2 vIOMMU init: the nest parent must belong to this SMMU.
             if parent.iommu != iommu.name {
                 throw Refusal(.EINVAL, "nest parent HWPT \(hwptID) belongs to \(parent.iommu), the device to \(iommu.name)")
             }
             if type == .tegra241CMDQV {
-                // §5.7: iommu_viommu_tegra241_cmdqv, exactly 16 bytes, out: VINTF page 0.
+                // docs/kernel-interface.md §5.7: iommu_viommu_tegra241_cmdqv, exactly 16 bytes, out: VINTF page 0.
                 if data.count != 16 { throw Refusal(.EINVAL, "the Tegra241 vIOMMU data is exactly 16 bytes, got \(data.count)") }
                 let region = allocateMmap(cid, length: 65536)
                 mmap = region
@@ -83,7 +83,7 @@ extension SimulatedKernel {
     private func checkVIOMMUSupport(_ iommu: HostIOMMU, type: VIOMMUType, canwbs: Bool) throws(Refusal) {
         switch iommu.type {
         case .armSMMUv3:
-            // §5.2: nesting, and CANWBS or S2FWB (`coherent`); then the type.
+            // docs/kernel-interface.md §5.2: nesting, and CANWBS or S2FWB (`coherent`); then the type.
             if !iommu.nesting { throw Refusal(.EOPNOTSUPP, "\(iommu.name) has no nesting feature") }
             // Only dev_id is asked: its root complex's CANWBS (the IOMMU's `coherent` when
             // the host description has no per-device fact).
@@ -94,8 +94,8 @@ extension SimulatedKernel {
         case .intelVTd:
             throw Refusal(.EOPNOTSUPP, "Intel VT-d has no vIOMMU (nest on the parent HWPT instead)")
         case .amdVi:
-            // §9.29: AMD accepts any non-zero type. Nesting support is assumed to be a
-            // precondition (the reference names GT/GIOSup for nest parents).
+            // docs/kernel-interface.md §9.29: AMD accepts any non-zero type. Nesting support is assumed to be a
+            // precondition (docs/kernel-interface.md names GT/GIOSup for nest parents).
             if !iommu.nesting { throw Refusal(.EOPNOTSUPP, "\(iommu.name) has no nesting support") }
         case .selftest:
             if type != .selftest { throw Refusal(.EOPNOTSUPP, "the mock offers only vIOMMU type SELFTEST") }
@@ -114,17 +114,17 @@ extension SimulatedKernel {
         var onThisVIOMMU = 0
         for entry in objects(cid) {
             guard case .vdevice(let vdev) = entry.object else { continue }
-            // §2.20/§4.5: one vDevice per device across all vIOMMUs.
+            // docs/kernel-interface.md §2.20/§4.5: one vDevice per device across all vIOMMUs.
             if vdev.device == devID { throw Refusal(.EEXIST, "device \(devID) already has vDevice \(entry.id)") }
         }
         for entry in objects(cid) {
             guard case .vdevice(let vdev) = entry.object, vdev.viommu == viommuID else { continue }
             onThisVIOMMU += 1
-            // §4.5: virt_id unique per vIOMMU.
+            // docs/kernel-interface.md §4.5: virt_id unique per vIOMMU.
             if vdev.virtID == virtID { throw Refusal(.EEXIST, "virt_id \(hex(virtID)) is already vDevice \(entry.id) on vIOMMU \(viommuID)") }
         }
         if viommu.type == .tegra241CMDQV {
-            // §5.7: 20-bit vSIDs; one SID-replacement slot per vDevice.
+            // docs/kernel-interface.md §5.7: 20-bit vSIDs; one SID-replacement slot per vDevice.
             if virtID > 0xFFFFF { throw Refusal(.EINVAL, "Tegra241 virt_id \(hex(virtID)) exceeds 0xFFFFF") }
             if onThisVIOMMU >= 1 << Int(tegraLog2VSIDs) {
                 throw Refusal(.ENOSPC, "all \(1 << Int(tegraLog2VSIDs)) SID slots of the VINTF are in use")
@@ -142,7 +142,7 @@ extension SimulatedKernel {
         if type == 0 { throw Refusal(.EOPNOTSUPP, "vEVENTQ type 0 is rejected") }
         if depth == 0 || depth > VEventQType.maxDepth { throw Refusal(.EINVAL, "depth \(depth) is not in 1...\(VEventQType.maxDepth)") }
         guard viommuObject(cid, viommuID) != nil else { throw Refusal(.ENOENT, missing(cid, viommuID, "viommu_id")) }
-        // §2.21: the type is not checked against the vIOMMU's; one per type per vIOMMU.
+        // docs/kernel-interface.md §2.21: the type is not checked against the vIOMMU's; one per type per vIOMMU.
         for entry in objects(cid) {
             if case .veventq(let q) = entry.object, q.viommu == viommuID, q.type == type {
                 throw Refusal(.EEXIST, "vIOMMU \(viommuID) already has vEVENTQ \(entry.id) of type \(hex(type.rawValue))")
@@ -179,7 +179,7 @@ extension SimulatedKernel {
         guard let parent = pagingObject(cid, viommu.parent), let ioas = ioasObject(cid, parent.ioas) else {
             throw Refusal(.ENOENT, "the vIOMMU's parent HWPT has no IOAS")
         }
-        // §2.22: the whole range must be mapped in the parent's IOAS …
+        // docs/kernel-interface.md §2.22: the whole range must be mapped in the parent's IOAS …
         let covering = ioas.mappings.filter { overlaps(IovaRange(start: $0.iova, last: $0.last), IovaRange(start: iova, last: last)) }
         guard coveredThrough(covering, from: iova, to: last) else {
             throw Refusal(.ENOENT, "[\(hex(iova)), \(hex(last))] is not fully mapped in IOAS \(parent.ioas)")
@@ -252,11 +252,11 @@ extension SimulatedKernel {
     }
 }
 
-// MARK: IOMMU_HWPT_INVALIDATE (§2.17, ARM §5.5)
+// MARK: IOMMU_HWPT_INVALIDATE (docs/kernel-interface.md §2.17, ARM §5.5)
 
-/// ARM command-queue opcodes a guest may forward through its vIOMMU (§5.5); any other is EIO.
+/// ARM command-queue opcodes a guest may forward through its vIOMMU (docs/kernel-interface.md §5.5); any other is EIO.
 let armInvalidateOpcodes: Set<UInt8> = [0x10, 0x11, 0x12, 0x13, 0x30, 0x05, 0x06, 0x40]
-/// The opcodes whose StreamID field is a vSID the kernel translates (§5.5).
+/// The opcodes whose StreamID field is a vSID the kernel translates (docs/kernel-interface.md §5.5).
 let armVSIDOpcodes: Set<UInt8> = [0x05, 0x06, 0x40]
 
 extension SimulatedKernel {

@@ -3,7 +3,7 @@ import VsmmuKernel
 
 /// The simulated Linux kernel: a digital twin of iommufd, the VFIO cdev interface and
 /// the sysfs binding files, implementing `KernelPort` with the errnos and check order of
-/// reference/iommufd-uapi.md. Used by tests and by `--host` runs without hardware.
+/// docs/kernel-interface.md. Used by tests and by `--host` runs without hardware.
 ///
 /// Every call goes through one funnel (`call`, SimFaults.swift) that applies
 /// VSMMU_SIM_DELAY_MS and VSMMU_SIM_FAIL, counts mutating calls, traces, and appends
@@ -86,8 +86,8 @@ public final class SimulatedKernel: KernelPort {
 
     /// The holding process exits: every fd it holds closes (cdevs, event fds, memfds,
     /// iommufd handles) and its guest memory is unmapped, so the kernel destroys every
-    /// iommufd object (§4.4). Host-level state (drivers, overrides, vfio indexes,
-    /// owners) stays (§9.6).
+    /// iommufd object (docs/kernel-interface.md §4.4). Host-level state (drivers, overrides, vfio indexes,
+    /// owners) stays (docs/kernel-interface.md §9.6).
     public func simulateProcessExit() {
         callQuietly(.processExit, .processExit) { processExitImpl(); return nil }
     }

@@ -3,7 +3,7 @@ import VsmmuModel
 import VsmmuPlanner
 
 /// `vsmmu libvirt-xml`: a libvirt domain for one guest in the hand-over form
-/// (docs/formatdomain.rst of libvirt 12.9; reference/qemu-accel-smmuv3.md §3): the
+/// (docs/formatdomain.rst of libvirt 12.9; docs/qemu-interface.md §3): the
 /// domain-level `<iommufd enabled='yes' fdgroup=…>` (since 12.2.0) takes the fresh
 /// /dev/iommu fd a launch hands over through `virDomainFDAssociate`, every hostdev has
 /// `<driver iommufd='yes'/>` (since 12.1.0), the memory backing matches qemu-args, and each

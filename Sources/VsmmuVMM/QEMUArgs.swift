@@ -3,7 +3,7 @@ import VsmmuModel
 import VsmmuPlanner
 
 /// `vsmmu qemu-args`: the QEMU command-line fragment for one guest
-/// (reference/qemu-accel-smmuv3.md §1).
+/// (docs/qemu-interface.md §1).
 public enum QEMUArgs {
     public struct Output: Sendable {
         public var platform: VMMLayout.Platform

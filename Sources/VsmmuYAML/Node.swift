@@ -57,7 +57,7 @@ public struct Node: Sendable {
     }
 }
 
-/// Bounds that keep hostile input cheap (SPEC §7: YAML bombs, deep nesting, huge input).
+/// Bounds that keep hostile input cheap (docs/contract.md §7: YAML bombs, deep nesting, huge input).
 public struct YAMLLimits: Sendable {
     /// Largest document accepted, in bytes.
     public var maxBytes: Int = 32 << 20

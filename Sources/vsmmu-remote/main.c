@@ -34,7 +34,7 @@
 #define MAX_FDS 1024               // RLIMIT_NOFILE is capped to this, so held[] covers every fd
 #define MAX_REGIONS 256
 #define MALFORMED INT_MIN          // handler result: -EPROTO and no payload, even for IOCTL
-#define TEST_OP_TRIGGER_VEVENT 17  // not in vsmmu_uapi.h (reference §7.2)
+#define TEST_OP_TRIGGER_VEVENT 17  // not in vsmmu_uapi.h (docs/kernel-interface.md §7.2)
 
 enum { OP_HELLO, OP_OPEN, OP_CLOSE, OP_IOCTL, OP_READ, OP_READLINK, OP_LISTDIR, OP_WRITE,
        OP_MEMFD, OP_STAT, OP_CHOWN, OP_MMAP_ANON, OP_MUNMAP, OP_FDS, OP_BYE, OP_SPAWN, OP_WAIT, OP_COUNT };

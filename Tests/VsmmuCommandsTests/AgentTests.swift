@@ -158,19 +158,27 @@ func runAs(nobody: Bool, _ args: [String]) -> RunResult {
     try? FileManager.default.copyItem(atPath: vsmmuBinary, toPath: binary)
     chmod(dir, 0o755)
     chmod(binary, 0o755)
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
-    p.arguments = ["--reuid=65534", "--regid=65534", "--clear-groups", binary] + args
-    p.currentDirectoryURL = URL(fileURLWithPath: "/")
-    p.environment = ["PATH": "/usr/bin:/bin", "HOME": "/tmp"]
-    let out = Pipe(), err = Pipe()
-    p.standardOutput = out
-    p.standardError = err
-    try? p.run()
-    let o = out.fileHandleForReading.readDataToEndOfFile()
-    let e = err.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return RunResult(code: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+    // A test running in parallel may fork while the copy's write fd is open: its child holds
+    // that fd until it execs, and exec of the copy fails with ETXTBSY meanwhile. Try again.
+    var result = RunResult(code: -1, stdout: "", stderr: "")
+    for _ in 0..<20 {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+        p.arguments = ["--reuid=65534", "--regid=65534", "--clear-groups", binary] + args
+        p.currentDirectoryURL = URL(fileURLWithPath: "/")
+        p.environment = ["PATH": "/usr/bin:/bin", "HOME": "/tmp"]
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try? p.run()
+        let o = out.fileHandleForReading.readDataToEndOfFile()
+        let e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        result = RunResult(code: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+        guard result.code == 126, result.stderr.contains("Text file busy") else { break }
+        usleep(100_000)
+    }
+    return result
 }
 
 @Test func agentRestartRecreatesWhatTheKernelLost() throws {

@@ -3,7 +3,7 @@ import Testing
 import VsmmuKernel
 @testable import VsmmuLinux
 
-/// Discovery of the per-device facts from files (SPEC §3): vfioDriver from the device's
+/// Discovery of the per-device facts from files (docs/contract.md §3): vfioDriver from the device's
 /// modalias against modules.alias (beside the sysfs root), BARs from `resource`, the page size.
 private let aliasText = """
 alias vfio_pci:v000010DEd00002941sv*sd*bc*sc*i* nvgrace_gpu_vfio_pci

@@ -1,7 +1,7 @@
 import CVsmmuUAPI
 import Testing
 
-/// Every uAPI struct's size and field offsets against reference/iommufd-uapi.md's tables.
+/// Every uAPI struct's size and field offsets against the layouts of docs/kernel-interface.md.
 @Test func structSizes() {
     #expect(MemoryLayout<vsmmu_iommu_destroy>.size == 8)
     #expect(MemoryLayout<vsmmu_iommu_ioas_alloc>.size == 12)
@@ -74,7 +74,7 @@ func off<T>(_ k: PartialKeyPath<T>) -> Int? { MemoryLayout<T>.offset(of: k) }
 }
 
 @Test func requestNumbersArePlainIO() {
-    // _IO(';', nr): direction 0, size 0 (reference §1.1)
+    // _IO(';', nr): direction 0, size 0 (docs/kernel-interface.md §1.1)
     #expect(VSMMU_IOMMU_DESTROY == 0x3B80)
     #expect(VSMMU_IOMMU_HWPT_ALLOC == 0x3B89)
     #expect(VSMMU_IOMMU_VIOMMU_ALLOC == 0x3B90)

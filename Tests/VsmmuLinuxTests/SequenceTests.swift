@@ -11,7 +11,7 @@ import VsmmuPlanner
 import VsmmuYAML
 
 /// An ioctl layer that decodes each request from its bytes — with offsets written from
-/// reference/iommufd-uapi.md, independently of the C header — performs it on a simulated
+/// docs/kernel-interface.md, independently of the C header — performs it on a simulated
 /// kernel, and writes the results back. Real fds opened by the Linux backend (stand-in
 /// device nodes, real memfds) are mapped to the simulated process's fds on first use.
 final class SimBackedTransport: IoctlTransport {

@@ -3,7 +3,7 @@ import Testing
 import VsmmuKernel
 @testable import VsmmuLinux
 
-/// A sysfs tree in a temp dir, shaped like the real one (reference §8).
+/// A sysfs tree in a temp dir, shaped like the real one (docs/kernel-interface.md §8).
 final class FakeSysfs {
     let root: String
     /// `root`: where the tree goes (inside a remote executor's --root: it follows no link

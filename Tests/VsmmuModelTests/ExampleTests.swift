@@ -44,13 +44,13 @@ func everyInvalidExampleFailsExactlyAsItSays(file: String) throws {
 }
 
 @Test func everyRuleOfSpecSection2HasAnInvalidExample() {
-    // One file per rule of SPEC §2; a rule without its file is a gap in the contract's tests.
+    // One file per rule of docs/contract.md §2; a rule without its file is a gap in the contract's tests.
     let rules = ["unknown-key", "wrong-type", "duplicate-key", "duplicate-name", "bad-pci-address", "size-zero",
                  "size-not-aligned", "size-overflow", "size-too-large", "memory-overlap", "memory-reserved",
                  "device-used-twice", "vsmmu-mixed-iommus", "vsmmu-wrong-physical", "two-vsmmus-same-physical",
                  "group-not-viable", "feature-beyond-host", "no-nesting", "not-coherent", "bus-collision", "bus-room",
                  "too-many-vsmmus",
-                 // SPEC §3's per-device facts and page size (issue 16)
+                 // docs/contract.md §3's per-device facts and page size (issue 16)
                  "ats-on-device-without-ats", "ssid-beyond-pasid-width", "device-not-canwbs", "page-size-misaligned",
                  "vfio-driver-unknown", "device-facts-unknown"]
     let present = Set(files(in: "examples/invalid").map { URL(fileURLWithPath: $0).deletingPathExtension().lastPathComponent })

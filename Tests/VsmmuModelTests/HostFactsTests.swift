@@ -4,7 +4,7 @@ import VsmmuModel
 import VsmmuKernel
 import VsmmuYAML
 
-/// SPEC §3: the per-device facts, kernel.pageSize and per-device `unknown:`.
+/// docs/contract.md §3: the per-device facts, kernel.pageSize and per-device `unknown:`.
 private let factsHost = """
 apiVersion: vsmmu/v1
 kind: Host

@@ -9,7 +9,7 @@ import VsmmuSim
 /// A kernel port that forwards to the simulated kernel except where a test overrides a
 /// call: a driver that ignores unbind, a driver_override that does not stick. These are
 /// kernel behaviours the simulated kernel's rules never produce, and exactly what the
-/// executor's read-back after each sysfs write is for (reference §8, safe order).
+/// executor's read-back after each sysfs write is for (docs/kernel-interface.md §8, safe order).
 final class OverridingPort: KernelPort {
     let inner: SimulatedKernel
     var unbindIsIgnored = false

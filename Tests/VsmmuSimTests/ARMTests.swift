@@ -2,7 +2,7 @@ import Testing
 import VsmmuKernel
 @testable import VsmmuSim
 
-// ARM SMMUv3 driver rules (§5.2–§5.5), Tegra241 CMDQV (§5.7), GET_HW_INFO (§5.1), VT-d (§6).
+// ARM SMMUv3 driver rules (docs/kernel-interface.md §5.2–§5.5), Tegra241 CMDQV (§5.7), GET_HW_INFO (§5.1), VT-d (§6).
 
 /// One bound device with an IOAS and (optionally) its S2.
 struct Bound {
@@ -48,7 +48,7 @@ struct Bound {
         let k = makeKernel()
         let nc = try Bound(k, Fixture.devNonCoherent)
         let ncS2 = try nc.s2()
-        // §5.2: neither CANWBS nor S2FWB → EOPNOTSUPP, even before the hwpt_id lookup.
+        // docs/kernel-interface.md §5.2: neither CANWBS nor S2FWB → EOPNOTSUPP, even before the hwpt_id lookup.
         #expect(errnoOf { try k.viommuAlloc(nc.fd, type: 1, devID: nc.devID, hwptID: ncS2, data: []) } == .EOPNOTSUPP)
         #expect(errnoOf { try k.viommuAlloc(nc.fd, type: 1, devID: nc.devID, hwptID: nc.ioas, data: []) } == .EOPNOTSUPP)
         let a = try Bound(k, Fixture.gpuVfio)

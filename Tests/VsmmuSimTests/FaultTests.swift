@@ -2,7 +2,7 @@ import Testing
 import VsmmuKernel
 @testable import VsmmuSim
 
-// VSMMU_SIM_FAIL, VSMMU_SIM_DELAY_MS, call counting and the trace (SPEC §6).
+// VSMMU_SIM_FAIL, VSMMU_SIM_DELAY_MS, call counting and the trace (docs/contract.md §6).
 
 @Suite struct FaultTests {
     @Test func parsesFailSpecs() throws {

@@ -2,7 +2,7 @@ import Testing
 import VsmmuKernel
 @testable import VsmmuSim
 
-// IOAS mappings, reserved IOVA and IOVA ranges (§2.4–§2.9, §9.15–§9.18).
+// IOAS mappings, reserved IOVA and IOVA ranges (docs/kernel-interface.md §2.4–§2.9, §9.15–§9.18).
 
 @Suite struct IOASTests {
     @Test func msiWindowAfterAttachMakesMapEINVAL() throws {
@@ -143,7 +143,7 @@ import VsmmuKernel
 
     @Test func guestMemoryPlacementAndRelease() throws {
         let k = makeKernel()
-        // memfd and hugetlbfs memory is not mapped in this process (§2.7, §9.16): no VA, a memfd.
+        // memfd and hugetlbfs memory is not mapped in this process (docs/kernel-interface.md §2.7, §9.16): no VA, a memfd.
         let a = try k.createGuestMemory(name: "a", size: 0x20_0000, backing: .memfd, hugepageSize: nil)
         let b = try k.createGuestMemory(name: "b", size: 0x4000_0000, backing: .hugetlbfs, hugepageSize: 1 << 30)
         for memory in [a, b] {

@@ -2,7 +2,7 @@ import Testing
 import VsmmuKernel
 @testable import VsmmuSim
 
-// Object IDs (§4.1), references and DESTROY (§4.2), tombstones (§4.5), fd lifetime (§4.4).
+// Object IDs (docs/kernel-interface.md §4.1), references and DESTROY (§4.2), tombstones (§4.5), fd lifetime (§4.4).
 
 @Suite struct LifetimeTests {
     @Test func idsAreLowestFreeAcrossTypesAndFdsShareOneTable() throws {
@@ -35,7 +35,7 @@ import VsmmuKernel
         let k = rig.kernel
         #expect(rig.vdevice == 5)
         k.close(rig.device)
-        // §4.5: the vDevice was force-destroyed; its ID answers ENOENT and stays reserved.
+        // docs/kernel-interface.md §4.5: the vDevice was force-destroyed; its ID answers ENOENT and stays reserved.
         #expect(errnoOf { try k.destroy(rig.iommufd, id: rig.vdevice) } == .ENOENT)
         // The device ID itself is free again.
         #expect(try k.ioasAlloc(rig.iommufd) == rig.devID)
@@ -118,7 +118,7 @@ import VsmmuKernel
         #expect(errnoOf { try k.destroy(fd, id: auto) } == .EBUSY)
         try k.detach(dev2)
         #expect(errnoOf { try k.destroy(fd, id: auto) } == .ENOENT)
-        // A manual HWPT is never picked by attach-to-IOAS (§9.5).
+        // A manual HWPT is never picked by attach-to-IOAS (docs/kernel-interface.md §9.5).
         let manual = try k.hwptAlloc(fd, flags: 0, devID: devID, ptID: ioas, dataType: 0, data: [])
         let again = try k.attach(dev, ptID: ioas)
         #expect(again != manual)

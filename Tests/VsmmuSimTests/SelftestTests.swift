@@ -2,7 +2,7 @@ import Testing
 import VsmmuKernel
 @testable import VsmmuSim
 
-// The selftest mock driver (§7): the minimal nested graph of §7.4.
+// The selftest mock driver (docs/kernel-interface.md §7): the minimal nested graph of §7.4.
 
 @Suite struct SelftestTests {
     @Test func minimalNestedGraphEndToEnd() throws {
@@ -40,7 +40,7 @@ import VsmmuKernel
         #expect(errnoOf { try k.hwQueueAlloc(fd, viommuID: viommu, type: HWQueueType.selftest, index: 2, iova: 0x100_0000, length: 0x1000) } == .EINVAL)
         #expect(errnoOf { try k.ioasUnmap(fd, ioas: ioas, iova: 0x100_0000, length: 0x1000) } == .EBUSY)
 
-        // Teardown in the order of §7.4.
+        // Teardown in the order of docs/kernel-interface.md §7.4.
         try k.destroy(fd, id: hwq)
         _ = try k.mockDomainReplace(fd, stdevID: a.stdevID, ptID: parent)
         _ = try k.mockDomainReplace(fd, stdevID: b.stdevID, ptID: parent)

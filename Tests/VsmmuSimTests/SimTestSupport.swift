@@ -113,7 +113,7 @@ func vste(_ word0: UInt64, _ word1: UInt64 = 0) -> [UInt8] { le64Bytes(word0) + 
 
 let rw: IOASMapFlags = [.fixedIOVA, .readable, .writeable]
 
-/// The bring-up of reference §0 on one ARM device: IOAS, S2, attach, guest RAM (memfd) mapped by MAP_FILE,
+/// The bring-up of docs/kernel-interface.md §0 on one ARM device: IOAS, S2, attach, guest RAM (memfd) mapped by MAP_FILE,
 /// vIOMMU, vDevice, vEVENTQ, bypass nested HWPT attached.
 struct ArmRig {
     let kernel: SimulatedKernel
@@ -137,7 +137,7 @@ struct ArmRig {
         s2 = try kernel.hwptAlloc(iommufd, flags: HWPTAllocFlags.nestParent, devID: devID, ptID: ioas, dataType: 0, data: [])
         _ = try kernel.attach(device, ptID: s2)
         memory = try kernel.createGuestMemory(name: "ram0", size: 0x4000_0000, backing: .memfd, hugepageSize: nil)
-        // memfd memory has no VA in this process: it goes into the IOAS by MAP_FILE (§2.7).
+        // memfd memory has no VA in this process: it goes into the IOAS by MAP_FILE (docs/kernel-interface.md §2.7).
         let ramFile = try #require(memory.file)
         _ = try kernel.ioasMap(iommufd, ioas: ioas, flags: rw, source: .file(ramFile, offset: 0), length: memory.size, iova: 0x4000_0000)
         viommu = try kernel.viommuAlloc(iommufd, type: VIOMMUType.armSMMUv3, devID: devID, hwptID: s2, data: []).id

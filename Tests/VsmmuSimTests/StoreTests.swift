@@ -3,7 +3,7 @@ import Testing
 import VsmmuKernel
 @testable import VsmmuSim
 
-// Persistence (SPEC §6): snapshot + redo log, kill -9 semantics, host.yaml drift.
+// Persistence (docs/contract.md §6): snapshot + redo log, kill -9 semantics, host.yaml drift.
 
 extension SimState {
     /// The state without the bookkeeping that a save changes.

@@ -3,7 +3,7 @@ import Testing
 import VsmmuKernel
 @testable import VsmmuSim
 
-// VFIO cdev bind rules (§3.3) and the sysfs binding writes (§8).
+// VFIO cdev bind rules (docs/kernel-interface.md §3.3) and the sysfs binding writes (§8).
 
 @Suite struct VFIOSysfsTests {
     @Test func initialSysfsFromTheHostDescription() throws {

@@ -372,7 +372,7 @@ def parse_size(s):
     return int(m.group(1)) * mult
 
 
-# what the accel=off SMMUv3 model accepts (qemu-accel-smmuv3.md §1.3, smmuv3.c)
+# what the accel=off SMMUv3 model accepts (docs/qemu-interface.md §1.3, smmuv3.c)
 ACCEL_OFF = [("accel", "off"), ("ats", "off"), ("ril", "on"), ("oas", "44"), ("ssidsize", "0"), ("cmdqv", "off")]
 
 

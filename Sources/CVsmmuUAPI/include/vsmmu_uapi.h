@@ -1,7 +1,7 @@
 // Why this header exists: the build machine's kernel headers are Linux 6.1 and lack
 // most of the 7.2 iommufd uAPI (vIOMMU, vDevice, vEVENTQ, HW queues, MAP_FILE), and
 // the selftest's iommufd_test.h is never installed. These are vsmmu's own definitions,
-// written from reference/iommufd-uapi.md (sections 1-3, 5, 7); every size and offset is
+// written from docs/kernel-interface.md (sections 1-3, 5, 7); every size and offset is
 // pinned by a golden test (Tests/VsmmuLinuxTests/LayoutTests.swift). Prefixed `vsmmu_`
 // so they never collide with a system header that has some of them.
 #ifndef VSMMU_UAPI_H
@@ -11,7 +11,7 @@
 
 #define VSMMU_ALIGNED_U64 uint64_t __attribute__((aligned(8)))
 
-// Request numbers: every request is _IO(';', nr) = (0x3B << 8) | nr (reference §1.1).
+// Request numbers: every request is _IO(';', nr) = (0x3B << 8) | nr (docs/kernel-interface.md §1.1).
 enum {
     VSMMU_IOMMU_DESTROY = 0x3B80,
     VSMMU_IOMMU_IOAS_ALLOC = 0x3B81,
@@ -121,7 +121,7 @@ struct vsmmu_iommu_hwpt_alloc {         // 48 bytes
     uint32_t __reserved2;
 };
 
-struct vsmmu_iommu_hwpt_invalidate {    // 32 bytes (reference §2.17)
+struct vsmmu_iommu_hwpt_invalidate {    // 32 bytes (docs/kernel-interface.md §2.17)
     uint32_t size;
     uint32_t hwpt_id;
     VSMMU_ALIGNED_U64 data_uptr;
@@ -217,7 +217,7 @@ struct vsmmu_iommu_hwpt_arm_smmuv3 {    // 16 bytes: vSTE words 0 and 1, little-
     VSMMU_ALIGNED_U64 ste[2];
 };
 
-// IOMMU_TEST_CMD (drivers/iommu/iommufd/iommufd_test.h, not installed: reference §7.2)
+// IOMMU_TEST_CMD (drivers/iommu/iommufd/iommufd_test.h, not installed: docs/kernel-interface.md §7.2)
 enum {
     VSMMU_IOMMU_TEST_OP_MOCK_DOMAIN = 2,
     VSMMU_IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE = 10,
