@@ -111,6 +111,19 @@ public struct HostDiscovery {
                     h.unknown += type == .armSMMUv3 ? [.ats, .pasidWidth, .canwbs] : [.ats, .pasidWidth]
                     notes.append("\(d.address): GET_HW_INFO through it failed (\(error)): its ATS, PASID width\(type == .armSMMUv3 ? " and CANWBS" : "") are unknown")
                 }
+            } else if probeDriverless, kernel.hasIommufd, isSpare(d, among: devices), let name = d.iommu,
+                      let type = iommus.first(where: { $0.name == name })?.type, type != .selftest {
+                // A device serving no one: on vfio-pci for the probe, then back to no driver.
+                do {
+                    let f = try withDriverless(d) { (bound) throws(KernelCallError) in try probeDeviceFacts(bound, type: type) }
+                    h.ats = f.ats
+                    h.pasidWidth = f.pasidWidth
+                    if type == .armSMMUv3 { if let c = f.canwbs { h.canwbs = c } else { h.unknown.append(.canwbs) } }
+                    notes.append("\(d.address): its ATS, PASID width\(type == .armSMMUv3 ? " and CANWBS" : "") read with it on vfio-pci for a moment (it had no driver, and has none again)")
+                } catch {
+                    h.unknown += type == .armSMMUv3 ? [.ats, .pasidWidth, .canwbs] : [.ats, .pasidWidth]
+                    notes.append("\(d.address): probing it (no driver) failed (\(error)): its ATS, PASID width\(type == .armSMMUv3 ? " and CANWBS" : "") are unknown")
+                }
             }
             pci.append(h)
         }
@@ -131,6 +144,11 @@ public struct HostDiscovery {
     /// driver_override + drivers_probe to vfio-pci, the probe, then unbind and clear the
     /// override (no drivers_probe: it had no driver and stays so), also when the probe fails.
     func probeThroughDriverless(_ d: SysfsPCIDevice, type: IOMMUType) throws(KernelCallError) -> IOMMUFeatures {
+        try withDriverless(d) { (bound) throws(KernelCallError) in try probeFeatures(bound, type: type) }
+    }
+
+    /// `body` with the driverless device on vfio-pci, then back on no driver (also on failure).
+    func withDriverless<T>(_ d: SysfsPCIDevice, _ body: (SysfsPCIDevice) throws(KernelCallError) -> T) throws(KernelCallError) -> T {
         let a = d.address
         try kernel.writeDriverOverride(a, "vfio-pci")
         defer {
@@ -142,7 +160,7 @@ public struct HostDiscovery {
         guard let bound = try kernel.pciDevice(a), bound.driver == "vfio-pci", bound.vfioDevIndex != nil else {
             throw KernelCallError(.sysfsDriversProbe, .ENODEV, "\(a) did not bind to vfio-pci for the probe")
         }
-        return try probeFeatures(bound, type: type)
+        return try body(bound)
     }
 
     /// /sys/class/iommu/dmarN/intel-iommu/{cap,ecap} as the 24-byte iommu_hw_info_vtd layout.
