@@ -9,6 +9,10 @@
 #    /bin/vsmmu-remote (stdin/stdout on the port, which init keeps open). A virtio port
 #    reads EOF whenever no host client is connected, so the executor ends with each client
 #    (closing everything that client made) and is started again for the next one;
+#    In boot kvm (/opt/qemu holds Debian's arm64 QEMU 11, /l2 the nested guest) the executor
+#    may start that QEMU (SPAWN, --vmm) and every VMM's output is relayed to the console as
+#    "L1-VMM: " lines; with lab.byhand, before serving, QEMU takes edu the recipe's way
+#    (fds opened here, the accelerated vSMMU by hand) and boots the nested guest once;
 # 4. once the host has written "poweroff" on the control port (org.vsmmu.lab) and the
 #    executor has ended (BYE), prints LAB-EXIT=<failed guest checks> and powers off.
 # Every guest-side check prints "LAB-CHECK PASS|FAIL name" (counted by lab-arm64.sh).
@@ -19,6 +23,7 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mount -t tmpfs tmpfs /tmp
+mkdir -p /dev/shm; mount -t tmpfs tmpfs /dev/shm
 echo "LAB-INIT uptime=$(cut -d' ' -f1 /proc/uptime) kernel=$(uname -r) machine=$(uname -m)"
 
 fail=0
@@ -26,7 +31,7 @@ check() { # check NAME CMD...
 	name=$1; shift
 	if "$@"; then echo "LAB-CHECK PASS $name"; else echo "LAB-CHECK FAIL $name"; fail=$((fail + 1)); fi
 }
-want=1234:11e8 boot=? dumpiort=0 dumponly=0 keepbound=0 probe=0 viommu=auto
+want=1234:11e8 boot=? dumpiort=0 dumponly=0 keepbound=0 probe=0 viommu=auto byhand=0
 for w in $(cat /proc/cmdline); do
 	case $w in
 	lab.dev=*) want=${w#lab.dev=} ;;
@@ -36,6 +41,7 @@ for w in $(cat /proc/cmdline); do
 	lab.probe) probe=1 ;;
 	lab.dumponly) dumponly=1 ;;
 	lab.keepbound) keepbound=1 ;;
+	lab.byhand) byhand=1 ;;
 	esac
 done
 vendor=0x${want%%:*} device=0x${want#*:}
@@ -72,6 +78,7 @@ if [ -n "$bdf" ]; then
 			echo >/sys/bus/pci/devices/$bdf/driver_override
 		fi
 	fi
+	[ "$byhand" = 1 ] && . /lab/byhand.sh
 	check guest-dev-on-no-driver test "$(drv)" = none
 	ovr=$(cat /sys/bus/pci/devices/$bdf/driver_override)
 	check guest-dev-no-override test "$ovr" = "(null)" -o -z "$ovr"
@@ -104,11 +111,27 @@ if [ -c "$port" ] && [ -x /bin/vsmmu-remote ]; then
 		fi
 		sleep 0.3
 	done ) 3<&- &
-	echo "LAB-REMOTE ready uptime=$(cut -d' ' -f1 /proc/uptime)"
+	VMM=/opt/qemu/bin/qemu-system-aarch64 vmm=
+	if [ -x $VMM ]; then
+		vmm="--vmm $VMM --vmm-log /tmp"
+		# every VMM the executor starts: its output (the nested guest's console) to ours
+		( while :; do
+			for f in /tmp/vsmmu-vmm-*.log; do
+				[ -e "$f" ] && [ ! -e "$f.relayed" ] || continue
+				: >"$f.relayed"
+				# a read loop, not sed: sed's output is buffered, and a VMM that failed at
+				# once (two lines) was never seen
+				tail -f "$f" | while IFS= read -r l; do echo "L1-VMM: $l"; done &
+			done
+			sleep 0.5
+		done ) 3<&- 4<&- &
+	fi
+	echo "LAB-REMOTE ready uptime=$(cut -d' ' -f1 /proc/uptime)${vmm:+ vmm=$VMM}"
 	runs=0 bad=0
 	while :; do
 		# stdin/stdout = the port (fd 3): each executor serves one host connection
-		/bin/vsmmu-remote --log /tmp/remote.log <&3 >&3 3<&- 4<&-; rc=$?
+		# shellcheck disable=SC2086
+		/bin/vsmmu-remote --log /tmp/remote.log $vmm <&3 >&3 3<&- 4<&-; rc=$?
 		runs=$((runs + 1))
 		[ $rc = 0 ] || { bad=$((bad + 1)); echo "LAB-REMOTE exit rc=$rc (run $runs)"; }
 		[ -e /tmp/poweroff ] && break

@@ -3,21 +3,25 @@
 # by the HOST's vsmmu through the remote executor (docs/remote-executor.md).
 #
 # Cross-builds a small arm64 Linux 7.2 (cached by the sha256 of lab-arm64.config), boots
-# it under qemu-system-aarch64 10.0 (TCG) on the virt machine (emulated SMMUv3, an `edu`
-# PCI device behind it) with a virtio-serial port (virtio-mmio, not behind the SMMU) named
-# org.vsmmu.remote, served in the guest by the static aarch64 `vsmmu-remote`. On the host,
-# QEMU exposes the port as a Unix socket; once it answers HELLO, every executable in
+# it under qemu-system-aarch64 11 (Debian trixie-backports, TCG) on the virt machine
+# (emulated SMMUv3, an `edu` PCI device behind it) with a virtio-serial port (virtio-mmio,
+# not behind the SMMU) named org.vsmmu.remote, served in the guest by the static aarch64
+# `vsmmu-remote`. On the host, QEMU exposes the port as a Unix socket; once it answers HELLO, every executable in
 # scenarios/ runs with VSMMU_REMOTE=unix:<socket>, LAB_BOOT, LAB_EXPECT, VSMMU, VSMMU_SRC,
 # LAB_WORK, LAB_DIR, LAB_PCI_ID.
 # Then BYE, and QEMU must exit.
 #
-# Boots (LAB_BOOTS, default "acpi acpi-canwbs s1only"), one QEMU each:
+# Boots (LAB_BOOTS, default "acpi acpi-canwbs s1only kvm"), one QEMU each:
 #   acpi         UEFI + ACPI, QEMU's IORT (no CANWBS), no S2FWB: nesting, the vIOMMU gate
 #                is closed (LAB_EXPECT=no-coherent). Dumps the IORT for acpi-canwbs.
 #   acpi-canwbs  the same with the IORT upgraded from the initrd with CANWBS set: the gate
 #                is open (LAB_EXPECT=viommu). The recipe's C probe runs first as a
 #                boot-health check (then the device goes back to no driver).
 #   s1only       machine virt-9.1, device tree: a stage-1-only SMMU (LAB_EXPECT=no-nesting).
+#   kvm          acpi-canwbs with the virtualization extensions (virtualization=on, 2 CPUs,
+#                3 GiB): the guest has KVM, Debian's arm64 QEMU 11 (/opt/qemu) and a nested
+#                guest (/l2: this kernel, l2-init.sh, QEMU_EFI.fd); lab.byhand first boots it
+#                the recipe's way in init, then only LAB_KVM_SCENARIOS (default: launch) run.
 # The last line is "lab-arm64: N passed, M failed"; exit 0 iff M = 0 and every boot ran.
 # See README.md beside this file.
 set -euo pipefail
@@ -28,14 +32,17 @@ LAB_WORK=${LAB_WORK:-${TMPDIR:-/tmp}/lab-arm64}         # disposable (~2.3 GB wh
 LAB_JOBS=${LAB_JOBS:-2}
 LAB_KVER=${LAB_KVER:-7.2}
 LAB_SUITE=${LAB_SUITE:-sid}
-LAB_MIRROR=${LAB_MIRROR:-http://deb.debian.org/debian}
+LAB_MIRROR=${LAB_MIRROR:-}                              # default: the Debian archive of this machine's apt
 LAB_SRC_DEB=${LAB_SRC_DEB:-}                            # a linux-source-*.deb already on disk
 LAB_SRC_DIRS=${LAB_SRC_DIRS:-$LAB_CACHE/src $HOME/.cache/vsmmu-lab/src}   # where to look for one
 LAB_MEM=${LAB_MEM:-1G}
 LAB_CPU=${LAB_CPU:-max,pauth-impdef=on}                 # impdef pointer auth: much faster under TCG
 LAB_PCI_DEV=${LAB_PCI_DEV:-edu}
 LAB_PCI_ID=${LAB_PCI_ID:-1234:11e8}
-LAB_BOOTS=${LAB_BOOTS:-acpi acpi-canwbs s1only}
+LAB_BOOTS=${LAB_BOOTS:-acpi acpi-canwbs s1only kvm}
+LAB_KVM_SCENARIOS=${LAB_KVM_SCENARIOS:-launch}           # the only scenarios of boot kvm
+LAB_KVM_MEM=${LAB_KVM_MEM:-3G}                          # boot kvm: L1 RAM (the nested guest has 256 MiB)
+LAB_KVM_HELLO_TIMEOUT=${LAB_KVM_HELLO_TIMEOUT:-900}      # boot kvm: the by-hand nested boot runs before HELLO
 LAB_BOOT_TIMEOUT=${LAB_BOOT_TIMEOUT:-1800}              # whole QEMU run, scenarios included
 LAB_HELLO_TIMEOUT=${LAB_HELLO_TIMEOUT:-180}             # boot until the executor answers HELLO
 LAB_POWEROFF_TIMEOUT=${LAB_POWEROFF_TIMEOUT:-60}        # BYE until QEMU has exited
@@ -72,9 +79,7 @@ mkdir -p "$LAB_CACHE" "$LAB_WORK"
 deps() {
 	local t; t=$(now)
 	local pkgs=(build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils
-		gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-system-x86)
-	# qemu-system-x86 (bookworm) is only there for the shared libraries that the
-	# backports qemu-system-aarch64 needs (it is not run).
+		gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
 	local missing=()
 	for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 	if ((${#missing[@]})); then
@@ -86,36 +91,27 @@ deps() {
 	took "host packages" "$t"
 }
 
-# --- 2. guest-side packages, unpacked into the cache (no system install) ----------------
-#   qemu-system-arm 10.0.2 (bookworm-backports), busybox-static:arm64 and
-#   qemu-efi-aarch64 (bookworm).
-QEMU=; QEMU_ENV=(); EFI_FW=; BUSYBOX=
+# --- 2. QEMU 11 and the guest-side packages, unpacked into the cache (no system install) ----
+#   Debian trixie(-backports) through scripts/debian-closure.sh (private apt configuration,
+#   this machine's mirror, the whole dependency closure): amd64 qemu-system-arm +
+#   qemu-efi-aarch64 (the outer QEMU, run through its own loader: scripts/qemu-bundle.sh),
+#   and arm64 qemu-system-arm + qemu-efi-aarch64 + busybox-static (the guests' busybox, and
+#   boot kvm's QEMU in the guest).
+QEMU=; QEMU_ENV=(); EFI_FW=; BUSYBOX=; ARM64_ROOT=
 guest_pkgs() {
 	local t; t=$(now)
-	local d=$LAB_CACHE/pkgs
-	if [ ! -x "$d/root/usr/bin/qemu-system-aarch64" ] || [ ! -x "$d/root/bin/busybox" ] ||
-		[ ! -f "$d/root/usr/share/qemu-efi-aarch64/QEMU_EFI.fd" ]; then
-		say "fetching qemu-system-arm (bookworm-backports), busybox-static:arm64, qemu-efi-aarch64 into $d"
-		local a=$LAB_WORK/apt-arm64; rm -rf "$d" "$a"; mkdir -p "$a/lists/partial" "$a/cache/archives/partial" "$d/debs"
-		printf 'deb [arch=amd64,arm64] %s bookworm main\ndeb [arch=amd64,arm64] %s bookworm-backports main\n' \
-			"$LAB_MIRROR" "$LAB_MIRROR" >"$a/sources.list"
-		local o=(-o "Dir::Etc::sourcelist=$a/sources.list" -o Dir::Etc::sourceparts=/dev/null
-			-o "Dir::State::Lists=$a/lists" -o "Dir::Cache=$a/cache"
-			-o APT::Architectures::=amd64 -o APT::Architectures::=arm64)
-		apt-get "${o[@]}" update -qq
-		(cd "$d/debs" && apt-get "${o[@]}" download qemu-system-arm/bookworm-backports \
-			qemu-system-common/bookworm-backports qemu-system-data/bookworm-backports \
-			busybox-static:arm64 qemu-efi-aarch64 2>&1 | grep -v 'unsandboxed' || true)
-		for f in "$d"/debs/*.deb; do dpkg-deb -x "$f" "$d/root"; done
-		# the 64 MiB pflash images (AAVMF), docs and the .debs are not needed
-		rm -rf "$d/debs" "$d/root/usr/share/AAVMF" "$d/root/usr/share/doc" "$d/root/usr/share/man"
-	fi
-	QEMU=$d/root/usr/bin/qemu-system-aarch64
-	# its modules must come from the same build, not from a system qemu 7.2
-	QEMU_ENV=(env "QEMU_MODULE_DIR=$d/root/usr/lib/x86_64-linux-gnu/qemu")
-	EFI_FW=$d/root/usr/share/qemu-efi-aarch64/QEMU_EFI.fd
-	BUSYBOX=$d/root/bin/busybox
-	! ldd "$QEMU" | grep 'not found' || die "backports qemu misses libraries (install bookworm's qemu-system-x86 or qemu-system-arm for them)"
+	local h=$LAB_CACHE/qemu-amd64 a=$LAB_CACHE/qemu-arm64
+	bash "$VSMMU_SRC/scripts/debian-closure.sh" amd64 "$h" qemu-system-arm qemu-efi-aarch64 || die "fetching the amd64 QEMU failed"
+	bash "$VSMMU_SRC/scripts/debian-closure.sh" arm64 "$a" qemu-system-arm qemu-efi-aarch64 busybox-static || die "fetching the arm64 packages failed"
+	bash "$VSMMU_SRC/scripts/qemu-bundle.sh" "$h/root" qemu-system-aarch64 "$LAB_WORK/host-qemu" "$LAB_WORK/host-qemu" readelf >/dev/null ||
+		die "bundling the amd64 QEMU failed"
+	QEMU=$LAB_WORK/host-qemu/bin/qemu-system-aarch64
+	EFI_FW=$h/root/usr/share/qemu-efi-aarch64/QEMU_EFI.fd
+	ARM64_ROOT=$a/root
+	BUSYBOX=$a/root/usr/bin/busybox
+	[ -x "$BUSYBOX" ] || BUSYBOX=$a/root/bin/busybox
+	"$QEMU" --version | head -1
+	[ -f "$EFI_FW" ] && [ -x "$BUSYBOX" ] || die "QEMU_EFI.fd or busybox missing from the unpacked packages"
 	took "guest packages" "$t"
 }
 
@@ -130,6 +126,7 @@ fetch_source() {
 	fi
 	if [ -z "$deb" ]; then
 		say "downloading linux-source-$LAB_KVER from $LAB_SUITE"
+		LAB_MIRROR=$(bash "$VSMMU_SRC/scripts/debian-mirror.sh" "$LAB_MIRROR") || die "no Debian mirror"
 		d=$LAB_CACHE/src; mkdir -p "$d"
 		local a=$LAB_WORK/apt; mkdir -p "$a/lists/partial" "$a/cache/archives/partial"
 		echo "deb $LAB_MIRROR $LAB_SUITE main" >"$a/sources.list"
@@ -234,13 +231,27 @@ programs() {
 }
 
 # --- 5. initramfs --------------------------------------------------------------------------
-initramfs() { # initramfs OUT [IORT.aml]
-	local out=$1 iort=${2:-} t; t=$(now)
+initramfs() { # initramfs OUT [IORT.aml [kvm]]
+	local out=$1 iort=${2:-} kvm=${3:-} t; t=$(now)
 	local R=$LAB_WORK/rootfs P=$LAB_WORK/progs
 	rm -rf "$R"; mkdir -p "$R"/{bin,sbin,lab,proc,sys,dev,tmp,run,etc}
 	cp "$BUSYBOX" "$R/bin/busybox"
 	install -m755 "$LAB_DIR/init.sh" "$R/init"
 	cp "$P/smmuv3-probe" "$P/vsmmu-remote" "$R/bin/"
+	if [ -n "$kvm" ]; then
+		# boot kvm: arm64 QEMU 11 + its closure under /opt/qemu, the nested guest in /l2
+		bash "$VSMMU_SRC/scripts/qemu-bundle.sh" "$ARM64_ROOT" qemu-system-aarch64 "$R/opt/qemu" /opt/qemu \
+			"${CROSS}readelf" | sed 's/^/    /' || die "bundling the arm64 QEMU failed"
+		install -m644 "$LAB_DIR/byhand.sh" "$R/lab/byhand.sh"
+		mkdir -p "$R/l2"
+		cp "$KCACHE/Image" "$R/l2/Image"
+		cp "$ARM64_ROOT/usr/share/qemu-efi-aarch64/QEMU_EFI.fd" "$R/l2/QEMU_EFI.fd"
+		local L=$LAB_WORK/l2root
+		rm -rf "$L"; mkdir -p "$L"/{bin,proc,sys,dev,tmp}
+		cp "$BUSYBOX" "$L/bin/busybox"
+		install -m755 "$LAB_DIR/l2-init.sh" "$L/init"
+		(cd "$L" && find . -print0 | cpio --null -o -H newc --quiet) >"$R/l2/initrd.cpio"
+	fi
 	if [ -n "$iort" ]; then
 		mkdir -p "$R/kernel/firmware/acpi"
 		cp "$iort" "$R/kernel/firmware/acpi/IORT.aml"
@@ -262,15 +273,16 @@ count() { # count PREFIX FILE: tally the LAB-CHECK lines of FILE
 }
 
 QPID=
+BOOT_SMP=1 BOOT_MEM=$LAB_MEM BOOT_ACCEL=tcg BOOT_DEV=$LAB_PCI_DEV  # boot kvm changes them
 boot_start() { # boot_start BOOT FW MACHINE INITRD LOG APPEND
 	local boot=$1 fw=$2 machine=$3 initrd=$4 log=$5 extra=$6 bios=()
 	local append="console=ttyAMA0 panic=-1 lab.boot=$boot lab.dev=$LAB_PCI_ID $extra $LAB_APPEND"
 	[ "$fw" = acpi ] && { bios=(-bios "$EFI_FW"); append="$append acpi=force"; }
 	local rs=$LAB_WORK/remote-$boot.sock cs=$LAB_WORK/ctl-$boot.sock
 	rm -f "$rs" "$cs"
-	local cmd=("${QEMU_ENV[@]}" "$QEMU" -machine "$machine,gic-version=3,iommu=smmuv3" -accel tcg
-		-cpu "$LAB_CPU" -smp 1 -m "$LAB_MEM" -nodefaults -display none -monitor none
-		-serial stdio -no-reboot "${bios[@]}" -device "$LAB_PCI_DEV"
+	local cmd=("${QEMU_ENV[@]}" "$QEMU" -machine "$machine,gic-version=3,iommu=smmuv3" -accel "$BOOT_ACCEL"
+		-cpu "$LAB_CPU" -smp "$BOOT_SMP" -m "$BOOT_MEM" -nodefaults -display none -monitor none
+		-serial stdio -no-reboot "${bios[@]}" -device "$BOOT_DEV"
 		-device virtio-serial-device
 		-chardev "socket,id=remote,path=$rs,server=on,wait=off"
 		-device virtserialport,chardev=remote,name=org.vsmmu.remote
@@ -307,12 +319,14 @@ run_scenarios() { # run_scenarios BOOT EXPECT SOCK
 		[ -f "$s" ] && [ -x "$s" ] || continue
 		name=${s##*/}
 		if [ -n "$LAB_SCENARIOS" ] && ! [[ " $LAB_SCENARIOS " == *" $name "* ]]; then continue; fi
+		if [ "$boot" = kvm ] && ! [[ " $LAB_KVM_SCENARIOS " == *" $name "* ]]; then continue; fi
 		out=$sd/$name.log; mkdir -p "$sd/$name"
 		t=$(now)
 		echo "--- scenario $name on $boot (LAB_EXPECT=$expect, log $out)"
 		rc=0
 		env VSMMU_REMOTE="unix:$sock" LAB_BOOT="$boot" LAB_EXPECT="$expect" VSMMU="$VSMMU" \
 			LAB_WORK="$sd/$name" LAB_DIR="$LAB_DIR" LAB_PCI_ID="$LAB_PCI_ID" VSMMU_SRC="$VSMMU_SRC" \
+			LAB_BOOT_LOG="$LAB_WORK/boot-$boot.log" \
 			timeout "$LAB_SCENARIO_TIMEOUT" "$s" >"$out" 2>&1 </dev/null || rc=$?
 		grep -aE '^(LAB-CHECK|LAB-SKIP|LAB-INFO)' "$out" | sed 's/^/    /' || true
 		count "$boot/" "$out"
@@ -346,15 +360,33 @@ boots() {
 			initrd=$LAB_WORK/initramfs-canwbs.cpio
 			initramfs "$initrd" "$iort_canwbs" ;;
 		s1only) fw=dt machine=${LAB_S1_MACHINE:-virt-9.1} expect=no-nesting extra= ;;
+		kvm)
+			fw=acpi machine=virt,virtualization=on expect=viommu extra="lab.viommu=yes lab.byhand"
+			if [ ! -s "$iort_raw" ]; then
+				echo "no IORT dumped yet: a dump-only acpi boot first"
+				boot_start acpi-dump acpi virt "$initrd" "$LAB_WORK/boot-acpi-dump.log" "lab.dumpiort lab.dumponly"
+				qemu_wait 300 || { kill "$QPID" 2>/dev/null; true; }
+				iort_from "$LAB_WORK/boot-acpi-dump.log" "$iort_raw"
+			fi
+			[ -s "$iort_raw" ] || { fail "$boot/boot-iort"; continue; }
+			"$LAB_WORK/progs/iort-canwbs" "$iort_raw" "$iort_canwbs" | sed 's/^/    /'
+			initrd=$LAB_WORK/initramfs-kvm.cpio
+			initramfs "$initrd" "$iort_canwbs" kvm
+			# 2 vCPUs in parallel (MTTCG); the outer edu's DMA mask widened for the nested
+			# guest's bypass DMA check (its RAM sits above edu's default 28 bits)
+			BOOT_SMP=2 BOOT_MEM=$LAB_KVM_MEM BOOT_ACCEL=tcg,thread=multi BOOT_DEV=$LAB_PCI_DEV,dma_mask=0xffffffffffffffff ;;
 		*) fail "$boot/unknown-boot"; continue ;;
 		esac
 		[ -n "$LAB_EXPECT_OVERRIDE" ] && expect=$LAB_EXPECT_OVERRIDE
+		[ "$boot" = kvm ] || { BOOT_SMP=1 BOOT_MEM=$LAB_MEM BOOT_ACCEL=tcg BOOT_DEV=$LAB_PCI_DEV; }
 		sock=$LAB_WORK/remote-$boot.sock ctl=$LAB_WORK/ctl-$boot.sock
 		t=$(now)
 		say "booting $boot (machine $machine, $fw, device $LAB_PCI_DEV, LAB_EXPECT=$expect) -> $log"
 		boot_start "$boot" "$fw" "$machine" "$initrd" "$log" "$extra"
 		# the executor answers HELLO once the guest is up
-		local hello= end=$((SECONDS + LAB_HELLO_TIMEOUT))
+		local hello= hto=$LAB_HELLO_TIMEOUT
+		[ "$boot" = kvm ] && hto=$LAB_KVM_HELLO_TIMEOUT
+		local end=$((SECONDS + hto))
 		while kill -0 "$QPID" 2>/dev/null && [ $SECONDS -lt $end ]; do
 			if hello=$(python3 "$LAB_DIR/remote.py" "$sock" wait 5 2>/dev/null); then break; fi
 			hello=

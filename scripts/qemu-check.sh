@@ -2,7 +2,8 @@
 # qemu-check: what vsmmu emits for QEMU and libvirt, checked against a real QEMU >= 11
 # (qemu-system-aarch64 and qemu-system-x86_64) and libvirt's domain schema.
 #
-#   bash scripts/qemu-check.sh          # as root; Debian 12 x86_64; reaches the Debian archive
+#   bash scripts/qemu-check.sh          # as root; Debian 12 x86_64; reaches the Debian archive of
+#                                       # this machine's apt sources (scripts/debian-mirror.sh)
 #
 # Timing (2-core Debian 12 x86_64, no KVM, TCG):
 #   measured 2026-11-25 with `time bash scripts/qemu-check.sh` (3 guests, 94 checks):
@@ -55,7 +56,7 @@
 #   VSMMU_QEMU_SUITE        Debian suite of the root (default trixie; sid also works)
 #   VSMMU_QEMU_BACKPORTS    suite to take qemu-system-arm from (default trixie-backports
 #                           for trixie, none otherwise; set empty for none)
-#   VSMMU_QEMU_MIRROR       default: the first non-security Debian URI of this machine's apt sources
+#   VSMMU_QEMU_MIRROR       default: the Debian archive this machine's apt uses
 #   VSMMU_QEMU_REFRESH=1    rebuild the cached root (e.g. to pick up a newer QEMU)
 #   VSMMU_QEMU_PLACEHOLDER  default virtio-rng-pci,disable-legacy=on (no backend, no option ROM)
 #   VSMMU_QEMU_BOOT_TIMEOUT seconds to wait for the firmware per guest (default 240)
@@ -79,15 +80,10 @@ elif [ "$SUITE" = trixie ]; then
 else
 	BACKPORTS=
 fi
-# The archive this machine already uses (deb822 .sources first, then one-line .list).
-apt_mirror() {
-	local m
-	m=$(grep -hsE '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}' | grep -v security | head -1)
-	[ -n "$m" ] || m=$(grep -hsE '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list | grep -v security |
-		awk '{for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; exit }}' | head -1)
-	printf '%s' "${m%/}"
+MIRROR=$(bash "$HERE/debian-mirror.sh" "${VSMMU_QEMU_MIRROR:-}" 2>&1) || {
+	printf 'FAIL setup: %s\nqemu-check: 0 passed, 1 failed\n' "$MIRROR"
+	exit 1
 }
-MIRROR=${VSMMU_QEMU_MIRROR:-$(apt_mirror)}
 REFRESH=${VSMMU_QEMU_REFRESH:-0}
 PLACEHOLDER=${VSMMU_QEMU_PLACEHOLDER:-virtio-rng-pci,disable-legacy=on}
 BOOT_TIMEOUT=${VSMMU_QEMU_BOOT_TIMEOUT:-240}
