@@ -39,6 +39,9 @@ enum PlanText {
             }
             out += "\n"
         }
+        for g in plan.layout where (g.lockedMemory ?? 0) > 0 {
+            out += "Locked memory: guest \(g.guest)'s VMM pins \(YAMLText.size(g.lockedMemory ?? 0)) of guest RAM (RLIMIT_MEMLOCK at least that, or CAP_IPC_LOCK; `vsmmu launch` raises it).\n"
+        }
         out += "Plan: \(plan.toAdd) to add, \(plan.toChange) to change, \(plan.toDestroy) to destroy.\n"
         return out + lifecycle(plan)
     }
@@ -98,6 +101,7 @@ enum PlanJSON {
                   "identifier": .int(Int64(v.identifier)), "viommuType": .string(v.viommuType), "ats": .bool(v.ats), "ril": .bool(v.ril),
                   "ssidSize": .int(Int64(v.ssidSize)), "oas": .int(Int64(v.oas)), "cmdqv": .bool(v.cmdqv)]
              }),
+             "lockedMemory": g.lockedMemory.map { .uint($0) } ?? .null,
              "devices": .array(g.devices.map { d in
                  ["name": .string(d.name), "host": .string(d.host), "vsmmu": d.vsmmu.map(JSONValue.string) ?? .null, "slot": .int(Int64(d.slot)),
                   "guestAddress": .string(d.guestAddress), "vsid": d.vsid.map { .string(YAMLText.hex($0)) } ?? .null]

@@ -49,7 +49,7 @@ extension Executor {
 extension Executor {
     func setDriverOverride(_ op: PlanStep, _ a: PCIAddress, _ d: String?) throws -> [HoldingPatch] {
         var patches: [HoldingPatch] = []
-        if d == "vfio-pci", store.holdings.originalDrivers[a] == nil, !store.holdings.originalUnknown(a) {
+        if VFIODriver.isVFIO(d), store.holdings.originalDrivers[a] == nil, !store.holdings.originalUnknown(a) {
             // Remember where the device came from, before it moves (for destroy); never
             // what vsmmu itself set (a step that died before its record was written).
             let current = try port.pciDevice(a)
@@ -91,13 +91,13 @@ extension Executor {
         if let expect, now?.driver != expect {
             throw ApplyError(operation: op, errno: nil,
                              message: "after drivers_probe \(a) is bound to \(now?.driver ?? "no driver"), not \(expect)",
-                             hint: expect == "vfio-pci" ? "is the vfio-pci module loaded, and does its probe accept this device (bridges and PFs with VFs are refused)?" : "the original driver did not take the device back; bind it by hand")
+                             hint: VFIODriver.isVFIO(expect) ? "is the \(expect) module loaded, and does its probe accept this device (bridges and PFs with VFs are refused)?" : "the original driver did not take the device back; bind it by hand")
         }
-        if expect == "vfio-pci", now?.vfioDevIndex == nil {
-            throw ApplyError(operation: op, errno: nil, message: "\(a) is on vfio-pci but has no vfio-dev/vfioN: is CONFIG_VFIO_DEVICE_CDEV on?")
+        if VFIODriver.isVFIO(expect), now?.vfioDevIndex == nil {
+            throw ApplyError(operation: op, errno: nil, message: "\(a) is on \(expect ?? "") but has no vfio-dev/vfioN: is CONFIG_VFIO_DEVICE_CDEV on?")
         }
         // Given back: the device is no longer vsmmu's to restore.
-        if expect != "vfio-pci", store.holdings.originalDrivers[a] != nil { return [.originalDriver(a, nil)] }
+        if !VFIODriver.isVFIO(expect), store.holdings.originalDrivers[a] != nil { return [.originalDriver(a, nil)] }
         return []
     }
 }
@@ -146,13 +146,13 @@ extension Executor {
 extension Executor {
     func openDevice(_ op: PlanStep, _ g: String, _ d: String, _ a: PCIAddress) throws -> [HoldingPatch] {
         _ = try guestHolding(op, g)
-        guard let s = try port.pciDevice(a), s.driver == "vfio-pci", let index = s.vfioDevIndex else {
-            throw ApplyError(operation: op, errno: nil, message: "\(a) is not on vfio-pci with a VFIO cdev")
+        guard let s = try port.pciDevice(a), VFIODriver.isVFIO(s.driver), let index = s.vfioDevIndex else {
+            throw ApplyError(operation: op, errno: nil, message: "\(a) is not on a VFIO driver with a VFIO cdev")
         }
         let cdev = try port.openVfioDevice(index: index)
         var patches: [HoldingPatch] = [.device(g, d, DeviceHolding(source: .pci(a), cdev: cdev, vfioIndex: index, mockStdev: nil, devID: 0))]
         if store.holdings.originalDrivers[a] == nil, !store.holdings.originalUnknown(a) {
-            patches.insert(Executor.vsmmuMovedIt(s) ? .originalDriverUnknown(a) : .originalDriver(a, .some("vfio-pci")), at: 0)
+            patches.insert(Executor.vsmmuMovedIt(s) ? .originalDriverUnknown(a) : .originalDriver(a, .some(s.driver)), at: 0)
         }
         return patches
     }

@@ -24,10 +24,10 @@ public struct ApplyError: Error, CustomStringConvertible {
 /// Runs a plan's operations against the kernel port, one by one, each journaled
 /// before it runs; stops at the first failure.
 public final class Executor {
-    /// On vfio-pci through a driver_override of vfio-pci, with no record of where it came
-    /// from: vsmmu's own doing whose record was lost (or an operator's identical one). The
-    /// driver before is then unknown, not vfio-pci.
-    static func vsmmuMovedIt(_ d: SysfsPCIDevice?) -> Bool { d?.driver == "vfio-pci" && d?.driverOverride == "vfio-pci" }
+    /// On a VFIO driver (vfio-pci or a variant) through a driver_override of it, with no
+    /// record of where it came from: vsmmu's own doing whose record was lost (or an
+    /// operator's identical one). The driver before is then unknown, not that driver.
+    static func vsmmuMovedIt(_ d: SysfsPCIDevice?) -> Bool { VFIODriver.isVFIO(d?.driver) && d?.driverOverride == d?.driver }
 
     let port: KernelPort
     let store: StateStore
@@ -143,12 +143,14 @@ public final class Executor {
     func rollback(after op: PlanStep) -> [String] {
         let address: PCIAddress
         switch op.action {
-        case .setDriverOverride(let a, "vfio-pci"?), .unbindDriver(let a, _), .probeDriver(let a, "vfio-pci"?): address = a
+        case .setDriverOverride(let a, let d?) where VFIODriver.isVFIO(d): address = a
+        case .unbindDriver(let a, _): address = a
+        case .probeDriver(let a, let d?) where VFIODriver.isVFIO(d): address = a
         default: return []
         }
-        guard let now = try? port.pciDevice(address), now.driver != "vfio-pci" else { return [] }
+        guard let now = try? port.pciDevice(address), !VFIODriver.isVFIO(now.driver) else { return [] }
         var done: [String] = []
-        if now.driverOverride == "vfio-pci" {
+        if VFIODriver.isVFIO(now.driverOverride) {
             if (try? port.writeDriverOverride(address, nil)) != nil { done.append("cleared driver_override of \(address)") }
         }
         if now.driver == nil {

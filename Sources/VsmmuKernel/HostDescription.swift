@@ -20,7 +20,16 @@ public struct KernelFacts: Hashable, Sendable, Codable {
     public var release: String
     public var iommufd: Bool
     public var vfioCdev: Bool
-    public init(release: String, iommufd: Bool, vfioCdev: Bool) { self.release = release; self.iommufd = iommufd; self.vfioCdev = vfioCdev }
+    /// PAGE_SIZE in bytes (4096, 16384 or 65536); nil in host files written before the
+    /// field existed, which all described 4 KiB-page kernels.
+    public var pageSize: UInt64?
+    public init(release: String, iommufd: Bool, vfioCdev: Bool, pageSize: UInt64? = nil) {
+        self.release = release; self.iommufd = iommufd; self.vfioCdev = vfioCdev; self.pageSize = pageSize
+    }
+    public static let defaultPageSize: UInt64 = 4096
+    public static let pageSizes: [UInt64] = [4096, 16384, 65536]
+    /// The page size IOVA alignment, the smallest mapping and pinning follow.
+    public var effectivePageSize: UInt64 { pageSize ?? KernelFacts.defaultPageSize }
 }
 
 public enum IOMMUType: String, Hashable, Sendable, Codable, CaseIterable {
@@ -63,6 +72,26 @@ public struct HostIOMMU: Hashable, Sendable, Codable {
     }
 }
 
+/// A fact the kernel keeps per PCI device (docs/contract.md §3); what discovery could not read is
+/// listed in the device's `unknown`.
+public enum DeviceFact: String, Hashable, Sendable, Codable, CaseIterable {
+    case vfioDriver, ats, pasidWidth, canwbs, bars
+}
+
+/// One memory BAR as sysfs `resource` shows it.
+public struct PCIBar: Hashable, Sendable, Codable {
+    public var index: Int
+    public var size: UInt64
+    public var prefetchable: Bool
+    public var bits64: Bool
+    public init(index: Int, size: UInt64, prefetchable: Bool, bits64: Bool) {
+        self.index = index; self.size = size; self.prefetchable = prefetchable; self.bits64 = bits64
+    }
+}
+
+/// vfio-pci, the driver a device without a variant driver in modules.alias gets.
+public let genericVFIODriver = "vfio-pci"
+
 public struct HostPCIDevice: Hashable, Sendable, Codable {
     public var address: PCIAddress
     public var vendor: UInt16
@@ -72,10 +101,62 @@ public struct HostPCIDevice: Hashable, Sendable, Codable {
     public var iommuGroup: Int?
     public var iommu: String?
     public var numaNode: Int
+    /// The VFIO driver the kernel would match (a `vfio_pci:` alias in modules.alias, e.g.
+    /// nvgrace_gpu_vfio_pci), else vfio-pci; nil when the file does not say (vfio-pci).
+    public var vfioDriver: String?
+    /// Per-device facts of IOMMU_GET_HW_INFO; nil when the file does not say (then the
+    /// IOMMU's value, which is what every device behind it has).
+    public var ats: Bool?
+    public var pasidWidth: Int?
+    /// ARM: the master's root complex is CANWBS (IORT); nil: the IOMMU's `coherent`.
+    public var canwbs: Bool?
+    public var bars: [PCIBar]?
+    /// Facts discovery could not read: their values above are absent or placeholders.
+    public var unknown: [DeviceFact]
 
     public init(address: PCIAddress, vendor: UInt16, device: UInt16, classCode: UInt32, driver: String?,
-                iommuGroup: Int?, iommu: String?, numaNode: Int) {
+                iommuGroup: Int?, iommu: String?, numaNode: Int, vfioDriver: String? = nil, ats: Bool? = nil,
+                pasidWidth: Int? = nil, canwbs: Bool? = nil, bars: [PCIBar]? = nil, unknown: [DeviceFact] = []) {
         self.address = address; self.vendor = vendor; self.device = device; self.classCode = classCode
         self.driver = driver; self.iommuGroup = iommuGroup; self.iommu = iommu; self.numaNode = numaNode
+        self.vfioDriver = vfioDriver; self.ats = ats; self.pasidWidth = pasidWidth; self.canwbs = canwbs
+        self.bars = bars; self.unknown = unknown
     }
+
+    private enum CodingKeys: String, CodingKey {
+        case address, vendor, device, classCode, driver, iommuGroup, iommu, numaNode, vfioDriver, ats, pasidWidth, canwbs, bars, unknown
+    }
+
+    // Written by hand so that JSON saved before the per-device facts existed still decodes.
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.init(address: try c.decode(PCIAddress.self, forKey: .address), vendor: try c.decode(UInt16.self, forKey: .vendor),
+                  device: try c.decode(UInt16.self, forKey: .device), classCode: try c.decode(UInt32.self, forKey: .classCode),
+                  driver: try c.decodeIfPresent(String.self, forKey: .driver), iommuGroup: try c.decodeIfPresent(Int.self, forKey: .iommuGroup),
+                  iommu: try c.decodeIfPresent(String.self, forKey: .iommu), numaNode: try c.decode(Int.self, forKey: .numaNode),
+                  vfioDriver: try c.decodeIfPresent(String.self, forKey: .vfioDriver), ats: try c.decodeIfPresent(Bool.self, forKey: .ats),
+                  pasidWidth: try c.decodeIfPresent(Int.self, forKey: .pasidWidth), canwbs: try c.decodeIfPresent(Bool.self, forKey: .canwbs),
+                  bars: try c.decodeIfPresent([PCIBar].self, forKey: .bars),
+                  unknown: try c.decodeIfPresent([DeviceFact].self, forKey: .unknown) ?? [])
+    }
+
+    public func isUnknown(_ fact: DeviceFact) -> Bool { unknown.contains(fact) }
+
+    /// The driver vsmmu binds the device to for passthrough.
+    public var effectiveVFIODriver: String { vfioDriver ?? genericVFIODriver }
+    /// ATS as the kernel answers GET_HW_INFO through this device (behind `iommu`).
+    public func effectiveATS(behind iommu: HostIOMMU) -> Bool { ats ?? iommu.ats }
+    /// PASID bits as GET_HW_INFO's out_max_pasid_log2 through this device.
+    public func effectivePASIDWidth(behind iommu: HostIOMMU) -> Int { pasidWidth ?? (iommu.pasid ? iommu.ssidSize : 0) }
+    /// ARM: the device may sit under a vIOMMU / a coherent HWPT.
+    public func effectiveCANWBS(behind iommu: HostIOMMU) -> Bool { canwbs ?? iommu.coherent }
+}
+
+/// Whether a driver is a VFIO driver (it creates a VFIO cdev and manages DMA itself):
+/// vfio-pci and the variant drivers, whose module names end in `_vfio_pci`.
+public enum VFIODriver {
+    public static func isVFIO(_ driver: String) -> Bool {
+        driver == genericVFIODriver || driver.hasSuffix("_vfio_pci") || driver.hasSuffix("-vfio-pci")
+    }
+    public static func isVFIO(_ driver: String?) -> Bool { driver.map { isVFIO($0) } ?? false }
 }

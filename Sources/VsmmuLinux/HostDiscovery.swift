@@ -23,7 +23,8 @@ public struct HostDiscovery {
     /// (and nothing else in its IOMMU group has one), bind that device to vfio-pci for the
     /// probe and give it back to no driver. A device without a driver serves no one, so
     /// this disturbs nothing; a device with a driver is never moved for a probe.
-    public func describe(probed: [String: HostIOMMU] = [:], probeDriverless: Bool = false) throws(KernelCallError) -> Result {
+    public func describe(probed: [String: HostIOMMU] = [:], probedDevices: [PCIAddress: HostPCIDevice] = [:],
+                         probeDriverless: Bool = false) throws(KernelCallError) -> Result {
         var notes: [String] = []
         // uname of the kernel the port works on (a remote executor's, not necessarily this one).
         let (release, hostname) = kernel.files.systemName()
@@ -87,12 +88,49 @@ public struct HostDiscovery {
             selftest.name = selftestName
             iommus.append(selftest)
         }
-        let pci = devices.map { d in
-            HostPCIDevice(address: d.address, vendor: d.vendor, device: d.device, classCode: d.classCode, driver: d.driver,
-                          iommuGroup: d.iommuGroup, iommu: d.iommu, numaNode: d.numaNode)
+        // Per device (docs/contract.md §3): the VFIO driver and BARs from files; ATS, PASID width and
+        // CANWBS through the device when it is on a VFIO driver with its cdev free.
+        let aliases = modulesAliases(release: release)
+        let variantsBuiltIn = aliases == nil && variantDriverRegistered()
+        if aliases == nil { notes.append("\(modulesDirectory(release: release))/modules.alias cannot be read: vfioDriver is known only for devices on a VFIO driver\(variantsBuiltIn ? "" : ", or vfio-pci where the kernel has no modules and no variant driver")") }
+        var pci: [HostPCIDevice] = []
+        for d in devices {
+            var h = fileFacts(d, release: release, aliases: aliases, variantsBuiltIn: variantsBuiltIn)
+            if VFIODriver.isVFIO(d.driver), d.vfioDevIndex != nil, let name = d.iommu,
+               let type = iommus.first(where: { $0.name == name })?.type, type != .selftest {
+                do {
+                    guard kernel.hasIommufd else { throw KernelCallError(.getHwInfo, .ENOENT, "no /dev/iommu") }
+                    let f = try probeDeviceFacts(d, type: type)
+                    h.ats = f.ats
+                    h.pasidWidth = f.pasidWidth
+                    if type == .armSMMUv3 { if let c = f.canwbs { h.canwbs = c } else { h.unknown.append(.canwbs) } }
+                } catch where probedDevices[d.address] != nil {
+                    let cached = probedDevices[d.address]!
+                    h.ats = cached.ats; h.pasidWidth = cached.pasidWidth; h.canwbs = cached.canwbs
+                } catch {
+                    h.unknown += type == .armSMMUv3 ? [.ats, .pasidWidth, .canwbs] : [.ats, .pasidWidth]
+                    notes.append("\(d.address): GET_HW_INFO through it failed (\(error)): its ATS, PASID width\(type == .armSMMUv3 ? " and CANWBS" : "") are unknown")
+                }
+            } else if probeDriverless, kernel.hasIommufd, isSpare(d, among: devices), let name = d.iommu,
+                      let type = iommus.first(where: { $0.name == name })?.type, type != .selftest {
+                // A device serving no one: on vfio-pci for the probe, then back to no driver.
+                do {
+                    let f = try withDriverless(d) { (bound) throws(KernelCallError) in try probeDeviceFacts(bound, type: type) }
+                    h.ats = f.ats
+                    h.pasidWidth = f.pasidWidth
+                    if type == .armSMMUv3 { if let c = f.canwbs { h.canwbs = c } else { h.unknown.append(.canwbs) } }
+                    notes.append("\(d.address): its ATS, PASID width\(type == .armSMMUv3 ? " and CANWBS" : "") read with it on vfio-pci for a moment (it had no driver, and has none again)")
+                } catch {
+                    h.unknown += type == .armSMMUv3 ? [.ats, .pasidWidth, .canwbs] : [.ats, .pasidWidth]
+                    notes.append("\(d.address): probing it (no driver) failed (\(error)): its ATS, PASID width\(type == .armSMMUv3 ? " and CANWBS" : "") are unknown")
+                }
+            }
+            pci.append(h)
         }
-        return Result(host: HostDescription(name: hostname, kernel: KernelFacts(release: release, iommufd: kernel.hasIommufd, vfioCdev: kernel.hasVfioCdev),
-                                            iommus: iommus, pciDevices: pci), notes: notes)
+        let page = pageSize()
+        if page == nil { notes.append("the kernel's page size cannot be read (\(hostBase)/proc/self/smaps): kernel.pageSize is left out") }
+        let kernelFacts = KernelFacts(release: release, iommufd: kernel.hasIommufd, vfioCdev: kernel.hasVfioCdev, pageSize: page)
+        return Result(host: HostDescription(name: hostname, kernel: kernelFacts, iommus: iommus, pciDevices: pci), notes: notes)
     }
 
     /// An endpoint with no driver, in an IOMMU group where every other device is on no driver, vfio-pci or
@@ -106,6 +144,11 @@ public struct HostDiscovery {
     /// driver_override + drivers_probe to vfio-pci, the probe, then unbind and clear the
     /// override (no drivers_probe: it had no driver and stays so), also when the probe fails.
     func probeThroughDriverless(_ d: SysfsPCIDevice, type: IOMMUType) throws(KernelCallError) -> IOMMUFeatures {
+        try withDriverless(d) { (bound) throws(KernelCallError) in try probeFeatures(bound, type: type) }
+    }
+
+    /// `body` with the driverless device on vfio-pci, then back on no driver (also on failure).
+    func withDriverless<T>(_ d: SysfsPCIDevice, _ body: (SysfsPCIDevice) throws(KernelCallError) -> T) throws(KernelCallError) -> T {
         let a = d.address
         try kernel.writeDriverOverride(a, "vfio-pci")
         defer {
@@ -117,7 +160,7 @@ public struct HostDiscovery {
         guard let bound = try kernel.pciDevice(a), bound.driver == "vfio-pci", bound.vfioDevIndex != nil else {
             throw KernelCallError(.sysfsDriversProbe, .ENODEV, "\(a) did not bind to vfio-pci for the probe")
         }
-        return try probeFeatures(bound, type: type)
+        return try body(bound)
     }
 
     /// /sys/class/iommu/dmarN/intel-iommu/{cap,ecap} as the 24-byte iommu_hw_info_vtd layout.

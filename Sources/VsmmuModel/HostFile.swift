@@ -37,7 +37,21 @@ public enum HostSchema {
         SchemaField("iommuGroup", .scalar(.nullableUInt(max: UInt64(Int32.max)), description: "IOMMU group number, null without IOMMU"), required: true),
         SchemaField("iommu", .scalar(.nullableText, description: "the IOMMU it sits behind")),
         SchemaField("numaNode", .scalar(.int(min: -1, max: 1 << 16), description: "NUMA node, -1 when unknown")),
+        SchemaField("vfioDriver", .scalar(.nullableDriverName, description: "the VFIO driver the kernel would match (a vfio_pci: alias in modules.alias), else vfio-pci; absent or null: vfio-pci")),
+        SchemaField("ats", .scalar(.bool, description: "this device: ATS capability and the IOMMU allows it (GET_HW_INFO through it); absent: the IOMMU's ats")),
+        SchemaField("pasidWidth", .scalar(.uint(max: 20), description: "this device's PASID width in bits, 0 without PASID; absent: the IOMMU's ssidSize")),
+        SchemaField("canwbs", .scalar(.bool, description: "ARM: this master's coherent walks (IORT CANWBS), what a vIOMMU needs; absent: the IOMMU's coherent")),
+        SchemaField("bars", .array(bar, description: "memory BARs (sysfs resource)")),
+        SchemaField("unknown", .array(.scalar(.choice(DeviceFact.allCases.map(\.rawValue)), description: "a per-device fact"),
+                                      description: "per-device facts vsmmu host could not read; the validator refuses to rely on them")),
     ], description: "a PCI device as sysfs shows it")
+
+    public static let bar: SchemaType = .object([
+        SchemaField("index", .scalar(.uint(max: 5), description: "BAR number"), required: true),
+        SchemaField("size", .scalar(.size, description: "bytes"), required: true),
+        SchemaField("prefetchable", .scalar(.bool, description: "IORESOURCE_PREFETCH")),
+        SchemaField("bits64", .scalar(.bool, description: "64-bit BAR (IORESOURCE_MEM_64)")),
+    ], description: "a memory BAR")
 
     public static let root: SchemaType = .object([
         SchemaField("apiVersion", .scalar(.constant("vsmmu/v1"), description: "vsmmu/v1"), required: true),
@@ -49,6 +63,7 @@ public enum HostSchema {
             SchemaField("release", .scalar(.text, description: "uname -r"), required: true),
             SchemaField("iommufd", .scalar(.bool, description: "/dev/iommu exists"), required: true),
             SchemaField("vfioCdev", .scalar(.bool, description: "/dev/vfio/devices exists"), required: true),
+            SchemaField("pageSize", .scalar(.uint(max: 65536), description: "PAGE_SIZE: 4096, 16384 or 65536; absent: 4096")),
         ], description: "kernel facts"), required: true),
         SchemaField("iommus", .array(iommu, description: "physical IOMMU instances"), required: true),
         SchemaField("pciDevices", .array(pciDevice, description: "PCI devices"), required: true),
@@ -75,30 +90,50 @@ extension HostDescription {
                 cmdqvVCMDQs: c["cmdqv"]?["vcmdqs"]?.uint.map { Int($0) },
                 unknown: (c["unknown"]?.array ?? []).compactMap(\.string))
         }
-        let devices = (root["pciDevices"]?.array ?? []).compactMap { c -> HostPCIDevice? in
-            guard case .pci(let address)? = c["address"]?.value else { return nil }
-            return HostPCIDevice(
-                address: address,
-                vendor: UInt16(c["vendor"]?.uint ?? 0),
-                device: UInt16(c["device"]?.uint ?? 0),
-                classCode: UInt32(c["class"]?.uint ?? 0),
-                driver: c["driver"]?.string,
-                iommuGroup: c["iommuGroup"]?.uint.map { Int($0) },
-                iommu: c["iommu"]?.string,
-                numaNode: Int(c["numaNode"]?.int ?? -1))
-        }
+        let devices = (root["pciDevices"]?.array ?? []).compactMap(extractDevice)
         return HostDescription(
             name: root["metadata"]?["name"]?.string ?? "",
             kernel: KernelFacts(release: kernel?["release"]?.string ?? "",
                                 iommufd: kernel?["iommufd"]?.bool ?? false,
-                                vfioCdev: kernel?["vfioCdev"]?.bool ?? false),
+                                vfioCdev: kernel?["vfioCdev"]?.bool ?? false,
+                                pageSize: kernel?["pageSize"]?.uint),
             iommus: iommus, pciDevices: devices)
+    }
+
+    static func extractDevice(_ c: Checked) -> HostPCIDevice? {
+        guard case .pci(let address)? = c["address"]?.value else { return nil }
+        let bars: [PCIBar]? = (c["bars"]?.array).map { list in
+            list.map { b -> PCIBar in
+                let index = Int(b["index"]?.uint ?? 0)
+                let size: UInt64 = b["size"]?.uint ?? 0
+                return PCIBar(index: index, size: size, prefetchable: b["prefetchable"]?.bool ?? false, bits64: b["bits64"]?.bool ?? false)
+            }
+        }
+        let unknown: [DeviceFact] = (c["unknown"]?.array ?? []).compactMap { $0.string.flatMap(DeviceFact.init(rawValue:)) }
+        let pasid: Int? = c["pasidWidth"]?.uint.map { Int($0) }
+        var d = HostPCIDevice(
+            address: address,
+            vendor: UInt16(c["vendor"]?.uint ?? 0),
+            device: UInt16(c["device"]?.uint ?? 0),
+            classCode: UInt32(c["class"]?.uint ?? 0),
+            driver: c["driver"]?.string,
+            iommuGroup: c["iommuGroup"]?.uint.map { Int($0) },
+            iommu: c["iommu"]?.string,
+            numaNode: Int(c["numaNode"]?.int ?? -1))
+        d.vfioDriver = c["vfioDriver"]?.string
+        d.ats = c["ats"]?.bool
+        d.pasidWidth = pasid
+        d.canwbs = c["canwbs"]?.bool
+        d.bars = bars
+        d.unknown = unknown
+        return d
     }
 
     /// The Host description as YAML (docs/contract.md §3), as `vsmmu host` prints it.
     public func renderYAML() -> String {
         var o = "apiVersion: vsmmu/v1\nkind: Host\nmetadata:\n  name: \(YAMLText.quoted(name))\n"
         o += "kernel:\n  release: \(YAMLText.quoted(kernel.release))\n  iommufd: \(kernel.iommufd)\n  vfioCdev: \(kernel.vfioCdev)\n"
+        if let p = kernel.pageSize { o += "  pageSize: \(p)\n" }
         o += iommus.isEmpty ? "iommus: []\n" : "iommus:\n"
         for i in iommus {
             o += "  - name: \(YAMLText.quoted(i.name))\n    type: \(i.type.rawValue)\n    nesting: \(i.nesting)\n    coherent: \(i.coherent)\n"
@@ -124,6 +159,14 @@ extension HostDescription {
             o += "    iommuGroup: \(d.iommuGroup.map(String.init) ?? "null")\n"
             o += "    iommu: \(d.iommu.map(YAMLText.quoted) ?? "null")\n"
             o += "    numaNode: \(d.numaNode)\n"
+            if let v = d.vfioDriver { o += "    vfioDriver: \(YAMLText.quoted(v))\n" }
+            if let v = d.ats { o += "    ats: \(v)\n" }
+            if let v = d.pasidWidth { o += "    pasidWidth: \(v)\n" }
+            if let v = d.canwbs { o += "    canwbs: \(v)\n" }
+            if let bars = d.bars {
+                o += "    bars: [" + bars.map { "{ index: \($0.index), size: \(YAMLText.size($0.size)), prefetchable: \($0.prefetchable), bits64: \($0.bits64) }" }.joined(separator: ", ") + "]\n"
+            }
+            if !d.unknown.isEmpty { o += "    unknown: [\(d.unknown.map(\.rawValue).joined(separator: ", "))]\n" }
         }
         return o
     }

@@ -111,6 +111,9 @@ enum HostRules {
                 bag.error("IOMMU '\(iommu.name)' has ssidSize \(iommu.ssidSize) but pasid false", at: iommuNodes[safe: i]?["ssidSize"]?.mark ?? mark)
             }
         }
+        if let p = host.kernel.pageSize, !KernelFacts.pageSizes.contains(p) {
+            bag.error("kernel.pageSize \(p) is not a Linux page size (4096, 16384 or 65536)", at: checked["kernel"]?["pageSize"]?.mark ?? checked.mark)
+        }
         let deviceNodes = checked["pciDevices"]?.array ?? []
         var addresses: [PCIAddress: Int] = [:]
         for (i, d) in host.pciDevices.enumerated() {
@@ -121,6 +124,10 @@ enum HostRules {
             addresses[d.address] = i
             if let name = d.iommu, host.iommu(named: name) == nil {
                 bag.error("PCI device \(d.address) sits behind IOMMU '\(name)', which iommus does not describe", at: node?["iommu"]?.mark ?? checked.mark)
+            }
+            if let v = d.vfioDriver, !VFIODriver.isVFIO(v) {
+                bag.error("PCI device \(d.address) has vfioDriver '\(v)', which is not a VFIO driver (vfio-pci, or a variant driver ending in _vfio_pci)",
+                          at: node?["vfioDriver"]?.mark ?? checked.mark)
             }
             if d.iommu != nil && d.iommuGroup == nil {
                 bag.error("PCI device \(d.address) has an IOMMU but no iommuGroup", at: node?["iommuGroup"]?.mark ?? checked.mark)

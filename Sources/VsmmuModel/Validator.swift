@@ -34,6 +34,8 @@ public struct Validator {
 
     let topology: Topology
     let host: HostDescription?
+    /// The host's PCI devices the guest being checked uses, by device name.
+    var devicesByName: [String: HostPCIDevice] = [:]
     let index: HostIndex?
     var bag: DiagnosticBag
     var resolved: [String: ResolvedVSMMU] = [:]
@@ -266,6 +268,7 @@ public struct Validator {
         }
         // Devices exist and sit behind an IOMMU.
         var usable: [String: HostIOMMU] = [:]
+        pageSizeRules(guest, host: host)
         for d in guest.allDevices {
             switch d.host {
             case .pci(let a):
@@ -282,7 +285,13 @@ public struct Validator {
                     bag.error("PCI device \(a) sits behind no IOMMU; VFIO and iommufd refuse it", at: d.hostMark)
                     continue
                 }
+                if hd.isUnknown(.vfioDriver) {
+                    bag.error("the VFIO driver of \(a) is unknown (vfioDriver: the host description could not read modules.alias), so vsmmu cannot choose between vfio-pci and a variant driver",
+                              at: d.hostMark, hint: "run `vsmmu host` where /lib/modules/$(uname -r)/modules.alias is readable, or state vfioDriver for this device")
+                    continue
+                }
                 usable[d.name] = iommu
+                devicesByName[d.name] = hd
             case .selftest(let n):
                 guard let iommu = host.iommus.first(where: { $0.type == .selftest }) else {
                     bag.error("device selftest:\(n) is a kernel self-test mock device, but host '\(host.name)' has no IOMMU of type selftest", at: d.hostMark,
@@ -293,6 +302,7 @@ public struct Validator {
             }
         }
         var onPhysical: [String: String] = [:]
+        defer { devicesByName = [:] }
         for s in guest.vsmmus {
             let nameMark = s.fieldMarks["name"] ?? s.mark
             var physical: HostIOMMU?
@@ -398,11 +408,17 @@ public struct Validator {
                 return true
             }
         }
-        let ats = sw("ats", s.ats, host: iommu.ats, what: "ATS (Address Translation Services)")
+        // Per device (GET_HW_INFO answers through a device): what the vSMMU offers must
+        // hold for every device behind it.
+        let pci = s.devices.compactMap { d in devicesByName[d.name].map { (d, $0) } }
+        if !deviceFactRules(s, devices: pci, iommu: iommu) { ok = false }
+        let devicesATS = pci.allSatisfy { $0.1.effectiveATS(behind: iommu) }
+        let devicesPASID = pci.map { $0.1.effectivePASIDWidth(behind: iommu) }.min()
+        let ats = sw("ats", s.ats, host: iommu.ats, what: "ATS (Address Translation Services)") && (s.ats == .on || devicesATS)
         let ril = sw("ril", s.ril, host: iommu.ril, what: "range invalidation (RIL)")
         let cmdqv = sw("cmdqv", s.cmdqv, host: iommu.cmdqvVCMDQs != nil, what: "NVIDIA Tegra241 CMDQV")
         let hostSSID = iommu.pasid ? iommu.ssidSize : 0
-        var ssid = hostSSID
+        var ssid = min(hostSSID, devicesPASID ?? hostSSID)
         switch s.ssidSize {
         case .auto: autos.insert("ssidSize")
         case .value(let v):
@@ -433,6 +449,63 @@ public struct Validator {
             resolved["\(guest.name)/\(s.name)"] = ResolvedVSMMU(
                 guest: guest.name, vsmmu: s.name, physical: iommu.name, physicalType: iommu.type,
                 ats: ats, ril: ril, ssidSize: ssid, oas: oas, cmdqv: cmdqv, autoFields: autos)
+        }
+    }
+
+    // MARK: per-device facts and the page size (docs/contract.md §3)
+
+    /// The facts each device behind an accelerated vSMMU must have: known, CANWBS, ATS
+    /// for `ats: on`, a PASID width for an explicit ssidSize. False when one fails. Only
+    /// a device's own stated fact is checked here: a fact it takes from its IOMMU was
+    /// checked against the IOMMU already.
+    mutating func deviceFactRules(_ s: VSMMU, devices: [(Device, HostPCIDevice)], iommu: HostIOMMU) -> Bool {
+        var ok = true
+        for (d, hd) in devices {
+            let what = "device '\(d.name)' (\(d.host))"
+            var needed: [DeviceFact] = []
+            if iommu.type == .armSMMUv3 { needed.append(.canwbs) }
+            if s.ats != .off { needed.append(.ats) }
+            if s.ssidSize != .value(0) { needed.append(.pasidWidth) }
+            let unknown = needed.filter { hd.isUnknown($0) }
+            if !unknown.isEmpty {
+                bag.error("\(what): \(unknown.map(\.rawValue).joined(separator: ", ")) unknown (the host description could not read them), and vSMMU '\(s.name)' relies on them",
+                          at: d.hostMark, hint: "bind the device to its VFIO driver and run `vsmmu host` again, or state the facts in the host description")
+                ok = false
+                continue
+            }
+            if iommu.type == .armSMMUv3 && iommu.coherent && hd.canwbs == false {
+                bag.error("\(what) is not CANWBS (canwbs: false): the kernel refuses it under an accelerated vSMMU (VIOMMU_ALLOC EOPNOTSUPP through it, EINVAL attaching it to a coherent stage-2)",
+                          at: d.hostMark, hint: "move it to the guest's `devices:` list to pass it through without a vSMMU")
+                ok = false
+            }
+            if s.ats == .on && iommu.ats && hd.ats == false {
+                bag.error("\(what) has no ATS (ats: false), but vSMMU '\(s.name)' has ats: on", at: d.hostMark,
+                          hint: "use ats: auto (off when a device lacks it) or move the device to a vSMMU with ats: off")
+                ok = false
+            }
+            if case .value(let v) = s.ssidSize, hd.pasidWidth != nil, v <= (iommu.pasid ? iommu.ssidSize : 0), v > hd.effectivePASIDWidth(behind: iommu) {
+                bag.error("\(what) has a \(hd.effectivePASIDWidth(behind: iommu))-bit PASID width (pasidWidth), less than the ssidSize \(v) of vSMMU '\(s.name)'", at: d.hostMark,
+                          hint: "use ssidSize: auto (the smallest PASID width of its devices) or at most \(hd.effectivePASIDWidth(behind: iommu))")
+                ok = false
+            }
+        }
+        return ok
+    }
+
+    /// Guest RAM against the host's page size: IOVA alignment and the smallest mapping
+    /// follow PAGE_SIZE (io_pagetable.c), 64 KiB on many Grace kernels.
+    mutating func pageSizeRules(_ guest: Guest, host: HostDescription) {
+        let page = host.kernel.effectivePageSize
+        guard page > Validator.pageSize else { return }   // 4 KiB: memoryRules said it
+        for r in guest.memory where r.size > 0 {
+            if r.size % page != 0 {
+                bag.error("memory region '\(r.name)' size \(YAMLText.size(r.size)) is not a multiple of the \(YAMLText.size(page)) page size of host '\(host.name)' (kernel.pageSize)",
+                          at: r.fieldMarks["size"] ?? r.mark)
+            }
+            if r.guestAddress % page != 0 {
+                bag.error("memory region '\(r.name)' guestAddress \(YAMLText.hex(r.guestAddress)) is not aligned to the \(YAMLText.size(page)) page size of host '\(host.name)' (kernel.pageSize)",
+                          at: r.fieldMarks["guestAddress"] ?? r.mark)
+            }
         }
     }
 

@@ -38,6 +38,8 @@ public struct DesiredDevice: Sendable {
     /// Virtual StreamID (guest BDF) for devices behind a vSMMU.
     public var vsid: UInt64?
     public var slot: Int
+    /// The VFIO driver the device moves to (the host's vfioDriver, else vfio-pci).
+    public var vfioDriver: String = genericVFIODriver
     public var isMock: Bool { if case .selftest = source { return true }; return false }
     public var guestAddress: String { "0000:\(hex(UInt64(guestBus), 2)):00.0" }
 }
@@ -96,6 +98,9 @@ extension DesiredState {
         var index: [PCIAddress: HostPCIDevice] = [:]
         for d in host.pciDevices { index[d.address] = d }
         let selftestIOMMU = host.iommus.first { $0.type == .selftest }?.name
+        func vfioDriverOf(_ d: Device) -> String {
+            d.host.pciAddress.flatMap { index[$0]?.effectiveVFIODriver } ?? genericVFIODriver
+        }
         func iommuOf(_ d: Device) -> String {
             switch d.host {
             case .pci(let a): return index[a]?.iommu ?? ""
@@ -116,7 +121,7 @@ extension DesiredState {
                     let slot = a.ports.slots[d.name]!
                     let bus = a.ports.secondaryBus(of: slot, base: a.busNumber)
                     devices.append(DesiredDevice(name: d.name, source: d.host, iommu: iommuOf(d), vsmmu: s.name,
-                                                 guestBus: bus, vsid: UInt64(bus) << 8, slot: slot))
+                                                 guestBus: bus, vsid: UInt64(bus) << 8, slot: slot, vfioDriver: vfioDriverOf(d)))
                 }
                 let flavor: VIOMMUFlavor = r.physicalType == .selftest ? .selftest : (r.cmdqv ? .tegra241CMDQV : .armSMMUv3)
                 vsmmus.append(DesiredVSMMU(name: s.name, resolved: r, flavor: flavor, busNumber: a.busNumber,
@@ -125,7 +130,8 @@ extension DesiredState {
             for d in g.devices {
                 let slot = alloc.rootPorts.slots[d.name]!
                 devices.append(DesiredDevice(name: d.name, source: d.host, iommu: iommuOf(d), vsmmu: nil,
-                                             guestBus: alloc.rootPorts.secondaryBus(of: slot, base: 0), vsid: nil, slot: slot))
+                                             guestBus: alloc.rootPorts.secondaryBus(of: slot, base: 0), vsid: nil, slot: slot,
+                                             vfioDriver: vfioDriverOf(d)))
             }
             // One stage-2 per physical IOMMU the guest uses, nest parent where the IOMMU nests.
             var stage2: [DesiredStage2] = []

@@ -48,7 +48,7 @@ public struct ObservedState: Sendable {
             }
             guard !dead.contains(name) else { continue }
             for (dname, d) in g.devices where d.cdev != nil {
-                guard let a = d.source.pciAddress, let s = sysfs[a], s.driver == "vfio-pci", s.vfioDevIndex == d.vfioIndex else {
+                guard let a = d.source.pciAddress, let s = sysfs[a], VFIODriver.isVFIO(s.driver), s.vfioDevIndex == d.vfioIndex else {
                     lost.insert("\(name)/\(dname)")
                     continue
                 }

@@ -138,4 +138,7 @@ public struct GuestLayout: Codable, Hashable, Sendable {
     public var devices: [DeviceLayout]
     /// nil in plans saved by an older vsmmu.
     public var memory: [MemoryLayout]?
+    /// Bytes of guest RAM the guest's VMM pins (all of it is mapped for DMA): its
+    /// RLIMIT_MEMLOCK must allow them unless it has CAP_IPC_LOCK (nil in older plans).
+    public var lockedMemory: UInt64?
 }

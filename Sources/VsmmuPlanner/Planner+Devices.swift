@@ -84,7 +84,7 @@ extension Planner {
         }
         switch d.source {
         case .pci(let a):
-            moveToVFIO(a, resource: "device \(key)")
+            moveToVFIO(a, driver: d.vfioDriver, resource: "device \(key)")
             if !s.openCdevs.contains(d.name) {
                 add(.bindDevices, "device \(key)", .openDevice(guest: name, device: d.name, address: a), needs: [.onVFIO(a), .cdevClosed(a)], gives: [.cdevOpen(device: key)])
             }

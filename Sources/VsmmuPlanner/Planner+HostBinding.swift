@@ -1,24 +1,25 @@
 import VsmmuKernel
 
-/// Moving a PCI address to vfio-pci and back (docs/kernel-interface.md §8: "Safe move to vfio-pci",
-/// "Way back"), each step only as far as sysfs shows it is needed.
+/// Moving a PCI address to its VFIO driver (vfio-pci or the variant driver the host names,
+/// e.g. nvgrace_gpu_vfio_pci) and back (docs/kernel-interface.md §8: "Safe move to vfio-pci", "Way
+/// back"), each step only as far as sysfs shows it is needed.
 extension Planner {
-    mutating func moveToVFIO(_ a: PCIAddress, resource: String) {
+    mutating func moveToVFIO(_ a: PCIAddress, driver: String, resource: String) {
         let s = observed.sysfs[a]
-        guard s?.driver != "vfio-pci" else { return }
-        if s?.driverOverride != "vfio-pci" {
-            add(.moveToVFIO, resource, .setDriverOverride(address: a, driver: "vfio-pci"), needs: [.backOnHost(a)], gives: [.overrideVFIO(a)])
+        guard s?.driver != driver else { return }
+        if s?.driverOverride != driver {
+            add(.moveToVFIO, resource, .setDriverOverride(address: a, driver: driver), needs: [.backOnHost(a)], gives: [.overrideVFIO(a)])
         }
         if let drv = s?.driver {
             add(.moveToVFIO, resource, .unbindDriver(address: a, driver: drv), needs: [.overrideVFIO(a)], gives: [.unboundFromHost(a)])
         }
-        add(.moveToVFIO, resource, .probeDriver(address: a, expect: "vfio-pci"), needs: [.overrideVFIO(a), .unboundFromHost(a)], gives: [.onVFIO(a)])
+        add(.moveToVFIO, resource, .probeDriver(address: a, expect: driver), needs: [.overrideVFIO(a), .unboundFromHost(a)], gives: [.onVFIO(a)])
     }
 
     mutating func giveBack(_ a: PCIAddress, resource: String) {
         let s = observed.sysfs[a]
         let original = observed.holdings.originalDrivers[a] ?? nil
-        if original == "vfio-pci" || observed.holdings.originalUnknown(a) {
+        if VFIODriver.isVFIO(original) || observed.holdings.originalUnknown(a) {
             add(.giveBack, resource, .forgetOriginalDriver(address: a), needs: [.cdevClosed(a)])
             return
         }

@@ -17,7 +17,7 @@ extension Planner {
         var s = d.source.description
         if case .pci(let a) = d.source {
             let drv = observed.sysfs[a]?.driver
-            if drv == "vfio-pci" { s += " (vfio-pci)" } else { s += " (\(drv ?? "no driver") → vfio-pci)" }
+            if drv == d.vfioDriver { s += " (\(drv ?? ""))" } else { s += " (\(drv ?? "no driver") → \(d.vfioDriver))" }
         }
         s += ", guest \(d.guestAddress)"
         if let v = d.vsid { s += ", vSID 0x\(String(v, radix: 16)) on \(d.vsmmu ?? "")" } else { s += ", stage-2 only" }
@@ -48,7 +48,8 @@ extension Planner {
                 },
                 memory: g.memory.map { m in
                     GuestLayout.MemoryLayout(name: m.name, guestAddress: m.guestAddress, size: m.size, backing: m.backing.rawValue)
-                })
+                },
+                lockedMemory: g.memory.reduce(UInt64(0)) { $0 &+ $1.size })
         }
     }
 }

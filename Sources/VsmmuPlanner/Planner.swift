@@ -156,7 +156,7 @@ public struct Planner {
         for (a, _) in observed.holdings.originalDrivers.sorted(by: { $0.key < $1.key }) where !wanted.contains(a) && !held.contains(a) {
             let s = observed.sysfs[a]
             let original = observed.holdings.originalDrivers[a] ?? nil
-            if original == "vfio-pci" {
+            if VFIODriver.isVFIO(original) {
                 add(.giveBack, "device \(a)", .forgetOriginalDriver(address: a))
                 continue
             }

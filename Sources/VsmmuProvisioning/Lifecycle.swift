@@ -54,7 +54,7 @@ public final class GuestLifecycle {
         var problems: [String] = []
         for (name, a) in r.devices.sorted(by: { $0.key < $1.key }) {
             guard let d = try? port.pciDevice(a) else { problems.append("\(name) \(a): cannot be read"); continue }
-            if d.driver != "vfio-pci" { problems.append("\(name) \(a) is on \(d.driver ?? "no driver"), not vfio-pci") }
+            if !VFIODriver.isVFIO(d.driver) { problems.append("\(name) \(a) is on \(d.driver ?? "no driver"), not a VFIO driver") }
             let holders = (try? port.deviceHolders(a)) ?? []
             if r.remote == nil, !holders.contains(where: { $0.pid == r.pid }) {
                 problems.append("\(name) \(a): its VFIO cdev is not open in pid \(r.pid)")
@@ -200,6 +200,9 @@ public final class GuestLifecycle {
     public func simulateVMM(_ handover: Handover, pid: Int32, command: [String]) throws -> SimProcessID {
         guard let sim = session.sim else { throw LaunchError(message: "not a simulated host") }
         let process = sim.spawnProcess(pid: pid, command: command.first.map { ($0 as NSString).lastPathComponent } ?? "vmm")
+        // The VMM runs without CAP_IPC_LOCK, with the RLIMIT_MEMLOCK launch raises: what it
+        // pins beyond `pinnedBytes` fails with ENOMEM, as on a real host.
+        sim.setMemlockLimit(handover.pinnedBytes, for: process)
         do {
             try sim.transferFiles(handover.allFDs, to: process)
             _ = try sim.run(as: process) { () throws -> QEMURealize.Result in try QEMURealize.run(handover.layout, files: handover.files, port: sim) }

@@ -89,6 +89,8 @@ public final class Session: @unchecked Sendable {
     /// IOMMU facts probed once on a live host (a device bound by this holder cannot be
     /// bound again for a probe).
     private var probedIOMMUs: [String: HostIOMMU] = [:]
+    /// Per-device GET_HW_INFO facts read while the device was free (docs/contract.md §3).
+    private var probedDevices: [PCIAddress: HostPCIDevice] = [:]
 
     /// Reads the live host once, probing IOMMUs through driverless devices (ProbeOptions),
     /// and keeps what it learned for every later `host` (which never binds anything).
@@ -110,8 +112,10 @@ public final class Session: @unchecked Sendable {
     /// Discovery on the live port, keeping every IOMMU it could read fully.
     private func describeLive(probeDriverless: Bool) throws -> HostDiscovery.Result? {
         guard let linux = port as? LinuxKernel else { return nil }
-        let r = try HostDiscovery(kernel: linux).describe(probed: probedIOMMUs, probeDriverless: probeDriverless)
+        let r = try HostDiscovery(kernel: linux).describe(probed: probedIOMMUs, probedDevices: probedDevices, probeDriverless: probeDriverless)
         for i in r.host.iommus where i.unknown.isEmpty { probedIOMMUs[i.name] = i }
+        // A device this session holds cannot be bound again for a probe: keep what was read.
+        for d in r.host.pciDevices where d.ats != nil && !d.isUnknown(.ats) { probedDevices[d.address] = d }
         return r
     }
 

@@ -16,6 +16,18 @@ extension SimulatedKernel {
     func hostIOMMU(_ name: String) -> HostIOMMU? { indexes.iommuPositions[name].map { state.iommus[$0] } }
 
     /// The IOMMU instance a device object sits behind.
+    /// The PCI device behind an iommufd device (nil for a selftest mock).
+    func pciDevice(of device: DeviceObject) -> SimPCIDevice? {
+        if case .vfio(let address) = device.origin { return state.devices[address] }
+        return nil
+    }
+
+    /// ARM: the master's root complex is CANWBS (IOMMU_CAP_ENFORCE_CACHE_COHERENCY);
+    /// without a per-device fact, the IOMMU's `coherent`.
+    func deviceCANWBS(_ device: DeviceObject, _ iommu: HostIOMMU) -> Bool {
+        pciDevice(of: device)?.canwbs ?? iommu.coherent
+    }
+
     func iommu(of device: DeviceObject) throws(Refusal) -> HostIOMMU {
         guard let iommu = hostIOMMU(device.iommu) else {
             throw Refusal(.ENODEV, "the device's IOMMU \(device.iommu) no longer exists")
@@ -65,7 +77,10 @@ extension SimulatedKernel {
         let hwpt: SimObject
         switch pt {
         case .ioas:
-            hwpt = .hwptPaging(try pagingHWPT(cid, flags: flags, iommu: iommu, ioas: ptID, dataType: dataType, data: data))
+            var paging = try pagingHWPT(cid, flags: flags, iommu: iommu, ioas: ptID, dataType: dataType, data: data)
+            // docs/kernel-interface.md §5.2: a HWPT made through a CANWBS device enforces coherency.
+            if iommu.type == .armSMMUv3 && deviceCANWBS(device, iommu) { paging.enforcesCoherency = true }
+            hwpt = .hwptPaging(paging)
         case .hwptPaging(let parent):
             hwpt = .hwptNested(try nestedOnParent(flags: flags, device: device, iommu: iommu, parentID: ptID, parent: parent, dataType: dataType, data: data))
         case .viommu(let viommu):
@@ -213,9 +228,13 @@ extension SimulatedKernel {
         let iommu = try iommu(of: device)
         let requested = requestType ?? .none   // without INPUT_TYPE: DEFAULT
         func refuse() -> Refusal { Refusal(.EOPNOTSUPP, "\(iommu.name) does not report hw_info type \(hex(requested.rawValue))") }
-        // Dirty tracking is not modelled for hardware IOMMUs; ATS per the host's `ats`.
-        var capabilities: HWInfoCapabilities = iommu.ats ? [] : .pciATSNotSupported
-        var maxPasid: UInt8 = iommu.pasid ? UInt8(clamping: max(0, min(iommu.ssidSize, 20))) : 0
+        // Dirty tracking is not modelled for hardware IOMMUs. ATS and the PASID width are
+        // this device's (its capability, within what the IOMMU allows), else the IOMMU's.
+        let pci = pciDevice(of: device)
+        let iommuPasid = iommu.pasid ? max(0, min(iommu.ssidSize, 20)) : 0
+        let ats = iommu.ats && (pci?.ats ?? true)
+        var capabilities: HWInfoCapabilities = ats ? [] : .pciATSNotSupported
+        var maxPasid = UInt8(clamping: min(iommuPasid, max(0, pci?.pasidWidth ?? iommuPasid)))
         let type: HWInfoType
         let payload: [UInt8]
         switch iommu.type {

@@ -394,9 +394,13 @@ extension SimulatedKernel {
         }
 
         var mapping = Mapping(iova: start, length: length, readable: flags.contains(.readable),
-                              writable: flags.contains(.writeable), source: mappingSource, pinned: false)
+                              writable: flags.contains(.writeable), source: mappingSource, pinned: false,
+                              mappedBy: state.currentProcess == 0 ? nil : state.currentProcess)
         // docs/kernel-interface.md §2.6: pages are pinned now only when the IOAS already holds a HWPT.
-        if ioasHasHWPT(cid, ioas: ioasID) { mapping = try pin(mapping) }
+        if ioasHasHWPT(cid, ioas: ioasID) {
+            try checkMemlock(cid: cid, process: state.currentProcess, adding: pinnedLength(mapping))
+            mapping = try pin(mapping, cid: cid)
+        }
         ioas.mappings.append(mapping)
         ioas.mappings.sort { $0.iova < $1.iova }
         setObject(cid, ioasID, .ioas(ioas))
@@ -429,10 +433,11 @@ extension SimulatedKernel {
     /// Pin a mapping's pages (docs/kernel-interface.md §2.6): the user VA must be mapped in the process (else
     /// EFAULT); a MAP_FILE source must be a memfd (memfd_pin_folios refuses other files
     /// with EINVAL) and cover the range (beyond the end: EFAULT, UNVERIFIED errno).
-    func pin(_ mapping: Mapping) throws(Refusal) -> Mapping {
+    func pin(_ mapping: Mapping, cid: Int) throws(Refusal) -> Mapping {
         if mapping.pinned { return mapping }
         var pinned = mapping
         pinned.pinned = true
+        pinned.charged = memlockAccount(cid: cid, process: mapping.mappedBy ?? 0)
         switch mapping.source {
         case .userVA(let va, _):
             let last = va + (mapping.length - 1)
@@ -455,7 +460,7 @@ extension SimulatedKernel {
     func pinAll(_ cid: Int, ioas ioasID: ObjectID) throws(Refusal) {
         guard var ioas = ioasObject(cid, ioasID) else { return }
         var pinned: [Mapping] = []
-        for mapping in ioas.mappings { pinned.append(try pin(mapping)) }
+        for mapping in ioas.mappings { pinned.append(try pin(mapping, cid: cid)) }
         ioas.mappings = pinned
         setObject(cid, ioasID, .ioas(ioas))
     }
@@ -475,7 +480,11 @@ extension SimulatedKernel {
                 throw Refusal(.EADDRINUSE, "the mapping at \(hex(bad.iova)) (length \(hex(bad.length))) lies outside the domain aperture [\(hex(aperture.start)), \(hex(aperture.last))]")
             }
         }
-        for mapping in ioas.mappings { _ = try pin(mapping) }
+        for mapping in ioas.mappings { _ = try pin(mapping, cid: cid) }
+        // RLIMIT_MEMLOCK, per mapping process: what joining would pin that is not pinned yet.
+        var adding: [Int: UInt64] = [:]
+        for m in ioas.mappings where !m.pinned { adding[m.mappedBy ?? 0, default: 0] &+= pinnedLength(m) }
+        for (process, bytes) in adding.sorted(by: { $0.key < $1.key }) { try checkMemlock(cid: cid, process: process, adding: bytes) }
     }
 
     func pageOffset(of mapping: Mapping) -> UInt64 {

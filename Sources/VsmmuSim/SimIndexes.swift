@@ -107,8 +107,8 @@ final class SimIndexes {
     private var vfioFree = LowestFreeAllocator(start: 0)
     /// iommu_group → member addresses.
     private(set) var groupMembers: [Int: Set<PCIAddress>] = [:]
-    /// How many devices are bound to, or natively use, each driver (`driver` and
-    /// `nativeDriver` each count once).
+    /// How many devices are bound to, natively use, or have as their VFIO driver each
+    /// driver (`driver`, `nativeDriver` and `vfioDriver` each count once).
     private(set) var driverRefs: [String: Int] = [:]
 
     // Open files.
@@ -181,11 +181,13 @@ final class SimIndexes {
             }
             if let group = new?.iommuGroup { groupMembers[group, default: []].insert(address) }
         }
-        if old?.driver != new?.driver || old?.nativeDriver != new?.nativeDriver {
+        if old?.driver != new?.driver || old?.nativeDriver != new?.nativeDriver || old?.vfioDriver != new?.vfioDriver {
             if let driver = old?.driver { dropDriverRef(driver) }
             if let driver = old?.nativeDriver { dropDriverRef(driver) }
+            if let driver = old?.vfioDriver { dropDriverRef(driver) }
             if let driver = new?.driver { driverRefs[driver, default: 0] += 1 }
             if let driver = new?.nativeDriver { driverRefs[driver, default: 0] += 1 }
+            if let driver = new?.vfioDriver { driverRefs[driver, default: 0] += 1 }
         }
     }
 

@@ -3,8 +3,11 @@ import VsmmuKernel
 // The whole simulated kernel as plain Codable values: kernel.json is exactly this
 // (SimStore), so nothing the simulation knows lives outside `SimState`.
 
-/// The kernel page size the simulation assumes for pinning, IOVA alignment and VA placement.
-let simPageSize: UInt64 = 4096
+extension SimulatedKernel {
+    /// PAGE_SIZE of the simulated kernel (the host's kernel.pageSize): pinning, IOVA
+    /// alignment, the smallest mapping and VA placement follow it.
+    var simPageSize: UInt64 { state.kernel.effectivePageSize }
+}
 
 /// An IOMMU group: a PCI `iommu_group` number, or the private group each selftest mock
 /// device gets (docs/kernel-interface.md §7.1: "each in its own IOMMU group").
@@ -38,13 +41,27 @@ struct SimPCIDevice: Hashable, Codable {
     var nativeDriver: String?
     /// Owner of the cdev node; reset to root:root whenever the node is re-created.
     var owner: VfioOwner
+    /// The host description's per-device facts (docs/contract.md §3), kept as written (optional so
+    /// that kernel.json saved before them decodes): nil means the IOMMU's value.
+    var vfioDriver: String?
+    var ats: Bool?
+    var pasidWidth: Int?
+    var canwbs: Bool?
+    var bars: [PCIBar]?
+    var unknownFacts: [DeviceFact]?
 
     /// PCI class 0x0604xx: a PCI-to-PCI bridge (vfio-pci refuses non type-0 headers, docs/kernel-interface.md §8).
     var isBridge: Bool { (classCode >> 8) == 0x0604 }
 
     var hostDevice: HostPCIDevice {
         HostPCIDevice(address: address, vendor: vendor, device: device, classCode: classCode, driver: driver,
-                      iommuGroup: iommuGroup, iommu: iommu, numaNode: numaNode)
+                      iommuGroup: iommuGroup, iommu: iommu, numaNode: numaNode, vfioDriver: vfioDriver, ats: ats,
+                      pasidWidth: pasidWidth, canwbs: canwbs, bars: bars, unknown: unknownFacts ?? [])
+    }
+
+    mutating func takeFacts(of host: HostPCIDevice) {
+        vfioDriver = host.vfioDriver; ats = host.ats; pasidWidth = host.pasidWidth; canwbs = host.canwbs
+        bars = host.bars; unknownFacts = host.unknown.isEmpty ? nil : host.unknown
     }
 }
 
@@ -75,6 +92,9 @@ struct PagingHWPT: Hashable, Codable {
     var automatic: Bool
     /// The domain's input range; everything outside is reserved in the IOAS.
     var aperture: IovaRange
+    /// ARM: the domain enforces cache coherency (made or upgraded through a CANWBS
+    /// device): a non-CANWBS master cannot attach (docs/kernel-interface.md §5.2, §9.24). nil: false.
+    var enforcesCoherency: Bool?
     var nestParent: Bool { flags.contains(.nestParent) }
 }
 
@@ -115,6 +135,10 @@ struct Mapping: Hashable, Codable {
     var source: MappingSource
     /// Pages pinned: happens when the IOAS holds a HWPT (docs/kernel-interface.md §2.6 "Pinning is lazy").
     var pinned: Bool
+    /// The process that made the mapping (its mm and RLIMIT_MEMLOCK); nil: the holder.
+    var mappedBy: Int?
+    /// Whose RLIMIT_MEMLOCK budget the pinned pages are charged to; nil: nobody.
+    var charged: MemlockAccount?
     var last: UInt64 { iova &+ (length &- 1) }
 
     /// Offset of the mapping's first byte inside its backing memory.
@@ -282,6 +306,10 @@ struct SimProcess: Hashable, Codable {
     var command: String
     /// CAP_SYS_RESOURCE (IOMMU_OPTION RLIMIT_MODE SET): a VMM runs without it.
     var capSysResource: Bool
+    /// RLIMIT_MEMLOCK in bytes; nil: unlimited or CAP_IPC_LOCK (nothing charged).
+    var memlockLimit: UInt64?
+    /// The user whose locked_vm is charged in user mode; nil: root.
+    var uid: UInt32?
 }
 
 struct SimState: Hashable, Codable {
@@ -313,6 +341,8 @@ struct SimState: Hashable, Codable {
     var nextProcess: Int = 1
     /// The process whose calls the kernel is answering now (0 between scoped runs).
     var currentProcess: Int = 0
+    /// RLIMIT_MEMLOCK of the holder (process 0); nil: CAP_IPC_LOCK (root's vsmmu).
+    var holderMemlockLimit: UInt64?
 }
 
 extension SimState {
@@ -323,7 +353,7 @@ extension SimState {
     private enum CodingKeys: String, CodingKey {
         case formatVersion, hostName, kernel, iommus, devices, ignoredHostDevices, files, contexts, nextContext
         case memories, nextMemory, nextMockSerial, appliedSequence, savedHost, processGeneration
-        case fileOwners, processes, nextProcess, currentProcess
+        case fileOwners, processes, nextProcess, currentProcess, holderMemlockLimit
     }
     private struct OwnerEntry: Codable { var fd: Int32; var process: Int }
     private struct ProcessEntry: Codable { var id: Int; var process: SimProcess }
@@ -349,6 +379,7 @@ extension SimState {
         for e in try c.decodeIfPresent([ProcessEntry].self, forKey: .processes) ?? [] { processes[e.id] = e.process }
         nextProcess = try c.decodeIfPresent(Int.self, forKey: .nextProcess) ?? 1
         currentProcess = try c.decodeIfPresent(Int.self, forKey: .currentProcess) ?? 0
+        holderMemlockLimit = try c.decodeIfPresent(UInt64.self, forKey: .holderMemlockLimit)
     }
 
     func encode(to encoder: Encoder) throws {
@@ -373,5 +404,6 @@ extension SimState {
         if !processes.isEmpty { try c.encode(processes.sorted { $0.key < $1.key }.map { ProcessEntry(id: $0.key, process: $0.value) }, forKey: .processes) }
         if nextProcess != 1 { try c.encode(nextProcess, forKey: .nextProcess) }
         if currentProcess != 0 { try c.encode(currentProcess, forKey: .currentProcess) }
+        try c.encodeIfPresent(holderMemlockLimit, forKey: .holderMemlockLimit)
     }
 }

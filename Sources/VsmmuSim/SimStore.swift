@@ -51,6 +51,8 @@ enum SimRequest: Hashable, Codable {
     case transferFiles(fds: [Int32], process: Int)
     /// Not a call: the calls after it are this process's (SimProcesses.swift).
     case switchProcess(Int)
+    /// Not a call: prlimit(RLIMIT_MEMLOCK) of a process (SimMemlock.swift).
+    case setMemlockLimit(process: Int, bytes: UInt64?)
 }
 
 /// One line of calls.log.
@@ -113,6 +115,7 @@ extension SimulatedKernel {
         case .spawnProcess(let pid, let command): spawnProcessImpl(pid: pid, command: command)
         case .transferFiles(let fds, let process): try? transferFilesImpl(fds, to: process)
         case .switchProcess(let n): state.currentProcess = n
+        case .setMemlockLimit(let process, let bytes): setMemlockLimitImpl(bytes, process: process)
         }
     }
 }

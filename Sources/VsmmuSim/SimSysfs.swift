@@ -11,8 +11,9 @@ extension SimulatedKernel {
     }
 
     /// /sys/bus/pci/drivers/<name> exists: vfio-pci when the kernel has VFIO cdevs (the
-    /// module is assumed loaded), and every driver a device is or natively was bound to
-    /// (a module stays loaded after unbind).
+    /// module is assumed loaded), every driver a device is or natively was bound to (a
+    /// module stays loaded after unbind), and every device's VFIO variant driver (loaded
+    /// from modules.alias, as libvirt's modprobe does).
     var loadedDrivers: Set<String> {
         var drivers = Set(indexes.driverRefs.keys)
         if state.kernel.vfioCdev { drivers.insert("vfio-pci") }
@@ -76,7 +77,7 @@ extension SimulatedKernel {
         guard var device = state.devices[address], device.driver == driver else {
             throw Refusal(.ENODEV, "\(address) is not bound to \(driver)")
         }
-        if driver == "vfio-pci" {
+        if VFIODriver.isVFIO(driver) {
             // docs/kernel-interface.md §3.3/§9.32: vfio-pci's remove waits for every fd of the device to close,
             // uninterruptibly after a signal: the writer hangs. The simulation cannot hang;
             // it refuses with an errno the real write never returns, so a test that reaches
@@ -99,9 +100,12 @@ extension SimulatedKernel {
         guard var device = state.devices[address] else { throw Refusal(.ENODEV, "no PCI device \(address)") }
         if device.driver != nil { return }
         guard let driver = device.driverOverride ?? device.nativeDriver, isDriverLoaded(driver) else { return }
-        if driver == "vfio-pci" {
+        if VFIODriver.isVFIO(driver) {
             // vfio-pci refuses non type-0 headers (bridges): probe error, nothing bound.
             if device.isBridge { return }
+            // A variant driver's probe accepts only the devices it was written for (its
+            // ID table: the device's vfioDriver); another probe fails, nothing bound.
+            if driver != genericVFIODriver && driver != device.vfioDriver { return }
             device.driver = driver
             device.vfioIndex = lowestFreeVfioIndex()
             device.owner = .root
@@ -109,7 +113,7 @@ extension SimulatedKernel {
             // With driver_override any driver is offered the device; the simulation lets
             // only pci-stub and the device's own native driver succeed in probing it.
             guard driver == "pci-stub" || driver == device.nativeDriver else { return }
-            if !dmaManagingDrivers.contains(driver) && groupOwnedByIommufd(device.iommuGroup) {
+            if !managesDMA(driver) && groupOwnedByIommufd(device.iommuGroup) {
                 throw Refusal(.EBUSY, "IOMMU group \(device.iommuGroup ?? -1) is owned by iommufd: \(driver) cannot take a member for kernel DMA")
             }
             device.driver = driver
@@ -136,8 +140,9 @@ extension SimulatedKernel {
         var device = SimPCIDevice(address: host.address, vendor: host.vendor, device: host.device, classCode: host.classCode,
                                   driver: host.driver, driverOverride: nil, iommuGroup: host.iommuGroup, iommu: host.iommu,
                                   numaNode: host.numaNode, vfioIndex: nil,
-                                  nativeDriver: host.driver == "vfio-pci" ? nil : host.driver, owner: .root)
-        if host.driver == "vfio-pci" { device.vfioIndex = lowestFreeVfioIndex() }
+                                  nativeDriver: host.driver.map(VFIODriver.isVFIO) == true ? nil : host.driver, owner: .root)
+        device.takeFacts(of: host)
+        if host.driver.map(VFIODriver.isVFIO) == true { device.vfioIndex = lowestFreeVfioIndex() }
         setDevice(host.address, device)
     }
 
@@ -194,6 +199,7 @@ extension SimulatedKernel {
         if old.iommuGroup != new.iommuGroup { device.iommuGroup = new.iommuGroup }
         if old.iommu != new.iommu { device.iommu = new.iommu }
         if old.numaNode != new.numaNode { device.numaNode = new.numaNode }
+        device.takeFacts(of: new)
         setDevice(new.address, device)
         if old.driver != new.driver { setDriverByDrift(new.address, new.driver) }
     }
@@ -202,15 +208,15 @@ extension SimulatedKernel {
     /// its cdevs and drops its vfio index; moving to vfio-pci allocates one.
     private func setDriverByDrift(_ address: PCIAddress, _ driver: String?) {
         guard let current = state.devices[address], current.driver != driver else { return }
-        if current.driver == "vfio-pci" { forceCloseCdevs(address) }
+        if current.driver.map(VFIODriver.isVFIO) == true { forceCloseCdevs(address) }
         guard var device = state.devices[address] else { return }
-        if device.driver == "vfio-pci" {
+        if device.driver.map(VFIODriver.isVFIO) == true {
             device.vfioIndex = nil
             device.owner = .root
         }
         device.driver = driver
         setDevice(address, device)
-        if driver == "vfio-pci" {
+        if driver.map(VFIODriver.isVFIO) == true {
             // Chosen before the write (choosing it inside `state.devices[address]?.vfioIndex = …`
             // read the devices during their modification: a Swift exclusivity trap).
             let index = lowestFreeVfioIndex()

@@ -3,8 +3,10 @@ import VsmmuKernel
 // The VFIO cdev (docs/kernel-interface.md §3.1–§3.3), the shared attach/replace core (§3.3, ARM §5.4), and the
 // selftest MOCK_DOMAIN / MOCK_DOMAIN_REPLACE commands that stand in for BIND/ATTACH (docs/kernel-interface.md §7.2).
 
-/// Drivers that manage DMA themselves and so do not break a group's viability (docs/kernel-interface.md §8).
+/// Drivers that manage DMA themselves and so do not break a group's viability (docs/kernel-interface.md §8):
+/// these and every VFIO driver (variant drivers set driver_managed_dma too).
 let dmaManagingDrivers: Set<String> = ["vfio-pci", "pci-stub", "pcieport"]
+func managesDMA(_ driver: String) -> Bool { dmaManagingDrivers.contains(driver) || VFIODriver.isVFIO(driver) }
 
 extension SimulatedKernel {
     func deviceWithVfioIndex(_ index: Int) -> SimPCIDevice? {
@@ -65,7 +67,7 @@ extension SimulatedKernel {
             }
         }
         for address in members where address != pci.address {
-            if let sibling = state.devices[address], let driver = sibling.driver, !dmaManagingDrivers.contains(driver) {
+            if let sibling = state.devices[address], let driver = sibling.driver, !managesDMA(driver) {
                 throw Refusal(.EPERM, "IOMMU group \(group) is not viable: \(sibling.address) is bound to \(driver)")
             }
         }
@@ -115,6 +117,8 @@ extension SimulatedKernel {
         var hwpt: ObjectID
         var moving: [ObjectID]
         var previous: ObjectID?
+        /// ARM: a paging HWPT a CANWBS device upgrades to enforce coherency.
+        var upgradeCoherency: ObjectID? = nil
     }
 
     /// Every check of an attach/replace, in the kernel's order (iommufd_hw_pagetable_attach):
@@ -152,20 +156,48 @@ extension SimulatedKernel {
                 }
             }
         }
+        var upgrade: ObjectID?
         for id in moving {
             guard let member = deviceObject(cid, id) else { continue }
             try driverAttachCheck(cid, id, member, hwptID: hwptID)
+            if let u = try coherencyCheck(cid, id, member, hwptID: hwptID) { upgrade = u }
         }
-        return AttachPlan(hwpt: hwptID, moving: moving, previous: current)
+        return AttachPlan(hwpt: hwptID, moving: moving, previous: current, upgradeCoherency: upgrade)
     }
 
     func commit(_ cid: Int, _ plan: AttachPlan) {
+        if let id = plan.upgradeCoherency, var paging = pagingObject(cid, id) {
+            paging.enforcesCoherency = true
+            setObject(cid, id, .hwptPaging(paging))
+        }
         for id in plan.moving {
             guard var member = deviceObject(cid, id) else { continue }
             member.attached = plan.hwpt
             setObject(cid, id, .device(member))
         }
         if let previous = plan.previous { releaseAutomaticHWPTIfUnused(cid, previous) }
+    }
+
+    /// ARM cache-coherency enforcement (docs/kernel-interface.md §5.2, §9.24): a non-CANWBS master cannot join a
+    /// domain that enforces it (directly or under a nested HWPT on it); a CANWBS master
+    /// attaching directly to a domain that does not upgrades it, which fails (EINVAL)
+    /// while a non-CANWBS master is on it. Returns the HWPT to upgrade.
+    private func coherencyCheck(_ cid: Int, _ devID: ObjectID, _ device: DeviceObject, hwptID: ObjectID) throws(Refusal) -> ObjectID? {
+        guard let iommu = hostIOMMU(device.iommu), iommu.type == .armSMMUv3,
+              let domain = pagingParent(cid, of: hwptID) else { return nil }
+        let canwbs = deviceCANWBS(device, iommu)
+        if domain.hwpt.enforcesCoherency == true {
+            if !canwbs { throw Refusal(.EINVAL, "HWPT \(domain.id) enforces cache coherency (made through a CANWBS device); device \(devID)'s root complex is not CANWBS") }
+            return nil
+        }
+        guard canwbs, pagingObject(cid, hwptID) != nil else { return nil }
+        let onDomain = objects(cid).contains { entry in
+            guard case .device(let other) = entry.object, entry.id != devID, let at = other.attached,
+                  pagingParent(cid, of: at)?.id == domain.id, let i = hostIOMMU(other.iommu) else { return false }
+            return !deviceCANWBS(other, i)
+        }
+        if onDomain { throw Refusal(.EINVAL, "HWPT \(hwptID) holds a non-CANWBS device, so it cannot enforce the cache coherency device \(devID) reports") }
+        return hwptID
     }
 
     /// The IOMMU driver's attach checks.

@@ -38,7 +38,7 @@ extension SimulatedKernel {
         guard let device = deviceObject(cid, devID) else { throw Refusal(.ENOENT, missing(cid, devID, "dev_id")) }
         let iommu = try iommu(of: device)
         // The driver's size query comes before the hwpt_id lookup (lab-arm64 finding 3).
-        try checkVIOMMUSupport(iommu, type: type)
+        try checkVIOMMUSupport(iommu, type: type, canwbs: deviceCANWBS(device, iommu))
         guard let parent = pagingObject(cid, hwptID) else {
             throw Refusal(.ENOENT, missing(cid, hwptID, "hwpt_id") + " (a HWPT_PAGING is needed)")
         }
@@ -80,12 +80,14 @@ extension SimulatedKernel {
     }
 
     /// The driver's get_viommu_size: 0 (→ EOPNOTSUPP) when it cannot make this type here.
-    private func checkVIOMMUSupport(_ iommu: HostIOMMU, type: VIOMMUType) throws(Refusal) {
+    private func checkVIOMMUSupport(_ iommu: HostIOMMU, type: VIOMMUType, canwbs: Bool) throws(Refusal) {
         switch iommu.type {
         case .armSMMUv3:
             // docs/kernel-interface.md §5.2: nesting, and CANWBS or S2FWB (`coherent`); then the type.
             if !iommu.nesting { throw Refusal(.EOPNOTSUPP, "\(iommu.name) has no nesting feature") }
-            if !iommu.coherent { throw Refusal(.EOPNOTSUPP, "\(iommu.name) has neither CANWBS nor S2FWB") }
+            // Only dev_id is asked: its root complex's CANWBS (the IOMMU's `coherent` when
+            // the host description has no per-device fact).
+            if !canwbs { throw Refusal(.EOPNOTSUPP, "\(iommu.name): the device's root complex is not CANWBS and the SMMU has no S2FWB") }
             if type == .armSMMUv3 { return }
             if type == .tegra241CMDQV, iommu.cmdqvVCMDQs != nil { return }
             throw Refusal(.EOPNOTSUPP, "\(iommu.name) does not offer vIOMMU type \(hex(type.rawValue))")

@@ -22,6 +22,7 @@ public let exampleTopologies: [(topology: String, host: String)] = [
     ("several-guests", "examples/hosts/grace-2smmu-cmdqv.yaml"),
     ("devices-without-vsmmu", "examples/hosts/intel-vtd.yaml"),
     ("selftest", "examples/hosts/selftest.yaml"),
+    ("gb200-four-gpus", "examples/hosts/gb200-64k.yaml"),
 ]
 
 /// The host file an example topology is written for.

@@ -96,3 +96,24 @@ struct DriverlessProbeTests {
         #expect(r.notes.contains { $0.contains("no device behind it is bound to vfio-pci or free of a driver") })
     }
 }
+
+extension DriverlessProbeTests {
+    /// docs/contract.md §3: a device with no driver has its own ATS, PASID width and CANWBS
+    /// read through the driverless probe, and is given back to no driver.
+    @Test func perDeviceFactsAreReadThroughADriverlessDevice() throws {
+        var host = try HostDescription.load(path: path("examples/hosts/arm-limited.yaml"))
+        let a = try #require(host.pciDevices.firstIndex { $0.driver == nil && $0.iommu != nil && host.iommu(named: $0.iommu!)?.coherent == true })
+        host.pciDevices[a].ats = false
+        host.pciDevices[a].pasidWidth = 0
+        host.pciDevices[a].canwbs = false
+        let address = host.pciDevices[a].address
+        let sim = SimulatedKernel(host: host, environment: [:])
+        let (k, transport, dev) = try linux(over: sim)
+        defer { try? FileManager.default.removeItem(atPath: dev); for (real, _) in transport.fds { close(real) } }
+        let r = try HostDiscovery(kernel: k).describe(probeDriverless: true)
+        let got = try #require(r.host.device(at: address))
+        #expect(got.ats == false && got.pasidWidth == 0 && got.canwbs == false && got.unknown == [], "\(got)")
+        #expect(try sim.pciDevice(address)?.driver == nil)
+        #expect(r.notes.contains { $0.hasPrefix("\(address): its ATS, PASID width and CANWBS read") })
+    }
+}

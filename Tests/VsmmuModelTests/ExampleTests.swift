@@ -49,7 +49,10 @@ func everyInvalidExampleFailsExactlyAsItSays(file: String) throws {
                  "size-not-aligned", "size-overflow", "size-too-large", "memory-overlap", "memory-reserved",
                  "device-used-twice", "vsmmu-mixed-iommus", "vsmmu-wrong-physical", "two-vsmmus-same-physical",
                  "group-not-viable", "feature-beyond-host", "no-nesting", "not-coherent", "bus-collision", "bus-room",
-                 "too-many-vsmmus"]
+                 "too-many-vsmmus",
+                 // docs/contract.md §3's per-device facts and page size (issue 16)
+                 "ats-on-device-without-ats", "ssid-beyond-pasid-width", "device-not-canwbs", "page-size-misaligned",
+                 "vfio-driver-unknown", "device-facts-unknown"]
     let present = Set(files(in: "examples/invalid").map { URL(fileURLWithPath: $0).deletingPathExtension().lastPathComponent })
     #expect(Set(rules).subtracting(present) == [])
 }

@@ -57,6 +57,9 @@ func aStockVMMCannotTakeAPreparedGuestButCanAfterTheHandover(example: String) th
 
     // The VMM's realize now succeeds, in its own process; the holder keeps none of the fds.
     let vmm = try lifecycle.simulateVMM(handover, pid: 4343, command: ["qemu-system-aarch64"])
+    // Its pins are charged to its own RLIMIT_MEMLOCK (per-process mode), which launch raised
+    // to exactly the guest RAM it pins: not a byte more is needed.
+    #expect(h.sim.lockedBytes(of: vmm).process == handover.pinnedBytes)
     let held = Set(try h.sim.openFiles().map(\.fd))
     #expect(held.isDisjoint(with: handover.allFDs), "the holder still has \(held.intersection(handover.allFDs))")
     for d in layout.devices { #expect(try h.sim.deviceHolders(d.address).map(\.pid) == [4343]) }
