@@ -638,6 +638,14 @@ def plan_layout(plan, guest):
     return None
 
 
+def plan_vsid(d):
+    """A plan layout device's vSID: the plan JSON writes it as the kernel and QEMU do, "0x1100"."""
+    v = d.get("vsid") if d else None
+    if isinstance(v, str):
+        return int(v, 16)
+    return v
+
+
 def parse_guest_addr(s):
     m = re.match(r"^(?:([0-9a-fA-F]{4}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])$", s or "")
     if not m:
@@ -821,9 +829,9 @@ def boot(guest, mach_tcg, forms, pxb, sec, pred, layout, logdir):
             avsid = act[0] << 8 | act[1] << 3 | act[2]
             ok = act == (pb, ps, pf)
             if pd:
-                if parse_guest_addr(pd.get("guestAddress")) != act or pd.get("vsid") != avsid:
+                if parse_guest_addr(pd.get("guestAddress")) != act or plan_vsid(pd) != avsid:
                     ok = False
-                extra = "; plan says %s vsid 0x%04x" % (pd.get("guestAddress"), pd.get("vsid") or 0)
+                extra = "; plan says %s vsid 0x%04x" % (pd.get("guestAddress"), plan_vsid(pd) or 0)
             else:
                 ok = False
                 extra = "; not in the plan's layout"
@@ -1287,7 +1295,7 @@ def main():
         disagree = []
         for did, (b, s, f) in sorted(pred.items()):
             d = pd.get(did)
-            if d is None or parse_guest_addr(d.get("guestAddress")) != (b, s, f) or d.get("vsid") != (b << 8 | s << 3 | f):
+            if d is None or parse_guest_addr(d.get("guestAddress")) != (b, s, f) or plan_vsid(d) != (b << 8 | s << 3 | f):
                 disagree.append("%s args->%s plan->%s/%s" % (did, fmt_addr(b, s, f), d and d.get("guestAddress"), d and d.get("vsid")))
         missing = sorted(set(pd) - set(pred))
         if missing:
