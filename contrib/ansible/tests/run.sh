@@ -74,6 +74,9 @@ check "the installed modules document themselves (ansible-doc)" \
   bash -c "'$venv/bin/ansible-doc' vsmmu.vsmmu.topology vsmmu.vsmmu.host_info >'$out' 2>&1 && grep -q 'state_dir' '$out' && grep -q 'probe_driverless' '$out'"
 
 sed '/name: nic0/,+1d' "$repo/examples/devices-without-vsmmu.yaml" >"$work/node2-one-device.yaml"
+# node1's other topology is a new version of its own (the same metadata.name: a topology owns
+# its guests, and another one may not take their devices): one guest on one vSMMU instead.
+sed 's/^  name: rack12-node03$/  name: rack12-node04/' "$repo/examples/one-guest-one-vsmmu.yaml" >"$work/node1-one-guest.yaml"
 cat >"$work/bad-topology.yaml" <<'EOF'
 apiVersion: vsmmu/v1
 kind: Topology
