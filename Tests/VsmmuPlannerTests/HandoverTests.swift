@@ -22,7 +22,7 @@ private func realizeTheOldWay(_ h: Harness, _ layout: VMMGuestLayout) -> KernelC
             for d in layout.devices { cdevs[d.name] = try h.sim.openVfioDevice(index: try h.sim.pciDevice(d.address)!.vfioDevIndex!) }
             _ = try QEMURealize.run(layout, files: VMMFiles(iommufd: fd, devices: cdevs, memory: [:]), port: h.sim)
             return nil
-        } catch { return error as? KernelCallError ?? KernelCallError("?", .EIO, "\(error)") }
+        } catch { return error }
     }
 }
 
