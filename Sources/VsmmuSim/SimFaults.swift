@@ -115,7 +115,7 @@ extension SimulatedKernel {
     func call<T>(_ request: KernelRequest, _ log: SimRequest?, _ body: () throws(Refusal) -> T) throws(KernelCallError) -> T {
         let kernelCall = request.call, op = kernelCall.name, text = request.detail
         assert(kernelCall.isMutating == (log != nil), "\(op): a mutating call is logged, a read is not")
-        if delayMS > 0 { usleep(UInt32(min(delayMS, 3_600_000)) * 1000) }
+        if delayMS > 0 { sleepThroughSignals(ms: delayMS) }
         if let injected = injectedFailure(for: op) {
             record(SimCall(op: op, detail: text, mutating: kernelCall.isMutating, errno: injected, injected: true))
             throw KernelCallError(kernelCall, injected, text.isEmpty ? "injected by VSMMU_SIM_FAIL" : "\(text): injected by VSMMU_SIM_FAIL")
@@ -138,7 +138,7 @@ extension SimulatedKernel {
     /// always releases the fd on Linux, so fault injection does not apply to them.
     func callQuietly(_ request: KernelRequest, _ log: SimRequest, _ body: () -> Errno?) {
         let op = request.call.name, text = request.detail
-        if delayMS > 0 { usleep(UInt32(min(delayMS, 3_600_000)) * 1000) }
+        if delayMS > 0 { sleepThroughSignals(ms: delayMS) }
         opCounts[op, default: 0] += 1
         mutatingCallCount += 1
         let errno = body()
@@ -158,4 +158,12 @@ extension SimulatedKernel {
     private func record(_ call: SimCall) {
         if traceEnabled { trace.append(call) }
     }
+}
+
+/// VSMMU_SIM_DELAY_MS: the whole delay even when a signal arrives meanwhile (a kernel call is
+/// not cut short by the caller's SIGINT; usleep would return early with EINTR).
+func sleepThroughSignals(ms: Int) {
+    var left = timespec(tv_sec: min(ms, 3_600_000) / 1000, tv_nsec: (ms % 1000) * 1_000_000)
+    var rest = timespec()
+    while nanosleep(&left, &rest) != 0 && errno == EINTR { left = rest }
 }

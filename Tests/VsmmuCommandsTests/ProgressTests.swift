@@ -63,3 +63,47 @@ import VsmmuTestSupport
     #expect(resumed.code == 0, "\(resumed.stderr)")
     #expect(vsmmu(["plan", t, "--detailed-exitcode"] + ctx).code == 0)
 }
+
+/// A second signal within the grace period is ignored (the step in flight still finishes and
+/// the apply stops with 130); after the grace period a second one stops vsmmu at once.
+@Test(arguments: [false, true])
+func aSecondInterruptIsIgnoredDuringTheGracePeriodThenStopsAtOnce(afterGrace: Bool) throws {
+    let dir = tempDir()
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let t = "examples/two-vsmmus-four-gpus.yaml"
+    let ctx = ["--host", grace, "--state-dir", dir]
+    #expect(vsmmu(["plan", t] + ctx).code == 0)
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: vsmmuBinary)
+    p.arguments = ["apply", t, "--auto-approve"] + ctx
+    p.currentDirectoryURL = URL(fileURLWithPath: packageRoot)
+    // Each call takes 4 s: the first signal comes as the first step starts, so a second one
+    // 0.2 s or 1.2 s later lands inside that same step.
+    p.environment = ["PATH": "/usr/bin:/bin", "HOME": NSTemporaryDirectory(), "VSMMU_SIM_DELAY_MS": "4000",
+                     "VSMMU_INTERRUPT_GRACE_SECONDS": "1"]
+    let err = Pipe()
+    p.standardError = err
+    p.standardOutput = FileHandle.nullDevice
+    p.standardInput = FileHandle.nullDevice
+    try p.run()
+    var seen = Data()
+    while !String(decoding: seen, as: UTF8.self).contains("Creating...") {
+        let chunk = err.fileHandleForReading.availableData
+        if chunk.isEmpty { break }
+        seen += chunk
+    }
+    kill(p.processIdentifier, SIGINT)
+    usleep(afterGrace ? 1_200_000 : 200_000)
+    kill(p.processIdentifier, SIGINT)
+    let text = String(decoding: seen + err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    p.waitUntilExit()
+    if afterGrace {
+        #expect(p.terminationReason == .uncaughtSignal && p.terminationStatus == SIGINT, "\(p.terminationStatus) \(text)")
+    } else {
+        #expect(p.terminationReason == .exit && p.terminationStatus == 130, "\(text)")
+        #expect(text.contains("Interrupted: the step in flight finished"), "\(text)")
+    }
+    // Either way the next apply converges (the journal covers a step cut short).
+    #expect(vsmmu(["apply", t, "--auto-approve"] + ctx).code == 0)
+    #expect(vsmmu(["plan", t, "--detailed-exitcode"] + ctx).code == 0)
+}
