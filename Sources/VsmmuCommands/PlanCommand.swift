@@ -85,6 +85,16 @@ enum SavedPlan {
 func runReporting(_ console: Console, _ body: () throws -> Int32) throws -> Int32 {
     do {
         return try body()
+    } catch {
+        // An apply's live line (a terminal only) must not run into the error.
+        if console.stderrIsTerminal { console.errorRaw("\r\u{1B}[K") }
+        return try reportError(error, console)
+    }
+}
+
+private func reportError(_ error: Error, _ console: Console) throws -> Int32 {
+    do {
+        throw error
     } catch let e as ExitCode {
         throw e
     } catch is ExitCode1 {

@@ -122,8 +122,15 @@ enum Runner {
     /// `request` chooses the progress lines: per resource (default), with each call (-v), none (--quiet).
     static func events(_ console: Console, request: Request? = nil, plan: @escaping @Sendable (Plan) -> Void = { _ in }) -> ProvisioningEvents {
         let quiet = request?.quiet ?? false, verbose = request?.verbose ?? false
-        return ProvisioningEvents(note: { console.error($0) }, progress: { if !quiet { console.error($0) } },
-                                  call: { if verbose && !quiet { console.error("  " + $0) } }, planned: plan)
+        // On a terminal (and only there: a pipe or an agent's client gets whole lines), the
+        // step in flight is shown on a line that the next line overwrites.
+        let live = console.stderrIsTerminal && !quiet && !verbose
+        let clear = live ? "\r\u{1B}[K" : ""
+        var events = ProvisioningEvents(note: { console.errorRaw(clear); console.error($0) },
+                                        progress: { if !quiet { console.errorRaw(clear); console.error($0) } },
+                                        call: { if verbose && !quiet { console.error("  " + $0) } }, planned: plan)
+        if live { events.inFlight = { console.errorRaw(clear + "  … " + $0) } }
+        return events
     }
 
     static func source(_ r: Request) throws -> SourceText {

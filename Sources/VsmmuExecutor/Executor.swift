@@ -36,8 +36,12 @@ public final class Executor {
     /// One line per finished step (kernel call), for -v.
     let calls: (String) -> Void
 
-    public init(port: KernelPort, store: StateStore, progress: @escaping (String) -> Void = { _ in }, calls: @escaping (String) -> Void = { _ in }) {
-        self.port = port; self.store = store; self.progress = progress; self.calls = calls
+    /// The step about to run (`[n/N] CALL resource`), for a live line on a terminal.
+    let inFlight: (String) -> Void
+
+    public init(port: KernelPort, store: StateStore, progress: @escaping (String) -> Void = { _ in }, calls: @escaping (String) -> Void = { _ in },
+                inFlight: @escaping (String) -> Void = { _ in }) {
+        self.port = port; self.store = store; self.progress = progress; self.calls = calls; self.inFlight = inFlight
     }
 
     /// Runs the operations in order. `shouldStop` is asked before each step (SIGTERM in the
@@ -55,6 +59,7 @@ public final class Executor {
                 throw ApplyError(operation: op, errno: nil, message: "cannot write the journal: \(error)")
             }
             if let line = lines.starting(op) { progress(line) }
+            inFlight("[\(op.index)/\(total)] \(op.call) \(op.resource)")
             do {
                 let patches = try perform(op)
                 try? store.done(seq, patches)

@@ -120,10 +120,10 @@ public enum Pipeline {
     /// Records the plan's allocations, runs its operations, and checkpoints the holdings
     /// (also after a failure, so the state directory is consistent either way).
     public static func apply(_ plan: Plan, port: KernelPort, store: StateStore, progress: @escaping (String) -> Void = { _ in },
-                             calls: @escaping (String) -> Void = { _ in },
+                             calls: @escaping (String) -> Void = { _ in }, inFlight: @escaping (String) -> Void = { _ in },
                              shouldStop: () -> Bool = { false }) throws {
         try store.saveAllocations(plan.allocations)
-        let executor = Executor(port: port, store: store, progress: progress, calls: calls)
+        let executor = Executor(port: port, store: store, progress: progress, calls: calls, inFlight: inFlight)
         do {
             try executor.run(plan, shouldStop: shouldStop)
         } catch {

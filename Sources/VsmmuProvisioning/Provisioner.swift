@@ -16,6 +16,8 @@ public struct ProvisioningEvents: Sendable {
     public var call: @Sendable (String) -> Void
     /// The plan an apply is about to carry out (shown before it asks for approval).
     public var planned: @Sendable (Plan) -> Void
+    /// The step an apply is about to run (`[n/N] CALL resource`), for a live line.
+    public var inFlight: @Sendable (String) -> Void = { _ in }
 
     public init(note: @escaping @Sendable (String) -> Void, progress: @escaping @Sendable (String) -> Void = { _ in },
                 call: @escaping @Sendable (String) -> Void = { _ in }, planned: @escaping @Sendable (Plan) -> Void = { _ in }) {
@@ -246,7 +248,7 @@ public final class Provisioner {
             guard confirm(plan) else { return .cancelled(plan) }
         }
         do {
-            try Pipeline.apply(plan, port: port, store: store, progress: events.progress, calls: events.call, shouldStop: options.shouldStop)
+            try Pipeline.apply(plan, port: port, store: store, progress: events.progress, calls: events.call, inFlight: events.inFlight, shouldStop: options.shouldStop)
         } catch {
             try? session.save()
             throw error

@@ -107,3 +107,30 @@ func aSecondInterruptIsIgnoredDuringTheGracePeriodThenStopsAtOnce(afterGrace: Bo
     #expect(vsmmu(["apply", t, "--auto-approve"] + ctx).code == 0)
     #expect(vsmmu(["plan", t, "--detailed-exitcode"] + ctx).code == 0)
 }
+
+/// On a terminal the step in flight has a live line (`… [n/N] CALL resource`), overwritten by
+/// the next line; through a pipe there is none (only whole lines).
+@Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/script")))
+func aTerminalShowsTheStepInFlightAndAPipeDoesNot() throws {
+    let dir = tempDir()
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let apply = [vsmmuBinary, "apply", "examples/two-vsmmus-four-gpus.yaml", "--host", grace, "--state-dir", dir + "/tty", "--auto-approve"]
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/script")
+    p.arguments = ["-qec", apply.joined(separator: " "), "/dev/null"]
+    p.currentDirectoryURL = URL(fileURLWithPath: packageRoot)
+    p.environment = ["PATH": "/usr/bin:/bin", "HOME": NSTemporaryDirectory(), "TERM": "xterm"]
+    let out = Pipe()
+    p.standardOutput = out
+    p.standardError = out
+    p.standardInput = FileHandle.nullDevice
+    try p.run()
+    let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    p.waitUntilExit()
+    #expect(p.terminationStatus == 0, "\(text)")
+    #expect(text.contains("\r\u{1B}[K  … [1/54] OPEN_IOMMUFD guest train0"), "\(text)")
+    #expect(text.contains("\r\u{1B}[Kdevice train0/gpu3: Creation complete"), "\(text)")
+    let piped = vsmmu(Array(apply.dropFirst().dropLast(3)) + ["--state-dir", dir + "/pipe", "--auto-approve"])
+    #expect(piped.code == 0)
+    #expect(!piped.stderr.contains("\u{1B}[K") && !piped.stderr.contains("… ["), "\(piped.stderr)")
+}
