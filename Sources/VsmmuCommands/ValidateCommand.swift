@@ -35,6 +35,21 @@ struct Validate: ParsableCommand {
     }
 
     func run() throws {
+        // Through an agent (--socket, no --host): the agent checks the file against the host it
+        // runs on, as its plan would (the plan itself is not printed).
+        if kernel.host == nil, kernel.socket != nil, format == .text, let socket = kernel.agentSocket {
+            let console = Console.standard()
+            let code = try runReporting(console) { () throws -> Int32 in
+                var request = Request(.plan)
+                try request.attach(file: file)
+                let quiet = Console(out: { _ in }, err: { console.errorRaw($0) })
+                let reply = try AgentClient(path: socket).exchange(request, console: quiet)
+                if reply.exit == 0 { console.print("\(file) is valid against the host of the agent at \(socket)") }
+                return reply.exit ?? 1
+            }
+            if code != 0 { throw ExitCode(code) }
+            return
+        }
         // Where the state directory already holds the simulated host, validate reads what
         // plan would: that host as it is now (its origin checked against --host).
         var current: HostDescription?

@@ -183,3 +183,14 @@ func adoptHandsThePreparedContextItself(throughAgent: Bool) throws {
     #expect(vsmmu(["plan", topology, "--detailed-exitcode"] + ctx).code == 0)
     #expect(vsmmu(["show"] + ctx).stdout.contains("state: prepared"))
 }
+
+@Test func validateThroughTheAgentChecksAgainstItsHost() throws {
+    let agent = try AgentProcess()
+    let ok = vsmmu(["validate", "examples/one-guest-one-vsmmu.yaml", "--socket", agent.socket])
+    #expect(ok.code == 0, "\(ok.stderr)")
+    #expect(ok.stdout.contains("is valid against the host of the agent"))
+    // a rule that needs the host: only checked when the agent's host is used
+    let bad = vsmmu(["validate", "examples/invalid/group-not-viable.yaml", "--socket", agent.socket])
+    #expect(bad.code == 1)
+    #expect(bad.stderr.contains("examples/invalid/group-not-viable.yaml:10:29: error: IOMMU group 14"))
+}
