@@ -36,23 +36,8 @@ import VsmmuTestSupport
     let t = "examples/two-vsmmus-four-gpus.yaml"
     let ctx = ["--host", grace, "--state-dir", dir]
     #expect(vsmmu(["plan", t] + ctx).code == 0)   // the simulated host exists: the apply below is all steps
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: vsmmuBinary)
-    p.arguments = ["apply", t, "--auto-approve"] + ctx
-    p.currentDirectoryURL = URL(fileURLWithPath: packageRoot)
-    p.environment = ["PATH": "/usr/bin:/bin", "HOME": NSTemporaryDirectory(), "VSMMU_SIM_DELAY_MS": "100"]
-    let err = Pipe()
-    p.standardError = err
-    p.standardOutput = FileHandle.nullDevice
-    p.standardInput = FileHandle.nullDevice
-    try p.run()
     // Interrupt once the steps run (the first resource line is out).
-    var seen = Data()
-    while !String(decoding: seen, as: UTF8.self).contains("Creating...") {
-        let chunk = err.fileHandleForReading.availableData
-        if chunk.isEmpty { break }
-        seen += chunk
-    }
+    let (p, err, seen) = try applyUntilTheFirstStep(["apply", t, "--auto-approve"] + ctx, env: ["VSMMU_SIM_DELAY_MS": "100"])
     kill(p.processIdentifier, SIGINT)
     let text = String(decoding: seen + err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
     p.waitUntilExit()
@@ -73,25 +58,10 @@ func aSecondInterruptIsIgnoredDuringTheGracePeriodThenStopsAtOnce(afterGrace: Bo
     let t = "examples/two-vsmmus-four-gpus.yaml"
     let ctx = ["--host", grace, "--state-dir", dir]
     #expect(vsmmu(["plan", t] + ctx).code == 0)
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: vsmmuBinary)
-    p.arguments = ["apply", t, "--auto-approve"] + ctx
-    p.currentDirectoryURL = URL(fileURLWithPath: packageRoot)
     // Each call takes 4 s: the first signal comes as the first step starts, so a second one
     // 0.2 s or 1.2 s later lands inside that same step.
-    p.environment = ["PATH": "/usr/bin:/bin", "HOME": NSTemporaryDirectory(), "VSMMU_SIM_DELAY_MS": "4000",
-                     "VSMMU_INTERRUPT_GRACE_SECONDS": "1"]
-    let err = Pipe()
-    p.standardError = err
-    p.standardOutput = FileHandle.nullDevice
-    p.standardInput = FileHandle.nullDevice
-    try p.run()
-    var seen = Data()
-    while !String(decoding: seen, as: UTF8.self).contains("Creating...") {
-        let chunk = err.fileHandleForReading.availableData
-        if chunk.isEmpty { break }
-        seen += chunk
-    }
+    let (p, err, seen) = try applyUntilTheFirstStep(["apply", t, "--auto-approve"] + ctx,
+                                                    env: ["VSMMU_SIM_DELAY_MS": "4000", "VSMMU_INTERRUPT_GRACE_SECONDS": "1"])
     kill(p.processIdentifier, SIGINT)
     usleep(afterGrace ? 1_200_000 : 200_000)
     kill(p.processIdentifier, SIGINT)
@@ -133,4 +103,26 @@ func aTerminalShowsTheStepInFlightAndAPipeDoesNot() throws {
     let piped = vsmmu(Array(apply.dropFirst().dropLast(3)) + ["--state-dir", dir + "/pipe", "--auto-approve"])
     #expect(piped.code == 0)
     #expect(!piped.stderr.contains("\u{1B}[K") && !piped.stderr.contains("… ["), "\(piped.stderr)")
+}
+
+/// Starts `vsmmu ARGS` and returns once its first resource line ("Creating...") is out: the
+/// process, its standard error and what it has written there so far.
+private func applyUntilTheFirstStep(_ args: [String], env: [String: String]) throws -> (Process, Pipe, Data) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: vsmmuBinary)
+    p.arguments = args
+    p.currentDirectoryURL = URL(fileURLWithPath: packageRoot)
+    p.environment = ["PATH": "/usr/bin:/bin", "HOME": NSTemporaryDirectory()].merging(env) { _, new in new }
+    let err = Pipe()
+    p.standardError = err
+    p.standardOutput = FileHandle.nullDevice
+    p.standardInput = FileHandle.nullDevice
+    try p.run()
+    var seen = Data()
+    while !String(decoding: seen, as: UTF8.self).contains("Creating...") {
+        let chunk = err.fileHandleForReading.availableData
+        if chunk.isEmpty { break }
+        seen += chunk
+    }
+    return (p, err, seen)
 }
