@@ -112,27 +112,34 @@ extension HostDiscovery {
     /// GET_HW_INFO through the device (its ATS and PASID width) and, on ARM, whether a
     /// vIOMMU can be made through it (its CANWBS), in a throwaway context.
     func probeDeviceFacts(_ d: SysfsPCIDevice, type: IOMMUType) throws(KernelCallError) -> (ats: Bool, pasidWidth: Int, canwbs: Bool?) {
+        try withThrowawayBinding(d) { (ctx, devID, info) throws(KernelCallError) in
+            let ats = !info.capabilities.contains(.pciATSNotSupported)
+            var canwbs: Bool?
+            if type == .armSMMUv3 {
+                let ioas = try kernel.ioasAlloc(ctx)
+                if let s2 = try? kernel.hwptAlloc(ctx, flags: .nestParent, devID: devID, ptID: ioas, dataType: .none, data: []) {
+                    do throws(KernelCallError) {
+                        let v = try kernel.viommuAlloc(ctx, type: .armSMMUv3, devID: devID, hwptID: s2, data: [])
+                        canwbs = true
+                        try? kernel.destroy(ctx, id: v.id)
+                    } catch where error.errno == .EOPNOTSUPP {
+                        canwbs = false
+                    }
+                }
+            }
+            return (ats, Int(info.maxPasidLog2), canwbs)
+        }
+    }
+
+    /// `body` with the device bound to a fresh iommufd context and its GET_HW_INFO answer;
+    /// the context and the cdev close afterwards (the kernel destroys what `body` made).
+    func withThrowawayBinding<T>(_ d: SysfsPCIDevice, _ body: (IommufdHandle, ObjectID, HwInfo) throws(KernelCallError) -> T) throws(KernelCallError) -> T {
         let ctx = try kernel.openIommufd()
         defer { kernel.close(ctx) }
         let dev = try kernel.openVfioDevice(index: d.vfioDevIndex!)
         defer { kernel.close(dev) }
         let devID = try kernel.bindIommufd(dev, iommufd: ctx)
-        let info = try kernel.getHwInfo(ctx, devID: devID, requestType: nil)
-        let ats = !info.capabilities.contains(.pciATSNotSupported)
-        var canwbs: Bool?
-        if type == .armSMMUv3 {
-            let ioas = try kernel.ioasAlloc(ctx)
-            if let s2 = try? kernel.hwptAlloc(ctx, flags: .nestParent, devID: devID, ptID: ioas, dataType: .none, data: []) {
-                do {
-                    let v = try kernel.viommuAlloc(ctx, type: .armSMMUv3, devID: devID, hwptID: s2, data: [])
-                    canwbs = true
-                    try? kernel.destroy(ctx, id: v.id)
-                } catch where error.errno == .EOPNOTSUPP {
-                    canwbs = false
-                }
-            }
-        }
-        return (ats, Int(info.maxPasidLog2), canwbs)
+        return try body(ctx, devID, try kernel.getHwInfo(ctx, devID: devID, requestType: nil))
     }
 }
 #endif

@@ -173,41 +173,37 @@ public struct HostDiscovery {
 
     /// GET_HW_INFO and the nesting/vIOMMU probes, in a throwaway context.
     func probeFeatures(_ d: SysfsPCIDevice, type: IOMMUType) throws(KernelCallError) -> IOMMUFeatures {
-        let ctx = try kernel.openIommufd()
-        defer { kernel.close(ctx) }
-        let dev = try kernel.openVfioDevice(index: d.vfioDevIndex!)
-        defer { kernel.close(dev) }
-        let devID = try kernel.bindIommufd(dev, iommufd: ctx)
-        let info = try kernel.getHwInfo(ctx, devID: devID, requestType: nil)
-        switch info.dataType {
-        case .armSMMUv3:
-            guard var f = IOMMUFeatures.armSMMUv3(info.data, maxPasidLog2: info.maxPasidLog2, capabilities: info.capabilities) else { return IOMMUFeatures() }
-            let ioas = try kernel.ioasAlloc(ctx)
-            // Nesting for real: errata can hide it behind set IDR bits (docs/kernel-interface.md §9.23).
-            do {
-                let s2 = try kernel.hwptAlloc(ctx, flags: .nestParent, devID: devID, ptID: ioas, dataType: .none, data: [])
-                f.nesting = true
-                // vIOMMU possible = nesting and (CANWBS or S2FWB): the only way to see CANWBS.
-                do {
-                    let v = try kernel.viommuAlloc(ctx, type: .armSMMUv3, devID: devID, hwptID: s2, data: [])
-                    f.coherent = true
-                    try? kernel.destroy(ctx, id: v.id)
+        try withThrowawayBinding(d) { (ctx, devID, info) throws(KernelCallError) -> IOMMUFeatures in
+            switch info.dataType {
+            case .armSMMUv3:
+                guard var f = IOMMUFeatures.armSMMUv3(info.data, maxPasidLog2: info.maxPasidLog2, capabilities: info.capabilities) else { return IOMMUFeatures() }
+                let ioas = try kernel.ioasAlloc(ctx)
+                // Nesting for real: errata can hide it behind set IDR bits (docs/kernel-interface.md §9.23).
+                do throws(KernelCallError) {
+                    let s2 = try kernel.hwptAlloc(ctx, flags: .nestParent, devID: devID, ptID: ioas, dataType: .none, data: [])
+                    f.nesting = true
+                    // vIOMMU possible = nesting and (CANWBS or S2FWB): the only way to see CANWBS.
+                    do throws(KernelCallError) {
+                        let v = try kernel.viommuAlloc(ctx, type: .armSMMUv3, devID: devID, hwptID: s2, data: [])
+                        f.coherent = true
+                        try? kernel.destroy(ctx, id: v.id)
+                    } catch where error.errno == .EOPNOTSUPP {
+                        f.coherent = false
+                    }
+                    try? kernel.destroy(ctx, id: s2)
                 } catch where error.errno == .EOPNOTSUPP {
-                    f.coherent = false
+                    f.nesting = false
+                    if f.coherent == nil { f.coherent = false }
                 }
-                try? kernel.destroy(ctx, id: s2)
-            } catch where error.errno == .EOPNOTSUPP {
-                f.nesting = false
-                if f.coherent == nil { f.coherent = false }
+                if let cmdqv = try? kernel.getHwInfo(ctx, devID: devID, requestType: .tegra241CMDQV), let info = Tegra241CMDQVHWInfo(cmdqv.data) {
+                    f.vcmdqs = info.vcmdqs
+                }
+                return f
+            case .intelVTD:
+                return IOMMUFeatures.intelVTd(info.data) ?? IOMMUFeatures()
+            default:
+                return IOMMUFeatures()
             }
-            if let cmdqv = try? kernel.getHwInfo(ctx, devID: devID, requestType: .tegra241CMDQV), let info = Tegra241CMDQVHWInfo(cmdqv.data) {
-                f.vcmdqs = info.vcmdqs
-            }
-            return f
-        case .intelVTD:
-            return IOMMUFeatures.intelVTd(info.data) ?? IOMMUFeatures()
-        default:
-            return IOMMUFeatures()
         }
     }
 

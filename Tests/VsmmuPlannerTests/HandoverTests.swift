@@ -70,12 +70,7 @@ func aStockVMMCannotTakeAPreparedGuestButCanAfterTheHandover(example: String) th
 }
 
 @Test func unbindNeverReachesADeviceAVMMHolds() throws {
-    let h = try Harness(host: exampleHost("one-guest-one-vsmmu"))
-    let t = try h.example("one-guest-one-vsmmu")
-    try h.apply(t)
-    let session = Session(port: h.sim, sim: h.sim, stateDir: h.dir)
-    let lifecycle = GuestLifecycle(session: session)
-    let handover = try lifecycle.handOver("vm1", store: h.store, note: { _ in })
+    let (h, t, lifecycle, handover) = try handedOverOneGuest()
     _ = try lifecycle.simulateVMM(handover, pid: 4444, command: ["qemu-system-aarch64"])
     // The state forgets the running record (as a lost holdings file would): destroy then
     // plans the give-back, and its unbind step must refuse, naming the VMM, before the write.
@@ -91,12 +86,7 @@ func aStockVMMCannotTakeAPreparedGuestButCanAfterTheHandover(example: String) th
 }
 
 @Test func aDeviceTakenByAnotherProcessAfterTheReleaseIsNamed() throws {
-    let h = try Harness(host: exampleHost("one-guest-one-vsmmu"))
-    let t = try h.example("one-guest-one-vsmmu")
-    try h.apply(t)
-    let session = Session(port: h.sim, sim: h.sim, stateDir: h.dir)
-    let lifecycle = GuestLifecycle(session: session)
-    let handover = try lifecycle.handOver("vm1", store: h.store, note: { _ in })
+    let (h, _, lifecycle, handover) = try handedOverOneGuest()
     // Another process opens and binds the device in the window before the VMM's bind.
     let intruder = h.sim.spawnProcess(pid: 6666, command: "intruder")
     let gpu = handover.layout.devices[0]
@@ -111,4 +101,14 @@ func aStockVMMCannotTakeAPreparedGuestButCanAfterTheHandover(example: String) th
     let r = RunningGuest(pid: 4545, startTime: nil, command: ["qemu"], vmm: .qemu, since: 0, devices: [gpu.name: gpu.address])
     let problems = lifecycle.runningProblems(r)
     #expect(problems.contains { $0.contains("held by pid 6666 (intruder)") }, "\(problems)")
+}
+
+/// one-guest-one-vsmmu applied on a simulated Grace host and guest vm1 handed over (fresh fds
+/// open in the holder, its held graph released).
+private func handedOverOneGuest() throws -> (Harness, Topology, GuestLifecycle, Handover) {
+    let h = try Harness(host: exampleHost("one-guest-one-vsmmu"))
+    let t = try h.example("one-guest-one-vsmmu")
+    try h.apply(t)
+    let lifecycle = GuestLifecycle(session: Session(port: h.sim, sim: h.sim, stateDir: h.dir))
+    return (h, t, lifecycle, try lifecycle.handOver("vm1", store: h.store, note: { _ in }))
 }
