@@ -67,7 +67,10 @@ cp "$BUILD/release/vsmmu-fidelity" "$overlay/bin/vsmmu-fidelity"
 strip "$overlay/bin/vsmmu-fidelity" 2>/dev/null || true
 # the selftest differential corpus and the real kernel's recorded answers (scenario vsmmu-fidelity)
 mkdir -p "$overlay/lab/corpus"
-cp "$REPO"/Tests/VsmmuFidelityTests/corpus/selftest.corpus "$REPO"/Tests/VsmmuFidelityTests/corpus/selftest.real "$overlay/lab/corpus/"
+for name in selftest selftest-gen; do
+	cp "$REPO/Tests/VsmmuFidelityTests/corpus/$name.corpus" "$overlay/lab/corpus/"
+	cp "$REPO/Tests/VsmmuFidelityTests/corpus/$name.real" "$overlay/lab/corpus/" 2>/dev/null || true
+done
 # VSMMU_LAB_SCENARIOS="a b": only those scenarios (names in scenarios/); default all
 for f in "$HERE"/scenarios/*; do
 	[ -z "${VSMMU_LAB_SCENARIOS:-}" ] || [[ " $VSMMU_LAB_SCENARIOS " == *" ${f##*/} "* ]] || continue
@@ -104,13 +107,15 @@ LAB_OVERLAY=$overlay LAB_SWIFT=0 bash "$HERE/lab.sh" > "$log" 2>&1
 rc=$?
 if [ "${LAB_RECORD:-0}" = 1 ]; then
 	boot=$(ls "${LAB_WORK:-${TMPDIR:-/tmp}/vsmmu-lab}"/boot-*.log | head -1)
-	real=$REPO/Tests/VsmmuFidelityTests/corpus/selftest.real
-	tr -d '\r' <"$boot" | sed -n 's/^VSMMU fidelity record: //p' >"$real.new"
-	{ echo "# Recorded from the real Linux $(tr -d '\r' <"$boot" | grep -ao 'Linux version [^ ]*' | head -1 | cut -d' ' -f3) (x86 lab, selftest mock) by: vsmmu-fidelity selftest.corpus --linux"
-	  echo "# $(wc -l <"$real.new") calls; LAB_RECORD=1 bash lab/vsmmu-lab.sh re-records it."
-	  cat "$real.new"; } >"$real"
-	rm -f "$real.new"
-	echo "vsmmu-lab: recorded $(grep -vc '^#' "$real") calls into $real"
+	for name in selftest selftest-gen; do
+		real=$REPO/Tests/VsmmuFidelityTests/corpus/$name.real
+		tr -d '\r' <"$boot" | sed -n "s/^VSMMU fidelity record $name: //p" >"$real.new"
+		{ echo "# Recorded from the real Linux $(tr -d '\r' <"$boot" | grep -ao 'Linux version [^ ]*' | head -1 | cut -d' ' -f3) (x86 lab, selftest mock) by: vsmmu-fidelity $name.corpus --linux"
+		  echo "# $(wc -l <"$real.new") calls; LAB_RECORD=1 bash lab/vsmmu-lab.sh re-records it."
+		  cat "$real.new"; } >"$real"
+		rm -f "$real.new"
+		echo "vsmmu-lab: recorded $(grep -vc '^#' "$real") calls into $real"
+	done
 fi
 grep -E 'LAB-CHECK|LAB-INFO|^boot|LAB OK|LAB FAIL|took|total' "$log" | sed 's/^ *//'
 work=${LAB_WORK:-${TMPDIR:-/tmp}/vsmmu-lab}
