@@ -432,7 +432,8 @@ extension SimulatedKernel {
 
     /// Pin a mapping's pages (docs/kernel-interface.md §2.6): the user VA must be mapped in the process (else
     /// EFAULT); a MAP_FILE source must be a memfd (memfd_pin_folios refuses other files
-    /// with EINVAL) and cover the range (beyond the end: EFAULT, UNVERIFIED errno).
+    /// with EINVAL) and cover the range (beyond the end: EINVAL, memfd_pin_folios in mm/gup.c,
+    /// seen on the aarch64 lab's 7.2).
     func pin(_ mapping: Mapping, cid: Int) throws(Refusal) -> Mapping {
         if mapping.pinned { return mapping }
         var pinned = mapping
@@ -450,7 +451,7 @@ extension SimulatedKernel {
                 throw Refusal(.EINVAL, "the file of this MAP_FILE mapping is not a memfd")
             }
             guard offset + mapping.length <= memory.size else {
-                throw Refusal(.EFAULT, "file range [\(hex(offset)), +\(hex(mapping.length))) goes beyond the memfd's size \(hex(memory.size))")
+                throw Refusal(.EINVAL, "file range [\(hex(offset)), +\(hex(mapping.length))) goes beyond the memfd's size \(hex(memory.size)) (memfd_pin_folios)")
             }
         }
         return pinned
