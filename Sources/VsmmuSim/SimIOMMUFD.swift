@@ -315,9 +315,14 @@ extension SimulatedKernel {
         var alignment: UInt64 = 1
         for entry in objects(cid) {
             guard case .hwptPaging(let h) = entry.object, h.ioas == ioas else { continue }
-            alignment = max(alignment, hostIOMMU(h.iommu)?.type == .selftest ? mockPageSize : simPageSize)
+            alignment = max(alignment, hostIOMMU(h.iommu).map(domainPageSize) ?? simPageSize)
         }
         return alignment
+    }
+
+    /// A paging domain's smallest page: the selftest mock's is half a page (MOCK_IO_PAGE_SIZE).
+    func domainPageSize(_ iommu: HostIOMMU) -> UInt64 {
+        iommu.type == .selftest ? mockPageSize : simPageSize
     }
 
     // MARK: IOMMU_IOAS_IOVA_RANGES (docs/kernel-interface.md §2.4)
@@ -469,12 +474,13 @@ extension SimulatedKernel {
     /// A paging domain joins an IOAS (io_pagetable.c iopt_table_add_domain): existing
     /// mappings must be aligned to its page size and lie inside its aperture
     /// (EADDRINUSE), then they get pinned (EFAULT).
-    func checkDomainJoin(_ cid: Int, ioas ioasID: ObjectID, aperture: IovaRange) throws(Refusal) {
+    /// The alignment becomes the larger of the IOAS's and the joining domain's smallest page
+    /// (iopt_table_add_domain, iopt_check_iova_alignment): a mock domain joining needs 2 KiB only.
+    func checkDomainJoin(_ cid: Int, ioas ioasID: ObjectID, aperture: IovaRange, pageSize: UInt64) throws(Refusal) {
         guard let ioas = ioasObject(cid, ioasID) else { return }
-        if ioasAlignment(cid, ioas: ioasID) < simPageSize {
-            if let bad = ioas.mappings.first(where: { $0.iova % simPageSize != 0 || $0.length % simPageSize != 0 || pageOffset(of: $0) % simPageSize != 0 }) {
-                throw Refusal(.EADDRINUSE, "the mapping at \(hex(bad.iova)) is not aligned to the domain's page size")
-            }
+        let alignment = max(ioasAlignment(cid, ioas: ioasID), pageSize)
+        if let bad = ioas.mappings.first(where: { $0.iova % alignment != 0 || $0.length % alignment != 0 || pageOffset(of: $0) % alignment != 0 }) {
+            throw Refusal(.EADDRINUSE, "the mapping at \(hex(bad.iova)) is not aligned to the domain's page size \(hex(alignment))")
         }
         for range in outside(aperture) {
             if let bad = ioas.mappings.first(where: { overlaps(IovaRange(start: $0.iova, last: $0.last), range) }) {

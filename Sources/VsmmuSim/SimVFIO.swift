@@ -260,7 +260,7 @@ extension SimulatedKernel {
         let id = allocateID(cid)
         if replaceOnly {
             // iommufd_hwpt_paging_alloc without immediate attach: join the IOAS, then replace.
-            try checkDomainJoin(cid, ioas: ioasID, aperture: aperture)
+            try checkDomainJoin(cid, ioas: ioasID, aperture: aperture, pageSize: domainPageSize(iommu))
             setObject(cid, id, .hwptPaging(hwpt))
             do {
                 let plan = try planAttach(cid, devID, hwptID: id, replaceOnly: true)
@@ -276,7 +276,7 @@ extension SimulatedKernel {
             let plan: AttachPlan
             do { plan = try planAttach(cid, devID, hwptID: id, replaceOnly: false) } catch { removeObject(cid, id); throw error }
             removeObject(cid, id)
-            try checkDomainJoin(cid, ioas: ioasID, aperture: aperture)
+            try checkDomainJoin(cid, ioas: ioasID, aperture: aperture, pageSize: domainPageSize(iommu))
             setObject(cid, id, .hwptPaging(hwpt))
             do { try pinAll(cid, ioas: ioasID) } catch { removeObject(cid, id); throw error }
             commit(cid, plan)
