@@ -314,8 +314,16 @@ extension SimulatedKernel {
     func ioasAlignment(_ cid: Int, ioas: ObjectID) -> UInt64 {
         var alignment: UInt64 = 1
         for entry in objects(cid) {
-            guard case .hwptPaging(let h) = entry.object, h.ioas == ioas else { continue }
-            alignment = max(alignment, hostIOMMU(h.iommu).map(domainPageSize) ?? simPageSize)
+            switch entry.object {
+            case .hwptPaging(let h) where h.ioas == ioas:
+                alignment = max(alignment, hostIOMMU(h.iommu).map(domainPageSize) ?? simPageSize)
+            case .hwQueue(let q) where q.ioas == ioas:
+                // its internal access (iommufd_access_create_internal) has iova_alignment
+                // PAGE_SIZE, which iopt_add_access adds to the IOAS while the queue lives
+                alignment = max(alignment, simPageSize)
+            default:
+                continue
+            }
         }
         return alignment
     }
