@@ -373,12 +373,14 @@ extension SimulatedKernel {
         case .userVA(let va):
             if va.addingReportingOverflow(length).overflow { throw Refusal(.EOVERFLOW, "user_va + length overflows") }
             if length == 0 { throw Refusal(.EINVAL, "length 0") }
+            try checkPagesLength(length)
             mappingSource = .userVA(va, memory: nil)
             sourceAddress = va
         case .file(let file, let offset):
             if length == 0 { throw Refusal(.EINVAL, "length 0") }
             if offset.addingReportingOverflow(length).overflow { throw Refusal(.EOVERFLOW, "start + length overflows") }
             guard let open = ownFile(file.fd) else { throw Refusal(.EBADF, "fd \(file.fd) is not open") }
+            try checkPagesLength(length)
             // A file that is not a memfd is referenced like any file; it fails when pinned.
             if case .memfd(let memory) = open { mappingSource = .file(memory: memory, offset: offset) }
             else { mappingSource = .file(memory: nil, offset: offset) }
@@ -418,6 +420,11 @@ extension SimulatedKernel {
         ioas.mappings.sort { $0.iova < $1.iova }
         setObject(cid, ioasID, .ioas(ioas))
         return start
+    }
+
+    /// iopt_alloc_pages (pages.c) takes at most SIZE_MAX - PAGE_SIZE bytes, before any IOVA check.
+    func checkPagesLength(_ length: UInt64) throws(Refusal) {
+        if length > UInt64.max - simPageSize { throw Refusal(.EINVAL, "length \(hex(length)) is above SIZE_MAX - PAGE_SIZE") }
     }
 
     /// Automatic IOVA placement (io_pagetable.c iopt_alloc_iova): keep the source's
