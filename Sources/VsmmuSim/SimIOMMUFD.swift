@@ -462,6 +462,15 @@ extension SimulatedKernel {
         switch mapping.source {
         case .userVA(let va, _):
             let last = va + (mapping.length - 1)
+            // pin_user_pages_fast (mm/gup.c gup_fast_fallback) checks that the page-rounded
+            // range does not wrap past 2^64 (EOVERFLOW) before it looks at the mappings; the
+            // simulation applies it to the whole range (the kernel pins in batches)
+            let pageStart = va - va % simPageSize
+            let pages = (va % simPageSize + mapping.length - 1) / simPageSize + 1
+            if pageStart.addingReportingOverflow(pages.multipliedReportingOverflow(by: simPageSize).partialValue).overflow
+                || pages.multipliedReportingOverflow(by: simPageSize).overflow {
+                throw Refusal(.EOVERFLOW, "user VA [\(hex(va)), \(hex(last))] rounded to pages wraps past 2^64")
+            }
             guard let memoryID = indexes.liveMemory(covering: va, through: last), let memory = state.memories[memoryID] else {
                 throw Refusal(.EFAULT, "user VA [\(hex(va)), \(hex(last))] is not mapped in the process")
             }
