@@ -35,6 +35,10 @@
 #                 `vsmmu launch -- qemu ... $(qemu-args --fds --format argv)` hands the guest
 #                 over: QMP query-pci at the planned address, show running with QEMU's pid,
 #                 plan No changes., quit -> prepared, No changes. (skipped until vsmmu has launch)
+#   vsmmu-selftest the kernel's own tools/testing/selftests/iommu (iommufd 246 tests,
+#                 iommufd_fail_nth 8), built static by lab.sh from the same source, run whole
+#                 (~13 s, legacy boot); fails when a test pinned as passing in
+#                 lab/iommu-selftest.expect does not pass; LAB-INFO pass/skip/fail counts
 #   vsmmu-mock    the whole nested graph on the selftest mock (nest parent, vIOMMU, vDevices,
 #                 abort/bypass nested HWPTs, vEVENTQ, memory), re-plan `No changes.`, destroy
 # Bench (LAB-INFO lines, not checks; legacy boot only):
@@ -68,6 +72,9 @@ strip "$overlay/bin/vsmmu-fidelity" 2>/dev/null || true
 # the selftest differential corpus and the real kernel's recorded answers (scenario vsmmu-fidelity)
 mkdir -p "$overlay/lab/corpus"
 cp "$REPO"/Tests/VsmmuFidelityTests/corpus/selftest.corpus "$REPO"/Tests/VsmmuFidelityTests/corpus/selftest.real "$overlay/lab/corpus/"
+# the pinned results of the kernel's own iommufd selftests (scenario vsmmu-selftest)
+mkdir -p "$overlay/lab/selftest"
+cp "$HERE/iommu-selftest.expect" "$overlay/lab/selftest/"
 # VSMMU_LAB_SCENARIOS="a b": only those scenarios (names in scenarios/); default all
 for f in "$HERE"/scenarios/*; do
 	[ -z "${VSMMU_LAB_SCENARIOS:-}" ] || [[ " $VSMMU_LAB_SCENARIOS " == *" ${f##*/} "* ]] || continue
@@ -115,7 +122,7 @@ fi
 grep -E 'LAB-CHECK|LAB-INFO|^boot|LAB OK|LAB FAIL|took|total' "$log" | sed 's/^ *//'
 work=${LAB_WORK:-${TMPDIR:-/tmp}/vsmmu-lab}
 for b in "$work"/boot-*.log; do
-	[ -f "$b" ] && tr -d '\r' <"$b" | grep -aE 'VSMMU (mock )?(host rc|apply rc|replan rc|destroy rc)|VSMMU [a-z0-9]+ FAIL|VSMMU [a-z0-9]+: [0-9]+ failed|VSMMU fault case space=|VSMMU fault: ' |
+	[ -f "$b" ] && tr -d '\r' <"$b" | grep -aE 'VSMMU (mock )?(host rc|apply rc|replan rc|destroy rc)|VSMMU [a-z0-9]+ FAIL|VSMMU [a-z0-9]+: [0-9]+ failed|VSMMU fault case space=|VSMMU fault: |VSMMU selftest (FAIL|[a-z_]+ exited)' |
 		cut -c1-240 | sed "s|^|$(basename "$b" .log): |"
 done
 skip=$(grep -c 'LAB-CHECK SKIP' "$log")
