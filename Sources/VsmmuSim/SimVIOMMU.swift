@@ -179,13 +179,21 @@ extension SimulatedKernel {
         guard let parent = pagingObject(cid, viommu.parent), let ioas = ioasObject(cid, parent.ioas) else {
             throw Refusal(.ENOENT, "the vIOMMU's parent HWPT has no IOAS")
         }
-        // docs/kernel-interface.md §2.22: the whole range must be mapped in the parent's IOAS …
+        // docs/kernel-interface.md §2.22: the whole range must be mapped in the parent's IOAS, readable.
+        // device.c iommufd_access_pin_pages walks the contiguous areas from the start and
+        // checks each one's protection as it reaches it (EPERM), so an unreadable area before
+        // a hole is EPERM; ENOENT only when the walk stops short of the range's end.
         let covering = ioas.mappings.filter { overlaps(IovaRange(start: $0.iova, last: $0.last), IovaRange(start: iova, last: last)) }
-        guard coveredThrough(covering, from: iova, to: last) else {
-            throw Refusal(.ENOENT, "[\(hex(iova)), \(hex(last))] is not fully mapped in IOAS \(parent.ioas)")
+            .sorted { $0.iova < $1.iova }
+        var next = iova
+        var reachedEnd = false
+        for mapping in covering {
+            if mapping.iova > next { break }
+            if !mapping.readable { throw Refusal(.EPERM, "the queue memory at \(hex(mapping.iova)) is mapped without READABLE") }
+            if mapping.last >= last { reachedEnd = true; break }
+            next = mapping.last + 1
         }
-        // … readable …
-        if covering.contains(where: { !$0.readable }) { throw Refusal(.EPERM, "the queue memory is mapped without READABLE") }
+        guard reachedEnd else { throw Refusal(.ENOENT, "[\(hex(iova)), \(hex(last))] is not fully mapped in IOAS \(parent.ioas)") }
         // … and physically contiguous: the simulation calls a range contiguous when it lies
         // in one mapping and inside one backing page (4 KiB, or one huge page).
         guard covering.count == 1, let mapping = covering.first, let placement = backingOffset(of: mapping, iova: iova) else {
@@ -224,16 +232,6 @@ extension SimulatedKernel {
         queue.accessID = access
         setObject(cid, id, .hwQueue(queue))
         return id
-    }
-
-    private func coveredThrough(_ mappings: [Mapping], from start: UInt64, to last: UInt64) -> Bool {
-        var next = start
-        for mapping in mappings.sorted(by: { $0.iova < $1.iova }) {
-            if mapping.iova > next { return false }
-            if mapping.last >= last { return true }
-            next = max(next, mapping.last + 1)
-        }
-        return false
     }
 
     /// Where an IOVA of a mapping lands in its backing memory, and that memory's page size.
