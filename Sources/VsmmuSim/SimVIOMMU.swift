@@ -63,7 +63,7 @@ extension SimulatedKernel {
         case .selftest:
             if !data.isEmpty {
                 // iommu_viommu_selftest: in_data, out_data (loopback), out_mmap_offset/length.
-                var cfg = try copyStruct(data, minimum: 8, size: 24, what: "iommu_viommu_selftest")
+                var cfg = try copyDriverStruct(data, minimum: 8, size: 24, what: "iommu_viommu_selftest")
                 let region = allocateMmap(cid, length: 2 * mmapPageSize)
                 mmap = region
                 cfg.replaceSubrange(4..<8, with: cfg[0..<4])
@@ -288,7 +288,7 @@ extension SimulatedKernel {
         let size = Int(InvalidateDataType.armEntrySize)
         for k in 0..<Int(entryNum) {
             let raw = Array(entries[(k * Int(entryLen))..<((k + 1) * Int(entryLen))])
-            let cmd = try copyStruct(raw, minimum: 1, size: size, what: "iommu_viommu_arm_smmuv3_invalidate")
+            let cmd = try copyArrayEntry(raw, size: size, what: "iommu_viommu_arm_smmuv3_invalidate")
             let opcode = cmd[0]
             if !armInvalidateOpcodes.contains(opcode) { throw Refusal(.EIO, "opcode \(hex(UInt32(opcode))) is not accepted from a guest (entry \(k))") }
             if armVSIDOpcodes.contains(opcode) {
