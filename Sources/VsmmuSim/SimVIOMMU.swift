@@ -286,9 +286,15 @@ extension SimulatedKernel {
         if entryNum == 0 { throw Refusal(.EINVAL, "the ARM driver rejects an empty command array") }
         if entries.count < Int(entryLen) * Int(entryNum) { throw Refusal(.EFAULT, "the command array is shorter than entry_len × entry_num") }
         let size = Int(InvalidateDataType.armEntrySize)
+        // arm-smmu-v3-iommufd.c arm_vsmmu_cache_invalidate copies the whole array first
+        // (iommu_copy_struct_from_full_user_array: E2BIG for any entry), then converts the
+        // commands one by one (arm_vsmmu_convert_user_cmd: EIO).
+        var cmds: [[UInt8]] = []
         for k in 0..<Int(entryNum) {
             let raw = Array(entries[(k * Int(entryLen))..<((k + 1) * Int(entryLen))])
-            let cmd = try copyArrayEntry(raw, size: size, what: "iommu_viommu_arm_smmuv3_invalidate")
+            cmds.append(try copyArrayEntry(raw, size: size, what: "iommu_viommu_arm_smmuv3_invalidate entry \(k)"))
+        }
+        for (k, cmd) in cmds.enumerated() {
             let opcode = cmd[0]
             if !armInvalidateOpcodes.contains(opcode) { throw Refusal(.EIO, "opcode \(hex(UInt32(opcode))) is not accepted from a guest (entry \(k))") }
             if armVSIDOpcodes.contains(opcode) {
