@@ -25,10 +25,11 @@
 #                 S spread over the whole apply: the apply must fail naming the operation and
 #                 errno, then converge once injection is off (`No changes.`, no leaked
 #                 context); once more on a converged state (legacy boot only: mock only)
-#   vsmmu-fidelity the selftest differential corpus (Tests/VsmmuFidelityTests/corpus/selftest.corpus,
-#                 224 calls incl. error paths) run on this kernel by a static vsmmu-fidelity
-#                 must give exactly the recorded answers (selftest.real), which `swift test`
-#                 also requires of the simulated kernel; LAB_RECORD=1 prints them to re-record
+#   vsmmu-fidelity the selftest differential corpora (Tests/VsmmuFidelityTests/corpus/selftest*.corpus:
+#                 hand-written, the kernel selftests ported, check order) run on this kernel
+#                 by a static vsmmu-fidelity must give exactly the recorded answers (NAME.real),
+#                 which `swift test` also requires of the simulated kernel; LAB_RECORD=1
+#                 re-records every one of them
 #   vsmmu-launch  (launch-qemu, legacy boot) Debian's qemu-system-x86_64 11 runs in the guest
 #                 (/opt/qemu): it realizes vfio-pci + iommufd on fds opened by hand; while the
 #                 agent holds the applied graph, QEMU binding the cdev itself fails (EINVAL);
@@ -71,7 +72,10 @@ cp "$BUILD/release/vsmmu-fidelity" "$overlay/bin/vsmmu-fidelity"
 strip "$overlay/bin/vsmmu-fidelity" 2>/dev/null || true
 # the selftest differential corpus and the real kernel's recorded answers (scenario vsmmu-fidelity)
 mkdir -p "$overlay/lab/corpus"
-cp "$REPO"/Tests/VsmmuFidelityTests/corpus/selftest.corpus "$REPO"/Tests/VsmmuFidelityTests/corpus/selftest.real "$overlay/lab/corpus/"
+for c in "$REPO"/Tests/VsmmuFidelityTests/corpus/selftest*.corpus; do
+	cp "$c" "$overlay/lab/corpus/"
+	[ ! -f "${c%.corpus}.real" ] || cp "${c%.corpus}.real" "$overlay/lab/corpus/"
+done
 # the pinned results of the kernel's own iommufd selftests (scenario vsmmu-selftest)
 mkdir -p "$overlay/lab/selftest"
 cp "$HERE/iommu-selftest.expect" "$overlay/lab/selftest/"
@@ -111,13 +115,16 @@ LAB_OVERLAY=$overlay LAB_SWIFT=0 bash "$HERE/lab.sh" > "$log" 2>&1
 rc=$?
 if [ "${LAB_RECORD:-0}" = 1 ]; then
 	boot=$(ls "${LAB_WORK:-${TMPDIR:-/tmp}/vsmmu-lab}"/boot-*.log | head -1)
-	real=$REPO/Tests/VsmmuFidelityTests/corpus/selftest.real
-	tr -d '\r' <"$boot" | sed -n 's/^VSMMU fidelity record: //p' >"$real.new"
-	{ echo "# Recorded from the real Linux $(tr -d '\r' <"$boot" | grep -ao 'Linux version [^ ]*' | head -1 | cut -d' ' -f3) (x86 lab, selftest mock) by: vsmmu-fidelity selftest.corpus --linux"
-	  echo "# $(wc -l <"$real.new") calls; LAB_RECORD=1 bash lab/vsmmu-lab.sh re-records it."
-	  cat "$real.new"; } >"$real"
-	rm -f "$real.new"
-	echo "vsmmu-lab: recorded $(grep -vc '^#' "$real") calls into $real"
+	for c in "$REPO"/Tests/VsmmuFidelityTests/corpus/selftest*.corpus; do
+		name=$(basename "$c" .corpus)
+		real=${c%.corpus}.real
+		tr -d '\r' <"$boot" | sed -n "s/^VSMMU fidelity record $name: //p" >"$real.new"
+		{ echo "# Recorded from the real Linux $(tr -d '\r' <"$boot" | grep -ao 'Linux version [^ ]*' | head -1 | cut -d' ' -f3) (x86 lab, selftest mock) by: vsmmu-fidelity $name.corpus --linux"
+		  echo "# $(wc -l <"$real.new") calls; LAB_RECORD=1 bash lab/vsmmu-lab.sh re-records it."
+		  cat "$real.new"; } >"$real"
+		rm -f "$real.new"
+		echo "vsmmu-lab: recorded $(grep -vc '^#' "$real") calls into $real"
+	done
 fi
 grep -E 'LAB-CHECK|LAB-INFO|^boot|LAB OK|LAB FAIL|took|total' "$log" | sed 's/^ *//'
 work=${LAB_WORK:-${TMPDIR:-/tmp}/vsmmu-lab}
