@@ -137,3 +137,16 @@ func qemuArgsList(_ file: String, guest: String, host: String, state: String) th
     #expect(LibvirtDialect.Version("12.7.0") == LibvirtDialect.Version(12, 7))
     #expect(LibvirtDialect.Version("12") == nil)
 }
+
+@Test func onQ35TheHoleIsTheHostBridgesPCIHole64Size() throws {
+    let dir = tempDir()
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    // a 64 GiB 64-bit prefetchable BAR: 64 GiB + 1 GiB -> 128 GiB, above q35's 32 GiB
+    let host = dir + "/host.yaml"
+    try (try String(contentsOfFile: path("examples/hosts/intel-vtd.yaml"), encoding: .utf8))
+        .replacingOccurrences(of: "  - address: \"0000:00:03.0\"\n", with: "  - address: \"0000:00:03.0\"\n    bars: [{ index: 0, size: 64GiB, prefetchable: true, bits64: true }]\n")
+        .write(toFile: host, atomically: true, encoding: .utf8)
+    let args = try qemuArgsList("examples/devices-without-vsmmu.yaml", guest: "vm1", host: host, state: dir)
+    #expect(args.contains("q35-pcihost.pci-hole64-size=128G"), "\(args)")
+    #expect(!args.contains { $0.contains("highmem-mmio-size") || $0.hasPrefix("node,") })
+}
