@@ -401,18 +401,33 @@ struct Walk {
                 let d = fresh(); cdevs.append(d); emit("\(d) = device_open")
                 let idev = bind(.idev, context: ctx.name); emit("\(idev) = bind dev=\(d)\(ctx.arg)")
             }
-        case 11:
-            // the binding writes; never unbind while a cdev is open (the write hangs)
-            switch random.below(4) {
-            case 0: emit("override driver=" + random.pick(["vfio-pci", "none", "nosuch"]))
-            case 1 where cdevs.isEmpty: emit("unbind driver=" + random.pick(["vfio-pci", "vfio-pci", "nosuch"]))
-            case 2: emit("probe")
-            default: emit("group")
-            }
+        case 11, 13:
+            bindingWrites()
         case 12:
             invalidate(ctx)
         default:
             build()
+        }
+    }
+
+    /// The binding writes (arm): often the cdev closes first, so that `unbind` may be
+    /// written; never while a cdev is open (vfio-pci's remove waits for it: the write hangs).
+    /// A later `device_open` finds the cdev gone (ENOENT) until a probe binds vfio-pci again.
+    mutating func bindingWrites() {
+        if let d = cdevs.last, random.chance(50) {
+            emit("device_close dev=\(d)"); cdevs.removeLast()
+            live.removeAll { $0.kind == .idev }
+        }
+        switch random.below(6) {
+        case 0: emit("override driver=" + random.pick(["vfio-pci", "none", "nosuch"]))
+        case 1 where cdevs.isEmpty, 2 where cdevs.isEmpty: emit("unbind driver=" + random.pick(["vfio-pci", "vfio-pci", "nosuch"]))
+        case 3: emit("probe")
+        case 4 where cdevs.isEmpty:
+            // a VMM putting the device back: override, unbind, probe, as vsmmu does
+            emit("override driver=" + random.pick(["vfio-pci", "none"]))
+            emit("unbind driver=vfio-pci")
+            emit("probe")
+        default: emit("group")
         }
     }
 
