@@ -147,7 +147,7 @@ extension SimulatedKernel {
             }
         }
         let aperture = domainAperture(iommu, flags: flags)
-        try checkDomainJoin(cid, ioas: ioas, aperture: aperture)
+        try checkDomainJoin(cid, ioas: ioas, aperture: aperture, pageSize: domainPageSize(iommu))
         return PagingHWPT(ioas: ioas, iommu: iommu.name, flags: flags, automatic: false, aperture: aperture)
     }
 

@@ -314,10 +314,23 @@ extension SimulatedKernel {
     func ioasAlignment(_ cid: Int, ioas: ObjectID) -> UInt64 {
         var alignment: UInt64 = 1
         for entry in objects(cid) {
-            guard case .hwptPaging(let h) = entry.object, h.ioas == ioas else { continue }
-            alignment = max(alignment, hostIOMMU(h.iommu)?.type == .selftest ? mockPageSize : simPageSize)
+            switch entry.object {
+            case .hwptPaging(let h) where h.ioas == ioas:
+                alignment = max(alignment, hostIOMMU(h.iommu).map(domainPageSize) ?? simPageSize)
+            case .hwQueue(let q) where q.ioas == ioas:
+                // its internal access (iommufd_access_create_internal) has iova_alignment
+                // PAGE_SIZE, which iopt_add_access adds to the IOAS while the queue lives
+                alignment = max(alignment, simPageSize)
+            default:
+                continue
+            }
         }
         return alignment
+    }
+
+    /// A paging domain's smallest page: the selftest mock's is half a page (MOCK_IO_PAGE_SIZE).
+    func domainPageSize(_ iommu: HostIOMMU) -> UInt64 {
+        iommu.type == .selftest ? mockPageSize : simPageSize
     }
 
     // MARK: IOMMU_IOAS_IOVA_RANGES (docs/kernel-interface.md §2.4)
@@ -446,7 +459,8 @@ extension SimulatedKernel {
 
     /// Pin a mapping's pages (docs/kernel-interface.md §2.6): the user VA must be mapped in the process (else
     /// EFAULT); a MAP_FILE source must be a memfd (memfd_pin_folios refuses other files
-    /// with EINVAL) and cover the range (beyond the end: EFAULT, UNVERIFIED errno).
+    /// with EINVAL) and cover the range (beyond the end: EINVAL, memfd_pin_folios in mm/gup.c,
+    /// seen on the aarch64 lab's 7.2).
     func pin(_ mapping: Mapping, cid: Int) throws(Refusal) -> Mapping {
         if mapping.pinned { return mapping }
         var pinned = mapping
@@ -455,6 +469,15 @@ extension SimulatedKernel {
         switch mapping.source {
         case .userVA(let va, _):
             let last = va + (mapping.length - 1)
+            // pin_user_pages_fast (mm/gup.c gup_fast_fallback) checks that the page-rounded
+            // range does not wrap past 2^64 (EOVERFLOW) before it looks at the mappings; the
+            // simulation applies it to the whole range (the kernel pins in batches)
+            let pageStart = va - va % simPageSize
+            let pages = (va % simPageSize + mapping.length - 1) / simPageSize + 1
+            if pageStart.addingReportingOverflow(pages.multipliedReportingOverflow(by: simPageSize).partialValue).overflow
+                || pages.multipliedReportingOverflow(by: simPageSize).overflow {
+                throw Refusal(.EOVERFLOW, "user VA [\(hex(va)), \(hex(last))] rounded to pages wraps past 2^64")
+            }
             guard let memoryID = indexes.liveMemory(covering: va, through: last), let memory = state.memories[memoryID] else {
                 throw Refusal(.EFAULT, "user VA [\(hex(va)), \(hex(last))] is not mapped in the process")
             }
@@ -464,7 +487,7 @@ extension SimulatedKernel {
                 throw Refusal(.EINVAL, "the file of this MAP_FILE mapping is not a memfd")
             }
             guard offset <= memory.size, mapping.length <= memory.size - offset else {
-                throw Refusal(.EFAULT, "file range [\(hex(offset)), +\(hex(mapping.length))) goes beyond the memfd's size \(hex(memory.size))")
+                throw Refusal(.EINVAL, "file range [\(hex(offset)), +\(hex(mapping.length))) goes beyond the memfd's size \(hex(memory.size)) (memfd_pin_folios)")
             }
         }
         return pinned
@@ -482,12 +505,13 @@ extension SimulatedKernel {
     /// A paging domain joins an IOAS (io_pagetable.c iopt_table_add_domain): existing
     /// mappings must be aligned to its page size and lie inside its aperture
     /// (EADDRINUSE), then they get pinned (EFAULT).
-    func checkDomainJoin(_ cid: Int, ioas ioasID: ObjectID, aperture: IovaRange) throws(Refusal) {
+    /// The alignment becomes the larger of the IOAS's and the joining domain's smallest page
+    /// (iopt_table_add_domain, iopt_check_iova_alignment): a mock domain joining needs 2 KiB only.
+    func checkDomainJoin(_ cid: Int, ioas ioasID: ObjectID, aperture: IovaRange, pageSize: UInt64) throws(Refusal) {
         guard let ioas = ioasObject(cid, ioasID) else { return }
-        if ioasAlignment(cid, ioas: ioasID) < simPageSize {
-            if let bad = ioas.mappings.first(where: { $0.iova % simPageSize != 0 || $0.length % simPageSize != 0 || pageOffset(of: $0) % simPageSize != 0 }) {
-                throw Refusal(.EADDRINUSE, "the mapping at \(hex(bad.iova)) is not aligned to the domain's page size")
-            }
+        let alignment = max(ioasAlignment(cid, ioas: ioasID), pageSize)
+        if let bad = ioas.mappings.first(where: { $0.iova % alignment != 0 || $0.length % alignment != 0 || pageOffset(of: $0) % alignment != 0 }) {
+            throw Refusal(.EADDRINUSE, "the mapping at \(hex(bad.iova)) is not aligned to the domain's page size \(hex(alignment))")
         }
         for range in outside(aperture) {
             if let bad = ioas.mappings.first(where: { overlaps(IovaRange(start: $0.iova, last: $0.last), range) }) {

@@ -174,8 +174,11 @@ extension SimulatedKernel {
             throw Refusal(.EOPNOTSUPP, "vIOMMU \(viommuID) (type \(hex(viommu.type.rawValue))) has no HW queues of type \(hex(type.rawValue))")
         }
         let last = iova + (length - 1)
-        // Rounding the end up to a page boundary must not overflow.
-        if last > UInt64.max - simPageSize { throw Refusal(.ERANGE, "page rounding of the queue end overflows") }
+        // The page count, (offset in the page + length) rounded up, must not overflow
+        // (iommufd_hw_queue_alloc_phys): a size, not an address, so a queue in the last
+        // page of the IOVA space passes.
+        let (sum, overflow) = (iova % simPageSize).addingReportingOverflow(length)
+        if overflow || sum > UInt64.max - (simPageSize - 1) { throw Refusal(.ERANGE, "the queue's page count overflows") }
         guard let parent = pagingObject(cid, viommu.parent), let ioas = ioasObject(cid, parent.ioas) else {
             throw Refusal(.ENOENT, "the vIOMMU's parent HWPT has no IOAS")
         }
