@@ -15,6 +15,7 @@ let vmmGuests: [(example: String, host: String, guest: String)] = [
     ("several-guests", "examples/hosts/grace-2smmu-cmdqv.yaml", "vm1"),
     ("several-guests", "examples/hosts/grace-2smmu-cmdqv.yaml", "vm3"),
     ("devices-without-vsmmu", "examples/hosts/intel-vtd.yaml", "vm1"),
+    ("gb200-auto", "examples/hosts/gb200-tray.yaml", "gb200vm"),
 ]
 
 @Test(arguments: vmmGuests.map { "\($0.example)/\($0.guest)" })
