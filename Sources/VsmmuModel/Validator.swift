@@ -53,6 +53,7 @@ public struct Validator {
             memoryRules(guest)
             busRules(guest)
             vsmmuShapeRules(guest)
+            layoutRules(guest)
             if let host {
                 hostRules(guest, host: host)
             }

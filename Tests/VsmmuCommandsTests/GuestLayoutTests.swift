@@ -150,3 +150,17 @@ func qemuArgsList(_ file: String, guest: String, host: String, state: String) th
     #expect(args.contains("q35-pcihost.pci-hole64-size=128G"), "\(args)")
     #expect(!args.contains { $0.contains("highmem-mmio-size") || $0.hasPrefix("node,") })
 }
+
+@Test func validateRefusesInitiatorNodesQEMUCannotBuild() throws {
+    let (dir, file) = try gb200Topology {
+        $0.replacingOccurrences(of: "{ name: gpu0, host: \"0000:09:01.0\" }", with: "{ name: gpu0, host: \"0000:09:01.0\", genericInitiators: 64 }")
+            .replacingOccurrences(of: "{ name: gpu1, host: \"0000:09:02.0\" }", with: "{ name: gpu1, host: \"0000:09:02.0\", genericInitiators: 64 }")
+    }
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let r = vsmmu(["validate", file])
+    #expect(r.code != 0)
+    #expect(r.stderr.contains("asks for 128 Generic Initiator nodes"), "\(r.stderr)")
+    #expect(r.stderr.contains("t.yaml:"), "the error points into the file: \(r.stderr)")
+    let schema = vsmmu(["validate", try gb200Topology { $0.replacingOccurrences(of: "\" }", with: "\", genericInitiators: 65 }") }.file])
+    #expect(schema.code != 0 && schema.stderr.contains("genericInitiators"), "\(schema.stderr)")
+}
