@@ -61,7 +61,8 @@ struct LayoutOptions: ParsableArguments {
     static func layout(_ source: SourceText, guest: String, host: HostDescription, stateDir: String, simulated: Bool,
                        console: Console) throws -> (VMMLayout, Topology) {
         let file = source.path
-        let (topology, validation) = try Provisioner.validate(source, host: host)
+        let (parsed, validation) = try Provisioner.validate(source, host: host)
+        let topology = validation.placing(parsed)
         guard let g = topology.guest(named: guest) else {
             throw CommandError(message: "\(file) has no guest '\(guest)'", hint: "guests: \(topology.guests.map(\.name).joined(separator: ", "))")
         }

@@ -108,20 +108,29 @@ public enum ValidateRunner {
             console.error("\(file): \(countPhrase(result.diagnostics.count))")
             return 1
         }
-        let devices = topology.guests.reduce(0) { $0 + $1.allDevices.count }
-        let vsmmus = topology.guests.reduce(0) { $0 + $1.vsmmus.count }
+        // Counted as placement left them (devices with vsmmu: auto behind their vSMMUs).
+        let placed = result.placing(topology)
+        let devices = placed.guests.reduce(0) { $0 + $1.allDevices.count }
+        let vsmmus = placed.guests.reduce(0) { $0 + $1.vsmmus.count }
         let against = host.map { " against host '\($0.name)'" } ?? ""
         console.print("\(file): valid\(against): \(plural(topology.guests.count, "guest")), \(plural(vsmmus, "vSMMU")), \(plural(devices, "device"))")
         if verbose {
             if host == nil, vsmmus > 0 {
                 console.print("  (auto values are resolved only against a host: add --host FILE)")
             }
-            for g in topology.guests {
+            for g in placed.guests {
                 for s in g.vsmmus {
                     guard let r = result.resolved["\(g.name)/\(s.name)"] else { continue }
                     func mark(_ f: String) -> String { r.autoFields.contains(f) ? " (auto)" : "" }
                     func onOff(_ b: Bool) -> String { b ? "on" : "off" }
                     console.print("  \(g.name)/\(s.name): physical \(r.physical)\(mark("physical")), ats \(onOff(r.ats))\(mark("ats")), ril \(onOff(r.ril))\(mark("ril")), ssidSize \(r.ssidSize)\(mark("ssidSize")), oas \(r.oas)\(mark("oas")), cmdqv \(onOff(r.cmdqv))\(mark("cmdqv"))")
+                }
+                // Where vsmmu: auto put each device, and each peer pair's path.
+                for d in result.placements[g.name]?.decisions ?? [] {
+                    console.print("  \(g.name)/\(d.device): vsmmu \(d.requested) → \(d.vsmmu ?? "none"): \(d.reason)")
+                }
+                for p in result.placements[g.name]?.peers ?? [] {
+                    console.print("  \(g.name)/\(p.device) ↔ \(p.peer): \(p.route.rawValue): \(p.text)")
                 }
             }
         }
