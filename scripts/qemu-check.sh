@@ -72,7 +72,7 @@
 #   VSMMU_QEMU_BOOT_TIMEOUT seconds to wait for the firmware per guest (default 240)
 #   VSMMU_QEMU_GUESTS       default "two-vsmmus-four-gpus/train0 cmdqv/vm1 one-guest-one-vsmmu/vm1
 #                           devices-without-vsmmu/vm1@examples/hosts/intel-vtd.yaml
-#                           gb200-four-gpus/gb200vm@examples/hosts/gb200-64k.yaml" (FILE/GUEST[@HOST])
+#                           gb200-auto/gb200vm@examples/hosts/gb200-tray.yaml" (FILE/GUEST[@HOST])
 #   VSMMU_QEMU_HOST         default examples/hosts/grace-2smmu-cmdqv.yaml (for a GUEST without @HOST)
 #   VSMMU_QEMU_XML_GUESTS   more guests whose libvirt-xml only is validated (no QEMU run)
 #                           (default "several-guests/vm1 several-guests/vm3")
@@ -99,7 +99,7 @@ REFRESH=${VSMMU_QEMU_REFRESH:-0}
 PLACEHOLDER=${VSMMU_QEMU_PLACEHOLDER:-virtio-rng-pci,disable-legacy=on}
 GPU_PLACEHOLDER=${VSMMU_QEMU_GPU_PLACEHOLDER:-pci-testdev,membar=256G}
 BOOT_TIMEOUT=${VSMMU_QEMU_BOOT_TIMEOUT:-240}
-GUESTS=${VSMMU_QEMU_GUESTS:-two-vsmmus-four-gpus/train0 cmdqv/vm1 one-guest-one-vsmmu/vm1 devices-without-vsmmu/vm1@examples/hosts/intel-vtd.yaml gb200-four-gpus/gb200vm@examples/hosts/gb200-64k.yaml}
+GUESTS=${VSMMU_QEMU_GUESTS:-two-vsmmus-four-gpus/train0 cmdqv/vm1 one-guest-one-vsmmu/vm1 devices-without-vsmmu/vm1@examples/hosts/intel-vtd.yaml gb200-auto/gb200vm@examples/hosts/gb200-tray.yaml}
 HOSTFILE=${VSMMU_QEMU_HOST:-examples/hosts/grace-2smmu-cmdqv.yaml}
 XML_GUESTS=${VSMMU_QEMU_XML_GUESTS:-several-guests/vm1 several-guests/vm3}
 VSMMU=${VSMMU_BIN:-$REPO/.build/debug/vsmmu}
