@@ -201,15 +201,16 @@ public final class StateStore {
     /// (and with them every outcome written before). Returns their sequence numbers.
     public func begin(_ ops: [PlanStep]) throws -> [Int] {
         let first = sequence + 1
+        sequence += ops.count   // taken even if the write fails: part of it may be on disk
         let records = ops.enumerated().map { JournalRecord(seq: first + $0.offset, phase: .begin, op: $0.element) }
         try append(records, sync: true)
-        sequence += ops.count
         return Array(first..<(first + ops.count))
     }
 
     public func begin(_ op: PlanStep) throws -> Int { try begin([op])[0] }
 
-    /// The step's outcome, written (not synced: the next batch's intents or the checkpoint sync it).
+    /// The step's outcome, written, not synced: the next batch's fsync makes it durable, or
+    /// the checkpoint's synced snapshot replaces the journal.
     public func done(_ seq: Int, _ patches: [HoldingPatch]) throws {
         for p in patches { holdings.apply(p) }
         try append([JournalRecord(seq: seq, phase: .done, patches: patches)])
