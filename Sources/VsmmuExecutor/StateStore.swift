@@ -152,7 +152,7 @@ public final class StateStore {
         holdingsMissing = false
     }
 
-    /// One encoder for every record: the journal writes two per step.
+    /// For the snapshots (sorted keys, for people who read them; the journal has its own).
     private let encoder: JSONEncoder = {
         let e = JSONEncoder()
         e.outputFormatting = [.sortedKeys]
@@ -176,16 +176,16 @@ public final class StateStore {
             var st = stat()
             journalNeedsHeader = fstat(journalFD, &st) == 0 && st.st_size == 0
         }
-        var data = Data()
+        let out = JournalEncoder()
         if journalNeedsHeader {
-            data = try encoder.encode(JournalHeader(journal: Self.journalFormat))
-            data.append(10)
+            try out.append(JournalHeader(journal: Self.journalFormat))
+            out.appendRaw(10)
         }
         for r in records {
-            data.append(try encoder.encode(r))
-            data.append(10)
+            try out.append(r)
+            out.appendRaw(10)
         }
-        guard StateDirectory.writeAll(journalFD, [UInt8](data)) else {
+        guard StateDirectory.writeAll(journalFD, out.bytes) else {
             throw StoreError(message: "cannot append to \(journalPath): \(String(cString: strerror(errno)))")
         }
         journalNeedsHeader = false
