@@ -152,7 +152,7 @@ public final class StateStore {
         holdingsMissing = false
     }
 
-    /// One encoder for every record: the journal writes two per step.
+    /// For the snapshots (sorted keys, for people who read them; the journal has its own).
     private let encoder: JSONEncoder = {
         let e = JSONEncoder()
         e.outputFormatting = [.sortedKeys]
@@ -176,16 +176,16 @@ public final class StateStore {
             var st = stat()
             journalNeedsHeader = fstat(journalFD, &st) == 0 && st.st_size == 0
         }
-        var data = Data()
+        let out = JournalEncoder()
         if journalNeedsHeader {
-            data = try encoder.encode(JournalHeader(journal: Self.journalFormat))
-            data.append(10)
+            try out.append(JournalHeader(journal: Self.journalFormat))
+            out.appendRaw(10)
         }
         for r in records {
-            data.append(try encoder.encode(r))
-            data.append(10)
+            try out.append(r)
+            out.appendRaw(10)
         }
-        guard StateDirectory.writeAll(journalFD, [UInt8](data)) else {
+        guard StateDirectory.writeAll(journalFD, out.bytes) else {
             throw StoreError(message: "cannot append to \(journalPath): \(String(cString: strerror(errno)))")
         }
         journalNeedsHeader = false
@@ -201,15 +201,16 @@ public final class StateStore {
     /// (and with them every outcome written before). Returns their sequence numbers.
     public func begin(_ ops: [PlanStep]) throws -> [Int] {
         let first = sequence + 1
+        sequence += ops.count   // taken even if the write fails: part of it may be on disk
         let records = ops.enumerated().map { JournalRecord(seq: first + $0.offset, phase: .begin, op: $0.element) }
         try append(records, sync: true)
-        sequence += ops.count
         return Array(first..<(first + ops.count))
     }
 
     public func begin(_ op: PlanStep) throws -> Int { try begin([op])[0] }
 
-    /// The step's outcome, written (not synced: the next batch's intents or the checkpoint sync it).
+    /// The step's outcome, written, not synced: the next batch's fsync makes it durable, or
+    /// the checkpoint's synced snapshot replaces the journal.
     public func done(_ seq: Int, _ patches: [HoldingPatch]) throws {
         for p in patches { holdings.apply(p) }
         try append([JournalRecord(seq: seq, phase: .done, patches: patches)])
