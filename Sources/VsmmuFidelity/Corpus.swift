@@ -58,6 +58,9 @@ public struct Corpus: Sendable {
         "detach": (["dev"], []),
         "device_close": (["dev"], []),
         "invalidate": (["hwpt", "entry_len", "entries"], ["type", "num"]),
+        // RLIMIT_MEMLOCK = limit and no CAP_IPC_LOCK until the case ends (no limit: put back)
+        "memlock": ([], ["limit"]),
+        "option": (["option"], ["id", "set"]),
     ]
 
     /// Names for the uAPI numbers a corpus uses most (docs/kernel-interface.md §2, §5, §7): the typed
@@ -71,6 +74,8 @@ public struct Corpus: Sendable {
         for t in [HWQueueType.selftest] { c["HW_QUEUE_" + t.name] = UInt64(t.rawValue) }
         for t in [InvalidateDataType.armSMMUv3] { c["INVALIDATE_" + t.name] = UInt64(t.rawValue) }
         for t in [HWInfoType.armSMMUv3, .selftest] { c["HW_INFO_" + t.name] = UInt64(t.rawValue) }
+        c["RLIMIT_MODE"] = UInt64(IommuOption.rlimitMode.rawValue)
+        c["HUGE_PAGES"] = UInt64(IommuOption.hugePages.rawValue)
         c["READ_WRITE"] = UInt64(IOASMapFlags([.readable, .writeable]).rawValue)
         c["FIXED_READ_WRITE"] = UInt64(IOASMapFlags([.fixedIOVA, .readable, .writeable]).rawValue)
         return c

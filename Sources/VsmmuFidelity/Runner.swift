@@ -37,6 +37,7 @@ public struct CorpusRunner {
         var memories: [String: GuestMemory] = [:]
         var devices: [String: DeviceHandle] = [:]
         var eventFDs: [String: KernelFile] = [:]
+        var memlockLimited = false
     }
 
     func runCase(_ c: Corpus.Case, vfioIndex: Int?) -> [String] {
@@ -66,6 +67,9 @@ public struct CorpusRunner {
         for (_, file) in scope.eventFDs.sorted(by: { $0.key < $1.key }) { port.closeEventFD(fd, file) }
         port.close(fd)
         for (_, memory) in scope.memories.sorted(by: { $0.key < $1.key }) { port.releaseGuestMemory(memory) }
+        if scope.memlockLimited {
+            do { try port.limitLockedMemory(nil) } catch { out.append("\(c.name):\(c.line) memlock (put back at the end) -> \(error.errno.name)") }
+        }
         return out
     }
 
@@ -123,7 +127,9 @@ public struct CorpusRunner {
             bindID(UInt64(id)); return "\(id)"
         case "hw_info":
             let info = try port.getHwInfo(fd, devID: try id("dev"), requestType: text("type") == nil ? nil : HWInfoType(rawValue: try u32("type")))
+            // out_max_pasid_log2 is per device (its PASID capability); printed when non-zero
             return "type \(hex(info.dataType.rawValue)) capabilities \(hex(info.capabilities.rawValue))"
+                + (info.maxPasidLog2 == 0 ? "" : " max_pasid_log2 \(info.maxPasidLog2)")
         case "viommu_alloc":
             let r = try port.viommuAlloc(fd, type: VIOMMUType(rawValue: try u32("type")), devID: try id("dev"), hwptID: try id("hwpt"), data: try bytes("data"))
             bindID(UInt64(r.id)); return "\(r.id)"
@@ -166,6 +172,15 @@ public struct CorpusRunner {
             let dev = try device("dev")
             if let raw = text("dev") { scope.devices[raw] = nil }
             port.close(dev); return ""
+        case "memlock":
+            let limit = text("limit") == nil ? nil : try number("limit")
+            try port.limitLockedMemory(limit)
+            scope.memlockLimited = limit != nil
+            return ""
+        case "option":
+            guard let option = IommuOption(rawValue: try u32("option")) else { throw CorpusError(description: "option= is not an IOMMU_OPTION id") }
+            let set = text("set") == nil ? nil : try number("set")
+            return "\(try port.iommuOption(fd, option: option, objectID: ObjectID(truncatingIfNeeded: try number("id", default: 0)), set: set))"
         case "invalidate":
             let entries = try bytes("entries")
             let entryLen = try u32("entry_len")
