@@ -55,10 +55,15 @@ public protocol HostFiles: AnyObject, Sendable {
     func unmap(address: UInt64, size: UInt64)
     /// The fds the backend holds (locally: every fd of this process).
     func heldFiles() throws(KernelCallError) -> [HeldFile]
+    /// RLIMIT_MEMLOCK and CAP_IPC_LOCK of the process that pins (KernelPort.limitLockedMemory).
+    func limitLockedMemory(_ bytes: UInt64?) throws(KernelCallError)
 }
 
 extension HostFiles {
     public func exists(_ path: String) -> Bool { status(path) != nil }
+    public func limitLockedMemory(_ bytes: UInt64?) throws(KernelCallError) {
+        throw KernelCallError("MEMLOCK", .EOPNOTSUPP, "\(location) cannot change its locked-memory limit")
+    }
 }
 
 /// The system calls on this machine, exactly as the backend made them before the seam.
@@ -147,6 +152,11 @@ public final class LocalHostFiles: HostFiles {
             throw KernelCallError(.mmapAnon, Errno(errno), "size=\(size)")
         }
         return UInt64(UInt(bitPattern: p))
+    }
+
+    public func limitLockedMemory(_ bytes: UInt64?) throws(KernelCallError) {
+        let r = vsmmu_limit_memlock(bytes == nil ? 1 : 0, bytes ?? 0)
+        guard r == 0 else { throw KernelCallError("MEMLOCK", Errno(-r), bytes.map { "limit=\($0)" } ?? "restore") }
     }
 
     public func unmap(address: UInt64, size: UInt64) {

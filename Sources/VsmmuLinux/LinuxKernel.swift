@@ -140,6 +140,8 @@ public final class LinuxKernel: KernelPort {
         try mutating { () throws(KernelCallError) in try calls.option(fd.fd, option: option, objectID: objectID, value: value) }
     }
 
+    public func limitLockedMemory(_ bytes: UInt64?) throws(KernelCallError) { try files.limitLockedMemory(bytes) }
+
     public func mockDomain(_ fd: IommufdHandle, ptID: ObjectID) throws(KernelCallError) -> MockDevice {
         try mutating { () throws(KernelCallError) in try calls.mockDomain(fd.fd, ptID: ptID) }
     }
