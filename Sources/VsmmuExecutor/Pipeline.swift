@@ -126,9 +126,9 @@ public enum Pipeline {
     /// (also after a failure, so the state directory is consistent either way).
     public static func apply(_ plan: Plan, port: KernelPort, store: StateStore, progress: @escaping (String) -> Void = { _ in },
                              calls: @escaping (String) -> Void = { _ in }, inFlight: @escaping (String) -> Void = { _ in },
-                             shouldStop: () -> Bool = { false }) throws {
+                             shouldStop: () -> Bool = { false }, batch: Int = Executor.defaultBatch) throws {
         try store.saveAllocations(plan.allocations)
-        let executor = Executor(port: port, store: store, progress: progress, calls: calls, inFlight: inFlight)
+        let executor = Executor(port: port, store: store, batch: batch, progress: progress, calls: calls, inFlight: inFlight)
         do {
             try executor.run(plan, shouldStop: shouldStop)
         } catch {

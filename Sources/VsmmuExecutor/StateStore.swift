@@ -7,9 +7,13 @@ import VsmmuPlanner
 /// The state directory: holdings (snapshot + write-ahead journal), allocations, the lock.
 ///
 ///   <state>/holdings.json     what the executor holds, as of the last clean finish
-///   <state>/journal.log       one JSON line per step since: begin, then done or failed
+///   <state>/journal.log       since then: a format line, then per batch of steps one JSON
+///                             line each of intent (begin), synced once before the first
+///                             runs, then each step's outcome (done, failed or skipped)
 ///   <state>/allocations.json  bus numbers, slots, identifiers (docs/contract.md §2 stability)
 ///   <state>/lock              flock'ed by the one apply or destroy running
+///
+/// What is durable when, and why recovery converges: docs/contract.md §8.
 public final class StateStore {
     public let directory: String
     /// The state directory, opened once and checked; every file below is reached from it
@@ -26,7 +30,18 @@ public final class StateStore {
     /// allocations.json was present when the store was opened.
     public private(set) var allocationsFound = false
     private var journalFD: Int32 = -1
+    /// The journal file was empty when opened: the next write starts with the format line.
+    private var journalNeedsHeader = false
     private var sequence = 0
+    /// fsyncs of the journal by this store (one per batch of intents).
+    public private(set) var journalSyncs = 0
+    /// fsyncs of every file in the state directory (journal, snapshots, allocations).
+    public var syncs: Int { files.syncs }
+
+    /// The journal format this vsmmu writes. 1 (no format line): each step's intent synced
+    /// before it ran. 2: a format line; intents synced once per batch; `skipped` outcomes.
+    /// Both read the same way: a step with an intent and no outcome may have run.
+    public static let journalFormat = 2
 
     public static let holdingsName = "holdings.json"
     public static let journalName = "journal.log"
@@ -83,8 +98,15 @@ public final class StateStore {
         var open: [Int: PlanStep] = [:]
         let decoder = JSONDecoder()
         for line in data.split(separator: 10) {
-            // A torn last line (killed while writing it) is an unfinished step.
-            guard let record = try? decoder.decode(JournalRecord.self, from: Data(line)) else { continue }
+            guard let record = try? decoder.decode(JournalRecord.self, from: Data(line)) else {
+                if let header = try? decoder.decode(JournalHeader.self, from: Data(line)), header.journal > Self.journalFormat {
+                    throw StoreError(message: "\(journalPath) was written by a newer vsmmu (journal format \(header.journal); this one reads formats 1 to \(Self.journalFormat)); "
+                                     + "nothing was changed: finish or recover the apply with that vsmmu, or move the journal away and run `vsmmu show` to see what the kernel holds")
+                }
+                // The format line, or a torn last line (killed while writing it): its step
+                // has an intent and no outcome, so it is unfinished.
+                continue
+            }
             journalRecords += 1
             sequence = max(sequence, record.seq)
             switch record.phase {
@@ -93,7 +115,7 @@ public final class StateStore {
             case .done:
                 open[record.seq] = nil
                 for p in record.patches ?? [] { holdings.apply(p) }
-            case .failed:
+            case .failed, .skipped:
                 open[record.seq] = nil
             }
         }
@@ -144,44 +166,80 @@ public final class StateStore {
 
     // MARK: journal
 
-    func append(_ record: JournalRecord) throws {
+    /// Appends records with one write(2); with `sync`, fsyncs the journal after it.
+    func append(_ records: [JournalRecord], sync: Bool = false) throws {
         if journalFD < 0 {
             try ensureHoldingsFile()
             do { journalFD = try files.open(Self.journalName, O_WRONLY | O_APPEND | O_CREAT) } catch {
                 throw StoreError(message: error.message)
             }
+            var st = stat()
+            journalNeedsHeader = fstat(journalFD, &st) == 0 && st.st_size == 0
         }
-        var data = try encoder.encode(record)
-        data.append(10)
+        var data = Data()
+        if journalNeedsHeader {
+            data = try encoder.encode(JournalHeader(journal: Self.journalFormat))
+            data.append(10)
+        }
+        for r in records {
+            data.append(try encoder.encode(r))
+            data.append(10)
+        }
         guard StateDirectory.writeAll(journalFD, [UInt8](data)) else {
             throw StoreError(message: "cannot append to \(journalPath): \(String(cString: strerror(errno)))")
         }
-        // fsync: the record is on disk before the kernel call it announces runs.
-        if record.phase == .begin, fsync(journalFD) != 0 {
-            throw StoreError(message: "cannot sync \(journalPath): \(String(cString: strerror(errno)))")
+        journalNeedsHeader = false
+        if sync {
+            journalSyncs += 1
+            guard files.sync(journalFD) else {
+                throw StoreError(message: "cannot sync \(journalPath): \(String(cString: strerror(errno)))")
+            }
         }
     }
 
-    public func begin(_ op: PlanStep) throws -> Int {
-        sequence += 1
-        try append(JournalRecord(seq: sequence, phase: .begin, op: op))
-        return sequence
+    /// The intents of a batch of steps, synced once: on disk before the first of them runs
+    /// (and with them every outcome written before). Returns their sequence numbers.
+    public func begin(_ ops: [PlanStep]) throws -> [Int] {
+        let first = sequence + 1
+        let records = ops.enumerated().map { JournalRecord(seq: first + $0.offset, phase: .begin, op: $0.element) }
+        try append(records, sync: true)
+        sequence += ops.count
+        return Array(first..<(first + ops.count))
     }
 
+    public func begin(_ op: PlanStep) throws -> Int { try begin([op])[0] }
+
+    /// The step's outcome, written (not synced: the next batch's intents or the checkpoint sync it).
     public func done(_ seq: Int, _ patches: [HoldingPatch]) throws {
         for p in patches { holdings.apply(p) }
-        try append(JournalRecord(seq: seq, phase: .done, patches: patches))
+        try append([JournalRecord(seq: seq, phase: .done, patches: patches)])
     }
 
     public func failed(_ seq: Int, _ errno: Errno?) throws {
-        try append(JournalRecord(seq: seq, phase: .failed, errno: errno?.rawValue))
+        try append([JournalRecord(seq: seq, phase: .failed, errno: errno?.rawValue)])
+    }
+
+    /// Steps of a batch that never ran (an earlier one failed, or a stop was asked).
+    public func skipped(_ seqs: [Int]) throws {
+        guard !seqs.isEmpty else { return }
+        try append(seqs.map { JournalRecord(seq: $0, phase: .skipped) })
     }
 
     /// Applies patches without a kernel call behind them (recovery bookkeeping).
     public func record(_ patches: [HoldingPatch]) throws {
         sequence += 1
-        try append(JournalRecord(seq: sequence, phase: .done, patches: patches))
+        try append([JournalRecord(seq: sequence, phase: .done, patches: patches)])
         for p in patches { holdings.apply(p) }
+    }
+
+    /// The interrupted steps for a message: each of a few, else the first and the last of
+    /// them (a batch cut short leaves up to `Executor.defaultBatch` steps "maybe done").
+    public var interruptedSummary: String {
+        func one(_ op: PlanStep) -> String { "\(op.index) \(op.call) (\(op.resource))" }
+        guard interrupted.count > 3, let first = interrupted.first, let last = interrupted.last else {
+            return interrupted.map(one).joined(separator: ", ")
+        }
+        return "\(one(first)) to \(one(last)) (\(interrupted.count) steps of one journal batch, each maybe done)"
     }
 
     /// Replaces the record wholesale (`--rebuild-state`) and checkpoints it.
@@ -227,8 +285,13 @@ extension StateStore {
     }
 }
 
+/// The journal's first line (format 2 on): `{"journal":2}`.
+struct JournalHeader: Codable {
+    var journal: Int
+}
+
 struct JournalRecord: Codable {
-    enum Phase: String, Codable { case begin, done, failed }
+    enum Phase: String, Codable { case begin, done, failed, skipped }
     var seq: Int
     var phase: Phase
     var op: PlanStep?

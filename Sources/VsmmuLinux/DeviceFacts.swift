@@ -56,7 +56,7 @@ public enum VFIODriverMatch {
     }
 }
 
-/// What a bridge's config space says (sysfs `config`, docs/kernel-interface.md §10).
+/// What a bridge's config space says (sysfs `config`, docs/kernel-interface.md §11).
 public enum PCIConfig {
     /// A type-1 header's secondary bus number (offset 0x19); nil for another header or a
     /// short read. The first 64 bytes are readable by every user.
@@ -130,7 +130,7 @@ extension HostDiscovery {
             h.unknown.append(.vfioDriver)
         }
         if let resource = text(dir + "/resource") { h.bars = VFIODriverMatch.bars(resource: resource) } else { h.unknown.append(.bars) }
-        // A bridge: where it sits in the hierarchy and its ACS, for peer paths (docs/kernel-interface.md §10).
+        // A bridge: where it sits in the hierarchy and its ACS, for peer paths (docs/kernel-interface.md §11).
         if d.classCode >> 8 == 0x0604 {
             let config = (try? kernel.files.read(dir + "/config")) ?? []
             h.secondaryBus = PCIConfig.secondaryBus(config)

@@ -46,7 +46,7 @@ enum PeerPath {
         var kernelParameter: String?
     }
 
-    /// Kernel flags for `pci=config_acs=` (docs/kernel-interface.md §10): the rightmost character is
+    /// Kernel flags for `pci=config_acs=` (docs/kernel-interface.md §11): the rightmost character is
     /// bit 0; `0` clears Upstream Forwarding (4), P2P Completion Redirect (3) and P2P Request
     /// Redirect (2), `x` leaves Translation Blocking (1) and Source Validation (0) as they are.
     static let clearRedirects = "000xx"

@@ -92,14 +92,19 @@ enum Placement {
             if let p, vsmmuOn[p] == nil { vsmmuOn[p] = i }
         }
         // Peers next to each other: each device, then the peers it names or that name it.
+        var peersOf: [String: [Device]] = [:]      // both directions, in file order
+        var byName: [String: Device] = [:]
+        for d in asked where byName[d.name] == nil { byName[d.name] = d }
+        for d in asked {
+            guard let p = d.peer, let e = byName[p] else { continue }
+            peersOf[d.name, default: []].append(e)
+            peersOf[p, default: []].append(d)
+        }
         var order: [Device] = []
         var seen = Set<String>()
         for d in asked where seen.insert(d.name).inserted {
             order.append(d)
-            for e in asked where !seen.contains(e.name) && (e.peer == d.name || d.peer == e.name) {
-                seen.insert(e.name)
-                order.append(e)
-            }
+            for e in peersOf[d.name] ?? [] where seen.insert(e.name).inserted { order.append(e) }
         }
         var moved = Set<String>()
         for d in order {

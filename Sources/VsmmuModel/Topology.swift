@@ -36,6 +36,8 @@ public struct Device: Hashable, Sendable {
     public var name: String
     public var host: DeviceSource
     public var slot: Int?
+    /// NUMA layout fields (GuestLayoutFields.swift).
+    public var layout = DeviceLayoutFields()
     public var mark: Mark
     public var nameMark: Mark
     public var hostMark: Mark
@@ -112,12 +114,14 @@ public enum TopologySchema {
     public static let device: SchemaType = .object([
         SchemaField("name", .scalar(.name, description: "unique within the guest"), required: true),
         SchemaField("host", .scalar(.deviceHost, description: "host PCI address domain:bus:slot.function, or selftest:N for a kernel self-test mock device"), required: true),
+        GuestLayoutSchema.genericInitiators,
         SchemaField("slot", .scalar(.uint(max: 31), description: "root-port slot on this vSMMU's bus (allocated if absent)")),
         PlacementSchema.peer,
     ], description: "a passthrough PCI device")
 
     public static let directDevice: SchemaType = .object([
         SchemaField("name", .scalar(.name, description: "unique within the guest"), required: true),
+        GuestLayoutSchema.genericInitiators,
         SchemaField("host", .scalar(.deviceHost, description: "host PCI address domain:bus:slot.function"), required: true),
         PlacementSchema.vsmmu,
         PlacementSchema.peer,
@@ -182,7 +186,7 @@ extension Guest {
             user: user,
             memory: (c["memory"]?.array ?? []).map(MemoryRegion.extract),
             vsmmus: (c["vsmmus"]?.array ?? []).map(VSMMU.extract),
-            devices: (c["devices"]?.array ?? []).map(Device.extract),
+            devices: (c["devices"]?.array ?? []).map(Device.extractWithLayout),
             mark: c.mark, nameMark: c["name"]?.mark ?? c.mark, userMark: c["user"]?.mark)
     }
 }
@@ -237,7 +241,7 @@ extension VSMMU {
             busNumber: c["busNumber"]?.uint.map { Int($0) },
             identifier: c["identifier"]?.uint.map { Int($0) },
             ats: sw("ats"), ril: sw("ril"), ssidSize: av("ssidSize"), oas: av("oas"), cmdqv: sw("cmdqv"),
-            devices: (c["devices"]?.array ?? []).map(Device.extract),
+            devices: (c["devices"]?.array ?? []).map(Device.extractWithLayout),
             mark: c.mark, fieldMarks: marks)
     }
 }

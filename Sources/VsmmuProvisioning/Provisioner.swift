@@ -193,8 +193,7 @@ public final class Provisioner {
             try session.save()
         }
         if !store.interrupted.isEmpty && !options.dryRun {
-            let steps = store.interrupted.map { "\($0.index) \($0.call) (\($0.resource))" }.joined(separator: ", ")
-            events.note("Recovering: an earlier run was interrupted inside step(s) \(steps); what they touched is rebuilt.")
+            events.note("Recovering: an earlier run was interrupted inside step(s) \(store.interruptedSummary); what they touched is rebuilt.")
             for closed in Recovery.sweepOrphans(port: port, holdings: store.holdings) { events.note("Recovering: closed \(closed), which no record names") }
             try store.checkpoint()
             try session.save()

@@ -358,28 +358,34 @@ extension SimulatedKernel {
         let sourceAddress: UInt64   // user VA, or file offset: its page offset must be aligned too
         switch source {
         case .userVA(let va):
+            // pages.c iopt_alloc_user_pages: user_va + length must not overflow.
             if va.addingReportingOverflow(length).overflow { throw Refusal(.EOVERFLOW, "user_va + length overflows") }
-            if length == 0 { throw Refusal(.EINVAL, "length 0") }
+            try checkPagesLength(length)
             mappingSource = .userVA(va, memory: nil)
             sourceAddress = va
         case .file(let file, let offset):
+            // io_pagetable.c iopt_map_file_pages: length 0, then start + length - 1 (a range
+            // ending at the last byte of the offset space is fine), then the fd.
             if length == 0 { throw Refusal(.EINVAL, "length 0") }
-            if offset.addingReportingOverflow(length).overflow { throw Refusal(.EOVERFLOW, "start + length overflows") }
+            if offset.addingReportingOverflow(length - 1).overflow { throw Refusal(.EOVERFLOW, "start + length - 1 overflows") }
             guard let open = ownFile(file.fd) else { throw Refusal(.EBADF, "fd \(file.fd) is not open") }
+            try checkPagesLength(length)
             // A file that is not a memfd is referenced like any file; it fails when pinned.
             if case .memfd(let memory) = open { mappingSource = .file(memory: memory, offset: offset) }
             else { mappingSource = .file(memory: nil, offset: offset) }
             sourceAddress = offset
         }
 
+        // io_pagetable.c iopt_alloc_area_pages: the length's alignment, then the IOVA
+        // (iopt_check_iova or iopt_alloc_iova), and only then iopt_insert_area checks the
+        // source's page offset: EEXIST and EOVERFLOW win over a misaligned offset.
         let alignment = ioasAlignment(cid, ioas: ioasID)
         let fixed = flags.contains(.fixedIOVA)
-        if length % alignment != 0 || (fixed && iova % alignment != 0) || (sourceAddress % simPageSize) % alignment != 0 {
-            throw Refusal(.EINVAL, "length, iova or the source's page offset is not a multiple of the IOAS alignment \(hex(alignment))")
-        }
+        if length % alignment != 0 { throw Refusal(.EINVAL, "length is not a multiple of the IOAS alignment \(hex(alignment))") }
 
         let start: UInt64
         if fixed {
+            if iova % alignment != 0 { throw Refusal(.EINVAL, "iova is not a multiple of the IOAS alignment \(hex(alignment))") }
             guard !iova.addingReportingOverflow(length - 1).overflow else { throw Refusal(.EOVERFLOW, "iova + length - 1 overflows") }
             let wanted = IovaRange(start: iova, last: iova + (length - 1))
             if let hit = reservedRanges(cid, ioas: ioasID).first(where: { overlaps($0, wanted) }) {
@@ -391,6 +397,9 @@ extension SimulatedKernel {
             start = iova
         } else {
             start = try allocateIOVA(cid, ioas: ioasID, mappings: ioas.mappings, length: length, address: sourceAddress, alignment: alignment)
+        }
+        if (sourceAddress % simPageSize) % alignment != 0 {
+            throw Refusal(.EINVAL, "the source's page offset \(hex(sourceAddress % simPageSize)) is not a multiple of the IOAS alignment \(hex(alignment))")
         }
 
         var mapping = Mapping(iova: start, length: length, readable: flags.contains(.readable),
@@ -405,6 +414,11 @@ extension SimulatedKernel {
         ioas.mappings.sort { $0.iova < $1.iova }
         setObject(cid, ioasID, .ioas(ioas))
         return start
+    }
+
+    /// pages.c iopt_alloc_pages: the length must leave room for rounding up to a page.
+    func checkPagesLength(_ length: UInt64) throws(Refusal) {
+        if length == 0 || length > UInt64.max - simPageSize { throw Refusal(.EINVAL, "length \(hex(length)) is 0 or above SIZE_MAX - PAGE_SIZE") }
     }
 
     /// Automatic IOVA placement (io_pagetable.c iopt_alloc_iova): keep the source's
@@ -449,7 +463,7 @@ extension SimulatedKernel {
             guard let memoryID, let memory = state.memories[memoryID] else {
                 throw Refusal(.EINVAL, "the file of this MAP_FILE mapping is not a memfd")
             }
-            guard offset + mapping.length <= memory.size else {
+            guard offset <= memory.size, mapping.length <= memory.size - offset else {
                 throw Refusal(.EFAULT, "file range [\(hex(offset)), +\(hex(mapping.length))) goes beyond the memfd's size \(hex(memory.size))")
             }
         }

@@ -5,7 +5,7 @@ import VsmmuModel
 import VsmmuYAML
 @testable import VsmmuLinux
 
-/// Bridges and their ACS read from sysfs `config` (docs/kernel-interface.md §10), through the
+/// Bridges and their ACS read from sysfs `config` (docs/kernel-interface.md §11), through the
 /// host-file seam on a fake tree, then used by placement for a peer pair's path.
 
 /// A type-1 config space: secondary bus at 0x19; with `acs`, an AER capability at 0x100
