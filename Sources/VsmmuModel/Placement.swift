@@ -148,6 +148,22 @@ enum Placement {
             }
         }
         g.devices.removeAll { moved.contains($0.name) }
+        // Say so where a device went next to its peer (same vSMMU, so the same pxb).
+        var vsmmuOf: [String: String] = [:]
+        for s in g.vsmmus { for d in s.devices { vsmmuOf[d.name] = s.name } }
+        var partnersOf: [String: [String]] = [:]
+        for d in guest.allDevices {
+            guard let p = d.peer else { continue }
+            partnersOf[d.name, default: []].append(p)
+            partnersOf[p, default: []].append(d.name)
+        }
+        for (i, d) in report.decisions.enumerated() {
+            guard let v = d.vsmmu else { continue }
+            let partners = partnersOf[d.device] ?? []
+            if let p = partners.first(where: { vsmmuOf[$0] == v }) {
+                report.decisions[i].reason += "; next to its peer \(p), under the same vSMMU and pxb"
+            }
+        }
         return (g, report)
     }
 
