@@ -99,13 +99,21 @@ final class JournalEncoder: Encoder {
                 bytes.append(contentsOf: #","_2":{"physical":"#.utf8)
                 string(h.physical)
                 field("viommu", h.viommu)
-                bytes.append(contentsOf: #","viommuType":"#.utf8)
-                try nested(h.viommuType)
+                field("viommuType", h.viommuType.rawValue)
                 field("abortHWPT", h.abortHWPT)
                 field("bypassHWPT", h.bypassHWPT)
-                bytes.append(contentsOf: #","eventQueues":"#.utf8)
-                try nested(h.eventQueues)
-                bytes.append(contentsOf: #","vdevices":{"#.utf8)
+                // A dictionary whose keys are neither strings nor Ints: [key, value, ...].
+                bytes.append(contentsOf: #","eventQueues":["#.utf8)
+                for (i, (t, q)) in h.eventQueues.enumerated() {
+                    if i > 0 { bytes.append(UInt8(ascii: ",")) }
+                    integer(t.rawValue)
+                    bytes.append(contentsOf: #",{"id":"#.utf8)
+                    integer(q.id)
+                    bytes.append(contentsOf: #","fd":{"fd":"#.utf8)
+                    integer(q.fd.fd)
+                    bytes.append(contentsOf: "}}".utf8)
+                }
+                bytes.append(contentsOf: #"],"vdevices":{"#.utf8)
                 for (i, (d, vd)) in h.vdevices.enumerated() {
                     if i > 0 { bytes.append(UInt8(ascii: ",")) }
                     string(d)
