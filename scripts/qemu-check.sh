@@ -11,6 +11,11 @@
 #   measured 2026-12-03, with qemu-system-x86, libvirt-common and libxml2-utils added and
 #   the hand-over checks (c), on the shared machine under load:
 #   cold 210 s (root setup 182 s, 692 MB), warm 28-36 s (125 checks with 6 guests).
+#   measured 2026-12-03 at load average 17-21 on the shared 2 cores, with the GB200-like
+#   guest (SRAT, PCI hole, 8 devices, 34 NUMA nodes) and the nvidia dialect added, and one
+#   verbatim start per option shape: warm 53 s wall, 9.2 s user (224 checks); the same
+#   run without the new guest 37-40 s wall, 6.7 s user. The GB200 guest reaches BDS after
+#   8-10 s of TCG at that load.
 #
 # QEMU comes from Debian: a minimal trixie root (debootstrap, minbase) with
 # qemu-system-arm and qemu-system-x86 from trixie-backports (11.1.x; bookworm-backports
@@ -27,7 +32,8 @@
 #       by the binary's `TYPE,help`, and its value fits the listed type; each option that
 #       the TCG boot has to change is also started verbatim once (-S): QEMU must parse
 #       it and stop only at the environment gate (KVM for accel=on, no host device
-#       for vfio-pci, no hugepages for the memory backend);
+#       for vfio-pci, no hugepages for the memory backend); options that differ only in
+#       where they sit (id, bus, host address) share one start;
 #   (b) the same topology under TCG with vfio-pci replaced by an emulated PCIe endpoint
 #       ($VSMMU_QEMU_PLACEHOLDER) in the same root ports, accel=off and the features
 #       accel=off refuses set to what it accepts (ats=off ril=on oas=44 ssidsize=0
@@ -72,7 +78,7 @@
 #   VSMMU_QEMU_BOOT_TIMEOUT seconds to wait for the firmware per guest (default 240)
 #   VSMMU_QEMU_GUESTS       default "two-vsmmus-four-gpus/train0 cmdqv/vm1 one-guest-one-vsmmu/vm1
 #                           devices-without-vsmmu/vm1@examples/hosts/intel-vtd.yaml
-#                           gb200-four-gpus/gb200vm@examples/hosts/gb200-64k.yaml" (FILE/GUEST[@HOST])
+#                           gb200-auto/gb200vm@examples/hosts/gb200-tray.yaml" (FILE/GUEST[@HOST])
 #   VSMMU_QEMU_HOST         default examples/hosts/grace-2smmu-cmdqv.yaml (for a GUEST without @HOST)
 #   VSMMU_QEMU_XML_GUESTS   more guests whose libvirt-xml only is validated (no QEMU run)
 #                           (default "several-guests/vm1 several-guests/vm3")
@@ -99,7 +105,7 @@ REFRESH=${VSMMU_QEMU_REFRESH:-0}
 PLACEHOLDER=${VSMMU_QEMU_PLACEHOLDER:-virtio-rng-pci,disable-legacy=on}
 GPU_PLACEHOLDER=${VSMMU_QEMU_GPU_PLACEHOLDER:-pci-testdev,membar=256G}
 BOOT_TIMEOUT=${VSMMU_QEMU_BOOT_TIMEOUT:-240}
-GUESTS=${VSMMU_QEMU_GUESTS:-two-vsmmus-four-gpus/train0 cmdqv/vm1 one-guest-one-vsmmu/vm1 devices-without-vsmmu/vm1@examples/hosts/intel-vtd.yaml gb200-four-gpus/gb200vm@examples/hosts/gb200-64k.yaml}
+GUESTS=${VSMMU_QEMU_GUESTS:-two-vsmmus-four-gpus/train0 cmdqv/vm1 one-guest-one-vsmmu/vm1 devices-without-vsmmu/vm1@examples/hosts/intel-vtd.yaml gb200-auto/gb200vm@examples/hosts/gb200-tray.yaml}
 HOSTFILE=${VSMMU_QEMU_HOST:-examples/hosts/grace-2smmu-cmdqv.yaml}
 XML_GUESTS=${VSMMU_QEMU_XML_GUESTS:-several-guests/vm1 several-guests/vm3}
 VSMMU=${VSMMU_BIN:-$REPO/.build/debug/vsmmu}

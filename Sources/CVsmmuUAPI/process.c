@@ -50,3 +50,41 @@ int vsmmu_exec(char *const argv[]) {
     execvp(argv[0], argv);
     return -errno;
 }
+
+#include <linux/capability.h>
+
+// Drops (restore == 0) or gives back (restore != 0) this thread's CAP_IPC_LOCK in its
+// effective set; it stays permitted, so it can be raised again.
+static int ipc_lock_effective(int on) {
+    struct __user_cap_header_struct h = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+    struct __user_cap_data_struct d[2];
+    if (syscall(SYS_capget, &h, d) != 0) return -errno;
+    if (on) {
+        if (!(d[0].permitted & (1u << CAP_IPC_LOCK))) return 0;
+        d[0].effective |= 1u << CAP_IPC_LOCK;
+    } else {
+        d[0].effective &= ~(1u << CAP_IPC_LOCK);
+    }
+    if (syscall(SYS_capset, &h, d) != 0) return -errno;
+    return 0;
+}
+
+static struct rlimit memlock_saved;
+static int memlock_have_saved;
+
+int vsmmu_limit_memlock(int restore, uint64_t bytes) {
+    if (restore) {
+        if (memlock_have_saved && setrlimit(RLIMIT_MEMLOCK, &memlock_saved) != 0) return -errno;
+        memlock_have_saved = 0;
+        return ipc_lock_effective(1);
+    }
+    if (!memlock_have_saved) {
+        if (getrlimit(RLIMIT_MEMLOCK, &memlock_saved) != 0) return -errno;
+        memlock_have_saved = 1;
+    }
+    struct rlimit r = memlock_saved;
+    r.rlim_cur = bytes;
+    if (r.rlim_max != RLIM_INFINITY && r.rlim_max < bytes) r.rlim_max = bytes;
+    if (setrlimit(RLIMIT_MEMLOCK, &r) != 0) return -errno;
+    return ipc_lock_effective(0);
+}

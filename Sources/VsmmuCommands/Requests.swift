@@ -190,7 +190,8 @@ enum Runner {
 
     static func show(_ r: Request, api: Provisioner, console: Console) throws -> Int32 {
         let s = try api.show(events: events(console))
-        let doc = ShowDocument.build(s.observed, host: s.host, simulated: s.simulated, interrupted: s.interrupted, lost: s.lost, lifecycle: s.lifecycle)
+        let doc = ShowDocument.build(s.observed, host: s.host, simulated: s.simulated, interrupted: s.interrupted, lost: s.lost, lifecycle: s.lifecycle,
+                                     facts: s.facts)
         if r.format == "json" { console.print(doc.rendered()) } else { console.write(ShowDocument.yaml(doc)) }
         return 0
     }

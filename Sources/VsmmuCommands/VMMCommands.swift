@@ -23,7 +23,7 @@ struct LayoutOptions: ParsableArguments {
     /// With --socket (or VSMMU_SOCKET) and no --host, the agent resolves the layout against
     /// the host it runs on and the allocations it keeps. nil: in-process.
     func throughAgent(_ kind: RequestKind, format: String?, fds: Bool, edit: (inout Request) -> Void = { _ in }) throws -> Int32? {
-        let explicit = kernel.socket != nil || !(ProcessInfo.processInfo.environment["VSMMU_SOCKET"] ?? "").isEmpty
+        let explicit = kernel.socket != nil || Environment.nonEmpty("VSMMU_SOCKET") != nil
         guard kernel.host == nil, explicit, let socket = kernel.agentSocket else { return nil }
         var request = Request(kind)
         request.guest = guest
@@ -33,7 +33,7 @@ struct LayoutOptions: ParsableArguments {
         return try Dispatch.run(request, file: file, kernel: kernel, socket: socket)
     }
 
-    func layout(console: Console) throws -> (VMMLayout, Topology) {
+    func layout(console: Console) throws -> (VMMLayout, Topology, GuestFacts) {
         let stateDir = kernel.resolvedStateDir
         var host: HostDescription
         let simHost = stateDir + "/sim/host.yaml"
@@ -59,7 +59,7 @@ struct LayoutOptions: ParsableArguments {
     /// The guest's layout from `source` against `host`, with the allocations kept in
     /// `stateDir` (in-process, or in the agent for `--socket`).
     static func layout(_ source: SourceText, guest: String, host: HostDescription, stateDir: String, simulated: Bool,
-                       console: Console) throws -> (VMMLayout, Topology) {
+                       console: Console) throws -> (VMMLayout, Topology, GuestFacts) {
         let file = source.path
         let (parsed, validation) = try Provisioner.validate(source, host: host)
         let topology = validation.placing(parsed)
@@ -76,10 +76,12 @@ struct LayoutOptions: ParsableArguments {
             console.error("note: guest \(g.name) is not applied yet: these are the values apply will allocate")
         }
         let dg = desired.guests.first { $0.name == g.name }!
-        var layout = VMMLayout(guest: dg, allocation: desired.allocations.guests[g.name]!, platform: .of(dg, host: host))
+        let allocation = desired.allocations.guests[g.name]!
+        let facts = GuestFacts.of(dg, allocation: allocation, placement: validation.placements[g.name])
+        var layout = VMMLayout(guest: dg, allocation: allocation, platform: .of(dg, host: host))
         let requested = Dictionary(g.allDevices.compactMap { d in d.layout.genericInitiators.map { (d.name, $0) } }, uniquingKeysWith: { a, _ in a })
         do { try layout.addGuestTopology(host: host, requested: requested) } catch { throw CommandError(message: "guest \(g.name): \(error)") }
-        return (layout, topology)
+        return (layout, topology, facts)
     }
 }
 
@@ -146,10 +148,12 @@ struct QemuArgs: ParsableCommand {
         if code != 0 { throw ExitCode(code) }
     }
 
-    static func write(_ l: (VMMLayout, Topology), guest: String, format: Format, fds: Bool, console: Console) throws -> Int32 {
-        let (layout, topology) = l
-        let out: QEMUArgs.Output
+    static func write(_ l: (VMMLayout, Topology, GuestFacts), guest: String, format: Format, fds: Bool, console: Console) throws -> Int32 {
+        let (layout, topology, facts) = l
+        var out: QEMUArgs.Output
         do { out = try QEMUArgs.render(layout, fds: fds) } catch { throw CommandError(message: "\(error)") }
+        // The guest's lifecycle limits and its auto values, as comments (and JSON notes).
+        out.notes += facts.lifecycleLines.map { "lifecycle: \($0)" }
         switch format {
         case .args: console.write(QEMUArgs.text(out, guest: guest, topology: topology.name))
         case .argv:
@@ -233,8 +237,8 @@ struct LibvirtXml: ParsableCommand {
         return v
     }
 
-    static func write(_ l: (VMMLayout, Topology), dialect: LibvirtDialect, version: LibvirtDialect.Version?, console: Console) throws -> Int32 {
-        let (layout, topology) = l
+    static func write(_ l: (VMMLayout, Topology, GuestFacts), dialect: LibvirtDialect, version: LibvirtDialect.Version?, console: Console) throws -> Int32 {
+        let (layout, topology, _) = l
         let out: LibvirtXML.Output
         do { out = try LibvirtXML.render(layout, topology: topology.name, dialect: dialect, version: version) } catch {
             throw CommandError(message: "guest \(layout.guest.name): \(error)")

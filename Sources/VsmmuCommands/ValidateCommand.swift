@@ -5,6 +5,7 @@ import VsmmuProvisioning
 
 struct Validate: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "validate",
         abstract: "Parse and check a topology file, and against a host when one is given.",
         discussion: """
         Every problem is reported as FILE:LINE:COL: error: message, with the line, a caret \
@@ -12,11 +13,20 @@ struct Validate: ParsableCommand {
         IOMMU groups, physical IOMMUs and features are checked too, and `auto` feature \
         values are resolved (shown with --verbose).
 
+        Placement: a device of a guest's `devices:` list with `vsmmu: auto` goes behind \
+        the vSMMU of its own physical SMMU (one per SMMU, made when the guest declares \
+        none there, named after it: smmu-16000000); `peer: NAME` (a GPU's NIC) must sit \
+        behind the same SMMU, so both share one vSMMU and pxb. --verbose prints where \
+        each device went and why, and each peer pair's ACS path on the host.
+
         Exit status: 0 valid, 1 invalid.
 
-        Example:
+        Examples:
           vsmmu validate examples/two-vsmmus-four-gpus.yaml --verbose \\
             --host examples/hosts/grace-2smmu-cmdqv.yaml
+
+          vsmmu validate examples/gb200-auto.yaml --verbose \\
+            --host examples/hosts/gb200-tray.yaml
         """)
 
     @Argument(help: "The topology file (kind Topology).")
@@ -24,7 +34,7 @@ struct Validate: ParsableCommand {
 
     @OptionGroup var kernel: KernelOptions
 
-    @Flag(name: .shortAndLong, help: "Print the resolved value of every `auto` feature.")
+    @Flag(name: .shortAndLong, help: "Print the resolved value of every `auto` feature, and where `vsmmu: auto` put each device.")
     var verbose = false
 
     @Option(help: "text, or json (valid, the diagnostics with line and column, the counts) on standard output.")

@@ -39,16 +39,18 @@ public final class Executor {
     let port: KernelPort
     let store: StateStore
     let batch: Int
+    // Each line is only made when someone listens (an apply of 100,000 steps makes no
+    // 100,000 strings for nobody).
     /// One line per resource as it starts and when it ends (terraform's), with its time and ids.
-    let progress: (String) -> Void
+    let progress: ((String) -> Void)?
     /// One line per finished step (kernel call), for -v.
-    let calls: (String) -> Void
+    let calls: ((String) -> Void)?
 
     /// The step about to run (`[n/N] CALL resource`), for a live line on a terminal.
-    let inFlight: (String) -> Void
+    let inFlight: ((String) -> Void)?
 
-    public init(port: KernelPort, store: StateStore, batch: Int = Executor.defaultBatch, progress: @escaping (String) -> Void = { _ in },
-                calls: @escaping (String) -> Void = { _ in }, inFlight: @escaping (String) -> Void = { _ in }) {
+    public init(port: KernelPort, store: StateStore, batch: Int = Executor.defaultBatch, progress: ((String) -> Void)? = nil,
+                calls: ((String) -> Void)? = nil, inFlight: ((String) -> Void)? = nil) {
         self.port = port; self.store = store; self.batch = max(1, batch)
         self.progress = progress; self.calls = calls; self.inFlight = inFlight
     }
@@ -57,7 +59,7 @@ public final class Executor {
     /// agent): the running step always finishes, so the journal stays consistent.
     public func run(_ plan: Plan, shouldStop: () -> Bool = { false }) throws(ApplyError) {
         let total = plan.operations.count
-        var lines = ResourceLines(plan)
+        var lines = progress.map { _ in ResourceLines(plan) }
         var start = 0
         while start < total {
             let ops = Array(plan.operations[start..<min(start + batch, total)])
@@ -72,13 +74,13 @@ public final class Executor {
                     throw ApplyError(operation: op, errno: nil, message: "stopped before this step (asked to stop: a signal, or the agent shutting down); everything before it is done and journaled",
                                      hint: "the next apply continues from here")
                 }
-                if let line = lines.starting(op) { progress(line) }
-                inFlight("[\(op.index)/\(total)] \(op.call) \(op.resource)")
+                if let progress, let line = lines?.starting(op) { progress(line) }
+                inFlight?("[\(op.index)/\(total)] \(op.call) \(op.resource)")
                 do {
                     let patches = try perform(op)
                     try? store.done(seqs[i], patches)
-                    calls("[\(op.index)/\(total)] \(op.call) \(op.resource): ok")
-                    if let line = lines.finished(op, ids: ResourceLines.ids(op.resource, store.holdings)) { progress(line) }
+                    calls?("[\(op.index)/\(total)] \(op.call) \(op.resource): ok")
+                    if let progress, let line = lines?.finished(op, ids: ResourceLines.ids(op.resource, store.holdings)) { progress(line) }
                 } catch {
                     try? store.failed(seqs[i], error.errno)
                     try? store.skipped(Array(seqs[(i + 1)...]))

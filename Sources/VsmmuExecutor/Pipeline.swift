@@ -124,8 +124,8 @@ public enum Pipeline {
 
     /// Records the plan's allocations, runs its operations, and checkpoints the holdings
     /// (also after a failure, so the state directory is consistent either way).
-    public static func apply(_ plan: Plan, port: KernelPort, store: StateStore, progress: @escaping (String) -> Void = { _ in },
-                             calls: @escaping (String) -> Void = { _ in }, inFlight: @escaping (String) -> Void = { _ in },
+    public static func apply(_ plan: Plan, port: KernelPort, store: StateStore, progress: ((String) -> Void)? = nil,
+                             calls: ((String) -> Void)? = nil, inFlight: ((String) -> Void)? = nil,
                              shouldStop: () -> Bool = { false }, batch: Int = Executor.defaultBatch) throws {
         try store.saveAllocations(plan.allocations)
         let executor = Executor(port: port, store: store, batch: batch, progress: progress, calls: calls, inFlight: inFlight)

@@ -75,6 +75,7 @@ public struct Corpus: Sendable {
             "invalidate": (["hwpt", "entry_len", "entries"], ["type", "num"]),
             // close(2) of a context; later calls naming it get EBADF.
             "close": ([], []),
+            "option": (["option"], ["id", "set"]),
         ]
         typealias Shape = (required: [String], optional: [String])
         var all: [String: Shape] = onContext.mapValues { ($0.required, $0.optional + ["fd"]) }
@@ -100,6 +101,8 @@ public struct Corpus: Sendable {
             // the device's IOMMU group: its members and their drivers (viable when every
             // member is on a VFIO driver or none)
             "group": ([], []),
+            // RLIMIT_MEMLOCK = limit and no CAP_IPC_LOCK until the case ends (no limit: put back)
+            "memlock": ([], ["limit"]),
         ]
         for (op, shape) in other { all[op] = shape }
         return all
@@ -116,6 +119,8 @@ public struct Corpus: Sendable {
         for t in [HWQueueType.selftest] { c["HW_QUEUE_" + t.name] = UInt64(t.rawValue) }
         for t in [InvalidateDataType.armSMMUv3] { c["INVALIDATE_" + t.name] = UInt64(t.rawValue) }
         for t in [HWInfoType.armSMMUv3, .selftest] { c["HW_INFO_" + t.name] = UInt64(t.rawValue) }
+        c["RLIMIT_MODE"] = UInt64(IommuOption.rlimitMode.rawValue)
+        c["HUGE_PAGES"] = UInt64(IommuOption.hugePages.rawValue)
         c["READ_WRITE"] = UInt64(IOASMapFlags([.readable, .writeable]).rawValue)
         c["FIXED_READ_WRITE"] = UInt64(IOASMapFlags([.fixedIOVA, .readable, .writeable]).rawValue)
         return c

@@ -51,6 +51,7 @@ public struct CorpusRunner {
         /// The case's first context, then those opened by `iommufd`.
         var first = CorpusRunner.closedContext
         var contexts: [String: IommufdHandle] = [:]
+        var memlockLimited = false
     }
 
     func runCase(_ c: Corpus.Case, vfioIndex: Int?) -> [String] {
@@ -78,6 +79,9 @@ public struct CorpusRunner {
             }
         }
         closeEverything(&scope)
+        if scope.memlockLimited {
+            do { try port.limitLockedMemory(nil) } catch { out.append("\(c.name):\(c.line) memlock (put back at the end) -> \(error.errno.name)") }
+        }
         return out
     }
 
@@ -152,7 +156,9 @@ public struct CorpusRunner {
             bindID(UInt64(id)); return "\(id)"
         case "hw_info":
             let info = try port.getHwInfo(fd, devID: try id("dev"), requestType: text("type") == nil ? nil : HWInfoType(rawValue: try u32("type")))
+            // out_max_pasid_log2 is per device (its PASID capability); printed when non-zero
             return "type \(hex(info.dataType.rawValue)) capabilities \(hex(info.capabilities.rawValue))"
+                + (info.maxPasidLog2 == 0 ? "" : " max_pasid_log2 \(info.maxPasidLog2)")
         case "viommu_alloc":
             let r = try port.viommuAlloc(fd, type: VIOMMUType(rawValue: try u32("type")), devID: try id("dev"), hwptID: try id("hwpt"), data: try bytes("data"))
             bindID(UInt64(r.id)); return "\(r.id)"
@@ -235,6 +241,15 @@ public struct CorpusRunner {
             if let raw = text("dev") { scope.devices[raw] = nil }
             if dev != Self.closedDevice { port.close(dev) }
             return ""
+        case "memlock":
+            let limit = text("limit") == nil ? nil : try number("limit")
+            try port.limitLockedMemory(limit)
+            scope.memlockLimited = limit != nil
+            return ""
+        case "option":
+            guard let option = IommuOption(rawValue: try u32("option")) else { throw CorpusError(description: "option= is not an IOMMU_OPTION id") }
+            let set = text("set") == nil ? nil : try number("set")
+            return "\(try port.iommuOption(fd, option: option, objectID: ObjectID(truncatingIfNeeded: try number("id", default: 0)), set: set))"
         case "invalidate":
             let entries = try bytes("entries")
             let entryLen = try u32("entry_len")

@@ -202,6 +202,13 @@ public protocol KernelPort: AnyObject {
     /// close(2) on an fd found by `openFiles`.
     func closeFile(_ fd: Int32)
 
+    // MARK: locked memory
+    /// This process's RLIMIT_MEMLOCK (soft) set to `bytes` with CAP_IPC_LOCK dropped from its
+    /// effective set, so that pinning is charged against the limit; nil puts back the limit
+    /// and the capability it had (docs/kernel-interface.md §2.6). The differential corpora's
+    /// `memlock`; on the simulated kernel, the holder's limit (nil: nothing is charged).
+    func limitLockedMemory(_ bytes: UInt64?) throws(KernelCallError)
+
     // MARK: ownership
     /// chown of /dev/vfio/devices/vfioN to the VMM's user.
     func chownVfioDevice(index: Int, uid: UInt32, gid: UInt32) throws(KernelCallError)

@@ -31,6 +31,9 @@ public final class LinuxKernel: KernelPort {
     }
 
     let sysfsRootPath: String
+    /// PAGE_SIZE once read: a running kernel's never changes, and reading it (smaps) walks
+    /// every mapping of the reader, on each plan of the agent (docs/live-speed.md §3).
+    var pageSizeRead: UInt64?
     /// Where procfs is mounted: who holds a device open (tests move it).
     public var procRoot = "/proc"
 
@@ -139,6 +142,8 @@ public final class LinuxKernel: KernelPort {
     public func iommuOption(_ fd: IommufdHandle, option: IommuOption, objectID: ObjectID, set value: UInt64?) throws(KernelCallError) -> UInt64 {
         try mutating { () throws(KernelCallError) in try calls.option(fd.fd, option: option, objectID: objectID, value: value) }
     }
+
+    public func limitLockedMemory(_ bytes: UInt64?) throws(KernelCallError) { try files.limitLockedMemory(bytes) }
 
     public func mockDomain(_ fd: IommufdHandle, ptID: ObjectID) throws(KernelCallError) -> MockDevice {
         try mutating { () throws(KernelCallError) in try calls.mockDomain(fd.fd, ptID: ptID) }

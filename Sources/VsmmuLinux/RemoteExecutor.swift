@@ -21,7 +21,7 @@ public enum RemoteVMMStatus: Equatable, Sendable {
 public final class RemoteExecutor: IoctlTransport, HostFiles, @unchecked Sendable {
     /// Operation numbers of the protocol.
     enum Op: UInt32 {
-        case hello = 0, open, close, ioctl, read, readLink, listDirectory, write, memfd, stat, chown, mmapAnonymous, munmap, fds, bye, spawn, wait
+        case hello = 0, open, close, ioctl, read, readLink, listDirectory, write, memfd, stat, chown, mmapAnonymous, munmap, fds, bye, spawn, wait, memlock
         var name: String {
             ["HELLO", "OPEN", "CLOSE", "IOCTL", "READ", "READLINK", "LISTDIR", "WRITE", "MEMFD", "STAT", "CHOWN", "MMAP_ANON", "MUNMAP", "FDS", "BYE", "SPAWN", "WAIT"][Int(rawValue)]
         }
@@ -335,6 +335,10 @@ public final class RemoteExecutor: IoctlTransport, HostFiles, @unchecked Sendabl
         }
         let r = try call(.mmapAnonymous, "size=\(size)") { $0.u64(size) }
         return try decode(.mmapAnonymous, r) { (p) throws(Payload.Short) in try p.u64() }
+    }
+
+    public func limitLockedMemory(_ bytes: UInt64?) throws(KernelCallError) {
+        _ = try call(.memlock, bytes.map { "limit=\($0)" } ?? "restore") { $0.u32(bytes == nil ? 1 : 0); $0.u64(bytes ?? 0) }
     }
 
     public func unmap(address: UInt64, size: UInt64) {

@@ -71,6 +71,7 @@ public struct Validator {
             busRules(guest)
             vsmmuShapeRules(guest)
             placementShapeRules(guest)
+            layoutRules(guest)
             if let host {
                 hostRules(guest, host: host)
                 peerRules(guest, host: host)

@@ -78,6 +78,8 @@ public struct ShowState {
     public var interrupted: Int
     public var lost: LostState?
     public var lifecycle: [GuestStatus]
+    /// Each guest's facts as its topology was last planned (GuestFacts), by guest name.
+    public var facts: [String: GuestFacts] = [:]
 }
 
 /// What a reconcile found and did.
@@ -295,7 +297,8 @@ public final class Provisioner {
         let store = try StateStore(directory: session.stateDir, allowingLostState: true)
         let observed = try ObservedState.observe(port: port, holdings: store.holdings, addresses: [])
         return ShowState(observed: observed, host: session.host.name, simulated: session.simulated, interrupted: store.interrupted.count,
-                         lost: store.lostState(port: port), lifecycle: GuestLifecycle(session: session).statuses(store.holdings))
+                         lost: store.lostState(port: port), lifecycle: GuestLifecycle(session: session).statuses(store.holdings),
+                         facts: store.allocations.guests.compactMapValues(\.facts))
     }
 
     // MARK: reconcile and the lifecycle

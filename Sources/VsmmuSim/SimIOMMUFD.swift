@@ -417,7 +417,8 @@ extension SimulatedKernel {
 
         var mapping = Mapping(iova: start, length: length, readable: flags.contains(.readable),
                               writable: flags.contains(.writeable), source: mappingSource, pinned: false,
-                              mappedBy: state.currentProcess == 0 ? nil : state.currentProcess)
+                              mappedBy: state.currentProcess == 0 ? nil : state.currentProcess,
+                              uncharged: memlockLimit(of: state.currentProcess) == nil ? true : nil)
         // docs/kernel-interface.md §2.6: pages are pinned now only when the IOAS already holds a HWPT.
         if ioasHasHWPT(cid, ioas: ioasID) {
             try checkMemlock(cid: cid, process: state.currentProcess, adding: pinnedLength(mapping))
@@ -465,7 +466,7 @@ extension SimulatedKernel {
         if mapping.pinned { return mapping }
         var pinned = mapping
         pinned.pinned = true
-        pinned.charged = memlockAccount(cid: cid, process: mapping.mappedBy ?? 0)
+        pinned.charged = mapping.uncharged == true ? nil : memlockAccount(cid: cid, process: mapping.mappedBy ?? 0)
         switch mapping.source {
         case .userVA(let va, _):
             let last = va + (mapping.length - 1)
@@ -521,7 +522,7 @@ extension SimulatedKernel {
         for mapping in ioas.mappings { _ = try pin(mapping, cid: cid) }
         // RLIMIT_MEMLOCK, per mapping process: what joining would pin that is not pinned yet.
         var adding: [Int: UInt64] = [:]
-        for m in ioas.mappings where !m.pinned { adding[m.mappedBy ?? 0, default: 0] &+= pinnedLength(m) }
+        for m in ioas.mappings where !m.pinned && m.uncharged != true { adding[m.mappedBy ?? 0, default: 0] &+= pinnedLength(m) }
         for (process, bytes) in adding.sorted(by: { $0.key < $1.key }) { try checkMemlock(cid: cid, process: process, adding: bytes) }
     }
 

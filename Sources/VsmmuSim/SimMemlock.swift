@@ -21,6 +21,9 @@ extension SimulatedKernel {
         appendToLog(.setMemlockLimit(process: process?.number ?? 0, bytes: bytes))
     }
 
+    /// KernelPort's: the holder's limit (the corpus runner is the holder).
+    public func limitLockedMemory(_ bytes: UInt64?) throws(KernelCallError) { setMemlockLimit(bytes) }
+
     /// Bytes pinned and charged to `process`'s budget (its user's in user mode), for tests.
     public func lockedBytes(of process: SimProcessID? = nil) -> (user: UInt64, process: UInt64) {
         let n = process?.number ?? 0

@@ -146,6 +146,10 @@ struct Mapping: Hashable, Codable {
     var mappedBy: Int?
     /// Whose RLIMIT_MEMLOCK budget the pinned pages are charged to; nil: nobody.
     var charged: MemlockAccount?
+    /// Made with CAP_IPC_LOCK: never charged, whatever the limit when it is pinned (the
+    /// kernel decides at IOAS_MAP, pages.c iopt_alloc_pages; seen in the x86 lab,
+    /// selftest memlock-decided-at-map).
+    var uncharged: Bool? = nil
     var last: UInt64 { iova &+ (length &- 1) }
 
     /// Offset of the mapping's first byte inside its backing memory.

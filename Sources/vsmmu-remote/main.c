@@ -37,10 +37,10 @@
 #define TEST_OP_TRIGGER_VEVENT 17  // not in vsmmu_uapi.h (docs/kernel-interface.md §7.2)
 
 enum { OP_HELLO, OP_OPEN, OP_CLOSE, OP_IOCTL, OP_READ, OP_READLINK, OP_LISTDIR, OP_WRITE,
-       OP_MEMFD, OP_STAT, OP_CHOWN, OP_MMAP_ANON, OP_MUNMAP, OP_FDS, OP_BYE, OP_SPAWN, OP_WAIT, OP_COUNT };
+       OP_MEMFD, OP_STAT, OP_CHOWN, OP_MMAP_ANON, OP_MUNMAP, OP_FDS, OP_BYE, OP_SPAWN, OP_WAIT, OP_MEMLOCK, OP_COUNT };
 static const char *const op_names[OP_COUNT] = {
     "HELLO", "OPEN", "CLOSE", "IOCTL", "READ", "READLINK", "LISTDIR", "WRITE",
-    "MEMFD", "STAT", "CHOWN", "MMAP_ANON", "MUNMAP", "FDS", "BYE", "SPAWN", "WAIT"};
+    "MEMFD", "STAT", "CHOWN", "MMAP_ANON", "MUNMAP", "FDS", "BYE", "SPAWN", "WAIT", "MEMLOCK"};
 
 static const char *root = "";       // --root: the directory every /dev and /sys path is beneath
 static int rootfd = -1;              // O_PATH of root ("/" without --root); paths never leave it
@@ -158,7 +158,10 @@ static int proc_fd_link(const char *p) {
 }
 static int allow_open(const char *p) { return strcmp(p, "/dev/iommu") == 0 || vfio_cdev(p); }
 static int allow_sys(const char *p) { return starts(p, "/sys/"); }
-static int allow_read(const char *p) { return allow_sys(p) || proc_pid(p, "/comm") || proc_pid(p, "/stat"); }
+// /proc/self/smaps: the kernel's page size (KernelPageSize:) for discovery's kernel.pageSize.
+static int allow_read(const char *p) {
+    return allow_sys(p) || proc_pid(p, "/comm") || proc_pid(p, "/stat") || strcmp(p, "/proc/self/smaps") == 0;
+}
 static int allow_link(const char *p) { return allow_sys(p) || proc_fd_link(p); }
 static int allow_listdir(const char *p) {
     return allow_sys(p) || strcmp(p, "/dev/vfio/devices") == 0 || strcmp(p, "/proc") == 0 || proc_pid(p, "/fd");
@@ -697,9 +700,49 @@ static int op_bye(struct in *c, struct out *o) { (void)o; return args_ok(c) ? 0 
 
 #include "spawn.h"
 
+// ---- MEMLOCK: the executor's own RLIMIT_MEMLOCK and CAP_IPC_LOCK (the corpora's `memlock`) ----
+
+#include <linux/capability.h>
+
+static struct rlimit memlock_saved;
+static int memlock_have_saved;
+
+// CAP_IPC_LOCK in the effective set only: it stays permitted and can be raised again.
+static int ipc_lock_effective(int on) {
+    struct __user_cap_header_struct h = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+    struct __user_cap_data_struct d[2];
+    if (syscall(SYS_capget, &h, d) != 0) return -errno;
+    if (on && !(d[0].permitted & (1u << CAP_IPC_LOCK))) return 0;
+    if (on) d[0].effective |= 1u << CAP_IPC_LOCK;
+    else d[0].effective &= ~(1u << CAP_IPC_LOCK);
+    return syscall(SYS_capset, &h, d) != 0 ? -errno : 0;
+}
+
+static int op_memlock(struct in *c, struct out *o) {
+    (void)o;
+    uint32_t restore = get_u32(c);
+    uint64_t bytes = get_u64(c);
+    if (!args_ok(c)) return MALFORMED;
+    snprintf(detail, sizeof detail, restore ? "restore" : "limit=%llu", (unsigned long long)bytes);
+    if (restore) {
+        if (memlock_have_saved && setrlimit(RLIMIT_MEMLOCK, &memlock_saved) != 0) return -errno;
+        memlock_have_saved = 0;
+        return ipc_lock_effective(1);
+    }
+    if (!memlock_have_saved) {
+        if (getrlimit(RLIMIT_MEMLOCK, &memlock_saved) != 0) return -errno;
+        memlock_have_saved = 1;
+    }
+    struct rlimit r = memlock_saved;
+    r.rlim_cur = bytes;
+    if (r.rlim_max != RLIM_INFINITY && r.rlim_max < bytes) r.rlim_max = bytes;
+    if (setrlimit(RLIMIT_MEMLOCK, &r) != 0) return -errno;
+    return ipc_lock_effective(0);
+}
+
 static int (*const handlers[OP_COUNT])(struct in *, struct out *) = {
     op_hello, op_open, op_close, op_ioctl, op_read, op_readlink, op_listdir, op_write,
-    op_memfd, op_stat, op_chown, op_mmap_anon, op_munmap, op_fds, op_bye, op_spawn, op_wait};
+    op_memfd, op_stat, op_chown, op_mmap_anon, op_munmap, op_fds, op_bye, op_spawn, op_wait, op_memlock};
 
 // ---- The stream ----
 

@@ -72,13 +72,16 @@ func qemuArgsList(_ file: String, guest: String, host: String, state: String) th
 }
 
 @Test func tooManyNUMANodesAreAClearError() throws {
+    // 127 asked for passes validation, but with the two mirrored host nodes QEMU would need 129
     let (dir, file) = try gb200Topology {
-        $0.replacingOccurrences(of: "\" }", with: "\", genericInitiators: 30 }")
+        $0.replacingOccurrences(of: "\" }", with: "\", genericInitiators: 31 }")
+            .replacingOccurrences(of: "{ name: nic0, host: \"0000:0a:00.2\", genericInitiators: 31 }", with: "{ name: nic0, host: \"0000:0a:00.2\", genericInitiators: 3 }")
+            .replacingOccurrences(of: "{ name: nic1, host: \"0000:1a:00.2\", genericInitiators: 31 }", with: "{ name: nic1, host: \"0000:1a:00.2\" }")
     }
     defer { try? FileManager.default.removeItem(atPath: dir) }
     let r = vsmmu(["qemu-args", file, "--guest", "gb200vm", "--host", gb200Host, "--state-dir", dir])
     #expect(r.code == 1)
-    #expect(r.stderr.contains("182 NUMA nodes"), "\(r.stderr)")
+    #expect(r.stderr.contains("129 NUMA nodes"), "\(r.stderr)")
     #expect(r.stderr.contains("at most 128"))
 }
 
@@ -149,4 +152,18 @@ func qemuArgsList(_ file: String, guest: String, host: String, state: String) th
     let args = try qemuArgsList("examples/devices-without-vsmmu.yaml", guest: "vm1", host: host, state: dir)
     #expect(args.contains("q35-pcihost.pci-hole64-size=128G"), "\(args)")
     #expect(!args.contains { $0.contains("highmem-mmio-size") || $0.hasPrefix("node,") })
+}
+
+@Test func validateRefusesInitiatorNodesQEMUCannotBuild() throws {
+    let (dir, file) = try gb200Topology {
+        $0.replacingOccurrences(of: "{ name: gpu0, host: \"0000:09:01.0\" }", with: "{ name: gpu0, host: \"0000:09:01.0\", genericInitiators: 64 }")
+            .replacingOccurrences(of: "{ name: gpu1, host: \"0000:09:02.0\" }", with: "{ name: gpu1, host: \"0000:09:02.0\", genericInitiators: 64 }")
+    }
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let r = vsmmu(["validate", file])
+    #expect(r.code != 0)
+    #expect(r.stderr.contains("asks for 128 Generic Initiator nodes"), "\(r.stderr)")
+    #expect(r.stderr.contains("t.yaml:"), "the error points into the file: \(r.stderr)")
+    let schema = vsmmu(["validate", try gb200Topology { $0.replacingOccurrences(of: "\" }", with: "\", genericInitiators: 65 }") }.file])
+    #expect(schema.code != 0 && schema.stderr.contains("genericInitiators"), "\(schema.stderr)")
 }

@@ -16,6 +16,7 @@ let vmmGuests: [(example: String, host: String, guest: String)] = [
     ("several-guests", "examples/hosts/grace-2smmu-cmdqv.yaml", "vm3"),
     ("devices-without-vsmmu", "examples/hosts/intel-vtd.yaml", "vm1"),
     ("gb200-four-gpus", "examples/hosts/gb200-64k.yaml", "gb200vm"),
+    ("gb200-auto", "examples/hosts/gb200-tray.yaml", "gb200vm"),
 ]
 
 @Test(arguments: vmmGuests.map { "\($0.example)/\($0.guest)" })

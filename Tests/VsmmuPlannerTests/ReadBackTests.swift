@@ -91,6 +91,7 @@ final class OverridingPort: KernelPort {
     func closeFile(_ fd: Int32) { inner.closeFile(fd) }
     func chownVfioDevice(index: Int, uid: UInt32, gid: UInt32) throws(KernelCallError) { try inner.chownVfioDevice(index: index, uid: uid, gid: gid) }
     func vfioDeviceOwner(index: Int) throws(KernelCallError) -> (uid: UInt32, gid: UInt32)? { try inner.vfioDeviceOwner(index: index) }
+    func limitLockedMemory(_ bytes: UInt64?) throws(KernelCallError) { try inner.limitLockedMemory(bytes) }
 }
 
 private let readBackExample = "two-vsmmus-four-gpus"

@@ -12,7 +12,9 @@ Per guest ((a) and (b) for aarch64 virt guests, (c) for all):
                (bool, OnOffAuto, uintN, size, link<...> to an id of the fragment, and
                the enums whose help text says "Valid values are ...").
   (a) start  : every emitted option that has to be changed for the TCG boot is also
-               started once verbatim (everything before it in its TCG form, -S):
+               started once verbatim (everything before it in its TCG form, -S; one
+               start per shape: options that differ only in id, bus, host address and
+               the like share one):
                QEMU must get past parsing and stop only at the expected
                environment gate (no KVM for accel=on, no host device for vfio-pci,
                no hugepages for the memory backend), or start.
@@ -506,9 +508,18 @@ def verbatim_starts(guest, mach_tcg, forms):
            or (o.flag == "-numa" and "memdev=" in (o.value or ""))]
     if any(forms[i][2] for i in mem):
         units.append(("memory: " + " ".join(forms[i][0].text() for i in mem), mem))
+    # One start per shape: options that differ only in where they sit (id, bus, host
+    # address, ...) parse and stop alike, so the first stands for the rest.
+    where = ("id", "bus", "host", "addr", "primary-bus", "identifier", "fd", "chassis")
+    shapes = {}
     for i, (o, n, ch) in enumerate(forms):
         if i in mem or not ch:
             continue
+        shape = (o.flag, o.type, tuple(sorted((k, v) for k, v in o.props() if k not in where)))
+        if shape in shapes:
+            note(guest, "verbatim start of %s: as %s's (the same option in another place)" % (o.id or o.text(), shapes[shape]))
+            continue
+        shapes[shape] = o.id or o.text()
         units.append((o.text(), [i]))
     base = []
     for o in mach_tcg:

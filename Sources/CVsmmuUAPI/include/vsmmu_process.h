@@ -21,6 +21,12 @@ int vsmmu_clear_cloexec(int fd);
 /// Returns 0 or -errno.
 int vsmmu_raise_memlock(int pid, uint64_t bytes);
 
+/// Sets this process's soft RLIMIT_MEMLOCK to `bytes` and drops CAP_IPC_LOCK from the
+/// calling thread's effective set, so that the kernel charges pinned pages against the
+/// limit (the differential corpora's `memlock`); with `restore`, puts back the limit seen
+/// before the first call and raises CAP_IPC_LOCK again if it is permitted. 0 or -errno.
+int vsmmu_limit_memlock(int restore, uint64_t bytes);
+
 /// execvp(3) of argv[0] with the NULL-terminated `argv`. Returns only on failure: -errno.
 int vsmmu_exec(char *const argv[]);
 
