@@ -7,6 +7,7 @@ import VsmmuModel
 
 struct Host: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "host",
         abstract: "Print the host description (kind Host) of this machine, or of the simulated host.",
         discussion: """
         Reads sysfs (PCI devices, drivers, IOMMU groups, reserved regions, /sys/class/iommu) \

@@ -8,6 +8,7 @@ import VsmmuPlanner
 
 struct Show: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "show",
         abstract: "Show what is applied now: objects, IDs, bindings, and drift.",
         discussion: """
         Reads the state directory's holdings and checks them against the kernel (read-only \

@@ -23,7 +23,7 @@ struct LayoutOptions: ParsableArguments {
     /// With --socket (or VSMMU_SOCKET) and no --host, the agent resolves the layout against
     /// the host it runs on and the allocations it keeps. nil: in-process.
     func throughAgent(_ kind: RequestKind, format: String?, fds: Bool, edit: (inout Request) -> Void = { _ in }) throws -> Int32? {
-        let explicit = kernel.socket != nil || !(ProcessInfo.processInfo.environment["VSMMU_SOCKET"] ?? "").isEmpty
+        let explicit = kernel.socket != nil || Environment.nonEmpty("VSMMU_SOCKET") != nil
         guard kernel.host == nil, explicit, let socket = kernel.agentSocket else { return nil }
         var request = Request(kind)
         request.guest = guest

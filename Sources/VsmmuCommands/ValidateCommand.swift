@@ -5,6 +5,7 @@ import VsmmuProvisioning
 
 struct Validate: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "validate",
         abstract: "Parse and check a topology file, and against a host when one is given.",
         discussion: """
         Every problem is reported as FILE:LINE:COL: error: message, with the line, a caret \

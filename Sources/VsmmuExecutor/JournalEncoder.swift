@@ -1,3 +1,6 @@
+import VsmmuKernel
+import VsmmuPlanner
+
 /// A JSON encoder for journal records that writes bytes as the values encode themselves:
 /// no tree of values, no sorted keys (keys come in the order the type encodes them). The
 /// journal writes two records per step and Foundation's JSONEncoder made them most of an
@@ -23,6 +26,126 @@ final class JournalEncoder: Encoder {
     }
 
     func appendRaw(_ b: UInt8) { bytes.append(b) }
+
+    /// A begin record, written out by hand (one per step: the hottest record): the same
+    /// document `append(JournalRecord(seq:phase:.begin, step:))` writes.
+    func appendIntent(seq: Int, _ s: JournaledStep) {
+        bytes.append(contentsOf: #"{"seq":"#.utf8)
+        integer(seq)
+        bytes.append(contentsOf: #","phase":"begin","step":{"index":"#.utf8)
+        integer(s.index)
+        bytes.append(contentsOf: #","call":"#.utf8)
+        string(s.call)
+        bytes.append(contentsOf: #","resource":"#.utf8)
+        string(s.resource)
+        if let g = s.guest {
+            bytes.append(contentsOf: #","guest":"#.utf8)
+            string(g)
+        }
+        bytes.append(contentsOf: "}}".utf8)
+    }
+
+    /// A done record, its patches written out by hand for the kinds the executor makes at
+    /// every step (devices, vSMMUs, stage 2, IOAS), the others through Codable: the same
+    /// document `append(JournalRecord(seq:phase:.done, patches:))` writes.
+    func appendOutcome(seq: Int, _ patches: [HoldingPatch]) throws {
+        bytes.append(contentsOf: #"{"seq":"#.utf8)
+        integer(seq)
+        bytes.append(contentsOf: #","phase":"done","patches":["#.utf8)
+        for (i, p) in patches.enumerated() {
+            if i > 0 { bytes.append(UInt8(ascii: ",")) }
+            try patch(p)
+        }
+        bytes.append(contentsOf: "]}".utf8)
+    }
+
+    private func patch(_ p: HoldingPatch) throws {
+        func head(_ kind: String, _ g: String, _ name: String) {
+            bytes.append(contentsOf: "{\"\(kind)\":{\"_0\":".utf8)
+            string(g)
+            bytes.append(contentsOf: #","_1":"#.utf8)
+            string(name)
+        }
+        switch p {
+        case .ioas(let g, let id):
+            bytes.append(contentsOf: #"{"ioas":{"_0":"#.utf8)
+            string(g)
+            if let id { bytes.append(contentsOf: #","_1":"#.utf8); integer(id) }
+        case .device(let g, let d, let h):
+            head("device", g, d)
+            if let h {
+                bytes.append(contentsOf: #","_2":{"source":"#.utf8)
+                string(h.source.description)
+                if let c = h.cdev { bytes.append(contentsOf: #","cdev":{"fd":"#.utf8); integer(c.fd); bytes.append(UInt8(ascii: "}")) }
+                field("vfioIndex", h.vfioIndex)
+                field("mockStdev", h.mockStdev)
+                field("devID", h.devID)
+                field("attached", h.attached)
+                field("owner", h.owner)
+                bytes.append(UInt8(ascii: "}"))
+            }
+        case .stage2(let g, let i, let h):
+            head("stage2", g, i)
+            if let h {
+                bytes.append(contentsOf: #","_2":{"hwpt":"#.utf8)
+                integer(h.hwpt)
+                bytes.append(contentsOf: #","nestParent":"#.utf8)
+                bool(h.nestParent)
+                bytes.append(UInt8(ascii: "}"))
+            }
+        case .vsmmu(let g, let v, let h):
+            head("vsmmu", g, v)
+            if let h {
+                bytes.append(contentsOf: #","_2":{"physical":"#.utf8)
+                string(h.physical)
+                field("viommu", h.viommu)
+                field("viommuType", h.viommuType.rawValue)
+                field("abortHWPT", h.abortHWPT)
+                field("bypassHWPT", h.bypassHWPT)
+                // A dictionary whose keys are neither strings nor Ints: [key, value, ...].
+                bytes.append(contentsOf: #","eventQueues":["#.utf8)
+                for (i, (t, q)) in h.eventQueues.enumerated() {
+                    if i > 0 { bytes.append(UInt8(ascii: ",")) }
+                    integer(t.rawValue)
+                    bytes.append(contentsOf: #",{"id":"#.utf8)
+                    integer(q.id)
+                    bytes.append(contentsOf: #","fd":{"fd":"#.utf8)
+                    integer(q.fd.fd)
+                    bytes.append(contentsOf: "}}".utf8)
+                }
+                bytes.append(contentsOf: #"],"vdevices":{"#.utf8)
+                for (i, (d, vd)) in h.vdevices.enumerated() {
+                    if i > 0 { bytes.append(UInt8(ascii: ",")) }
+                    string(d)
+                    bytes.append(contentsOf: #":{"id":"#.utf8)
+                    integer(vd.id)
+                    bytes.append(contentsOf: #","virtID":"#.utf8)
+                    integer(vd.virtID)
+                    bytes.append(UInt8(ascii: "}"))
+                }
+                bytes.append(contentsOf: "}}".utf8)
+            }
+        default:
+            try nested(p)
+            return
+        }
+        bytes.append(contentsOf: "}}".utf8)
+    }
+
+    private func field(_ name: StaticString, _ v: (some BinaryInteger)?) {
+        guard let v else { return }
+        bytes.append(contentsOf: #",""#.utf8)
+        bytes.append(contentsOf: UnsafeBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount))
+        bytes.append(contentsOf: #"":"#.utf8)
+        integer(v)
+    }
+
+    /// A value through Codable, in the middle of a hand-written record.
+    private func nested<T: Encodable>(_ v: T) throws {
+        let depth = closers.count
+        try value_(v)
+        while closers.count > depth { bytes.append(closers.removeLast()); hasItems.removeLast() }
+    }
 
     // MARK: writing
 
@@ -124,6 +247,14 @@ final class JournalEncoder: Encoder {
         mutating func encode(_ v: UInt32, forKey k: Key) throws { e.key(level, k); e.integer(v) }
         mutating func encode(_ v: UInt64, forKey k: Key) throws { e.key(level, k); e.integer(v) }
         mutating func encode<T: Encodable>(_ v: T, forKey k: Key) throws { e.key(level, k); try e.value_(v) }
+        // Optionals of primitives skip the generic path (a box and a single-value container each).
+        mutating func encodeIfPresent(_ v: String?, forKey k: Key) throws { if let v { e.key(level, k); e.string(v) } }
+        mutating func encodeIfPresent(_ v: Bool?, forKey k: Key) throws { if let v { e.key(level, k); e.bool(v) } }
+        mutating func encodeIfPresent(_ v: Int?, forKey k: Key) throws { if let v { e.key(level, k); e.integer(v) } }
+        mutating func encodeIfPresent(_ v: Int32?, forKey k: Key) throws { if let v { e.key(level, k); e.integer(v) } }
+        mutating func encodeIfPresent(_ v: Int64?, forKey k: Key) throws { if let v { e.key(level, k); e.integer(v) } }
+        mutating func encodeIfPresent(_ v: UInt32?, forKey k: Key) throws { if let v { e.key(level, k); e.integer(v) } }
+        mutating func encodeIfPresent(_ v: UInt64?, forKey k: Key) throws { if let v { e.key(level, k); e.integer(v) } }
         mutating func nestedContainer<N: CodingKey>(keyedBy type: N.Type, forKey k: Key) -> KeyedEncodingContainer<N> {
             e.key(level, k)
             return KeyedEncodingContainer(Keyed<N>(e: e, level: e.open("{", "}")))

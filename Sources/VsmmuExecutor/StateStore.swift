@@ -21,8 +21,9 @@ public final class StateStore {
     let files: StateDirectory
     public private(set) var holdings: Holdings
     public private(set) var allocations: Allocations
-    /// Operations that began but never finished (the process died inside them).
-    public private(set) var interrupted: [PlanStep] = []
+    /// Steps whose intent is journaled and whose outcome is not: maybe done (the process
+    /// died inside them, or inside their batch before they ran).
+    public private(set) var interrupted: [JournaledStep] = []
     /// holdings.json was absent when the store was opened (see `lostState`).
     public private(set) var holdingsMissing = false
     /// Journal records found when the store was opened.
@@ -95,7 +96,7 @@ public final class StateStore {
 
     func replayJournal() throws {
         guard let data = try read(Self.journalName), !data.isEmpty else { return }
-        var open: [Int: PlanStep] = [:]
+        var open: [Int: JournaledStep] = [:]
         let decoder = JSONDecoder()
         for line in data.split(separator: 10) {
             guard let record = try? decoder.decode(JournalRecord.self, from: Data(line)) else {
@@ -111,7 +112,7 @@ public final class StateStore {
             sequence = max(sequence, record.seq)
             switch record.phase {
             case .begin:
-                if let op = record.op { open[record.seq] = op }
+                if let step = record.step ?? record.op.map(JournaledStep.init) { open[record.seq] = step }
             case .done:
                 open[record.seq] = nil
                 for p in record.patches ?? [] { holdings.apply(p) }
@@ -120,8 +121,8 @@ public final class StateStore {
             }
         }
         interrupted = open.sorted { $0.key < $1.key }.map(\.value)
-        for op in interrupted {
-            if let g = op.action.guest, holdings.guests[g] != nil { holdings.guests[g]!.uncertain = true }
+        for step in interrupted {
+            if let g = step.guest, holdings.guests[g] != nil { holdings.guests[g]!.uncertain = true }
         }
     }
 
@@ -182,7 +183,13 @@ public final class StateStore {
             out.appendRaw(10)
         }
         for r in records {
-            try out.append(r)
+            if r.phase == .begin, let step = r.step {
+                out.appendIntent(seq: r.seq, step)
+            } else if r.phase == .done, let patches = r.patches {
+                try out.appendOutcome(seq: r.seq, patches)
+            } else {
+                try out.append(r)
+            }
             out.appendRaw(10)
         }
         guard StateDirectory.writeAll(journalFD, out.bytes) else {
@@ -202,7 +209,7 @@ public final class StateStore {
     public func begin(_ ops: [PlanStep]) throws -> [Int] {
         let first = sequence + 1
         sequence += ops.count   // taken even if the write fails: part of it may be on disk
-        let records = ops.enumerated().map { JournalRecord(seq: first + $0.offset, phase: .begin, op: $0.element) }
+        let records = ops.enumerated().map { JournalRecord(seq: first + $0.offset, phase: .begin, step: JournaledStep($0.element)) }
         try append(records, sync: true)
         return Array(first..<(first + ops.count))
     }
@@ -236,7 +243,7 @@ public final class StateStore {
     /// The interrupted steps for a message: each of a few, else the first and the last of
     /// them (a batch cut short leaves up to `Executor.defaultBatch` steps "maybe done").
     public var interruptedSummary: String {
-        func one(_ op: PlanStep) -> String { "\(op.index) \(op.call) (\(op.resource))" }
+        func one(_ s: JournaledStep) -> String { "\(s.index) \(s.call) (\(s.resource))" }
         guard interrupted.count > 3, let first = interrupted.first, let last = interrupted.last else {
             return interrupted.map(one).joined(separator: ", ")
         }
@@ -295,9 +302,28 @@ struct JournalRecord: Codable {
     enum Phase: String, Codable { case begin, done, failed, skipped }
     var seq: Int
     var phase: Phase
-    var op: PlanStep?
+    /// A begin's step, as format 1 wrote it (the whole step).
+    var op: PlanStep? = nil
+    /// A begin's step, as format 2 writes it.
+    var step: JournaledStep? = nil
     var patches: [HoldingPatch]?
     var errno: Int32?
+}
+
+/// A step's intent as the journal keeps it: the step, and the guest whose iommufd context it
+/// acts in. That is all recovery needs: it trusts the kernel, not the journal, for what a
+/// maybe-done step did (docs/contract.md §8).
+public struct JournaledStep: Codable, Hashable, Sendable {
+    public var index: Int
+    /// The kernel call (`PlanStep.call`).
+    public var call: String
+    public var resource: String
+    /// nil for sysfs steps.
+    public var guest: String?
+
+    public init(_ op: PlanStep) {
+        index = op.index; call = op.call; resource = op.resource; guest = op.action.guest
+    }
 }
 
 /// One change to the holdings, journaled with the step that caused it.
@@ -313,6 +339,15 @@ public enum HoldingPatch: Codable, Hashable, Sendable {
     /// is not known (its record was lost): it is never given back to a guess.
     case originalDriverUnknown(PCIAddress)
     case running(String, RunningGuest?)
+    /// The device had no driver before vsmmu moved it (journal format 2 on): written as
+    /// `originalDriver(a, .some(nil))` it would read back as "forget", the synthesized
+    /// format writing both as null.
+    case originalDriverNone(PCIAddress)
+
+    /// Where a device was before vsmmu moves it: its driver, or none.
+    static func remembering(_ a: PCIAddress, _ driver: String?) -> HoldingPatch {
+        driver.map { .originalDriver(a, .some($0)) } ?? .originalDriverNone(a)
+    }
 }
 
 extension Holdings {
@@ -326,6 +361,9 @@ extension Holdings {
         case .vsmmu(let g, let v, let h): guests[g]?.vsmmus[v] = h
         case .originalDriver(let a, let d):
             if let d { originalDrivers[a] = .some(d) } else { originalDrivers[a] = nil }
+            unknownOriginalDrivers?.remove(a)
+        case .originalDriverNone(let a):
+            originalDrivers[a] = .some(nil)
             unknownOriginalDrivers?.remove(a)
         case .originalDriverUnknown(let a):
             originalDrivers[a] = nil

@@ -49,6 +49,16 @@ public struct Generator {
     /// The case's name for a seed: `s17` (selftest), `a17` (arm-smmuv3).
     public var caseName: String { (profile == .selftest ? "s" : "a") + "\(seed)" }
 
+    /// The profile and seed a generated case's name stands for (`s17`, `a17`).
+    public static func origin(ofCase name: String) -> (profile: GeneratorProfile, seed: UInt64)? {
+        guard let first = name.first, let seed = UInt64(name.dropFirst()) else { return nil }
+        switch first {
+        case "s": return (.selftest, seed)
+        case "a": return (.arm, seed)
+        default: return nil
+        }
+    }
+
     /// `case NAME` on line 1, then one call per line: `CASE:LINE` in a recording is line
     /// LINE of this text.
     public func text() -> String {

@@ -102,7 +102,9 @@ extension HostDiscovery {
     /// The kernel's page size from /proc beside the sysfs root (what a remote executor
     /// serves too); nil when it cannot be read.
     func pageSize() -> UInt64? {
-        text(hostBase + "/proc/self/smaps").flatMap(VFIODriverMatch.pageSize(smaps:))
+        if let known = kernel.pageSizeRead { return known }
+        kernel.pageSizeRead = text(hostBase + "/proc/self/smaps").flatMap(VFIODriverMatch.pageSize(smaps:))
+        return kernel.pageSizeRead
     }
 
     /// The directory sysfs is in, "" for `/sys` (a test's fake tree: its root).

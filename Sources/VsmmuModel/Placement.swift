@@ -92,14 +92,19 @@ enum Placement {
             if let p, vsmmuOn[p] == nil { vsmmuOn[p] = i }
         }
         // Peers next to each other: each device, then the peers it names or that name it.
+        var peersOf: [String: [Device]] = [:]      // both directions, in file order
+        var byName: [String: Device] = [:]
+        for d in asked where byName[d.name] == nil { byName[d.name] = d }
+        for d in asked {
+            guard let p = d.peer, let e = byName[p] else { continue }
+            peersOf[d.name, default: []].append(e)
+            peersOf[p, default: []].append(d)
+        }
         var order: [Device] = []
         var seen = Set<String>()
         for d in asked where seen.insert(d.name).inserted {
             order.append(d)
-            for e in asked where !seen.contains(e.name) && (e.peer == d.name || d.peer == e.name) {
-                seen.insert(e.name)
-                order.append(e)
-            }
+            for e in peersOf[d.name] ?? [] where seen.insert(e.name).inserted { order.append(e) }
         }
         var moved = Set<String>()
         for d in order {
@@ -143,6 +148,22 @@ enum Placement {
             }
         }
         g.devices.removeAll { moved.contains($0.name) }
+        // Say so where a device went next to its peer (same vSMMU, so the same pxb).
+        var vsmmuOf: [String: String] = [:]
+        for s in g.vsmmus { for d in s.devices { vsmmuOf[d.name] = s.name } }
+        var partnersOf: [String: [String]] = [:]
+        for d in guest.allDevices {
+            guard let p = d.peer else { continue }
+            partnersOf[d.name, default: []].append(p)
+            partnersOf[p, default: []].append(d.name)
+        }
+        for (i, d) in report.decisions.enumerated() {
+            guard let v = d.vsmmu else { continue }
+            let partners = partnersOf[d.device] ?? []
+            if let p = partners.first(where: { vsmmuOf[$0] == v }) {
+                report.decisions[i].reason += "; next to its peer \(p), under the same vSMMU and pxb"
+            }
+        }
         return (g, report)
     }
 

@@ -40,13 +40,12 @@ extension Validator {
 
     /// Each `peer:` pair: one physical SMMU, then one vSMMU; the path's ACS goes into the report.
     mutating func peerRules(_ guest: Guest, host: HostDescription) {
+        guard guest.allDevices.contains(where: { $0.peer != nil }) else { return }
         var attachment: [String: String] = [:]   // device -> vSMMU ("" for none)
         for s in guest.vsmmus { for d in s.devices { attachment[d.name] = s.name } }
         for d in guest.devices { attachment[d.name] = "" }
         var byName: [String: Device] = [:]
         for d in guest.allDevices where byName[d.name] == nil { byName[d.name] = d }
-        var used = Set<PCIAddress>()
-        for g in topology.guests { for d in g.allDevices { if let a = d.host.pciAddress { used.insert(a) } } }
         var seen = Set<String>()
         for d in guest.allDevices {
             guard let pn = d.peer, pn != d.name, let p = byName[pn] else { continue }
@@ -56,6 +55,7 @@ extension Validator {
             let m = d.peerMark ?? d.mark
             if ia != ib {
                 // Devices like the other one, behind each one's own SMMU, that no guest uses.
+                let used = usedAddresses()
                 func spare(like x: HostPCIDevice, behind i: String) -> String {
                     let s = host.pciDevices.filter { $0.iommu == i && $0.classCode >> 8 == x.classCode >> 8 && !used.contains($0.address) }.prefix(4)
                     return s.isEmpty ? "" : " (free there: \(s.map(\.address.description).joined(separator: ", ")))"
@@ -76,6 +76,13 @@ extension Validator {
                 PeerReport(device: d.name, peer: pn, vsmmu: va.isEmpty ? nil : va, route: found.route, bridges: found.bridges,
                            text: found.text, kernelParameter: found.kernelParameter))
         }
+    }
+
+    /// Every host device the topology uses (only an error's hint needs it).
+    func usedAddresses() -> Set<PCIAddress> {
+        var used = Set<PCIAddress>()
+        for g in topology.guests { for d in g.allDevices { if let a = d.host.pciAddress { used.insert(a) } } }
+        return used
     }
 
     /// The placement reports with every `auto` that was resolved.

@@ -123,5 +123,14 @@ guard let expectedText = try? String(contentsOfFile: expectPath, encoding: .utf8
 let expected = expectedText.split(separator: "\n").map(String.init).filter { !$0.hasPrefix("#") }
 let differences = FidelityDiff.compare(expected: expected, actual: lines)
 for d in differences { print(d) }
+// A differing generated case: how to see its calls and cut it down to a short one.
+let generatedCases = Set(corpus.cases.filter(\.generated).map(\.name))
+var hinted: Set<String> = []
+for d in differences {
+    let word = d.split(separator: " ").dropFirst().first.map(String.init) ?? ""
+    let name = String(word.prefix { $0 != ":" })
+    guard generatedCases.contains(name), let origin = Generator.origin(ofCase: name), hinted.insert(name).inserted else { continue }
+    print("seed \(origin.seed): vsmmu-fidelity generate \(origin.profile.rawValue) \(origin.seed)   (shrink: vsmmu-fidelity shrink \(corpusPath) \(name) --sim --linux|--remote unix:PATH)")
+}
 print("fidelity: \(lines.count) calls, \(differences.count) difference(s) against \(expectPath)")
 exit(differences.isEmpty ? 0 : 1)

@@ -1,7 +1,7 @@
 import Foundation
 import VsmmuTestSupport
 import Testing
-import VsmmuExecutor
+@testable import VsmmuExecutor
 import VsmmuKernel
 import VsmmuModel
 import VsmmuPlanner
@@ -136,8 +136,9 @@ func aKillBetweenABatchsIntentAndItsOutcomesConvergesOnTheNextRun(_ point: KillP
     }
 }
 
-/// Format 2 starts with a format line; a format-1 journal (the same records without it,
-/// as an earlier vsmmu wrote them) reads the same; a newer format is refused clearly.
+/// Format 2 starts with a format line and journals a step's intent as its index, call,
+/// resource and guest; a format-1 journal (no format line, each intent the whole step, as
+/// an earlier vsmmu wrote it with JSONEncoder) reads the same; a newer format is refused.
 @Test func journalFormatsOneAndTwoAreReadAndANewerOneIsRefused() throws {
     let h = try Harness(host: host)
     let t = try h.example(example)
@@ -146,19 +147,32 @@ func aKillBetweenABatchsIntentAndItsOutcomesConvergesOnTheNextRun(_ point: KillP
     var steps = 0
     try Pipeline.apply(plan, port: h.sim, store: h.store, inFlight: { _ in
         steps += 1
-        if steps == 10 { mid = files(h.dir) }
+        if steps == 40 { mid = files(h.dir) }
     }, batch: 8)
     let journal = try #require(mid["journal.log"])
-    let lines = String(decoding: journal, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false)
+    let lines = String(decoding: journal, as: UTF8.self).split(separator: "\n")
     #expect(lines.first == "{\"journal\":\(StateStore.journalFormat)}")
+    #expect(lines.dropFirst().first?.hasPrefix(#"{"seq":1,"phase":"begin","step":{"index":1,"call":"#) == true, "\(lines.dropFirst().first ?? "")")
 
-    let v2 = try restored(host: host, state: mid, sim: mid)
+    let old = JSONEncoder()
+    old.outputFormatting = [.sortedKeys]
+    var v1Lines: [String] = []
+    for line in lines.dropFirst() {
+        let record = try JSONDecoder().decode(JournalRecord.self, from: Data(line.utf8))
+        guard record.phase == .begin, let step = record.step else { v1Lines.append(String(line)); continue }
+        let op = try #require(plan.operations.first { $0.index == step.index })
+        v1Lines.append(String(decoding: try old.encode(JournalRecord(seq: record.seq, phase: .begin, op: op)), as: UTF8.self))
+    }
     var v1State = mid
-    v1State["journal.log"] = Data(lines.dropFirst().joined(separator: "\n").utf8)
+    v1State["journal.log"] = Data((v1Lines.joined(separator: "\n") + "\n").utf8)
+    let v2 = try restored(host: host, state: mid, sim: mid)
     let v1 = try restored(host: host, state: v1State, sim: mid)
     #expect(!v2.store.interrupted.isEmpty)
     #expect(v1.store.interrupted == v2.store.interrupted)
     #expect(v1.store.holdings == v2.store.holdings)
+    #expect(v1.store.holdings.guests.values.contains { $0.uncertain })
+    try v1.apply(t)
+    #expect(try v1.plan(t).isEmpty)
 
     var v3State = mid
     v3State["journal.log"] = Data(("{\"journal\":3}\n" + lines.dropFirst().joined(separator: "\n")).utf8)
