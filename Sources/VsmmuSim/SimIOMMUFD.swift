@@ -312,7 +312,8 @@ extension SimulatedKernel {
     /// mock: 2 KiB, ARM/VT-d: PAGE_SIZE), 1 with none; the x86 lab's 7.2 reports 0x800 for
     /// an IOAS holding only mock domains.
     func ioasAlignment(_ cid: Int, ioas: ObjectID) -> UInt64 {
-        var alignment: UInt64 = 1
+        // io_pagetable.c iopt_calculate_iova_alignment: PAGE_SIZE with large pages disabled
+        var alignment: UInt64 = ioasObject(cid, ioas)?.largePagesDisabled == true ? simPageSize : 1
         for entry in objects(cid) {
             switch entry.object {
             case .hwptPaging(let h) where h.ioas == ioas:
@@ -612,9 +613,24 @@ extension SimulatedKernel {
             state.contexts[cid]?.accountPerProcess = value == 1
             return value
         case IommuOption.hugePages.rawValue:
-            guard case .ioas? = object(cid, objectID) else { throw Refusal(.ENOENT, "no IOAS \(objectID)") }
-            guard let value else { return 1 }
+            // ioas.c iommufd_ioas_option_huge_pages
+            guard var ioas = ioasObject(cid, objectID) else { throw Refusal(.ENOENT, "no IOAS \(objectID)") }
+            let disabled = ioas.largePagesDisabled == true
+            guard let value else { return disabled ? 0 : 1 }
             guard value <= 1 else { throw Refusal(.EINVAL, "HUGE_PAGES is 0 or 1, not \(value)") }
+            if value == 0 && !disabled {
+                // io_pagetable.c iopt_disable_large_pages: not once a domain has pages mapped,
+                // and every area must already be PAGE_SIZE aligned (iopt_check_iova_alignment)
+                if ioasHasHWPT(cid, ioas: objectID) && !ioas.mappings.isEmpty {
+                    throw Refusal(.EINVAL, "IOAS \(objectID) has a domain with pages mapped")
+                }
+                let alignment = max(ioasAlignment(cid, ioas: objectID), simPageSize)
+                if let bad = ioas.mappings.first(where: { $0.iova % alignment != 0 || $0.length % alignment != 0 || pageOffset(of: $0) % alignment != 0 }) {
+                    throw Refusal(.EADDRINUSE, "the mapping at \(hex(bad.iova)) is not aligned to \(hex(alignment))")
+                }
+            }
+            ioas.largePagesDisabled = value == 0 ? true : nil
+            setObject(cid, objectID, .ioas(ioas))
             return value
         default:
             throw Refusal(.EOPNOTSUPP, "unknown option_id \(option)")

@@ -170,6 +170,9 @@ struct Mapping: Hashable, Codable {
 struct IOASObject: Hashable, Codable {
     /// Kept sorted by IOVA.
     var mappings: [Mapping] = []
+    /// IOMMU_OPTION_HUGE_PAGES set to 0 (io_pagetable.c iopt_disable_large_pages): the IOAS
+    /// alignment is at least PAGE_SIZE. Optional so that older saved states still decode.
+    var largePagesDisabled: Bool? = nil
 }
 
 /// A region of the iommufd fd's mmap space (vIOMMU MMIO pages, docs/kernel-interface.md §5.7).
