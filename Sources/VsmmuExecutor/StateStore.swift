@@ -128,7 +128,7 @@ public final class StateStore {
 
     /// Writes the snapshot atomically and empties the journal.
     public func checkpoint() throws {
-        try write(try encoder.encode(holdings), to: Self.holdingsName)
+        try write(try snapshot(holdings), to: Self.holdingsName)
         holdingsMissing = false
         if journalFD >= 0 { _ = Glibc.close(journalFD); journalFD = -1 }
         do { try files.remove(Self.journalName) } catch { throw StoreError(message: error.message) }
@@ -138,7 +138,7 @@ public final class StateStore {
     public func saveAllocations(_ a: Allocations) throws {
         try ensureHoldingsFile()
         allocations = a
-        try write(try encoder.encode(a), to: Self.allocationsName)
+        try write(try snapshot(a), to: Self.allocationsName)
         allocationsFound = true
     }
 
@@ -149,20 +149,21 @@ public final class StateStore {
     }
 
     private func checkpointHoldingsOnly() throws {
-        try write(try encoder.encode(holdings), to: Self.holdingsName)
+        try write(try snapshot(holdings), to: Self.holdingsName)
         holdingsMissing = false
     }
 
-    /// For the snapshots (sorted keys, for people who read them; the journal has its own).
-    private let encoder: JSONEncoder = {
-        let e = JSONEncoder()
-        e.outputFormatting = [.sortedKeys]
-        return e
-    }()
+    /// A snapshot's bytes, by the journal's encoder (JSONEncoder took a fifth of a large
+    /// apply for its two snapshots): the same document, keys in the types' order.
+    private func snapshot<T: Encodable>(_ value: T) throws -> [UInt8] {
+        let e = JournalEncoder()
+        try e.append(value)
+        return e.bytes
+    }
 
     /// temp file (0600) + fsync + renameat(2), never through a link.
-    func write(_ data: Data, to name: String) throws {
-        do { try files.writeAtomically(name, [UInt8](data)) } catch { throw StoreError(message: error.message) }
+    func write(_ data: [UInt8], to name: String) throws {
+        do { try files.writeAtomically(name, data) } catch { throw StoreError(message: error.message) }
     }
 
     // MARK: journal

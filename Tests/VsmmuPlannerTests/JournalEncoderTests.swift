@@ -48,6 +48,11 @@ func holdingsReplayedFromTheJournalEqualTheExecutors(example: String) throws {
         #expect(replayed.interrupted.isEmpty)
         #expect(replayed.holdings == h.store.holdings, "destroying \(destroying)")
         #expect(destroying || !h.store.holdings.guests.isEmpty)
+        // The snapshots (written by the same encoder) read back too.
+        try h.store.checkpoint()
+        let reopened = try StateStore(directory: h.dir)
+        #expect(reopened.holdings == h.store.holdings)
+        #expect(reopened.allocations == h.store.allocations)
     }
 }
 
