@@ -22,3 +22,11 @@ import VsmmuKernel
         #expect(PCIAddress(expected) == a)
     }
 }
+
+@Test func theHashFedInPiecesIsTheHashOfTheJoinedText() {
+    let pieces = ["0000:09:01.0", " ", "vfio-pci", "\n", "dead [\"vm1\"]", " é ", ""]
+    var f = FNV1a()
+    for p in pieces { f += p }
+    f += UInt64(42)
+    #expect(f.hex == Fingerprint.fnv1a(pieces.joined() + "42"))
+}
