@@ -174,7 +174,10 @@ let grace = "examples/hosts/grace-2smmu-cmdqv.yaml"
     let expected = try kernelShape(cleanDir)
 
     var recovered = 0
-    for (i, killAfterMS) in [30, 170, 420, 650, 900, 1150].enumerated() {
+    // Each kill lands after the apply has printed `killAfterLines` progress lines (stderr), not
+    // after a wall-clock delay: under load a fixed delay can fire before the apply has started.
+    // Every simulated call sleeps, so a kill right after a line lands inside a step.
+    for (i, killAfterLines) in [1, 3, 6, 9, 12, 16].enumerated() {
         let dir = tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         #expect(vsmmu(["plan", t, "--host", grace, "--state-dir", dir]).code == 0)
@@ -183,21 +186,26 @@ let grace = "examples/hosts/grace-2smmu-cmdqv.yaml"
         p.arguments = ["apply", t, "--host", grace, "--state-dir", dir, "--auto-approve"]
         p.currentDirectoryURL = URL(fileURLWithPath: packageRoot)
         p.environment = ["PATH": "/usr/bin:/bin", "VSMMU_SIM_DELAY_MS": "25"]
+        let progress = Pipe()
         p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
+        p.standardError = progress
         try p.run()
-        usleep(UInt32(killAfterMS) * 1000)
+        var lines = 0
+        var byte: UInt8 = 0
+        while lines < killAfterLines, read(progress.fileHandleForReading.fileDescriptor, &byte, 1) == 1 {
+            if byte == UInt8(ascii: "\n") { lines += 1 }
+        }
         kill(p.processIdentifier, SIGKILL)
         p.waitUntilExit()
         let again = vsmmu(["apply", t, "--host", grace, "--state-dir", dir, "--auto-approve"])
-        #expect(again.code == 0, "kill \(i) at \(killAfterMS) ms: \(again.stderr)")
+        #expect(again.code == 0, "kill \(i) after \(killAfterLines) lines: \(again.stderr)")
         if again.stderr.contains("Recovering: an earlier run was interrupted") { recovered += 1 }
         let plan = vsmmu(["plan", t, "--host", grace, "--state-dir", dir, "--detailed-exitcode"])
-        #expect(plan.code == 0, "kill \(i) at \(killAfterMS) ms: \(plan.stdout)")
-        #expect(try kernelShape(dir) == expected, "kill \(i) at \(killAfterMS) ms")
+        #expect(plan.code == 0, "kill \(i) after \(killAfterLines) lines: \(plan.stdout)")
+        #expect(try kernelShape(dir) == expected, "kill \(i) after \(killAfterLines) lines")
     }
     // The kills land inside steps (each simulated call sleeps), not only between them.
-    #expect(recovered >= 3, "only \(recovered) of 6 kills interrupted a step")
+    #expect(recovered == 6, "only \(recovered) of 6 kills interrupted a step")
 }
 
 /// Drivers of every device, open fds and live objects per context in the simulated kernel.
