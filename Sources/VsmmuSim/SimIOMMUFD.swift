@@ -93,17 +93,22 @@ extension SimulatedKernel {
     func object(_ cid: Int, _ id: ObjectID) -> SimObject? { state.contexts[cid]?.objects[id] }
 
     func setObject(_ cid: Int, _ id: ObjectID, _ value: SimObject) {
-        guard let old = state.contexts[cid]?.objects.updateValue(value, forKey: id) else { return }   // no such context
+        guard state.contexts[cid] != nil else { return }   // no such context
+        let old = state.contexts[cid]?.objects.updateValue(value, forKey: id)
+        if old == nil { indexes.objectAdded(cid, id) }
         indexes.objectChanged(from: old, to: value)
     }
 
     func removeObject(_ cid: Int, _ id: ObjectID) {
         guard let old = state.contexts[cid]?.objects.removeValue(forKey: id) else { return }
+        indexes.objectRemoved(cid, id)
         indexes.objectChanged(from: old, to: nil)
     }
 
+    /// The context's objects in ascending ID order (the ID index spares a sort per call).
     func objects(_ cid: Int) -> [(id: ObjectID, object: SimObject)] {
-        (state.contexts[cid]?.objects ?? [:]).sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+        guard let objects = state.contexts[cid]?.objects else { return [] }
+        return indexes.objectIDs(of: cid).compactMap { id in objects[id].map { (id, $0) } }
     }
 
     /// docs/kernel-interface.md §4.1: one ID space per context, from 1, lowest free first, tombstones never reused.

@@ -127,6 +127,11 @@ final class SimIndexes {
     /// since the last collection: a superset of the collectable ones.
     var collectable: Set<Int> = []
 
+    // iommufd objects.
+    /// Context → its object IDs, ascending (the order every walk of a context's objects
+    /// takes), so that no call sorts a context's objects.
+    private(set) var objectIDs: [Int: [ObjectID]] = [:]
+
     // IOMMUs.
     /// IOMMU name → position of its first entry in `state.iommus`.
     private(set) var iommuPositions: [String: Int] = [:]
@@ -145,11 +150,13 @@ final class SimIndexes {
         liveRegions = []
         mappingRefs = [:]
         collectable = []
+        objectIDs = [:]
         iommusChanged(state.iommus)
         for (address, device) in state.devices { deviceChanged(address, from: nil, to: device) }
         for (fd, file) in state.files { fileChanged(fd, from: nil, to: file) }
-        for context in state.contexts.values {
+        for (cid, context) in state.contexts {
             for object in context.objects.values { objectChanged(from: nil, to: object) }
+            if !context.objects.isEmpty { objectIDs[cid] = context.objects.keys.sorted() }
         }
         for (id, memory) in state.memories {
             memoryChanged(id, from: nil, to: memory)
@@ -325,6 +332,39 @@ final class SimIndexes {
 
     func isMemoryReferenced(_ id: Int) -> Bool { (mappingRefs[id] ?? 0) > 0 }
 
+    // MARK: iommufd objects (IDs in order)
+
+    /// The object IDs of context `cid`, ascending.
+    func objectIDs(of cid: Int) -> [ObjectID] { objectIDs[cid] ?? [] }
+
+    /// First position in `ids` whose ID is not below `id`.
+    private func idPosition(_ id: ObjectID, in ids: [ObjectID]) -> Int {
+        var low = 0, high = ids.count
+        while low < high {
+            let mid = (low + high) / 2
+            if ids[mid] < id { low = mid + 1 } else { high = mid }
+        }
+        return low
+    }
+
+    func objectAdded(_ cid: Int, _ id: ObjectID) {
+        guard let ids = objectIDs[cid], let last = ids.last, last >= id else {
+            objectIDs[cid, default: []].append(id)   // the usual case: a new highest ID
+            return
+        }
+        let i = idPosition(id, in: ids)
+        if ids[i] != id { objectIDs[cid]!.insert(id, at: i) }
+    }
+
+    func objectRemoved(_ cid: Int, _ id: ObjectID) {
+        guard let ids = objectIDs[cid] else { return }
+        let i = idPosition(id, in: ids)
+        guard i < ids.count, ids[i] == id else { return }
+        if ids.count == 1 { objectIDs[cid] = nil } else { objectIDs[cid]!.remove(at: i) }
+    }
+
+    func contextRemoved(_ cid: Int) { objectIDs[cid] = nil }
+
     // MARK: IOMMUs
 
     func iommusChanged(_ iommus: [HostIOMMU]) {
@@ -350,6 +390,7 @@ final class SimIndexes {
         if liveRegions != fresh.liveRegions { problems.append("liveRegions") }
         if mappingRefs != fresh.mappingRefs { problems.append("mappingRefs") }
         if iommuPositions != fresh.iommuPositions { problems.append("iommuPositions") }
+        if objectIDs != fresh.objectIDs { problems.append("objectIDs") }
         let usedVfio = Set(state.devices.values.compactMap(\.vfioIndex))
         var vfio = 0
         while usedVfio.contains(vfio) { vfio += 1 }
@@ -409,6 +450,7 @@ extension SimulatedKernel {
     func removeContext(_ cid: Int) {
         guard let context = state.contexts.removeValue(forKey: cid) else { return }
         for object in context.objects.values { indexes.objectChanged(from: object, to: nil) }
+        indexes.contextRemoved(cid)
     }
 
     func setIOMMUs(_ iommus: [HostIOMMU]) {
