@@ -25,16 +25,21 @@
 #                 S spread over the whole apply: the apply must fail naming the operation and
 #                 errno, then converge once injection is off (`No changes.`, no leaked
 #                 context); once more on a converged state (legacy boot only: mock only)
-#   vsmmu-fidelity the selftest differential corpus (Tests/VsmmuFidelityTests/corpus/selftest.corpus,
-#                 224 calls incl. error paths) run on this kernel by a static vsmmu-fidelity
-#                 must give exactly the recorded answers (selftest.real), which `swift test`
-#                 also requires of the simulated kernel; LAB_RECORD=1 prints them to re-record
+#   vsmmu-fidelity the selftest differential corpora (Tests/VsmmuFidelityTests/corpus/selftest*.corpus:
+#                 hand-written, the kernel selftests ported, check order) run on this kernel
+#                 by a static vsmmu-fidelity must give exactly the recorded answers (NAME.real),
+#                 which `swift test` also requires of the simulated kernel; LAB_RECORD=1
+#                 re-records every one of them
 #   vsmmu-launch  (launch-qemu, legacy boot) Debian's qemu-system-x86_64 11 runs in the guest
 #                 (/opt/qemu): it realizes vfio-pci + iommufd on fds opened by hand; while the
 #                 agent holds the applied graph, QEMU binding the cdev itself fails (EINVAL);
 #                 `vsmmu launch -- qemu ... $(qemu-args --fds --format argv)` hands the guest
 #                 over: QMP query-pci at the planned address, show running with QEMU's pid,
 #                 plan No changes., quit -> prepared, No changes. (skipped until vsmmu has launch)
+#   vsmmu-selftest the kernel's own tools/testing/selftests/iommu (iommufd 246 tests,
+#                 iommufd_fail_nth 8), built static by lab.sh from the same source, run whole
+#                 (~13 s, legacy boot); fails when a test pinned as passing in
+#                 lab/iommu-selftest.expect does not pass; LAB-INFO pass/skip/fail counts
 #   vsmmu-mock    the whole nested graph on the selftest mock (nest parent, vIOMMU, vDevices,
 #                 abort/bypass nested HWPTs, vEVENTQ, memory), re-plan `No changes.`, destroy
 # Bench (LAB-INFO lines, not checks; legacy boot only):
@@ -46,12 +51,19 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 BUILD=${VSMMU_LAB_BUILD:-$REPO/.build-lab}
 
-echo "vsmmu-lab: building a static vsmmu and vsmmu-fidelity (swift build -c release --static-swift-stdlib)"
+# -static-executable: --static-swift-stdlib alone still gives a PIE that ld.so links against
+# libc, libstdc++, libm, libgcc_s and libyaml at every start (docs/live-speed.md §1).
+echo "vsmmu-lab: building a static vsmmu and vsmmu-fidelity (swift build -c release --static-swift-stdlib -Xswiftc -static-executable)"
 t=$(date +%s)
 mkdir -p "$BUILD"
 for product in vsmmu vsmmu-fidelity; do
-	if ! (cd "$REPO" && swift build -c release --static-swift-stdlib --product $product --scratch-path "$BUILD" > "$BUILD/static-build.log" 2>&1); then
+	if ! (cd "$REPO" && swift build -c release --static-swift-stdlib -Xswiftc -static-executable --product $product --scratch-path "$BUILD" > "$BUILD/static-build.log" 2>&1); then
 		tail -20 "$BUILD/static-build.log"
+		echo "lab: 0 passed, 1 failed"
+		exit 1
+	fi
+	if readelf -lW "$BUILD/release/$product" | grep -q INTERP; then
+		echo "vsmmu-lab: $product is dynamically linked (it has a program interpreter)"
 		echo "lab: 0 passed, 1 failed"
 		exit 1
 	fi
@@ -67,7 +79,13 @@ cp "$BUILD/release/vsmmu-fidelity" "$overlay/bin/vsmmu-fidelity"
 strip "$overlay/bin/vsmmu-fidelity" 2>/dev/null || true
 # the selftest differential corpus and the real kernel's recorded answers (scenario vsmmu-fidelity)
 mkdir -p "$overlay/lab/corpus"
-cp "$REPO"/Tests/VsmmuFidelityTests/corpus/selftest.corpus "$REPO"/Tests/VsmmuFidelityTests/corpus/selftest.real "$overlay/lab/corpus/"
+for c in "$REPO"/Tests/VsmmuFidelityTests/corpus/selftest*.corpus; do
+	cp "$c" "$overlay/lab/corpus/"
+	[ ! -f "${c%.corpus}.real" ] || cp "${c%.corpus}.real" "$overlay/lab/corpus/"
+done
+# the pinned results of the kernel's own iommufd selftests (scenario vsmmu-selftest)
+mkdir -p "$overlay/lab/selftest"
+cp "$HERE/iommu-selftest.expect" "$overlay/lab/selftest/"
 # VSMMU_LAB_SCENARIOS="a b": only those scenarios (names in scenarios/); default all
 for f in "$HERE"/scenarios/*; do
 	[ -z "${VSMMU_LAB_SCENARIOS:-}" ] || [[ " $VSMMU_LAB_SCENARIOS " == *" ${f##*/} "* ]] || continue
@@ -111,18 +129,21 @@ LAB_OVERLAY=$overlay LAB_SWIFT=0 bash "$HERE/lab.sh" > "$log" 2>&1
 rc=$?
 if [ "${LAB_RECORD:-0}" = 1 ]; then
 	boot=$(ls "${LAB_WORK:-${TMPDIR:-/tmp}/vsmmu-lab}"/boot-*.log | head -1)
-	real=$REPO/Tests/VsmmuFidelityTests/corpus/selftest.real
-	tr -d '\r' <"$boot" | sed -n 's/^VSMMU fidelity record: //p' >"$real.new"
-	{ echo "# Recorded from the real Linux $(tr -d '\r' <"$boot" | grep -ao 'Linux version [^ ]*' | head -1 | cut -d' ' -f3) (x86 lab, selftest mock) by: vsmmu-fidelity selftest.corpus --linux"
-	  echo "# $(wc -l <"$real.new") calls; LAB_RECORD=1 bash lab/vsmmu-lab.sh re-records it."
-	  cat "$real.new"; } >"$real"
-	rm -f "$real.new"
-	echo "vsmmu-lab: recorded $(grep -vc '^#' "$real") calls into $real"
+	for c in "$REPO"/Tests/VsmmuFidelityTests/corpus/selftest*.corpus; do
+		name=$(basename "$c" .corpus)
+		real=${c%.corpus}.real
+		tr -d '\r' <"$boot" | sed -n "s/^VSMMU fidelity record $name: //p" >"$real.new"
+		{ echo "# Recorded from the real Linux $(tr -d '\r' <"$boot" | grep -ao 'Linux version [^ ]*' | head -1 | cut -d' ' -f3) (x86 lab, selftest mock) by: vsmmu-fidelity $name.corpus --linux"
+		  echo "# $(wc -l <"$real.new") calls; LAB_RECORD=1 bash lab/vsmmu-lab.sh re-records it."
+		  cat "$real.new"; } >"$real"
+		rm -f "$real.new"
+		echo "vsmmu-lab: recorded $(grep -vc '^#' "$real") calls into $real"
+	done
 fi
 grep -E 'LAB-CHECK|LAB-INFO|^boot|LAB OK|LAB FAIL|took|total' "$log" | sed 's/^ *//'
 work=${LAB_WORK:-${TMPDIR:-/tmp}/vsmmu-lab}
 for b in "$work"/boot-*.log; do
-	[ -f "$b" ] && tr -d '\r' <"$b" | grep -aE 'VSMMU (mock )?(host rc|apply rc|replan rc|destroy rc)|VSMMU [a-z0-9]+ FAIL|VSMMU [a-z0-9]+: [0-9]+ failed|VSMMU fault case space=|VSMMU fault: |VSMMU memlock: ' |
+	[ -f "$b" ] && tr -d '\r' <"$b" | grep -aE 'VSMMU (mock )?(host rc|apply rc|replan rc|destroy rc)|VSMMU [a-z0-9]+ FAIL|VSMMU [a-z0-9]+: [0-9]+ failed|VSMMU fault case space=|VSMMU fault: |VSMMU selftest (FAIL|[a-z_]+ exited)|VSMMU memlock: ' |
 		cut -c1-240 | sed "s|^|$(basename "$b" .log): |"
 done
 skip=$(grep -c 'LAB-CHECK SKIP' "$log")

@@ -11,6 +11,11 @@
 #   measured 2026-12-03, with qemu-system-x86, libvirt-common and libxml2-utils added and
 #   the hand-over checks (c), on the shared machine under load:
 #   cold 210 s (root setup 182 s, 692 MB), warm 28-36 s (125 checks with 6 guests).
+#   measured 2026-12-03 at load average 17-21 on the shared 2 cores, with the GB200-like
+#   guest (SRAT, PCI hole, 8 devices, 34 NUMA nodes) and the nvidia dialect added, and one
+#   verbatim start per option shape: warm 53 s wall, 9.2 s user (224 checks); the same
+#   run without the new guest 37-40 s wall, 6.7 s user. The GB200 guest reaches BDS after
+#   8-10 s of TCG at that load.
 #
 # QEMU comes from Debian: a minimal trixie root (debootstrap, minbase) with
 # qemu-system-arm and qemu-system-x86 from trixie-backports (11.1.x; bookworm-backports
@@ -27,7 +32,8 @@
 #       by the binary's `TYPE,help`, and its value fits the listed type; each option that
 #       the TCG boot has to change is also started verbatim once (-S): QEMU must parse
 #       it and stop only at the environment gate (KVM for accel=on, no host device
-#       for vfio-pci, no hugepages for the memory backend);
+#       for vfio-pci, no hugepages for the memory backend); options that differ only in
+#       where they sit (id, bus, host address) share one start;
 #   (b) the same topology under TCG with vfio-pci replaced by an emulated PCIe endpoint
 #       ($VSMMU_QEMU_PLACEHOLDER) in the same root ports, accel=off and the features
 #       accel=off refuses set to what it accepts (ats=off ril=on oas=44 ssidsize=0
@@ -37,7 +43,14 @@
 #       `vsmmu plan --format json` layout guestAddress and vsid (bus << 8 | devfn);
 #       the ACPI IORT QEMU generated (read from guest RAM with QMP pmemsave) must map
 #       each device's RID 1:1 to that StreamID on its pxb's SMMUv3 node, whose
-#       identifier must be the emitted identifier=.
+#       identifier must be the emitted identifier=. With -numa nodes and Generic Initiators
+#       (the GB200-like guest; a device with acpi-generic-initiator objects is stood in for
+#       by $VSMMU_QEMU_GPU_PLACEHOLDER, a 256 GiB 64-bit prefetchable BAR like a GB200 GPU's):
+#       the SRAT must hold the RAM in node 0 and one Generic Initiator Affinity structure
+#       (type 5, PCI handle = the device's guest BDF) per node of each device, no other; with
+#       highmem-mmio-size the host bridges' 64-bit _CRS windows in the DSDT (less MCFG's
+#       ECAM) must add up to it, and each GPU stand-in's root port must have a window of its
+#       BAR's size inside them.
 #   (c) hand-over, every guest (the x86 one as the x86 lab starts it: `qemu-system-x86_64
 #       -machine q35 ... $(vsmmu qemu-args ... --format argv)`): --format argv is the JSON
 #       args word-split intact; the --fds args with each {vsmmu-...} placeholder replaced by
@@ -45,7 +58,9 @@
 #       memory-backend= merges into the machine, QEMU maps the handed-over memfd, and with
 #       the VFIO devices verbatim QEMU takes both fd numbers and stops at its own bind of the
 #       (non-VFIO) cdev fd; `vsmmu libvirt-xml` validates against libvirt's domain.rng
-#       (xmllint --relaxng).
+#       (xmllint --relaxng), and so must `libvirt-xml --dialect nvidia` once its one
+#       NVIDIA-only attribute spelling (ssidSize) is mapped back (NVIDIA publishes no schema);
+#       upstream's schema must refuse that spelling as written.
 # Everything changed for the TCG run is printed as a NOTE line.
 #
 # Output: one PASS/FAIL line per check, NOTE lines, and last `qemu-check: N passed, M failed`;
@@ -59,9 +74,11 @@
 #   VSMMU_QEMU_MIRROR       default: the Debian archive this machine's apt uses
 #   VSMMU_QEMU_REFRESH=1    rebuild the cached root (e.g. to pick up a newer QEMU)
 #   VSMMU_QEMU_PLACEHOLDER  default virtio-rng-pci,disable-legacy=on (no backend, no option ROM)
+#   VSMMU_QEMU_GPU_PLACEHOLDER default pci-testdev,membar=256G (for devices with Generic Initiators)
 #   VSMMU_QEMU_BOOT_TIMEOUT seconds to wait for the firmware per guest (default 240)
 #   VSMMU_QEMU_GUESTS       default "two-vsmmus-four-gpus/train0 cmdqv/vm1 one-guest-one-vsmmu/vm1
-#                           devices-without-vsmmu/vm1@examples/hosts/intel-vtd.yaml" (FILE/GUEST[@HOST])
+#                           devices-without-vsmmu/vm1@examples/hosts/intel-vtd.yaml
+#                           gb200-auto/gb200vm@examples/hosts/gb200-tray.yaml" (FILE/GUEST[@HOST])
 #   VSMMU_QEMU_HOST         default examples/hosts/grace-2smmu-cmdqv.yaml (for a GUEST without @HOST)
 #   VSMMU_QEMU_XML_GUESTS   more guests whose libvirt-xml only is validated (no QEMU run)
 #                           (default "several-guests/vm1 several-guests/vm3")
@@ -86,8 +103,9 @@ MIRROR=$(bash "$HERE/debian-mirror.sh" "${VSMMU_QEMU_MIRROR:-}" 2>&1) || {
 }
 REFRESH=${VSMMU_QEMU_REFRESH:-0}
 PLACEHOLDER=${VSMMU_QEMU_PLACEHOLDER:-virtio-rng-pci,disable-legacy=on}
+GPU_PLACEHOLDER=${VSMMU_QEMU_GPU_PLACEHOLDER:-pci-testdev,membar=256G}
 BOOT_TIMEOUT=${VSMMU_QEMU_BOOT_TIMEOUT:-240}
-GUESTS=${VSMMU_QEMU_GUESTS:-two-vsmmus-four-gpus/train0 cmdqv/vm1 one-guest-one-vsmmu/vm1 devices-without-vsmmu/vm1@examples/hosts/intel-vtd.yaml}
+GUESTS=${VSMMU_QEMU_GUESTS:-two-vsmmus-four-gpus/train0 cmdqv/vm1 one-guest-one-vsmmu/vm1 devices-without-vsmmu/vm1@examples/hosts/intel-vtd.yaml gb200-auto/gb200vm@examples/hosts/gb200-tray.yaml}
 HOSTFILE=${VSMMU_QEMU_HOST:-examples/hosts/grace-2smmu-cmdqv.yaml}
 XML_GUESTS=${VSMMU_QEMU_XML_GUESTS:-several-guests/vm1 several-guests/vm3}
 VSMMU=${VSMMU_BIN:-$REPO/.build/debug/vsmmu}
@@ -254,8 +272,10 @@ for spec in $GUESTS; do
 	vs qemu-args-fds.argv qemu-args "examples/$file.yaml" --guest "$guest" --fds --format argv
 	vs libvirt.xml libvirt-xml "examples/$file.yaml" --guest "$guest"
 	xrc=$?
+	vs libvirt-nvidia.xml libvirt-xml "examples/$file.yaml" --guest "$guest" --dialect nvidia
+	nrc=$?
 	set -e
-	entries+=("{\"label\": $(jstr "$spec"), \"guest\": $(jstr "$guest"), \"dir\": $(jstr "$dir"), \"args_rc\": $arc, \"plan_rc\": $prc, \"xml_rc\": $xrc, \"args_err\": $(jstr "$(head -c 2000 "$W/$dir/qemu-args.json.err")"), \"plan_err\": $(jstr "$(head -c 2000 "$W/$dir/plan.json.err")"), \"xml_err\": $(jstr "$(head -c 2000 "$W/$dir/libvirt.xml.err")")}")
+	entries+=("{\"label\": $(jstr "$spec"), \"guest\": $(jstr "$guest"), \"dir\": $(jstr "$dir"), \"args_rc\": $arc, \"plan_rc\": $prc, \"xml_rc\": $xrc, \"xml_nvidia_rc\": $nrc, \"xml_nvidia_err\": $(jstr "$(head -c 2000 "$W/$dir/libvirt-nvidia.xml.err")"), \"args_err\": $(jstr "$(head -c 2000 "$W/$dir/qemu-args.json.err")"), \"plan_err\": $(jstr "$(head -c 2000 "$W/$dir/plan.json.err")"), \"xml_err\": $(jstr "$(head -c 2000 "$W/$dir/libvirt.xml.err")")}")
 done
 xml_entries=()
 for spec in $XML_GUESTS; do
@@ -280,6 +300,7 @@ done
 	echo " \"libvirt_rng\": \"/usr/share/libvirt/schemas/domain.rng\","
 	echo " \"libvirt_version\": $(jstr "$LVPKG"),"
 	echo " \"placeholder\": $(jstr "$PLACEHOLDER"),"
+	echo " \"gpu_placeholder\": $(jstr "$GPU_PLACEHOLDER"),"
 	echo " \"boot_timeout\": $BOOT_TIMEOUT,"
 	echo " \"t0\": $T0,"
 	echo " \"guests\": ["

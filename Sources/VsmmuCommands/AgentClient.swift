@@ -87,7 +87,7 @@ enum AgentProtocol {
     /// --socket, else $VSMMU_SOCKET, else the default path.
     static func socket(_ explicit: String?) -> String {
         if let explicit { return explicit }
-        if let env = ProcessInfo.processInfo.environment["VSMMU_SOCKET"], !env.isEmpty { return env }
+        if let env = Environment.nonEmpty("VSMMU_SOCKET") { return env }
         return defaultSocket
     }
 }

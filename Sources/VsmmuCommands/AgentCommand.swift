@@ -14,6 +14,7 @@ import VsmmuYAML
 
 struct Agent: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "agent",
         abstract: "Run the long-lived holder of every guest's iommufd objects, serving plan/apply/destroy/show on a Unix socket.",
         discussion: """
         iommufd objects live only as long as the fd that made them; on a live host the \

@@ -11,7 +11,7 @@ enum AgentLimits {
     static let connections = 64
     /// Seconds a client has to send its whole request line (VSMMU_AGENT_REQUEST_TIMEOUT
     /// shortens it for tests).
-    static let requestSeconds = ProcessInfo.processInfo.environment["VSMMU_AGENT_REQUEST_TIMEOUT"].flatMap(Double.init).flatMap { $0 > 0 ? $0 : nil } ?? 30
+    static let requestSeconds = Environment.value("VSMMU_AGENT_REQUEST_TIMEOUT").flatMap(Double.init).flatMap { $0 > 0 ? $0 : nil } ?? 30
     /// Seconds one reply write may block on a client that stops reading.
     static let replySeconds = 30.0
     /// Longest request line (a topology of 32 MiB at most, in base64, fits).

@@ -8,6 +8,7 @@ import VsmmuPlanner
 
 struct Apply: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "apply",
         abstract: "Plan and apply a topology (or apply a saved plan).",
         discussion: """
         Prints the plan, asks for confirmation (or takes --auto-approve), then runs the \
@@ -61,6 +62,7 @@ struct Apply: ParsableCommand {
 
 struct Destroy: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "destroy",
         abstract: "Tear down everything the topology's guests hold, and give each device back to the driver it had.",
         discussion: """
         Reverse dependency order: detach, nested HWPTs, vDevices, vEVENTQs, vIOMMUs, guest \

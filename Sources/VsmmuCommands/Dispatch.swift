@@ -17,7 +17,7 @@ enum Dispatch {
                 // kernel's agent, never to the simulated host that directory holds.
                 if kernel.host == nil, let dir = kernel.stateDir { try HostOrigin.checkLive(stateDir: dir) }
                 if kernel.host == nil, !FileManager.default.fileExists(atPath: "/dev/iommu"), kernel.socket == nil,
-                   ProcessInfo.processInfo.environment["VSMMU_SOCKET"] == nil {
+                   Environment.value("VSMMU_SOCKET") == nil {
                     throw CommandError(message: "this kernel has no /dev/iommu (it was built without CONFIG_IOMMUFD), so vsmmu cannot work on it",
                                        hint: "try vsmmu on a simulated host: --host examples/hosts/grace-2smmu-cmdqv.yaml")
                 }

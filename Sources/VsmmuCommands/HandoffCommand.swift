@@ -5,6 +5,7 @@ import VsmmuIPC
 
 struct Handoff: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "handoff",
         abstract: "Receive a guest's prepared iommufd context from the agent (for the VMM).",
         discussion: """
         Connects to the agent, asks for guest NAME and receives over SCM_RIGHTS its iommufd \

@@ -7,6 +7,7 @@ import VsmmuModel
 
 struct Host: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "host",
         abstract: "Print the host description (kind Host) of this machine, or of the simulated host.",
         discussion: """
         Reads sysfs (PCI devices, drivers, IOMMU groups, reserved regions, /sys/class/iommu) \
@@ -16,6 +17,9 @@ struct Host: ParsableCommand {
         IOMMU is on vfio-pci, a device with no driver is bound to vfio-pci for the probe and \
         given back (--no-probe-driverless: never). Facts it cannot read are listed under \
         `unknown`, never guessed. The output is what `--host FILE` takes. \
+        Each PCI bridge gets its secondaryBus and, from the ACS capability in its \
+        config space, its acsControl: the path a `peer:` pair's traffic takes \
+        (config space past 64 bytes needs root; otherwise acsControl is unknown). \
         With --remote unix:PATH it describes the kernel behind a vsmmu-remote executor \
         (docs/remote-executor.md), e.g. a lab guest, instead of this machine.
 

@@ -40,7 +40,7 @@ enum Interrupt {
         sigaddset(&set, SIGTERM)
         sigaddset(&set, SIGALRM)   // the end of the grace period
         pthread_sigmask(SIG_UNBLOCK, &set, nil)
-        if let g = ProcessInfo.processInfo.environment["VSMMU_INTERRUPT_GRACE_SECONDS"].flatMap({ UInt32($0) }) { graceSeconds = max(1, g) }
+        if let g = Environment.value("VSMMU_INTERRUPT_GRACE_SECONDS").flatMap({ UInt32($0) }) { graceSeconds = max(1, g) }
         // Only async-signal-safe calls in the handlers: signal(2) and alarm(2).
         signal(SIGALRM) { _ in
             signal(SIGINT, SIG_DFL)

@@ -14,6 +14,7 @@ extension RunningGuest.VMMKind: ExpressibleByArgument {}
 
 struct Launch: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "launch",
         abstract: "Hand a prepared guest to its VMM and exec the VMM (the guest is then running).",
         discussion: """
         A stock VMM (QEMU 10.2+, through libvirt, KubeVirt or by hand) binds the VFIO devices \

@@ -15,12 +15,22 @@ struct PlanCommand: ParsableCommand {
         `No changes.`. --ops lists the exact operations (ioctl names, the arguments that \
         matter, what each yields, what it waits for). Makes no change to the kernel.
 
+        Then, per guest that changes: where `vsmmu: auto` put each device and why, every \
+        `auto` value and its reason (capped per device), each `peer:` pair's path on the \
+        host (direct, redirected by ACS with the pci=config_acs= parameter that would \
+        change it at reboot, root-complex, unknown), and the VMM's lifecycle limits \
+        (no migration with accel=on; CMDQV's first device cannot be hot-unplugged). \
+        JSON has them under `facts`.
+
         Exit status: 0 no changes (or any plan without --detailed-exitcode), 1 error, \
         2 changes present (with --detailed-exitcode).
 
-        Example:
+        Examples:
           vsmmu plan examples/one-guest-one-vsmmu.yaml --ops \\
             --host examples/hosts/grace-2smmu-cmdqv.yaml
+
+          vsmmu plan examples/gb200-auto.yaml \\
+            --host examples/hosts/gb200-tray.yaml
         """)
 
 

@@ -43,8 +43,20 @@ enum PlanText {
         for g in plan.layout where (g.lockedMemory ?? 0) > 0 {
             out += "Locked memory: guest \(g.guest)'s VMM pins \(YAMLText.size(g.lockedMemory ?? 0)) of guest RAM (RLIMIT_MEMLOCK at least that plus what the VMM maps besides, firmware and ROMs, or CAP_IPC_LOCK; `vsmmu launch` raises it to guest RAM + \(YAMLText.size(VMMLockedMemory.margin))).\n"
         }
+        out += facts(plan)
         out += "Plan: \(plan.toAdd) to add, \(plan.toChange) to change, \(plan.toDestroy) to destroy.\n"
         return out + lifecycle(plan)
+    }
+
+    /// Per guest the plan changes: placement, `auto` values, peer paths, lifecycle limits.
+    static func facts(_ plan: Plan) -> String {
+        let changed = Set(plan.changes.map { $0.name.split(separator: "/").first.map(String.init) ?? $0.name })
+        var out = ""
+        for f in plan.facts ?? [] where changed.contains(f.guest) && !f.isEmpty {
+            out += "Guest \(f.guest):\n"
+            for line in f.lines { out += "  \(line)\n" }
+        }
+        return out.isEmpty ? "" : out + "\n"
     }
 
     /// What other topologies hold on this host (docs/contract.md §7): never part of this plan.
@@ -113,6 +125,7 @@ enum PlanJSON {
                 "summary": ["add": .int(Int64(plan.toAdd)), "change": .int(Int64(plan.toChange)), "destroy": .int(Int64(plan.toDestroy))],
                 "changes": .array(changes),
                 "otherTopologies": .object((plan.otherTopologies ?? [:]).mapValues { .int(Int64($0)) }), "operations": .array(ops), "layout": .array(layout),
+                "facts": .array((plan.facts ?? []).map(factsJSON)),
                 "guests": .array((plan.guests ?? []).map { s in
                     var o: [String: JSONValue] = ["name": .string(s.name), "state": s.state.map { .string($0.rawValue) } ?? .null]
                     if let pid = s.pid { o["pid"] = .int(Int64(pid)) }
@@ -120,6 +133,31 @@ enum PlanJSON {
                     if let v = s.vmm { o["vmm"] = .string(v.rawValue) }
                     if !s.notes.isEmpty { o["notes"] = .array(s.notes.map { .string($0) }) }
                     return .object(o)
+                })]
+    }
+}
+
+extension PlanJSON {
+    /// A guest's facts (GuestFacts), keys sorted like the rest of the plan.
+    static func factsJSON(_ f: GuestFacts) -> JSONValue {
+        func str(_ s: String?) -> JSONValue { s.map(JSONValue.string) ?? .null }
+        return ["guest": .string(f.guest),
+                "placement": .array(f.placement.map { d in
+                    ["device": .string(d.device), "host": .string(d.host), "requested": .string(d.requested), "vsmmu": str(d.vsmmu),
+                     "physical": str(d.physical), "reason": .string(d.reason)]
+                }),
+                "autos": .array(f.autos.map { a in ["subject": .string(a.subject), "value": .string(a.value), "reason": .string(a.reason)] }),
+                "peers": .array(f.peers.map { p in
+                    ["device": .string(p.device), "peer": .string(p.peer), "vsmmu": str(p.vsmmu), "route": .string(p.route.rawValue),
+                     "text": .string(p.text),
+                     "kernelParameter": p.kernelParameter.map { k in ["value": .string(k), "takesEffect": "at reboot"] } ?? .null,
+                     "bridges": .array(p.bridges.map { b in
+                         ["address": .string(b.address), "acsControl": b.acsControl.map { .string(YAMLText.hex(UInt64($0), width: 4)) } ?? .null,
+                          "unknown": .bool(b.unknown), "redirects": .array(b.redirects.map { .string($0) })]
+                     })]
+                }),
+                "lifecycle": .array(f.lifecycle.map { l in
+                    ["kind": .string(l.kind.rawValue), "vsmmus": .array(l.vsmmus.map { .string($0) }), "device": str(l.device), "text": .string(l.text)]
                 })]
     }
 }

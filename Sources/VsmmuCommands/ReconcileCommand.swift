@@ -4,6 +4,7 @@ import VsmmuProvisioning
 
 struct Reconcile: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "reconcile",
         abstract: "Ask the agent to re-observe the kernel now (and fix drift if it runs with --reconcile=fix).",
         discussion: """
         The agent compares the kernel with the last topology it applied: host-level state \

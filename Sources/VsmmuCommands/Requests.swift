@@ -39,6 +39,9 @@ public struct Request: Codable, Sendable {
     public var quiet = false
     /// qemu-args: fd placeholders (--fds).
     public var fds = false
+    /// libvirt-xml: --dialect and --libvirt-version.
+    public var libvirtDialect: String?
+    public var libvirtVersion: String?
 
     public init(_ command: RequestKind) { self.command = command }
 
@@ -47,6 +50,7 @@ public struct Request: Codable, Sendable {
     enum CodingKeys: String, CodingKey {
         case command, file, contentBase64, format, ops, detailedExitcode, autoApprove, dryRun, wantSavedPlan, expectFingerprint, guest, rebuildState
         case verbose, quiet, fds
+        case libvirtDialect, libvirtVersion
     }
 
     public init(from decoder: Decoder) throws {
@@ -66,6 +70,8 @@ public struct Request: Codable, Sendable {
         verbose = try c.decodeIfPresent(Bool.self, forKey: .verbose) ?? false
         quiet = try c.decodeIfPresent(Bool.self, forKey: .quiet) ?? false
         fds = try c.decodeIfPresent(Bool.self, forKey: .fds) ?? false
+        libvirtDialect = try c.decodeIfPresent(String.self, forKey: .libvirtDialect)
+        libvirtVersion = try c.decodeIfPresent(String.self, forKey: .libvirtVersion)
     }
 
     var content: [UInt8]? { contentBase64.flatMap { Data(base64Encoded: $0) }.map { [UInt8]($0) } }
@@ -114,7 +120,9 @@ enum Runner {
         guard let guest = r.guest else { throw CommandError(message: "the request names no guest") }
         let l = try LayoutOptions.layout(try source(r), guest: guest, host: session.host, stateDir: session.stateDir,
                                          simulated: session.simulated, console: console)
-        if r.command == .libvirtXML { return try LibvirtXml.write(l, console: console) }
+        if r.command == .libvirtXML {
+            return try LibvirtXml.write(l, dialect: try LibvirtXml.dialect(r.libvirtDialect), version: try LibvirtXml.version(r.libvirtVersion), console: console)
+        }
         return try QemuArgs.write(l, guest: guest, format: QemuArgs.Format(rawValue: r.format ?? "args") ?? .args, fds: r.fds, console: console)
     }
 
@@ -182,7 +190,8 @@ enum Runner {
 
     static func show(_ r: Request, api: Provisioner, console: Console) throws -> Int32 {
         let s = try api.show(events: events(console))
-        let doc = ShowDocument.build(s.observed, host: s.host, simulated: s.simulated, interrupted: s.interrupted, lost: s.lost, lifecycle: s.lifecycle)
+        let doc = ShowDocument.build(s.observed, host: s.host, simulated: s.simulated, interrupted: s.interrupted, lost: s.lost, lifecycle: s.lifecycle,
+                                     facts: s.facts)
         if r.format == "json" { console.print(doc.rendered()) } else { console.write(ShowDocument.yaml(doc)) }
         return 0
     }

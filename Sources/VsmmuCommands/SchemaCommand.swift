@@ -3,6 +3,7 @@ import VsmmuModel
 
 struct Schema: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "schema",
         abstract: "Print the JSON Schema (draft 2020-12) of the topology file, or of the host description.",
         discussion: """
         Editors use it for completion and checking: with the YAML language server, put

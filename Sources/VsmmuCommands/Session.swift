@@ -18,7 +18,7 @@ struct KernelOptions: ParsableArguments {
     var stateDirOption: String?
 
     private static func environment(_ name: String) -> String? {
-        ProcessInfo.processInfo.environment[name].flatMap { $0.isEmpty ? nil : $0 }
+        Environment.nonEmpty(name)
     }
 
     /// --host, else VSMMU_HOST.
@@ -44,7 +44,7 @@ struct KernelOptions: ParsableArguments {
 
     /// The agent to talk to, or nil to run in-process (with --host and no --socket).
     var agentSocket: String? {
-        if socket == nil, host != nil, (ProcessInfo.processInfo.environment["VSMMU_SOCKET"] ?? "").isEmpty { return nil }
+        if socket == nil, host != nil, Environment.nonEmpty("VSMMU_SOCKET") == nil { return nil }
         return AgentProtocol.socket(socket)
     }
 

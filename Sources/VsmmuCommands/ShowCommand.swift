@@ -8,6 +8,7 @@ import VsmmuPlanner
 
 struct Show: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "show",
         abstract: "Show what is applied now: objects, IDs, bindings, and drift.",
         discussion: """
         Reads the state directory's holdings and checks them against the kernel (read-only \
@@ -33,7 +34,8 @@ struct Show: ParsableCommand {
 }
 
 enum ShowDocument {
-    static func build(_ o: ObservedState, host: String, simulated: Bool, interrupted: Int, lost: LostState? = nil, lifecycle: [GuestStatus] = []) -> JSONValue {
+    static func build(_ o: ObservedState, host: String, simulated: Bool, interrupted: Int, lost: LostState? = nil, lifecycle: [GuestStatus] = [],
+                      facts: [String: GuestFacts] = [:]) -> JSONValue {
         var guests: [String: JSONValue] = [:]
         var drift: [JSONValue] = []
         // Guests a VMM holds: vsmmu holds none of their objects (docs/contract.md §6).
@@ -88,6 +90,21 @@ enum ShowDocument {
             guests[name] = ["iommufdFd": .int(Int64(g.iommufd.fd)), "ioasId": g.ioas.map { .int(Int64($0)) } ?? .null,
                             "state": .string(dead ? "lost" : g.uncertain ? "uncertain" : GuestLifecycleState.prepared.rawValue),
                             "devices": .object(devices), "stage2": .object(stage2), "memory": .object(memory), "vsmmus": .object(vsmmus)]
+        }
+        // What the guest's VMM will live with, and which values were auto (GuestFacts).
+        for (name, f) in facts {
+            guard case .object(var entry)? = guests[name] else { continue }
+            entry["lifecycle"] = .array(f.lifecycle.map { .string($0.text) })
+            entry["auto"] = .array((f.placement.filter { $0.requested == "auto" }.map { "device \($0.device) vsmmu: \($0.vsmmu ?? "none")" }
+                                    + f.autos.map { "\($0.subject): \($0.value)" }).map { .string($0) })
+            if !f.peers.isEmpty {
+                entry["peers"] = .array(f.peers.map { p in
+                    var o: [String: JSONValue] = ["devices": .array([.string(p.device), .string(p.peer)]), "route": .string(p.route.rawValue), "text": .string(p.text)]
+                    if let k = p.kernelParameter { o["kernelParameter"] = .string(k + " (takes effect at reboot)") }
+                    return .object(o)
+                })
+            }
+            guests[name] = .object(entry)
         }
         var bindings: [String: JSONValue] = [:]
         for (a, orig) in o.holdings.originalDrivers {

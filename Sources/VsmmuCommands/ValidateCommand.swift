@@ -5,6 +5,7 @@ import VsmmuProvisioning
 
 struct Validate: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "validate",
         abstract: "Parse and check a topology file, and against a host when one is given.",
         discussion: """
         Every problem is reported as FILE:LINE:COL: error: message, with the line, a caret \
@@ -12,11 +13,20 @@ struct Validate: ParsableCommand {
         IOMMU groups, physical IOMMUs and features are checked too, and `auto` feature \
         values are resolved (shown with --verbose).
 
+        Placement: a device of a guest's `devices:` list with `vsmmu: auto` goes behind \
+        the vSMMU of its own physical SMMU (one per SMMU, made when the guest declares \
+        none there, named after it: smmu-16000000); `peer: NAME` (a GPU's NIC) must sit \
+        behind the same SMMU, so both share one vSMMU and pxb. --verbose prints where \
+        each device went and why, and each peer pair's ACS path on the host.
+
         Exit status: 0 valid, 1 invalid.
 
-        Example:
+        Examples:
           vsmmu validate examples/two-vsmmus-four-gpus.yaml --verbose \\
             --host examples/hosts/grace-2smmu-cmdqv.yaml
+
+          vsmmu validate examples/gb200-auto.yaml --verbose \\
+            --host examples/hosts/gb200-tray.yaml
         """)
 
     @Argument(help: "The topology file (kind Topology).")
@@ -24,7 +34,7 @@ struct Validate: ParsableCommand {
 
     @OptionGroup var kernel: KernelOptions
 
-    @Flag(name: .shortAndLong, help: "Print the resolved value of every `auto` feature.")
+    @Flag(name: .shortAndLong, help: "Print the resolved value of every `auto` feature, and where `vsmmu: auto` put each device.")
     var verbose = false
 
     @Option(help: "text, or json (valid, the diagnostics with line and column, the counts) on standard output.")
@@ -108,20 +118,29 @@ public enum ValidateRunner {
             console.error("\(file): \(countPhrase(result.diagnostics.count))")
             return 1
         }
-        let devices = topology.guests.reduce(0) { $0 + $1.allDevices.count }
-        let vsmmus = topology.guests.reduce(0) { $0 + $1.vsmmus.count }
+        // Counted as placement left them (devices with vsmmu: auto behind their vSMMUs).
+        let placed = result.placing(topology)
+        let devices = placed.guests.reduce(0) { $0 + $1.allDevices.count }
+        let vsmmus = placed.guests.reduce(0) { $0 + $1.vsmmus.count }
         let against = host.map { " against host '\($0.name)'" } ?? ""
         console.print("\(file): valid\(against): \(plural(topology.guests.count, "guest")), \(plural(vsmmus, "vSMMU")), \(plural(devices, "device"))")
         if verbose {
             if host == nil, vsmmus > 0 {
                 console.print("  (auto values are resolved only against a host: add --host FILE)")
             }
-            for g in topology.guests {
+            for g in placed.guests {
                 for s in g.vsmmus {
                     guard let r = result.resolved["\(g.name)/\(s.name)"] else { continue }
                     func mark(_ f: String) -> String { r.autoFields.contains(f) ? " (auto)" : "" }
                     func onOff(_ b: Bool) -> String { b ? "on" : "off" }
                     console.print("  \(g.name)/\(s.name): physical \(r.physical)\(mark("physical")), ats \(onOff(r.ats))\(mark("ats")), ril \(onOff(r.ril))\(mark("ril")), ssidSize \(r.ssidSize)\(mark("ssidSize")), oas \(r.oas)\(mark("oas")), cmdqv \(onOff(r.cmdqv))\(mark("cmdqv"))")
+                }
+                // Where vsmmu: auto put each device, and each peer pair's path.
+                for d in result.placements[g.name]?.decisions ?? [] {
+                    console.print("  \(g.name)/\(d.device): vsmmu \(d.requested) → \(d.vsmmu ?? "none"): \(d.reason)")
+                }
+                for p in result.placements[g.name]?.peers ?? [] {
+                    console.print("  \(g.name)/\(p.device) ↔ \(p.peer): \(p.route.rawValue): \(p.text)")
                 }
             }
         }

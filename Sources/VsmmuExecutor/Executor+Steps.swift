@@ -53,7 +53,7 @@ extension Executor {
             // Remember where the device came from, before it moves (for destroy); never
             // what vsmmu itself set (a step that died before its record was written).
             let current = try port.pciDevice(a)
-            patches.append(Executor.vsmmuMovedIt(current) ? .originalDriverUnknown(a) : .originalDriver(a, .some(current?.driver)))
+            patches.append(Executor.vsmmuMovedIt(current) ? .originalDriverUnknown(a) : .remembering(a, current?.driver))
         }
         try port.writeDriverOverride(a, d)
         // Verify each binding step before the next (docs/kernel-interface.md §8, safe order).
@@ -152,7 +152,7 @@ extension Executor {
         let cdev = try port.openVfioDevice(index: index)
         var patches: [HoldingPatch] = [.device(g, d, DeviceHolding(source: .pci(a), cdev: cdev, vfioIndex: index, mockStdev: nil, devID: 0))]
         if store.holdings.originalDrivers[a] == nil, !store.holdings.originalUnknown(a) {
-            patches.insert(Executor.vsmmuMovedIt(s) ? .originalDriverUnknown(a) : .originalDriver(a, .some(s.driver)), at: 0)
+            patches.insert(Executor.vsmmuMovedIt(s) ? .originalDriverUnknown(a) : .remembering(a, s.driver), at: 0)
         }
         return patches
     }

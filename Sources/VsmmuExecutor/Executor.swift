@@ -21,55 +21,73 @@ public struct ApplyError: Error, CustomStringConvertible {
     }
 }
 
-/// Runs a plan's operations against the kernel port, one by one, each journaled
-/// before it runs; stops at the first failure.
+/// Runs a plan's operations against the kernel port, one by one, in batches: the intents
+/// of a batch are journaled and synced once before its first step runs, each outcome is
+/// written as its step ends (docs/contract.md §8); stops at the first failure.
 public final class Executor {
     /// On a VFIO driver (vfio-pci or a variant) through a driver_override of it, with no
     /// record of where it came from: vsmmu's own doing whose record was lost (or an
     /// operator's identical one). The driver before is then unknown, not that driver.
     static func vsmmuMovedIt(_ d: SysfsPCIDevice?) -> Bool { VFIODriver.isVFIO(d?.driver) && d?.driverOverride == d?.driver }
 
+    /// Steps per batch: one journal fsync per this many steps. A kill inside a batch makes
+    /// every step of it without an outcome "maybe done", and the guests they touch are
+    /// rebuilt, so the bound keeps that small (a few guests) while an apply of 100,000
+    /// steps syncs a few hundred times instead of once per step.
+    public static let defaultBatch = 256
+
     let port: KernelPort
     let store: StateStore
+    let batch: Int
+    // Each line is only made when someone listens (an apply of 100,000 steps makes no
+    // 100,000 strings for nobody).
     /// One line per resource as it starts and when it ends (terraform's), with its time and ids.
-    let progress: (String) -> Void
+    let progress: ((String) -> Void)?
     /// One line per finished step (kernel call), for -v.
-    let calls: (String) -> Void
+    let calls: ((String) -> Void)?
 
     /// The step about to run (`[n/N] CALL resource`), for a live line on a terminal.
-    let inFlight: (String) -> Void
+    let inFlight: ((String) -> Void)?
 
-    public init(port: KernelPort, store: StateStore, progress: @escaping (String) -> Void = { _ in }, calls: @escaping (String) -> Void = { _ in },
-                inFlight: @escaping (String) -> Void = { _ in }) {
-        self.port = port; self.store = store; self.progress = progress; self.calls = calls; self.inFlight = inFlight
+    public init(port: KernelPort, store: StateStore, batch: Int = Executor.defaultBatch, progress: ((String) -> Void)? = nil,
+                calls: ((String) -> Void)? = nil, inFlight: ((String) -> Void)? = nil) {
+        self.port = port; self.store = store; self.batch = max(1, batch)
+        self.progress = progress; self.calls = calls; self.inFlight = inFlight
     }
 
     /// Runs the operations in order. `shouldStop` is asked before each step (SIGTERM in the
     /// agent): the running step always finishes, so the journal stays consistent.
     public func run(_ plan: Plan, shouldStop: () -> Bool = { false }) throws(ApplyError) {
         let total = plan.operations.count
-        var lines = ResourceLines(plan)
-        for op in plan.operations {
-            if shouldStop() {
-                throw ApplyError(operation: op, errno: nil, message: "stopped before this step (asked to stop: a signal, or the agent shutting down); everything before it is done and journaled",
-                                 hint: "the next apply continues from here")
+        var lines = progress.map { _ in ResourceLines(plan) }
+        var start = 0
+        while start < total {
+            let ops = Array(plan.operations[start..<min(start + batch, total)])
+            start += ops.count
+            let seqs: [Int]
+            do { seqs = try store.begin(ops) } catch {
+                throw ApplyError(operation: ops[0], errno: nil, message: "cannot write the journal: \(error)")
             }
-            let seq: Int
-            do { seq = try store.begin(op) } catch {
-                throw ApplyError(operation: op, errno: nil, message: "cannot write the journal: \(error)")
-            }
-            if let line = lines.starting(op) { progress(line) }
-            inFlight("[\(op.index)/\(total)] \(op.call) \(op.resource)")
-            do {
-                let patches = try perform(op)
-                try? store.done(seq, patches)
-                calls("[\(op.index)/\(total)] \(op.call) \(op.resource): ok")
-                if let line = lines.finished(op, ids: ResourceLines.ids(op.resource, store.holdings)) { progress(line) }
-            } catch {
-                try? store.failed(seq, error.errno)
-                var e = error
-                e.rollback = rollback(after: op)
-                throw e
+            for (i, op) in ops.enumerated() {
+                if shouldStop() {
+                    try? store.skipped(Array(seqs[i...]))
+                    throw ApplyError(operation: op, errno: nil, message: "stopped before this step (asked to stop: a signal, or the agent shutting down); everything before it is done and journaled",
+                                     hint: "the next apply continues from here")
+                }
+                if let progress, let line = lines?.starting(op) { progress(line) }
+                inFlight?("[\(op.index)/\(total)] \(op.call) \(op.resource)")
+                do {
+                    let patches = try perform(op)
+                    try? store.done(seqs[i], patches)
+                    calls?("[\(op.index)/\(total)] \(op.call) \(op.resource): ok")
+                    if let progress, let line = lines?.finished(op, ids: ResourceLines.ids(op.resource, store.holdings)) { progress(line) }
+                } catch {
+                    try? store.failed(seqs[i], error.errno)
+                    try? store.skipped(Array(seqs[(i + 1)...]))
+                    var e = error
+                    e.rollback = rollback(after: op)
+                    throw e
+                }
             }
         }
     }

@@ -55,6 +55,8 @@ public enum Pipeline {
     public static func plan(_ topology: Topology, validation: ValidationResult, port: KernelPort, host: HostDescription,
                             store: StateStore, simulated: Bool, onlyGuests: Set<String>? = nil, destroying: Bool = false,
                             otherFiles: [String: String] = [:]) throws(Failure) -> Plan {
+        // Devices with `vsmmu: auto` are planned where placement put them.
+        let topology = validation.placing(topology)
         if let lost = store.lostState(port: port) {
             throw Failure(message: lost.description, hint: "vsmmu apply \(topology.file) --rebuild-state")
         }
@@ -88,6 +90,9 @@ public enum Pipeline {
             throw error
         }
         var plan = Planner.plan(desired: desired, observed: observed, topologyFile: topology.file, hostName: host.name, simulated: simulated)
+        let facts = desired.guests.map { GuestFacts.of($0, allocation: plan.allocations.guests[$0.name], placement: validation.placements[$0.name]) }
+        plan.facts = facts
+        for f in facts { plan.allocations.guests[f.guest]?.facts = f }
         if destroying {
             var kept = store.allocations
             for g in topology.guests { kept.guests[g.name] = nil }
@@ -119,11 +124,11 @@ public enum Pipeline {
 
     /// Records the plan's allocations, runs its operations, and checkpoints the holdings
     /// (also after a failure, so the state directory is consistent either way).
-    public static func apply(_ plan: Plan, port: KernelPort, store: StateStore, progress: @escaping (String) -> Void = { _ in },
-                             calls: @escaping (String) -> Void = { _ in }, inFlight: @escaping (String) -> Void = { _ in },
-                             shouldStop: () -> Bool = { false }) throws {
+    public static func apply(_ plan: Plan, port: KernelPort, store: StateStore, progress: ((String) -> Void)? = nil,
+                             calls: ((String) -> Void)? = nil, inFlight: ((String) -> Void)? = nil,
+                             shouldStop: () -> Bool = { false }, batch: Int = Executor.defaultBatch) throws {
         try store.saveAllocations(plan.allocations)
-        let executor = Executor(port: port, store: store, progress: progress, calls: calls, inFlight: inFlight)
+        let executor = Executor(port: port, store: store, batch: batch, progress: progress, calls: calls, inFlight: inFlight)
         do {
             try executor.run(plan, shouldStop: shouldStop)
         } catch {

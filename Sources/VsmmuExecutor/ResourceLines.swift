@@ -38,9 +38,10 @@ struct ResourceLines {
         return "\(op.resource): \(verb(op.resource).start)"
     }
 
-    func finished(_ op: PlanStep, ids: String) -> String? {
+    func finished(_ op: PlanStep, ids: @autoclosure () -> String) -> String? {
         guard last[op.resource] == op.index, let t = started[op.resource] else { return nil }
         let seconds = String(format: "%.1f", Date().timeIntervalSince(t))
+        let ids = ids()
         return "\(op.resource): \(verb(op.resource).end) after \(seconds)s" + (ids.isEmpty ? "" : " [\(ids)]")
     }
 

@@ -7,9 +7,13 @@ import VsmmuPlanner
 /// The state directory: holdings (snapshot + write-ahead journal), allocations, the lock.
 ///
 ///   <state>/holdings.json     what the executor holds, as of the last clean finish
-///   <state>/journal.log       one JSON line per step since: begin, then done or failed
+///   <state>/journal.log       since then: a format line, then per batch of steps one JSON
+///                             line each of intent (begin), synced once before the first
+///                             runs, then each step's outcome (done, failed or skipped)
 ///   <state>/allocations.json  bus numbers, slots, identifiers (docs/contract.md §2 stability)
 ///   <state>/lock              flock'ed by the one apply or destroy running
+///
+/// What is durable when, and why recovery converges: docs/contract.md §8.
 public final class StateStore {
     public let directory: String
     /// The state directory, opened once and checked; every file below is reached from it
@@ -17,8 +21,9 @@ public final class StateStore {
     let files: StateDirectory
     public private(set) var holdings: Holdings
     public private(set) var allocations: Allocations
-    /// Operations that began but never finished (the process died inside them).
-    public private(set) var interrupted: [PlanStep] = []
+    /// Steps whose intent is journaled and whose outcome is not: maybe done (the process
+    /// died inside them, or inside their batch before they ran).
+    public private(set) var interrupted: [JournaledStep] = []
     /// holdings.json was absent when the store was opened (see `lostState`).
     public private(set) var holdingsMissing = false
     /// Journal records found when the store was opened.
@@ -26,7 +31,18 @@ public final class StateStore {
     /// allocations.json was present when the store was opened.
     public private(set) var allocationsFound = false
     private var journalFD: Int32 = -1
+    /// The journal file was empty when opened: the next write starts with the format line.
+    private var journalNeedsHeader = false
     private var sequence = 0
+    /// fsyncs of the journal by this store (one per batch of intents).
+    public private(set) var journalSyncs = 0
+    /// fsyncs of every file in the state directory (journal, snapshots, allocations).
+    public var syncs: Int { files.syncs }
+
+    /// The journal format this vsmmu writes. 1 (no format line): each step's intent synced
+    /// before it ran. 2: a format line; intents synced once per batch; `skipped` outcomes.
+    /// Both read the same way: a step with an intent and no outcome may have run.
+    public static let journalFormat = 2
 
     public static let holdingsName = "holdings.json"
     public static let journalName = "journal.log"
@@ -80,32 +96,39 @@ public final class StateStore {
 
     func replayJournal() throws {
         guard let data = try read(Self.journalName), !data.isEmpty else { return }
-        var open: [Int: PlanStep] = [:]
+        var open: [Int: JournaledStep] = [:]
         let decoder = JSONDecoder()
         for line in data.split(separator: 10) {
-            // A torn last line (killed while writing it) is an unfinished step.
-            guard let record = try? decoder.decode(JournalRecord.self, from: Data(line)) else { continue }
+            guard let record = try? decoder.decode(JournalRecord.self, from: Data(line)) else {
+                if let header = try? decoder.decode(JournalHeader.self, from: Data(line)), header.journal > Self.journalFormat {
+                    throw StoreError(message: "\(journalPath) was written by a newer vsmmu (journal format \(header.journal); this one reads formats 1 to \(Self.journalFormat)); "
+                                     + "nothing was changed: finish or recover the apply with that vsmmu, or move the journal away and run `vsmmu show` to see what the kernel holds")
+                }
+                // The format line, or a torn last line (killed while writing it): its step
+                // has an intent and no outcome, so it is unfinished.
+                continue
+            }
             journalRecords += 1
             sequence = max(sequence, record.seq)
             switch record.phase {
             case .begin:
-                if let op = record.op { open[record.seq] = op }
+                if let step = record.step ?? record.op.map(JournaledStep.init) { open[record.seq] = step }
             case .done:
                 open[record.seq] = nil
                 for p in record.patches ?? [] { holdings.apply(p) }
-            case .failed:
+            case .failed, .skipped:
                 open[record.seq] = nil
             }
         }
         interrupted = open.sorted { $0.key < $1.key }.map(\.value)
-        for op in interrupted {
-            if let g = op.action.guest, holdings.guests[g] != nil { holdings.guests[g]!.uncertain = true }
+        for step in interrupted {
+            if let g = step.guest, holdings.guests[g] != nil { holdings.guests[g]!.uncertain = true }
         }
     }
 
     /// Writes the snapshot atomically and empties the journal.
     public func checkpoint() throws {
-        try write(try encoder.encode(holdings), to: Self.holdingsName)
+        try write(try snapshot(holdings), to: Self.holdingsName)
         holdingsMissing = false
         if journalFD >= 0 { _ = Glibc.close(journalFD); journalFD = -1 }
         do { try files.remove(Self.journalName) } catch { throw StoreError(message: error.message) }
@@ -115,7 +138,7 @@ public final class StateStore {
     public func saveAllocations(_ a: Allocations) throws {
         try ensureHoldingsFile()
         allocations = a
-        try write(try encoder.encode(a), to: Self.allocationsName)
+        try write(try snapshot(a), to: Self.allocationsName)
         allocationsFound = true
     }
 
@@ -126,62 +149,106 @@ public final class StateStore {
     }
 
     private func checkpointHoldingsOnly() throws {
-        try write(try encoder.encode(holdings), to: Self.holdingsName)
+        try write(try snapshot(holdings), to: Self.holdingsName)
         holdingsMissing = false
     }
 
-    /// One encoder for every record: the journal writes two per step.
-    private let encoder: JSONEncoder = {
-        let e = JSONEncoder()
-        e.outputFormatting = [.sortedKeys]
-        return e
-    }()
+    /// A snapshot's bytes, by the journal's encoder (JSONEncoder took a fifth of a large
+    /// apply for its two snapshots): the same document, keys in the types' order.
+    private func snapshot<T: Encodable>(_ value: T) throws -> [UInt8] {
+        let e = JournalEncoder()
+        try e.append(value)
+        return e.bytes
+    }
 
     /// temp file (0600) + fsync + renameat(2), never through a link.
-    func write(_ data: Data, to name: String) throws {
-        do { try files.writeAtomically(name, [UInt8](data)) } catch { throw StoreError(message: error.message) }
+    func write(_ data: [UInt8], to name: String) throws {
+        do { try files.writeAtomically(name, data) } catch { throw StoreError(message: error.message) }
     }
 
     // MARK: journal
 
-    func append(_ record: JournalRecord) throws {
+    /// Appends records with one write(2); with `sync`, fsyncs the journal after it.
+    func append(_ records: [JournalRecord], sync: Bool = false) throws {
         if journalFD < 0 {
             try ensureHoldingsFile()
             do { journalFD = try files.open(Self.journalName, O_WRONLY | O_APPEND | O_CREAT) } catch {
                 throw StoreError(message: error.message)
             }
+            var st = stat()
+            journalNeedsHeader = fstat(journalFD, &st) == 0 && st.st_size == 0
         }
-        var data = try encoder.encode(record)
-        data.append(10)
-        guard StateDirectory.writeAll(journalFD, [UInt8](data)) else {
+        let out = JournalEncoder()
+        if journalNeedsHeader {
+            try out.append(JournalHeader(journal: Self.journalFormat))
+            out.appendRaw(10)
+        }
+        for r in records {
+            if r.phase == .begin, let step = r.step {
+                out.appendIntent(seq: r.seq, step)
+            } else if r.phase == .done, let patches = r.patches {
+                try out.appendOutcome(seq: r.seq, patches)
+            } else {
+                try out.append(r)
+            }
+            out.appendRaw(10)
+        }
+        guard StateDirectory.writeAll(journalFD, out.bytes) else {
             throw StoreError(message: "cannot append to \(journalPath): \(String(cString: strerror(errno)))")
         }
-        // fsync: the record is on disk before the kernel call it announces runs.
-        if record.phase == .begin, fsync(journalFD) != 0 {
-            throw StoreError(message: "cannot sync \(journalPath): \(String(cString: strerror(errno)))")
+        journalNeedsHeader = false
+        if sync {
+            journalSyncs += 1
+            guard files.sync(journalFD) else {
+                throw StoreError(message: "cannot sync \(journalPath): \(String(cString: strerror(errno)))")
+            }
         }
     }
 
-    public func begin(_ op: PlanStep) throws -> Int {
-        sequence += 1
-        try append(JournalRecord(seq: sequence, phase: .begin, op: op))
-        return sequence
+    /// The intents of a batch of steps, synced once: on disk before the first of them runs
+    /// (and with them every outcome written before). Returns their sequence numbers.
+    public func begin(_ ops: [PlanStep]) throws -> [Int] {
+        let first = sequence + 1
+        sequence += ops.count   // taken even if the write fails: part of it may be on disk
+        let records = ops.enumerated().map { JournalRecord(seq: first + $0.offset, phase: .begin, step: JournaledStep($0.element)) }
+        try append(records, sync: true)
+        return Array(first..<(first + ops.count))
     }
 
+    public func begin(_ op: PlanStep) throws -> Int { try begin([op])[0] }
+
+    /// The step's outcome, written, not synced: the next batch's fsync makes it durable, or
+    /// the checkpoint's synced snapshot replaces the journal.
     public func done(_ seq: Int, _ patches: [HoldingPatch]) throws {
         for p in patches { holdings.apply(p) }
-        try append(JournalRecord(seq: seq, phase: .done, patches: patches))
+        try append([JournalRecord(seq: seq, phase: .done, patches: patches)])
     }
 
     public func failed(_ seq: Int, _ errno: Errno?) throws {
-        try append(JournalRecord(seq: seq, phase: .failed, errno: errno?.rawValue))
+        try append([JournalRecord(seq: seq, phase: .failed, errno: errno?.rawValue)])
+    }
+
+    /// Steps of a batch that never ran (an earlier one failed, or a stop was asked).
+    public func skipped(_ seqs: [Int]) throws {
+        guard !seqs.isEmpty else { return }
+        try append(seqs.map { JournalRecord(seq: $0, phase: .skipped) })
     }
 
     /// Applies patches without a kernel call behind them (recovery bookkeeping).
     public func record(_ patches: [HoldingPatch]) throws {
         sequence += 1
-        try append(JournalRecord(seq: sequence, phase: .done, patches: patches))
+        try append([JournalRecord(seq: sequence, phase: .done, patches: patches)])
         for p in patches { holdings.apply(p) }
+    }
+
+    /// The interrupted steps for a message: each of a few, else the first and the last of
+    /// them (a batch cut short leaves up to `Executor.defaultBatch` steps "maybe done").
+    public var interruptedSummary: String {
+        func one(_ s: JournaledStep) -> String { "\(s.index) \(s.call) (\(s.resource))" }
+        guard interrupted.count > 3, let first = interrupted.first, let last = interrupted.last else {
+            return interrupted.map(one).joined(separator: ", ")
+        }
+        return "\(one(first)) to \(one(last)) (\(interrupted.count) steps of one journal batch, each maybe done)"
     }
 
     /// Replaces the record wholesale (`--rebuild-state`) and checkpoints it.
@@ -227,13 +294,37 @@ extension StateStore {
     }
 }
 
+/// The journal's first line (format 2 on): `{"journal":2}`.
+struct JournalHeader: Codable {
+    var journal: Int
+}
+
 struct JournalRecord: Codable {
-    enum Phase: String, Codable { case begin, done, failed }
+    enum Phase: String, Codable { case begin, done, failed, skipped }
     var seq: Int
     var phase: Phase
-    var op: PlanStep?
+    /// A begin's step, as format 1 wrote it (the whole step).
+    var op: PlanStep? = nil
+    /// A begin's step, as format 2 writes it.
+    var step: JournaledStep? = nil
     var patches: [HoldingPatch]?
     var errno: Int32?
+}
+
+/// A step's intent as the journal keeps it: the step, and the guest whose iommufd context it
+/// acts in. That is all recovery needs: it trusts the kernel, not the journal, for what a
+/// maybe-done step did (docs/contract.md §8).
+public struct JournaledStep: Codable, Hashable, Sendable {
+    public var index: Int
+    /// The kernel call (`PlanStep.call`).
+    public var call: String
+    public var resource: String
+    /// nil for sysfs steps.
+    public var guest: String?
+
+    public init(_ op: PlanStep) {
+        index = op.index; call = op.call; resource = op.resource; guest = op.action.guest
+    }
 }
 
 /// One change to the holdings, journaled with the step that caused it.
@@ -249,6 +340,15 @@ public enum HoldingPatch: Codable, Hashable, Sendable {
     /// is not known (its record was lost): it is never given back to a guess.
     case originalDriverUnknown(PCIAddress)
     case running(String, RunningGuest?)
+    /// The device had no driver before vsmmu moved it (journal format 2 on): written as
+    /// `originalDriver(a, .some(nil))` it would read back as "forget", the synthesized
+    /// format writing both as null.
+    case originalDriverNone(PCIAddress)
+
+    /// Where a device was before vsmmu moves it: its driver, or none.
+    static func remembering(_ a: PCIAddress, _ driver: String?) -> HoldingPatch {
+        driver.map { .originalDriver(a, .some($0)) } ?? .originalDriverNone(a)
+    }
 }
 
 extension Holdings {
@@ -262,6 +362,9 @@ extension Holdings {
         case .vsmmu(let g, let v, let h): guests[g]?.vsmmus[v] = h
         case .originalDriver(let a, let d):
             if let d { originalDrivers[a] = .some(d) } else { originalDrivers[a] = nil }
+            unknownOriginalDrivers?.remove(a)
+        case .originalDriverNone(let a):
+            originalDrivers[a] = .some(nil)
             unknownOriginalDrivers?.remove(a)
         case .originalDriverUnknown(let a):
             originalDrivers[a] = nil

@@ -29,39 +29,84 @@ public struct Corpus: Sendable {
         public var name: String
         public var line: Int
         public var calls: [Call]
+        /// Made by a `generate` line: its results print as `CASE:LINE OP -> RESULT` (the
+        /// arguments are in `vsmmu-fidelity generate PROFILE --seed N`, line LINE).
+        public var generated = false
+    }
+
+    /// A `generate PROFILE FIRST-LAST` line: the cases of those seeds, and a fingerprint of
+    /// their text, which the runner prints first so that a recording made by another
+    /// generator does not pass as this one's.
+    public struct Generated: Sendable, Equatable {
+        public var line: Int
+        public var profile: GeneratorProfile
+        public var seeds: ClosedRange<UInt64>
+        public var fingerprint: UInt64
     }
 
     public var hostPath: String?
     public var device: PCIAddress?
     public var cases: [Case]
+    public var generated: [Generated] = []
 
     /// Every op the runner knows, with the arguments it requires and those it accepts.
-    static let ops: [String: (required: [String], optional: [String])] = [
-        "ioas_alloc": ([], []),
-        "destroy": (["id"], []),
-        "iova_ranges": (["ioas"], []),
-        "memfd": (["size"], []),
-        "map_file": (["ioas", "mem", "length", "iova", "flags"], ["offset"]),
-        "unmap": (["ioas", "iova", "length"], []),
-        "hwpt_alloc": (["dev", "pt"], ["flags", "type", "data"]),
-        "hw_info": (["dev"], ["type"]),
-        "viommu_alloc": (["type", "dev", "hwpt"], ["data"]),
-        "vdevice_alloc": (["viommu", "dev", "virt"], []),
-        "veventq_alloc": (["viommu", "type", "depth"], []),
-        "close_eventq": (["q"], []),
-        "hw_queue_alloc": (["viommu", "type", "index", "iova", "length"], []),
-        "mock_domain": (["pt"], []),
-        "mock_replace": (["stdev", "pt"], []),
-        "device_open": ([], []),
-        "bind": (["dev"], []),
-        "attach": (["dev", "pt"], []),
-        "detach": (["dev"], []),
-        "device_close": (["dev"], []),
-        "invalidate": (["hwpt", "entry_len", "entries"], ["type", "num"]),
-        // RLIMIT_MEMLOCK = limit and no CAP_IPC_LOCK until the case ends (no limit: put back)
-        "memlock": ([], ["limit"]),
-        "option": (["option"], ["id", "set"]),
-    ]
+    /// Every op that issues an iommufd ioctl (or binds a cdev to a context) also accepts
+    /// `fd=NAME`: a context opened by `NAME = iommufd`; without it, the case's first context.
+    static let ops: [String: (required: [String], optional: [String])] = {
+        let onContext: [String: (required: [String], optional: [String])] = [
+            "ioas_alloc": ([], []),
+            "destroy": (["id"], []),
+            "iova_ranges": (["ioas"], []),
+            "map_file": (["ioas", "mem", "length", "iova", "flags"], ["offset"]),
+            // IOMMU_IOAS_MAP from this process's memory: `buf` (an `mmap`) plus `offset`, or a
+            // raw user address `va=` (EFAULT once pinned when nothing is mapped there).
+            "map_user": (["ioas", "length", "iova", "flags"], ["buf", "offset", "va"]),
+            "unmap": (["ioas", "iova", "length"], []),
+            "hwpt_alloc": (["dev", "pt"], ["flags", "type", "data"]),
+            "hw_info": (["dev"], ["type"]),
+            "viommu_alloc": (["type", "dev", "hwpt"], ["data"]),
+            "vdevice_alloc": (["viommu", "dev", "virt"], []),
+            "veventq_alloc": (["viommu", "type", "depth"], []),
+            "close_eventq": (["q"], []),
+            "hw_queue_alloc": (["viommu", "type", "index", "iova", "length"], []),
+            "mock_domain": (["pt"], []),
+            "mock_replace": (["stdev", "pt"], []),
+            "bind": (["dev"], []),
+            "invalidate": (["hwpt", "entry_len", "entries"], ["type", "num"]),
+            // close(2) of a context; later calls naming it get EBADF.
+            "close": ([], []),
+            "option": (["option"], ["id", "set"]),
+        ]
+        typealias Shape = (required: [String], optional: [String])
+        var all: [String: Shape] = onContext.mapValues { ($0.required, $0.optional + ["fd"]) }
+        let other: [String: Shape] = [
+            // another /dev/iommu context, named by the result
+            "iommufd": ([], []),
+            // a process exit: every fd the case holds closes (cdevs, event fds, contexts,
+            // memfds) and its mappings go; the case goes on with a fresh first context
+            "exit": ([], []),
+            "memfd": (["size"], []),
+            // private anonymous memory in the runner's process (for `map_user buf=`)
+            "mmap": (["size"], []),
+            "munmap": (["buf"], []),
+            "device_open": ([], []),
+            "attach": (["dev", "pt"], []),
+            "detach": (["dev"], []),
+            "device_close": (["dev"], []),
+            // the binding writes on the corpus's `device` (docs/kernel-interface.md §8): each
+            // prints the driver and driver_override after the write
+            "override": (["driver"], []),
+            "unbind": (["driver"], []),
+            "probe": ([], []),
+            // the device's IOMMU group: its members and their drivers (viable when every
+            // member is on a VFIO driver or none)
+            "group": ([], []),
+            // RLIMIT_MEMLOCK = limit and no CAP_IPC_LOCK until the case ends (no limit: put back)
+            "memlock": ([], ["limit"]),
+        ]
+        for (op, shape) in other { all[op] = shape }
+        return all
+    }()
 
     /// Names for the uAPI numbers a corpus uses most (docs/kernel-interface.md §2, §5, §7): the typed
     /// values' C names, with the kind as prefix where the bare name would be ambiguous.
@@ -87,6 +132,14 @@ public struct Corpus: Sendable {
         public var description: String { "line \(line): \(message)" }
     }
 
+    public static func seedRange(_ raw: String) -> ClosedRange<UInt64>? {
+        let parts = raw.split(separator: "-", maxSplits: 1).map(String.init)
+        guard let first = parts.first.flatMap({ UInt64($0) }) else { return nil }
+        let last = parts.count == 2 ? UInt64(parts[1]) : first
+        guard let last, last >= first else { return nil }
+        return first...last
+    }
+
     public static func parse(_ text: String) throws(ParseError) -> Corpus {
         var corpus = Corpus(hostPath: nil, device: nil, cases: [])
         var names: Set<String> = []
@@ -102,6 +155,23 @@ public struct Corpus: Sendable {
             case "device":
                 guard words.count == 2, let address = PCIAddress(words[1]) else { throw ParseError(line: line, message: "`device` takes one PCI address") }
                 corpus.device = address
+            case "generate":
+                guard words.count == 3, let profile = GeneratorProfile(rawValue: words[1]), let seeds = Self.seedRange(words[2]) else {
+                    throw ParseError(line: line, message: "`generate` takes a profile (\(GeneratorProfile.allCases.map(\.rawValue).joined(separator: ", "))) and seeds FIRST-LAST")
+                }
+                var fingerprint = Fingerprint()
+                for seed in seeds {
+                    let text = Generator(profile: profile, seed: seed).text()
+                    fingerprint.add(text)
+                    var sub: Corpus
+                    do { sub = try parse(text) } catch { throw ParseError(line: line, message: "seed \(seed) generated a bad line \(error.line): \(error.message)") }
+                    for var c in sub.cases {
+                        if !names.insert(c.name).inserted { throw ParseError(line: line, message: "case '\(c.name)' is defined twice") }
+                        c.generated = true
+                        corpus.cases.append(c)
+                    }
+                }
+                corpus.generated.append(Generated(line: line, profile: profile, seeds: seeds, fingerprint: fingerprint.value))
             case "case":
                 guard words.count == 2 else { throw ParseError(line: line, message: "`case` takes one name") }
                 if !names.insert(words[1]).inserted { throw ParseError(line: line, message: "case '\(words[1])' is defined twice") }

@@ -24,32 +24,45 @@ public struct CorpusRunner {
             vfioIndex = index
             original = .some(driver)
         }
-        var out: [String] = []
-        for c in corpus.cases { out += runCase(c, vfioIndex: vfioIndex) }
+        var out: [String] = corpus.generated.map {
+            "generate:\($0.line) \($0.profile.rawValue) \($0.seeds.lowerBound)-\($0.seeds.upperBound) fingerprint 0x\(String($0.fingerprint, radix: 16))"
+        }
+        for c in corpus.cases {
+            out += runCase(c, vfioIndex: vfioIndex)
+            // a case that moved the device leaves it as the next one expects: on vfio-pci
+            if let address = corpus.device, let problem = onVFIOAgain(address) { out.append("\(c.name):0 back on vfio-pci -> \(problem)") }
+        }
         if let address = corpus.device, case .some(let driver) = original { try restore(address, to: driver) }
         return out
     }
 
     // MARK: one case
 
+    /// A closed context's handle: every call on it is EBADF on every kernel (the number a
+    /// closed fd had may be reused by the next open).
+    static let closedContext = IommufdHandle(fd: -1)
+    static let closedDevice = DeviceHandle(fd: -1)
+
     struct Scope {
         var ids: [String: UInt64] = [:]
         var memories: [String: GuestMemory] = [:]
         var devices: [String: DeviceHandle] = [:]
-        var eventFDs: [String: KernelFile] = [:]
+        var eventFDs: [String: (context: IommufdHandle, file: KernelFile)] = [:]
+        /// The case's first context, then those opened by `iommufd`.
+        var first = CorpusRunner.closedContext
+        var contexts: [String: IommufdHandle] = [:]
         var memlockLimited = false
     }
 
     func runCase(_ c: Corpus.Case, vfioIndex: Int?) -> [String] {
         var out: [String] = []
-        let fd: IommufdHandle
-        do { fd = try port.openIommufd() } catch { return ["\(c.name):\(c.line) open /dev/iommu -> \(error.errno.name)"] }
         var scope = Scope()
+        do { scope.first = try port.openIommufd() } catch { return ["\(c.name):\(c.line) open /dev/iommu -> \(error.errno.name)"] }
         for call in c.calls {
             let args = call.args.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-            let head = "\(c.name):\(call.line) \(call.op)" + (args.isEmpty ? "" : " " + args)
+            let head = "\(c.name):\(call.line) \(call.op)" + (args.isEmpty || c.generated ? "" : " " + args)
             do {
-                let result = try perform(call, fd: fd, scope: &scope, vfioIndex: vfioIndex)
+                let result = try perform(call, scope: &scope, vfioIndex: vfioIndex)
                 out.append("\(head) -> ok" + (result.isEmpty ? "" : " " + result))
             } catch let error as KernelCallError {
                 // A failed call's name stands for ID 0 (never an object), so that later calls
@@ -57,27 +70,43 @@ public struct CorpusRunner {
                 if let name = call.result {
                     scope.ids[name] = 0
                     if call.op == "mock_domain" { for f in ["stdev", "hwpt", "idev"] { scope.ids[name + "." + f] = 0 } }
+                    // a cdev that did not open is fd -1: calls on it are EBADF on every kernel
+                    if call.op == "device_open" { scope.devices[name] = Self.closedDevice }
                 }
                 out.append("\(head) -> \(error.errno.name)")
             } catch {
                 out.append("\(head) -> corpus error: \(error)")
             }
         }
-        for (_, dev) in scope.devices.sorted(by: { $0.key < $1.key }) { port.close(dev) }
-        for (_, file) in scope.eventFDs.sorted(by: { $0.key < $1.key }) { port.closeEventFD(fd, file) }
-        port.close(fd)
-        for (_, memory) in scope.memories.sorted(by: { $0.key < $1.key }) { port.releaseGuestMemory(memory) }
+        closeEverything(&scope)
         if scope.memlockLimited {
             do { try port.limitLockedMemory(nil) } catch { out.append("\(c.name):\(c.line) memlock (put back at the end) -> \(error.errno.name)") }
         }
         return out
     }
 
+    /// What a process exit closes: cdevs, event fds, contexts; then its memory goes.
+    func closeEverything(_ scope: inout Scope) {
+        for (_, dev) in scope.devices.sorted(by: { $0.key < $1.key }) where dev != Self.closedDevice { port.close(dev) }
+        for (_, q) in scope.eventFDs.sorted(by: { $0.key < $1.key }) { port.closeEventFD(q.context, q.file) }
+        for fd in [scope.first] + scope.contexts.sorted(by: { $0.key < $1.key }).map(\.value) where fd != Self.closedContext { port.close(fd) }
+        for (_, memory) in scope.memories.sorted(by: { $0.key < $1.key }) { port.releaseGuestMemory(memory) }
+        scope.devices = [:]; scope.eventFDs = [:]; scope.contexts = [:]; scope.memories = [:]
+        scope.first = Self.closedContext
+    }
+
     struct CorpusError: Error, CustomStringConvertible { var description: String }
 
     /// Performs one call; returns what it printed after `ok`.
-    func perform(_ call: Corpus.Call, fd: IommufdHandle, scope: inout Scope, vfioIndex: Int?) throws -> String {
+    func perform(_ call: Corpus.Call, scope: inout Scope, vfioIndex: Int?) throws -> String {
         func text(_ key: String) -> String? { call.args.first { $0.key == key }?.value }
+        let fd: IommufdHandle
+        if let name = text("fd") {
+            guard let named = scope.contexts[name] else { throw CorpusError(description: "fd=\(name) names no context (`NAME = iommufd`)") }
+            fd = named
+        } else {
+            fd = scope.first
+        }
         func number(_ key: String, default value: UInt64? = nil) throws -> UInt64 {
             guard let raw = text(key) else {
                 if let value { return value }
@@ -139,11 +168,12 @@ public struct CorpusRunner {
         case "veventq_alloc":
             let r = try port.veventqAlloc(fd, viommuID: try id("viommu"), type: VEventQType(rawValue: try u32("type")), depth: try u32("depth"))
             bindID(UInt64(r.id))
-            if let name = call.result { scope.eventFDs[name] = r.eventFD }
+            if let name = call.result { scope.eventFDs[name] = (fd, r.eventFD) }
             return "\(r.id)"
         case "close_eventq":
-            guard let raw = text("q"), let file = scope.eventFDs.removeValue(forKey: raw) else { throw CorpusError(description: "q= names no open vEVENTQ") }
-            port.closeEventFD(fd, file); return ""
+            // a vEVENTQ whose allocation failed has no fd: nothing to close, on any kernel
+            guard let raw = text("q"), let q = scope.eventFDs.removeValue(forKey: raw) else { return "none open" }
+            port.closeEventFD(q.context, q.file); return ""
         case "hw_queue_alloc":
             let id = try port.hwQueueAlloc(fd, viommuID: try id("viommu"), type: HWQueueType(rawValue: try u32("type")), index: try u32("index"),
                                            iova: try number("iova"), length: try number("length"))
@@ -157,12 +187,50 @@ public struct CorpusRunner {
         case "mock_replace":
             let id = try port.mockDomainReplace(fd, stdevID: try id("stdev"), ptID: try id("pt"))
             return "\(id)"
+        case "iommufd":
+            let handle = try port.openIommufd()
+            guard let name = call.result else { port.close(handle); return "" }
+            if let old = scope.contexts[name], old != Self.closedContext { port.close(old) }
+            scope.contexts[name] = handle
+            return ""
+        case "close":
+            if fd != Self.closedContext { port.close(fd) }
+            if let name = text("fd") { scope.contexts[name] = Self.closedContext } else { scope.first = Self.closedContext }
+            return ""
+        case "exit":
+            closeEverything(&scope)
+            scope.first = try port.openIommufd()
+            return ""
+        case "mmap":
+            let memory = try port.createGuestMemory(name: call.result ?? "corpus", size: try number("size"), backing: .anonymous, hugepageSize: nil)
+            if let name = call.result { scope.memories[name] = memory }
+            return ""
+        case "munmap":
+            guard let raw = text("buf"), let memory = scope.memories.removeValue(forKey: raw) else { throw CorpusError(description: "buf= names no mmap") }
+            port.releaseGuestMemory(memory); return ""
+        case "map_user":
+            let va: UInt64
+            if let raw = text("buf") {
+                guard let memory = scope.memories[raw], memory.file == nil else { throw CorpusError(description: "buf= names no mmap") }
+                va = memory.userVA &+ (try number("offset", default: 0))
+            } else {
+                va = try number("va")
+            }
+            let iova = try port.ioasMap(fd, ioas: try id("ioas"), flags: IOASMapFlags(rawValue: try u32("flags")), source: .userVA(va),
+                                        length: try number("length"), iova: try number("iova"))
+            bindID(iova); return hex(iova)
+        case "override", "unbind", "probe", "group":
+            guard let address = corpus.device else { throw CorpusError(description: "the corpus names no `device`") }
+            return try binding(call.op, address: address, driver: text("driver"))
         case "device_open":
             guard let vfioIndex else { throw CorpusError(description: "the corpus names no `device`") }
             let dev = try port.openVfioDevice(index: vfioIndex)
             if let name = call.result { scope.devices[name] = dev }
             return ""
         case "bind":
+            // vsmmu-remote answers EBADF for an fd it does not hold before the kernel looks
+            // (which refuses an already bound cdev first): the answer would not be the kernel's
+            if fd == Self.closedContext { bindID(0); return "closed context (not sent)" }
             let id = try port.bindIommufd(try device("dev"), iommufd: fd); bindID(UInt64(id)); return "\(id)"
         case "attach":
             let id = try port.attach(try device("dev"), ptID: try id("pt")); return "\(id)"
@@ -171,7 +239,8 @@ public struct CorpusRunner {
         case "device_close":
             let dev = try device("dev")
             if let raw = text("dev") { scope.devices[raw] = nil }
-            port.close(dev); return ""
+            if dev != Self.closedDevice { port.close(dev) }
+            return ""
         case "memlock":
             let limit = text("limit") == nil ? nil : try number("limit")
             try port.limitLockedMemory(limit)
@@ -194,6 +263,43 @@ public struct CorpusRunner {
     }
 
     // MARK: the device
+
+    /// The binding writes and the group read (docs/kernel-interface.md §8); each prints
+    /// where the device is afterwards.
+    func binding(_ op: String, address: PCIAddress, driver: String?) throws -> String {
+        switch op {
+        case "override": try port.writeDriverOverride(address, driver == "none" ? nil : driver)
+        case "unbind": try port.unbindDriver(address, driver: driver ?? "")
+        case "probe": try port.driversProbe(address)
+        default:
+            guard let group = try port.pciDevice(address)?.iommuGroup else { return "no group" }
+            var out = "group \(group):"
+            var viable = true
+            for member in try port.iommuGroupMembers(group) {
+                let driver = try port.pciDevice(member)?.driver
+                if let driver, !driver.hasPrefix("vfio") { viable = false }
+                out += " \(member) \(driver ?? "none")"
+            }
+            return out + (viable ? " viable" : " not viable")
+        }
+        guard let after = try port.pciDevice(address) else { return "gone" }
+        return "driver \(after.driver ?? "none") override \(after.driverOverride ?? "none")"
+    }
+
+    /// Puts the device back on vfio-pci with driver_override vfio-pci (as `bindToVFIO`
+    /// left it) when a case moved it; returns what failed.
+    func onVFIOAgain(_ address: PCIAddress) -> String? {
+        do {
+            guard let now = try port.pciDevice(address) else { return "no device" }
+            if now.driver == "vfio-pci" && now.driverOverride == "vfio-pci" { return nil }
+            try port.writeDriverOverride(address, "vfio-pci")
+            if let driver = now.driver, driver != "vfio-pci" { try port.unbindDriver(address, driver: driver) }
+            if now.driver != "vfio-pci" { try port.driversProbe(address) }
+            return try port.pciDevice(address)?.driver == "vfio-pci" ? nil : "not bound"
+        } catch {
+            return "\(error)"
+        }
+    }
 
     func bindToVFIO(_ address: PCIAddress) throws(SetupError) -> (index: Int, original: String?) {
         do {

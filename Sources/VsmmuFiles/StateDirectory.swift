@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 
 /// A directory vsmmu keeps state in (the state directory, its `sim/`), opened once and
 /// checked: every file in it is reached with openat(2) from that fd and O_NOFOLLOW, so
@@ -44,6 +45,17 @@ public final class StateDirectory: @unchecked Sendable {
     }
 
     deinit { _ = Glibc.close(fd) }
+
+    /// Every fsync(2) vsmmu makes of a file in this directory goes through here, so tests
+    /// can count them (a figure a benchmark depends on, never timed in a test).
+    public func sync(_ file: Int32) -> Bool {
+        syncCounter.add(1, ordering: .relaxed)
+        return fsync(file) == 0
+    }
+
+    /// How many fsyncs `sync` has made.
+    public var syncs: Int { syncCounter.load(ordering: .relaxed) }
+    private let syncCounter = Atomic<Int>(0)
 
     /// A subdirectory (created 0700 when `create`), opened from this one without following links.
     public func subdirectory(_ name: String, create: Bool = true) throws(Failure) -> StateDirectory {
@@ -100,7 +112,7 @@ public final class StateDirectory: @unchecked Sendable {
         let tmp = ".\(name).tmp.\(getpid())"
         _ = unlinkat(fd, tmp, 0)   // a leftover of a killed run of this pid
         let f = try open(tmp, O_WRONLY | O_CREAT | O_EXCL)
-        let ok = Self.writeAll(f, bytes) && fsync(f) == 0
+        let ok = Self.writeAll(f, bytes) && sync(f)
         let e = errno
         _ = Glibc.close(f)
         guard ok else {
@@ -112,7 +124,7 @@ public final class StateDirectory: @unchecked Sendable {
             _ = unlinkat(fd, tmp, 0)
             throw Failure("cannot rename \(path)/\(tmp) to \(name): \(Self.text(e))", errno: e)
         }
-        _ = fsync(fd)
+        _ = sync(fd)
     }
 
     /// Removes `name` (a link itself, never its target); a missing file is fine.

@@ -76,6 +76,8 @@ public struct HostIOMMU: Hashable, Sendable, Codable {
 /// listed in the device's `unknown`.
 public enum DeviceFact: String, Hashable, Sendable, Codable, CaseIterable {
     case vfioDriver, ats, pasidWidth, canwbs, bars
+    /// A bridge's ACS Control register (config space past 256 bytes: root only).
+    case acsControl
 }
 
 /// One memory BAR as sysfs `resource` shows it.
@@ -113,6 +115,11 @@ public struct HostPCIDevice: Hashable, Sendable, Codable {
     public var bars: [PCIBar]?
     /// Facts discovery could not read: their values above are absent or placeholders.
     public var unknown: [DeviceFact]
+    // The PCI hierarchy, for peer-to-peer paths (docs/contract.md §3 "Bridges and ACS").
+    /// A bridge: the bus directly below it (config offset 0x19); nil for an endpoint.
+    public var secondaryBus: Int?
+    /// The ACS Control register of a port with the ACS extended capability; nil without one.
+    public var acsControl: UInt16?
 
     public init(address: PCIAddress, vendor: UInt16, device: UInt16, classCode: UInt32, driver: String?,
                 iommuGroup: Int?, iommu: String?, numaNode: Int, vfioDriver: String? = nil, ats: Bool? = nil,
@@ -125,6 +132,7 @@ public struct HostPCIDevice: Hashable, Sendable, Codable {
 
     private enum CodingKeys: String, CodingKey {
         case address, vendor, device, classCode, driver, iommuGroup, iommu, numaNode, vfioDriver, ats, pasidWidth, canwbs, bars, unknown
+        case secondaryBus, acsControl
     }
 
     // Written by hand so that JSON saved before the per-device facts existed still decodes.
@@ -138,6 +146,8 @@ public struct HostPCIDevice: Hashable, Sendable, Codable {
                   pasidWidth: try c.decodeIfPresent(Int.self, forKey: .pasidWidth), canwbs: try c.decodeIfPresent(Bool.self, forKey: .canwbs),
                   bars: try c.decodeIfPresent([PCIBar].self, forKey: .bars),
                   unknown: try c.decodeIfPresent([DeviceFact].self, forKey: .unknown) ?? [])
+        secondaryBus = try c.decodeIfPresent(Int.self, forKey: .secondaryBus)
+        acsControl = try c.decodeIfPresent(UInt16.self, forKey: .acsControl)
     }
 
     public func isUnknown(_ fact: DeviceFact) -> Bool { unknown.contains(fact) }
@@ -159,4 +169,28 @@ public enum VFIODriver {
         driver == genericVFIODriver || driver.hasSuffix("_vfio_pci") || driver.hasSuffix("-vfio-pci")
     }
     public static func isVFIO(_ driver: String?) -> Bool { driver.map { isVFIO($0) } ?? false }
+}
+
+/// The ACS Control register (PCIe ACS extended capability, ID 0x000d, control at +6):
+/// which peer-to-peer traffic a downstream or root port sends up to the root complex.
+public struct ACSControl: OptionSet, Hashable, Sendable {
+    public let rawValue: UInt16
+    public init(rawValue: UInt16) { self.rawValue = rawValue }
+    public static let sourceValidation = ACSControl(rawValue: 1 << 0)
+    public static let translationBlocking = ACSControl(rawValue: 1 << 1)
+    public static let p2pRequestRedirect = ACSControl(rawValue: 1 << 2)
+    public static let p2pCompletionRedirect = ACSControl(rawValue: 1 << 3)
+    public static let upstreamForwarding = ACSControl(rawValue: 1 << 4)
+    public static let p2pEgressControl = ACSControl(rawValue: 1 << 5)
+    public static let directTranslatedP2P = ACSControl(rawValue: 1 << 6)
+    /// The bits that send peer traffic to the root complex instead of across the switch.
+    public static let redirecting: ACSControl = [.p2pRequestRedirect, .p2pCompletionRedirect, .upstreamForwarding]
+
+    /// Short names of the set bits, as lspci writes them.
+    public var names: [String] {
+        let all: [(ACSControl, String)] = [(.sourceValidation, "SrcValid"), (.translationBlocking, "TransBlk"), (.p2pRequestRedirect, "ReqRedir"),
+                                            (.p2pCompletionRedirect, "CmpltRedir"), (.upstreamForwarding, "UpstreamFwd"),
+                                            (.p2pEgressControl, "EgressCtrl"), (.directTranslatedP2P, "DirectTrans")]
+        return all.filter { contains($0.0) }.map(\.1)
+    }
 }

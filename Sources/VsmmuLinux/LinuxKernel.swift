@@ -31,6 +31,9 @@ public final class LinuxKernel: KernelPort {
     }
 
     let sysfsRootPath: String
+    /// PAGE_SIZE once read: a running kernel's never changes, and reading it (smaps) walks
+    /// every mapping of the reader, on each plan of the agent (docs/live-speed.md §3).
+    var pageSizeRead: UInt64?
     /// Where procfs is mounted: who holds a device open (tests move it).
     public var procRoot = "/proc"
 

@@ -42,6 +42,8 @@ public enum HostSchema {
         SchemaField("pasidWidth", .scalar(.uint(max: 20), description: "this device's PASID width in bits, 0 without PASID; absent: the IOMMU's ssidSize")),
         SchemaField("canwbs", .scalar(.bool, description: "ARM: this master's coherent walks (IORT CANWBS), what a vIOMMU needs; absent: the IOMMU's coherent")),
         SchemaField("bars", .array(bar, description: "memory BARs (sysfs resource)")),
+        SchemaField("secondaryBus", .scalar(.uint(max: 255), description: "a bridge: the bus directly below it (config space 0x19); peer paths follow it")),
+        SchemaField("acsControl", .scalar(.uint(max: 0xffff), description: "a bridge's ACS Control register (ACS extended capability +6); absent: no ACS capability, or listed in unknown when config space could not be read")),
         SchemaField("unknown", .array(.scalar(.choice(DeviceFact.allCases.map(\.rawValue)), description: "a per-device fact"),
                                       description: "per-device facts vsmmu host could not read; the validator refuses to rely on them")),
     ], description: "a PCI device as sysfs shows it")
@@ -126,6 +128,8 @@ extension HostDescription {
         d.canwbs = c["canwbs"]?.bool
         d.bars = bars
         d.unknown = unknown
+        d.secondaryBus = c["secondaryBus"]?.uint.map { Int($0) }
+        d.acsControl = c["acsControl"]?.uint.map { UInt16($0) }
         return d
     }
 
@@ -166,6 +170,8 @@ extension HostDescription {
             if let bars = d.bars {
                 o += "    bars: [" + bars.map { "{ index: \($0.index), size: \(YAMLText.size($0.size)), prefetchable: \($0.prefetchable), bits64: \($0.bits64) }" }.joined(separator: ", ") + "]\n"
             }
+            if let b = d.secondaryBus { o += "    secondaryBus: \(YAMLText.hex(UInt64(b), width: 2))\n" }
+            if let a = d.acsControl { o += "    acsControl: \(YAMLText.hex(UInt64(a), width: 4))\n" }
             if !d.unknown.isEmpty { o += "    unknown: [\(d.unknown.map(\.rawValue).joined(separator: ", "))]\n" }
         }
         return o

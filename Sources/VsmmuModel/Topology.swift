@@ -36,10 +36,19 @@ public struct Device: Hashable, Sendable {
     public var name: String
     public var host: DeviceSource
     public var slot: Int?
+    /// NUMA layout fields (GuestLayoutFields.swift).
+    public var layout = DeviceLayoutFields()
     public var mark: Mark
     public var nameMark: Mark
     public var hostMark: Mark
     public var slotMark: Mark?
+    // Placement (docs/contract.md §2 "Placement"): see Placement.swift.
+    /// `vsmmu:` of a device in the guest's `devices:` list; `.none` under a vSMMU's own list.
+    public var placement: DevicePlacement = .none
+    public var placementMark: Mark?
+    /// `peer:`: another device of the guest it talks to peer-to-peer (a GPU's NIC).
+    public var peer: String?
+    public var peerMark: Mark?
 }
 
 public struct MemoryRegion: Hashable, Sendable {
@@ -105,13 +114,18 @@ public enum TopologySchema {
     public static let device: SchemaType = .object([
         SchemaField("name", .scalar(.name, description: "unique within the guest"), required: true),
         SchemaField("host", .scalar(.deviceHost, description: "host PCI address domain:bus:slot.function, or selftest:N for a kernel self-test mock device"), required: true),
+        GuestLayoutSchema.genericInitiators,
         SchemaField("slot", .scalar(.uint(max: 31), description: "root-port slot on this vSMMU's bus (allocated if absent)")),
+        PlacementSchema.peer,
     ], description: "a passthrough PCI device")
 
     public static let directDevice: SchemaType = .object([
         SchemaField("name", .scalar(.name, description: "unique within the guest"), required: true),
+        GuestLayoutSchema.genericInitiators,
         SchemaField("host", .scalar(.deviceHost, description: "host PCI address domain:bus:slot.function"), required: true),
-    ], description: "a passthrough device with no vSMMU, attached straight to the stage-2")
+        PlacementSchema.vsmmu,
+        PlacementSchema.peer,
+    ], description: "a passthrough device: with no vSMMU (attached straight to the stage-2), or placed by vsmmu: auto")
 
     public static let memory: SchemaType = .object([
         SchemaField("name", .scalar(.name, description: "unique within the guest"), required: true),
@@ -139,7 +153,7 @@ public enum TopologySchema {
         SchemaField("user", .scalar(.userOrUID, description: "owner of the VFIO cdevs (user or uid)")),
         SchemaField("memory", .array(memory, description: "guest RAM regions")),
         SchemaField("vsmmus", .array(vsmmu, description: "accelerated vSMMU instances")),
-        SchemaField("devices", .array(directDevice, description: "passthrough devices with no vSMMU")),
+        SchemaField("devices", .array(directDevice, description: "passthrough devices: with no vSMMU, or with vsmmu: auto placed behind the vSMMU of their physical SMMU")),
     ], description: "a virtual machine")
 
     public static let root: SchemaType = .object([
@@ -172,7 +186,7 @@ extension Guest {
             user: user,
             memory: (c["memory"]?.array ?? []).map(MemoryRegion.extract),
             vsmmus: (c["vsmmus"]?.array ?? []).map(VSMMU.extract),
-            devices: (c["devices"]?.array ?? []).map(Device.extract),
+            devices: (c["devices"]?.array ?? []).map(Device.extractWithLayout),
             mark: c.mark, nameMark: c["name"]?.mark ?? c.mark, userMark: c["user"]?.mark)
     }
 }
@@ -185,8 +199,13 @@ extension Device {
         case .selftest(let n): source = .selftest(n)
         default: break
         }
-        return Device(name: c["name"]?.string ?? "", host: source, slot: c["slot"]?.uint.map { Int($0) },
-                      mark: c.mark, nameMark: c["name"]?.mark ?? c.mark, hostMark: c["host"]?.mark ?? c.mark, slotMark: c["slot"]?.mark)
+        var d = Device(name: c["name"]?.string ?? "", host: source, slot: c["slot"]?.uint.map { Int($0) },
+                       mark: c.mark, nameMark: c["name"]?.mark ?? c.mark, hostMark: c["host"]?.mark ?? c.mark, slotMark: c["slot"]?.mark)
+        d.placement = DevicePlacement(c["vsmmu"]?.string)
+        d.placementMark = c["vsmmu"]?.mark
+        d.peer = c["peer"]?.string
+        d.peerMark = c["peer"]?.mark
+        return d
     }
 }
 
@@ -222,7 +241,7 @@ extension VSMMU {
             busNumber: c["busNumber"]?.uint.map { Int($0) },
             identifier: c["identifier"]?.uint.map { Int($0) },
             ats: sw("ats"), ril: sw("ril"), ssidSize: av("ssidSize"), oas: av("oas"), cmdqv: sw("cmdqv"),
-            devices: (c["devices"]?.array ?? []).map(Device.extract),
+            devices: (c["devices"]?.array ?? []).map(Device.extractWithLayout),
             mark: c.mark, fieldMarks: marks)
     }
 }

@@ -20,6 +20,11 @@ public struct ValidationResult: Sendable {
     public var diagnostics: [Diagnostic]
     /// Keyed by "guest/vsmmu"; empty without a host.
     public var resolved: [String: ResolvedVSMMU]
+    /// The topology after placement (docs/contract.md §2 "Placement"): every device under a
+    /// vSMMU or on the stage-2. What the planner, the allocations and the VMM layout use.
+    public var placed: Topology
+    /// What placement decided and every `auto` resolved, by guest name.
+    public var placements: [String: GuestPlacement] = [:]
     public var isValid: Bool { diagnostics.isEmpty }
 }
 
@@ -39,11 +44,23 @@ public struct Validator {
     let index: HostIndex?
     var bag: DiagnosticBag
     var resolved: [String: ResolvedVSMMU] = [:]
+    var placements: [String: GuestPlacement] = [:]
+    /// Why each `auto` of a vSMMU resolved as it did, keyed by "guest/vsmmu".
+    var autoReasons: [String: [AutoResolution]] = [:]
 
     public static func validate(_ topology: Topology, host: HostDescription?) -> ValidationResult {
-        var v = Validator(topology: topology, host: host, index: host.map(HostIndex.init), bag: DiagnosticBag(file: topology.file))
+        let index = host.map(HostIndex.init)
+        var placed = topology
+        var placements: [String: GuestPlacement] = [:]
+        for (i, g) in topology.guests.enumerated() {
+            let (p, report) = Placement.place(g, host: host, index: index)
+            placed.guests[i] = p
+            placements[g.name] = report
+        }
+        var v = Validator(topology: placed, host: host, index: index, bag: DiagnosticBag(file: topology.file))
+        v.placements = placements
         v.run()
-        return ValidationResult(diagnostics: v.bag.sorted, resolved: v.resolved)
+        return ValidationResult(diagnostics: v.bag.sorted, resolved: v.resolved, placed: placed, placements: v.finishedPlacements())
     }
 
     mutating func run() {
@@ -53,8 +70,11 @@ public struct Validator {
             memoryRules(guest)
             busRules(guest)
             vsmmuShapeRules(guest)
+            placementShapeRules(guest)
+            layoutRules(guest)
             if let host {
                 hostRules(guest, host: host)
+                peerRules(guest, host: host)
             }
         }
         if let host { groupRules(host) }
@@ -446,6 +466,10 @@ public struct Validator {
         }
         if s.physical == nil { autos.insert("physical") }
         if ok {
+            let narrowest = pci.min { $0.1.effectivePASIDWidth(behind: iommu) < $1.1.effectivePASIDWidth(behind: iommu) }
+            autoReasons["\(guest.name)/\(s.name)"] = AutoReasons.of(s, iommu: iommu, ats: ats, ril: ril, ssid: ssid, oas: oas, cmdqv: cmdqv,
+                noATS: pci.filter { !$0.1.effectiveATS(behind: iommu) }.map { "\($0.0.name) (\($0.0.host))" },
+                narrowest: narrowest.flatMap { n in n.1.effectivePASIDWidth(behind: iommu) < hostSSID ? "\(n.0.name) (\(n.1.effectivePASIDWidth(behind: iommu)) bits)" : nil })
             resolved["\(guest.name)/\(s.name)"] = ResolvedVSMMU(
                 guest: guest.name, vsmmu: s.name, physical: iommu.name, physicalType: iommu.type,
                 ats: ats, ril: ril, ssidSize: ssid, oas: oas, cmdqv: cmdqv, autoFields: autos)
@@ -475,7 +499,8 @@ public struct Validator {
             }
             if iommu.type == .armSMMUv3 && iommu.coherent && hd.canwbs == false {
                 bag.error("\(what) is not CANWBS (canwbs: false): the kernel refuses it under an accelerated vSMMU (VIOMMU_ALLOC EOPNOTSUPP through it, EINVAL attaching it to a coherent stage-2)",
-                          at: d.hostMark, hint: "move it to the guest's `devices:` list to pass it through without a vSMMU")
+                          at: d.hostMark, hint: d.placement == .none ? "move it to the guest's `devices:` list to pass it through without a vSMMU"
+                              : "write vsmmu: none for it (it asked for vsmmu: \(d.placement.text)) to pass it through without a vSMMU")
                 ok = false
             }
             if s.ats == .on && iommu.ats && hd.ats == false {

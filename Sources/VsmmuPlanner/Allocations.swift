@@ -26,6 +26,8 @@ public struct GuestAllocation: Codable, Hashable, Sendable {
     /// What the guest saw when its topology was last applied (every guest-visible value):
     /// a change to any of them is a change of the plan even where no kernel object moves.
     public var layout: GuestLayout?
+    /// The guest's facts when its topology was last planned (`vsmmu show` prints them).
+    public var facts: GuestFacts?
     public var vsmmus: [String: VSMMUAllocation] = [:]
     /// Root ports on pcie.0 for devices with no vSMMU.
     public var rootPorts = PortAllocation()

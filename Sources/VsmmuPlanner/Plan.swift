@@ -84,6 +84,9 @@ public struct Plan: Codable, Sendable {
     public var otherTopologies: [String: Int]?
     /// The state directory the plan was made on: a saved plan applies there only.
     public var stateDir: String?
+    /// Per guest: placement, `auto` values, peer paths, lifecycle limits (nil in plans saved
+    /// by an older vsmmu).
+    public var facts: [GuestFacts]?
 
     /// A plan of bare operations (a launch's release of a guest's held graph).
     public init(releasing operations: [PlanStep], allocations: Allocations) {

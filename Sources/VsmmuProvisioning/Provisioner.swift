@@ -78,6 +78,8 @@ public struct ShowState {
     public var interrupted: Int
     public var lost: LostState?
     public var lifecycle: [GuestStatus]
+    /// Each guest's facts as its topology was last planned (GuestFacts), by guest name.
+    public var facts: [String: GuestFacts] = [:]
 }
 
 /// What a reconcile found and did.
@@ -191,8 +193,7 @@ public final class Provisioner {
             try session.save()
         }
         if !store.interrupted.isEmpty && !options.dryRun {
-            let steps = store.interrupted.map { "\($0.index) \($0.call) (\($0.resource))" }.joined(separator: ", ")
-            events.note("Recovering: an earlier run was interrupted inside step(s) \(steps); what they touched is rebuilt.")
+            events.note("Recovering: an earlier run was interrupted inside step(s) \(store.interruptedSummary); what they touched is rebuilt.")
             for closed in Recovery.sweepOrphans(port: port, holdings: store.holdings) { events.note("Recovering: closed \(closed), which no record names") }
             try store.checkpoint()
             try session.save()
@@ -296,7 +297,8 @@ public final class Provisioner {
         let store = try StateStore(directory: session.stateDir, allowingLostState: true)
         let observed = try ObservedState.observe(port: port, holdings: store.holdings, addresses: [])
         return ShowState(observed: observed, host: session.host.name, simulated: session.simulated, interrupted: store.interrupted.count,
-                         lost: store.lostState(port: port), lifecycle: GuestLifecycle(session: session).statuses(store.holdings))
+                         lost: store.lostState(port: port), lifecycle: GuestLifecycle(session: session).statuses(store.holdings),
+                         facts: store.allocations.guests.compactMapValues(\.facts))
     }
 
     // MARK: reconcile and the lifecycle

@@ -53,10 +53,19 @@ extension SimulatedKernel {
         }
     }
 
-    /// iommu_copy_struct_from_user: shorter than the mandatory part → EINVAL; a longer
-    /// buffer must have a zero tail (E2BIG).
-    func copyStruct(_ data: [UInt8], minimum: Int, size: Int, what: String) throws(Refusal) -> [UInt8] {
+    /// Driver data (iommu.h __iommu_copy_struct_from_user, also per entry of
+    /// iommu_copy_struct_from_user_array): shorter than the struct's first version or
+    /// longer than the kernel's struct → EINVAL, whatever the tail (7.2 checks the length
+    /// before copy_struct_from_user could say E2BIG); a shorter one is zero-extended.
+    func copyDriverStruct(_ data: [UInt8], minimum: Int, size: Int, what: String) throws(Refusal) -> [UInt8] {
         if data.count < minimum { throw Refusal(.EINVAL, "\(what): data_len \(data.count) is below \(minimum)") }
+        if data.count > size { throw Refusal(.EINVAL, "\(what): data_len \(data.count) is above the kernel's \(size)-byte struct") }
+        return data + [UInt8](repeating: 0, count: size - data.count)
+    }
+
+    /// One entry of iommu_copy_struct_from_full_user_array (copy_struct_from_user): a longer
+    /// entry must have a zero tail (E2BIG), a shorter one is zero-extended.
+    func copyArrayEntry(_ data: [UInt8], size: Int, what: String) throws(Refusal) -> [UInt8] {
         if data.count > size, data[size...].contains(where: { $0 != 0 }) {
             throw Refusal(.E2BIG, "\(what): non-zero bytes beyond the \(size)-byte struct")
         }
@@ -131,14 +140,14 @@ extension SimulatedKernel {
             // of type SELFTEST (iotlb, pagetable_type) only.
             if !data.isEmpty {
                 if dataType != .selftest { throw Refusal(.EOPNOTSUPP, "the mock takes only data_type SELFTEST") }
-                let cfg = try copyStruct(data, minimum: 4, size: 8, what: "iommu_hwpt_selftest")
+                let cfg = try copyDriverStruct(data, minimum: 4, size: 8, what: "iommu_hwpt_selftest")
                 let pagetableType = le32(cfg, 4)
                 // The x86 lab's 7.2 answers EOPNOTSUPP (not EINVAL) for an unknown type.
                 if pagetableType > 1 { throw Refusal(.EOPNOTSUPP, "unknown mock pagetable_type \(pagetableType)") }
             }
         }
         let aperture = domainAperture(iommu, flags: flags)
-        try checkDomainJoin(cid, ioas: ioas, aperture: aperture)
+        try checkDomainJoin(cid, ioas: ioas, aperture: aperture, pageSize: domainPageSize(iommu))
         return PagingHWPT(ioas: ioas, iommu: iommu.name, flags: flags, automatic: false, aperture: aperture)
     }
 
@@ -160,11 +169,11 @@ extension SimulatedKernel {
         case .intelVTd:
             if !iommu.nesting { throw Refusal(.EOPNOTSUPP, "\(iommu.name) has no nesting capability") }
             if dataType != .vtdS1 { throw Refusal(.EOPNOTSUPP, "VT-d nested HWPTs take data_type VTD_S1 (1)") }
-            let s1 = try copyStruct(data, minimum: 24, size: 24, what: "iommu_hwpt_vtd_s1")
+            let s1 = try copyDriverStruct(data, minimum: 24, size: 24, what: "iommu_hwpt_vtd_s1")
             if le64(s1, 0) & ~UInt64(0x7) != 0 { throw Refusal(.EINVAL, "unknown iommu_hwpt_vtd_s1 flags") }
         default:
             if dataType != .selftest { throw Refusal(.EOPNOTSUPP, "the mock takes only data_type SELFTEST") }
-            _ = try copyStruct(data, minimum: 4, size: 8, what: "iommu_hwpt_selftest")
+            _ = try copyDriverStruct(data, minimum: 4, size: 8, what: "iommu_hwpt_selftest")
         }
         return NestedHWPT(parent: .paging(parentID), iommu: device.iommu, config: .driverData, vste: nil)
     }
@@ -189,7 +198,7 @@ extension SimulatedKernel {
             return NestedHWPT(parent: .viommu(viommuID), iommu: viommu.iommu, config: config, vste: words)
         case .selftest?:
             if dataType != .selftest { throw Refusal(.EOPNOTSUPP, "the mock takes only data_type SELFTEST") }
-            _ = try copyStruct(data, minimum: 4, size: 8, what: "iommu_hwpt_selftest")
+            _ = try copyDriverStruct(data, minimum: 4, size: 8, what: "iommu_hwpt_selftest")
             return NestedHWPT(parent: .viommu(viommuID), iommu: viommu.iommu, config: .driverData, vste: nil)
         default:
             // docs/kernel-interface.md §6: AMD's vIOMMU has no nested allocator.

@@ -312,12 +312,26 @@ extension SimulatedKernel {
     /// mock: 2 KiB, ARM/VT-d: PAGE_SIZE), 1 with none; the x86 lab's 7.2 reports 0x800 for
     /// an IOAS holding only mock domains.
     func ioasAlignment(_ cid: Int, ioas: ObjectID) -> UInt64 {
-        var alignment: UInt64 = 1
+        // io_pagetable.c iopt_calculate_iova_alignment: PAGE_SIZE with large pages disabled
+        var alignment: UInt64 = ioasObject(cid, ioas)?.largePagesDisabled == true ? simPageSize : 1
         for entry in objects(cid) {
-            guard case .hwptPaging(let h) = entry.object, h.ioas == ioas else { continue }
-            alignment = max(alignment, hostIOMMU(h.iommu)?.type == .selftest ? mockPageSize : simPageSize)
+            switch entry.object {
+            case .hwptPaging(let h) where h.ioas == ioas:
+                alignment = max(alignment, hostIOMMU(h.iommu).map(domainPageSize) ?? simPageSize)
+            case .hwQueue(let q) where q.ioas == ioas:
+                // its internal access (iommufd_access_create_internal) has iova_alignment
+                // PAGE_SIZE, which iopt_add_access adds to the IOAS while the queue lives
+                alignment = max(alignment, simPageSize)
+            default:
+                continue
+            }
         }
         return alignment
+    }
+
+    /// A paging domain's smallest page: the selftest mock's is half a page (MOCK_IO_PAGE_SIZE).
+    func domainPageSize(_ iommu: HostIOMMU) -> UInt64 {
+        iommu.type == .selftest ? mockPageSize : simPageSize
     }
 
     // MARK: IOMMU_IOAS_IOVA_RANGES (docs/kernel-interface.md §2.4)
@@ -358,28 +372,34 @@ extension SimulatedKernel {
         let sourceAddress: UInt64   // user VA, or file offset: its page offset must be aligned too
         switch source {
         case .userVA(let va):
+            // pages.c iopt_alloc_user_pages: user_va + length must not overflow.
             if va.addingReportingOverflow(length).overflow { throw Refusal(.EOVERFLOW, "user_va + length overflows") }
-            if length == 0 { throw Refusal(.EINVAL, "length 0") }
+            try checkPagesLength(length)
             mappingSource = .userVA(va, memory: nil)
             sourceAddress = va
         case .file(let file, let offset):
+            // io_pagetable.c iopt_map_file_pages: length 0, then start + length - 1 (a range
+            // ending at the last byte of the offset space is fine), then the fd.
             if length == 0 { throw Refusal(.EINVAL, "length 0") }
-            if offset.addingReportingOverflow(length).overflow { throw Refusal(.EOVERFLOW, "start + length overflows") }
+            if offset.addingReportingOverflow(length - 1).overflow { throw Refusal(.EOVERFLOW, "start + length - 1 overflows") }
             guard let open = ownFile(file.fd) else { throw Refusal(.EBADF, "fd \(file.fd) is not open") }
+            try checkPagesLength(length)
             // A file that is not a memfd is referenced like any file; it fails when pinned.
             if case .memfd(let memory) = open { mappingSource = .file(memory: memory, offset: offset) }
             else { mappingSource = .file(memory: nil, offset: offset) }
             sourceAddress = offset
         }
 
+        // io_pagetable.c iopt_alloc_area_pages: the length's alignment, then the IOVA
+        // (iopt_check_iova or iopt_alloc_iova), and only then iopt_insert_area checks the
+        // source's page offset: EEXIST and EOVERFLOW win over a misaligned offset.
         let alignment = ioasAlignment(cid, ioas: ioasID)
         let fixed = flags.contains(.fixedIOVA)
-        if length % alignment != 0 || (fixed && iova % alignment != 0) || (sourceAddress % simPageSize) % alignment != 0 {
-            throw Refusal(.EINVAL, "length, iova or the source's page offset is not a multiple of the IOAS alignment \(hex(alignment))")
-        }
+        if length % alignment != 0 { throw Refusal(.EINVAL, "length is not a multiple of the IOAS alignment \(hex(alignment))") }
 
         let start: UInt64
         if fixed {
+            if iova % alignment != 0 { throw Refusal(.EINVAL, "iova is not a multiple of the IOAS alignment \(hex(alignment))") }
             guard !iova.addingReportingOverflow(length - 1).overflow else { throw Refusal(.EOVERFLOW, "iova + length - 1 overflows") }
             let wanted = IovaRange(start: iova, last: iova + (length - 1))
             if let hit = reservedRanges(cid, ioas: ioasID).first(where: { overlaps($0, wanted) }) {
@@ -391,6 +411,9 @@ extension SimulatedKernel {
             start = iova
         } else {
             start = try allocateIOVA(cid, ioas: ioasID, mappings: ioas.mappings, length: length, address: sourceAddress, alignment: alignment)
+        }
+        if (sourceAddress % simPageSize) % alignment != 0 {
+            throw Refusal(.EINVAL, "the source's page offset \(hex(sourceAddress % simPageSize)) is not a multiple of the IOAS alignment \(hex(alignment))")
         }
 
         var mapping = Mapping(iova: start, length: length, readable: flags.contains(.readable),
@@ -406,6 +429,11 @@ extension SimulatedKernel {
         ioas.mappings.sort { $0.iova < $1.iova }
         setObject(cid, ioasID, .ioas(ioas))
         return start
+    }
+
+    /// pages.c iopt_alloc_pages: the length must leave room for rounding up to a page.
+    func checkPagesLength(_ length: UInt64) throws(Refusal) {
+        if length == 0 || length > UInt64.max - simPageSize { throw Refusal(.EINVAL, "length \(hex(length)) is 0 or above SIZE_MAX - PAGE_SIZE") }
     }
 
     /// Automatic IOVA placement (io_pagetable.c iopt_alloc_iova): keep the source's
@@ -433,7 +461,8 @@ extension SimulatedKernel {
 
     /// Pin a mapping's pages (docs/kernel-interface.md §2.6): the user VA must be mapped in the process (else
     /// EFAULT); a MAP_FILE source must be a memfd (memfd_pin_folios refuses other files
-    /// with EINVAL) and cover the range (beyond the end: EFAULT, UNVERIFIED errno).
+    /// with EINVAL) and cover the range (beyond the end: EINVAL, memfd_pin_folios in mm/gup.c,
+    /// seen on the aarch64 lab's 7.2).
     func pin(_ mapping: Mapping, cid: Int) throws(Refusal) -> Mapping {
         if mapping.pinned { return mapping }
         var pinned = mapping
@@ -442,6 +471,15 @@ extension SimulatedKernel {
         switch mapping.source {
         case .userVA(let va, _):
             let last = va + (mapping.length - 1)
+            // pin_user_pages_fast (mm/gup.c gup_fast_fallback) checks that the page-rounded
+            // range does not wrap past 2^64 (EOVERFLOW) before it looks at the mappings; the
+            // simulation applies it to the whole range (the kernel pins in batches)
+            let pageStart = va - va % simPageSize
+            let pages = (va % simPageSize + mapping.length - 1) / simPageSize + 1
+            if pageStart.addingReportingOverflow(pages.multipliedReportingOverflow(by: simPageSize).partialValue).overflow
+                || pages.multipliedReportingOverflow(by: simPageSize).overflow {
+                throw Refusal(.EOVERFLOW, "user VA [\(hex(va)), \(hex(last))] rounded to pages wraps past 2^64")
+            }
             guard let memoryID = indexes.liveMemory(covering: va, through: last), let memory = state.memories[memoryID] else {
                 throw Refusal(.EFAULT, "user VA [\(hex(va)), \(hex(last))] is not mapped in the process")
             }
@@ -450,8 +488,8 @@ extension SimulatedKernel {
             guard let memoryID, let memory = state.memories[memoryID] else {
                 throw Refusal(.EINVAL, "the file of this MAP_FILE mapping is not a memfd")
             }
-            guard offset + mapping.length <= memory.size else {
-                throw Refusal(.EFAULT, "file range [\(hex(offset)), +\(hex(mapping.length))) goes beyond the memfd's size \(hex(memory.size))")
+            guard offset <= memory.size, mapping.length <= memory.size - offset else {
+                throw Refusal(.EINVAL, "file range [\(hex(offset)), +\(hex(mapping.length))) goes beyond the memfd's size \(hex(memory.size)) (memfd_pin_folios)")
             }
         }
         return pinned
@@ -469,12 +507,13 @@ extension SimulatedKernel {
     /// A paging domain joins an IOAS (io_pagetable.c iopt_table_add_domain): existing
     /// mappings must be aligned to its page size and lie inside its aperture
     /// (EADDRINUSE), then they get pinned (EFAULT).
-    func checkDomainJoin(_ cid: Int, ioas ioasID: ObjectID, aperture: IovaRange) throws(Refusal) {
+    /// The alignment becomes the larger of the IOAS's and the joining domain's smallest page
+    /// (iopt_table_add_domain, iopt_check_iova_alignment): a mock domain joining needs 2 KiB only.
+    func checkDomainJoin(_ cid: Int, ioas ioasID: ObjectID, aperture: IovaRange, pageSize: UInt64) throws(Refusal) {
         guard let ioas = ioasObject(cid, ioasID) else { return }
-        if ioasAlignment(cid, ioas: ioasID) < simPageSize {
-            if let bad = ioas.mappings.first(where: { $0.iova % simPageSize != 0 || $0.length % simPageSize != 0 || pageOffset(of: $0) % simPageSize != 0 }) {
-                throw Refusal(.EADDRINUSE, "the mapping at \(hex(bad.iova)) is not aligned to the domain's page size")
-            }
+        let alignment = max(ioasAlignment(cid, ioas: ioasID), pageSize)
+        if let bad = ioas.mappings.first(where: { $0.iova % alignment != 0 || $0.length % alignment != 0 || pageOffset(of: $0) % alignment != 0 }) {
+            throw Refusal(.EADDRINUSE, "the mapping at \(hex(bad.iova)) is not aligned to the domain's page size \(hex(alignment))")
         }
         for range in outside(aperture) {
             if let bad = ioas.mappings.first(where: { overlaps(IovaRange(start: $0.iova, last: $0.last), range) }) {
@@ -574,9 +613,24 @@ extension SimulatedKernel {
             state.contexts[cid]?.accountPerProcess = value == 1
             return value
         case IommuOption.hugePages.rawValue:
-            guard case .ioas? = object(cid, objectID) else { throw Refusal(.ENOENT, "no IOAS \(objectID)") }
-            guard let value else { return 1 }
+            // ioas.c iommufd_ioas_option_huge_pages
+            guard var ioas = ioasObject(cid, objectID) else { throw Refusal(.ENOENT, "no IOAS \(objectID)") }
+            let disabled = ioas.largePagesDisabled == true
+            guard let value else { return disabled ? 0 : 1 }
             guard value <= 1 else { throw Refusal(.EINVAL, "HUGE_PAGES is 0 or 1, not \(value)") }
+            if value == 0 && !disabled {
+                // io_pagetable.c iopt_disable_large_pages: not once a domain has pages mapped,
+                // and every area must already be PAGE_SIZE aligned (iopt_check_iova_alignment)
+                if ioasHasHWPT(cid, ioas: objectID) && !ioas.mappings.isEmpty {
+                    throw Refusal(.EINVAL, "IOAS \(objectID) has a domain with pages mapped")
+                }
+                let alignment = max(ioasAlignment(cid, ioas: objectID), simPageSize)
+                if let bad = ioas.mappings.first(where: { $0.iova % alignment != 0 || $0.length % alignment != 0 || pageOffset(of: $0) % alignment != 0 }) {
+                    throw Refusal(.EADDRINUSE, "the mapping at \(hex(bad.iova)) is not aligned to \(hex(alignment))")
+                }
+            }
+            ioas.largePagesDisabled = value == 0 ? true : nil
+            setObject(cid, objectID, .ioas(ioas))
             return value
         default:
             throw Refusal(.EOPNOTSUPP, "unknown option_id \(option)")

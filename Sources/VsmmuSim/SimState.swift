@@ -49,19 +49,26 @@ struct SimPCIDevice: Hashable, Codable {
     var canwbs: Bool?
     var bars: [PCIBar]?
     var unknownFacts: [DeviceFact]?
+    /// A bridge's place in the hierarchy and ACS Control, as the host description states them.
+    var secondaryBus: Int?
+    var acsControl: UInt16?
 
     /// PCI class 0x0604xx: a PCI-to-PCI bridge (vfio-pci refuses non type-0 headers, docs/kernel-interface.md §8).
     var isBridge: Bool { (classCode >> 8) == 0x0604 }
 
     var hostDevice: HostPCIDevice {
-        HostPCIDevice(address: address, vendor: vendor, device: device, classCode: classCode, driver: driver,
-                      iommuGroup: iommuGroup, iommu: iommu, numaNode: numaNode, vfioDriver: vfioDriver, ats: ats,
-                      pasidWidth: pasidWidth, canwbs: canwbs, bars: bars, unknown: unknownFacts ?? [])
+        var d = HostPCIDevice(address: address, vendor: vendor, device: device, classCode: classCode, driver: driver,
+                              iommuGroup: iommuGroup, iommu: iommu, numaNode: numaNode, vfioDriver: vfioDriver, ats: ats,
+                              pasidWidth: pasidWidth, canwbs: canwbs, bars: bars, unknown: unknownFacts ?? [])
+        d.secondaryBus = secondaryBus
+        d.acsControl = acsControl
+        return d
     }
 
     mutating func takeFacts(of host: HostPCIDevice) {
         vfioDriver = host.vfioDriver; ats = host.ats; pasidWidth = host.pasidWidth; canwbs = host.canwbs
         bars = host.bars; unknownFacts = host.unknown.isEmpty ? nil : host.unknown
+        secondaryBus = host.secondaryBus; acsControl = host.acsControl
     }
 }
 
@@ -163,6 +170,9 @@ struct Mapping: Hashable, Codable {
 struct IOASObject: Hashable, Codable {
     /// Kept sorted by IOVA.
     var mappings: [Mapping] = []
+    /// IOMMU_OPTION_HUGE_PAGES set to 0 (io_pagetable.c iopt_disable_large_pages): the IOAS
+    /// alignment is at least PAGE_SIZE. Optional so that older saved states still decode.
+    var largePagesDisabled: Bool? = nil
 }
 
 /// A region of the iommufd fd's mmap space (vIOMMU MMIO pages, docs/kernel-interface.md §5.7).

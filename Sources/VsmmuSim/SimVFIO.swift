@@ -260,7 +260,7 @@ extension SimulatedKernel {
         let id = allocateID(cid)
         if replaceOnly {
             // iommufd_hwpt_paging_alloc without immediate attach: join the IOAS, then replace.
-            try checkDomainJoin(cid, ioas: ioasID, aperture: aperture)
+            try checkDomainJoin(cid, ioas: ioasID, aperture: aperture, pageSize: domainPageSize(iommu))
             setObject(cid, id, .hwptPaging(hwpt))
             do {
                 let plan = try planAttach(cid, devID, hwptID: id, replaceOnly: true)
@@ -276,7 +276,7 @@ extension SimulatedKernel {
             let plan: AttachPlan
             do { plan = try planAttach(cid, devID, hwptID: id, replaceOnly: false) } catch { removeObject(cid, id); throw error }
             removeObject(cid, id)
-            try checkDomainJoin(cid, ioas: ioasID, aperture: aperture)
+            try checkDomainJoin(cid, ioas: ioasID, aperture: aperture, pageSize: domainPageSize(iommu))
             setObject(cid, id, .hwptPaging(hwpt))
             do { try pinAll(cid, ioas: ioasID) } catch { removeObject(cid, id); throw error }
             commit(cid, plan)
@@ -306,7 +306,10 @@ extension SimulatedKernel {
         setObject(cid, idev, .device(DeviceObject(origin: .mock(serial: serial, stdev: stdev), iommu: iommu.name,
                                                   group: .mock(serial), attached: nil)))
         setObject(cid, stdev, .selftest(SelftestObject(device: idev, serial: serial)))
-        do {
+        do throws(Refusal) {
+            // The SELFTEST object is finalized only after the attach (iommufd_test_mock_domain):
+            // until then iommufd_get_object does not find it, so naming it as pt_id is ENOENT.
+            if ptID == stdev { throw Refusal(.ENOENT, "pt_id \(ptID) is the SELFTEST object being created (not finalized yet)") }
             let hwpt = try attachDevice(cid, idev, ptID: ptID, replaceOnly: false)
             state.nextMockSerial += 1
             return MockDevice(stdevID: stdev, hwptID: hwpt, idevID: idev)

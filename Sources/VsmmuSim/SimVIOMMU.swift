@@ -63,7 +63,7 @@ extension SimulatedKernel {
         case .selftest:
             if !data.isEmpty {
                 // iommu_viommu_selftest: in_data, out_data (loopback), out_mmap_offset/length.
-                var cfg = try copyStruct(data, minimum: 8, size: 24, what: "iommu_viommu_selftest")
+                var cfg = try copyDriverStruct(data, minimum: 8, size: 24, what: "iommu_viommu_selftest")
                 let region = allocateMmap(cid, length: 2 * mmapPageSize)
                 mmap = region
                 cfg.replaceSubrange(4..<8, with: cfg[0..<4])
@@ -174,18 +174,29 @@ extension SimulatedKernel {
             throw Refusal(.EOPNOTSUPP, "vIOMMU \(viommuID) (type \(hex(viommu.type.rawValue))) has no HW queues of type \(hex(type.rawValue))")
         }
         let last = iova + (length - 1)
-        // Rounding the end up to a page boundary must not overflow.
-        if last > UInt64.max - simPageSize { throw Refusal(.ERANGE, "page rounding of the queue end overflows") }
+        // The page count, (offset in the page + length) rounded up, must not overflow
+        // (iommufd_hw_queue_alloc_phys): a size, not an address, so a queue in the last
+        // page of the IOVA space passes.
+        let (sum, overflow) = (iova % simPageSize).addingReportingOverflow(length)
+        if overflow || sum > UInt64.max - (simPageSize - 1) { throw Refusal(.ERANGE, "the queue's page count overflows") }
         guard let parent = pagingObject(cid, viommu.parent), let ioas = ioasObject(cid, parent.ioas) else {
             throw Refusal(.ENOENT, "the vIOMMU's parent HWPT has no IOAS")
         }
-        // docs/kernel-interface.md §2.22: the whole range must be mapped in the parent's IOAS …
+        // docs/kernel-interface.md §2.22: the whole range must be mapped in the parent's IOAS, readable.
+        // device.c iommufd_access_pin_pages walks the contiguous areas from the start and
+        // checks each one's protection as it reaches it (EPERM), so an unreadable area before
+        // a hole is EPERM; ENOENT only when the walk stops short of the range's end.
         let covering = ioas.mappings.filter { overlaps(IovaRange(start: $0.iova, last: $0.last), IovaRange(start: iova, last: last)) }
-        guard coveredThrough(covering, from: iova, to: last) else {
-            throw Refusal(.ENOENT, "[\(hex(iova)), \(hex(last))] is not fully mapped in IOAS \(parent.ioas)")
+            .sorted { $0.iova < $1.iova }
+        var next = iova
+        var reachedEnd = false
+        for mapping in covering {
+            if mapping.iova > next { break }
+            if !mapping.readable { throw Refusal(.EPERM, "the queue memory at \(hex(mapping.iova)) is mapped without READABLE") }
+            if mapping.last >= last { reachedEnd = true; break }
+            next = mapping.last + 1
         }
-        // … readable …
-        if covering.contains(where: { !$0.readable }) { throw Refusal(.EPERM, "the queue memory is mapped without READABLE") }
+        guard reachedEnd else { throw Refusal(.ENOENT, "[\(hex(iova)), \(hex(last))] is not fully mapped in IOAS \(parent.ioas)") }
         // … and physically contiguous: the simulation calls a range contiguous when it lies
         // in one mapping and inside one backing page (4 KiB, or one huge page).
         guard covering.count == 1, let mapping = covering.first, let placement = backingOffset(of: mapping, iova: iova) else {
@@ -226,16 +237,6 @@ extension SimulatedKernel {
         return id
     }
 
-    private func coveredThrough(_ mappings: [Mapping], from start: UInt64, to last: UInt64) -> Bool {
-        var next = start
-        for mapping in mappings.sorted(by: { $0.iova < $1.iova }) {
-            if mapping.iova > next { return false }
-            if mapping.last >= last { return true }
-            next = max(next, mapping.last + 1)
-        }
-        return false
-    }
-
     /// Where an IOVA of a mapping lands in its backing memory, and that memory's page size.
     private func backingOffset(of mapping: Mapping, iova: UInt64) -> (offset: UInt64, pageSize: UInt64)? {
         let delta = iova - mapping.iova
@@ -249,59 +250,5 @@ extension SimulatedKernel {
             guard let memory = memoryID.flatMap({ state.memories[$0] }) else { return nil }
             return (offset + delta, memory.pageSize)
         }
-    }
-}
-
-// MARK: IOMMU_HWPT_INVALIDATE (docs/kernel-interface.md §2.17, ARM §5.5)
-
-/// ARM command-queue opcodes a guest may forward through its vIOMMU (docs/kernel-interface.md §5.5); any other is EIO.
-let armInvalidateOpcodes: Set<UInt8> = [0x10, 0x11, 0x12, 0x13, 0x30, 0x05, 0x06, 0x40]
-/// The opcodes whose StreamID field is a vSID the kernel translates (docs/kernel-interface.md §5.5).
-let armVSIDOpcodes: Set<UInt8> = [0x05, 0x06, 0x40]
-
-extension SimulatedKernel {
-    /// The core's checks in its order, then the target's driver. Only the ARM SMMUv3
-    /// vIOMMU's invalidation is modelled; the selftest mock's and VT-d's are refused as
-    /// unmodelled (EOPNOTSUPP), which no caller of the simulation relies on.
-    func hwptInvalidateImpl(_ fd: Int32, hwptID: ObjectID, dataType: InvalidateDataType, entryLen: UInt32, entryNum: UInt32, entries: [UInt8]) throws(Refusal) -> UInt32 {
-        let cid = try context(ofIommufd: fd)
-        if entryNum != 0 {
-            if entries.isEmpty { throw Refusal(.EINVAL, "entry_num \(entryNum) with no data") }
-            if entryLen == 0 || entryLen > 4096 { throw Refusal(.EINVAL, "entry_len \(entryLen) is not in 1...4096") }
-            if entryNum > 1 << 19 { throw Refusal(.EINVAL, "entry_num \(entryNum) exceeds 2^19") }
-        }
-        guard let target = object(cid, hwptID) else { throw Refusal(.ENOENT, missing(cid, hwptID, "hwpt_id")) }
-        let viommu: VIOMMUObject
-        switch target {
-        case .viommu(let v): viommu = v
-        case .hwptNested(let nested):
-            // ARM nested HWPTs have no invalidation op: the guest's commands go to the vIOMMU.
-            if hostIOMMU(nested.iommu)?.type == .armSMMUv3 { throw Refusal(.EOPNOTSUPP, "ARM nested HWPT \(hwptID) has no invalidation op; use the vIOMMU") }
-            throw Refusal(.EOPNOTSUPP, "invalidation of a \(nested.iommu) nested HWPT is not modelled")
-        default:
-            throw Refusal(.EINVAL, "hwpt_id \(hwptID) is a \(target.typeName), not a nested HWPT or a vIOMMU")
-        }
-        guard hostIOMMU(viommu.iommu)?.type == .armSMMUv3 else {
-            throw Refusal(.EOPNOTSUPP, "invalidation on a \(viommu.iommu) vIOMMU is not modelled")
-        }
-        if dataType != .armSMMUv3 { throw Refusal(.EINVAL, "data_type \(dataType.rawValue) is not ARM_SMMUV3 (1)") }
-        if entryNum == 0 { throw Refusal(.EINVAL, "the ARM driver rejects an empty command array") }
-        if entries.count < Int(entryLen) * Int(entryNum) { throw Refusal(.EFAULT, "the command array is shorter than entry_len × entry_num") }
-        let size = Int(InvalidateDataType.armEntrySize)
-        for k in 0..<Int(entryNum) {
-            let raw = Array(entries[(k * Int(entryLen))..<((k + 1) * Int(entryLen))])
-            let cmd = try copyStruct(raw, minimum: 1, size: size, what: "iommu_viommu_arm_smmuv3_invalidate")
-            let opcode = cmd[0]
-            if !armInvalidateOpcodes.contains(opcode) { throw Refusal(.EIO, "opcode \(hex(UInt32(opcode))) is not accepted from a guest (entry \(k))") }
-            if armVSIDOpcodes.contains(opcode) {
-                let vsid = le64(cmd, 0) >> 32
-                let known = objects(cid).contains { entry in
-                    if case .vdevice(let v) = entry.object { return v.viommu == hwptID && v.virtID == vsid }
-                    return false
-                }
-                if !known { throw Refusal(.EIO, "vSID \(hex(vsid)) has no vDevice on vIOMMU \(hwptID) (entry \(k))") }
-            }
-        }
-        return entryNum
     }
 }

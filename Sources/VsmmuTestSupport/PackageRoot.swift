@@ -23,6 +23,7 @@ public let exampleTopologies: [(topology: String, host: String)] = [
     ("devices-without-vsmmu", "examples/hosts/intel-vtd.yaml"),
     ("selftest", "examples/hosts/selftest.yaml"),
     ("gb200-four-gpus", "examples/hosts/gb200-64k.yaml"),
+    ("gb200-auto", "examples/hosts/gb200-tray.yaml"),
 ]
 
 /// The host file an example topology is written for.

@@ -19,17 +19,31 @@ public enum LibvirtXML {
     static func hex4(_ v: Int) -> String { YAMLText.hex(UInt64(v), width: 4) }
     static func onOff(_ b: Bool) -> String { b ? "on" : "off" }
 
-    /// Oldest libvirt that parses what is emitted: the smmuv3 accel attributes arrived in
-    /// 12.7.0, the domain-level `<iommufd fdgroup>` in 12.2.0.
-    public static func minimumLibvirt(_ layout: VMMLayout) -> String { layout.expanders.isEmpty ? "12.2.0" : "12.7.0" }
+    /// Oldest libvirt that parses what is emitted: upstream's smmuv3 accel attributes arrived
+    /// in 12.7.0, the domain-level `<iommufd fdgroup>` in 12.2.0.
+    public static func minimumLibvirt(_ layout: VMMLayout, dialect: LibvirtDialect = .upstream) -> String {
+        switch dialect {
+        case .upstream: layout.expanders.isEmpty ? "12.2.0" : "12.7.0"
+        case .nvidia: "11.9.0+nvidia"
+        }
+    }
 
-    public static func render(_ layout: VMMLayout, topology: String) -> Output {
+    /// A dialect and release that cannot write this guest (LibvirtDialect.refusal).
+    public struct Refusal: Error, Sendable, CustomStringConvertible {
+        public var description: String
+    }
+
+    public static func render(_ layout: VMMLayout, topology: String, dialect: LibvirtDialect = .upstream,
+                              version: LibvirtDialect.Version? = nil) throws(Refusal) -> Output {
         let g = layout.guest
+        if let why = dialect.refusal(version ?? dialect.defaultVersion, acceleratedVSMMUs: layout.expanders.map(\.vsmmu.name)) {
+            throw Refusal(description: why)
+        }
         let fdGroup = FDPlaceholder.name(guest: g.name, thing: .iommufd)
         var notes: [String] = []
         var leftOut: [String] = []
 
-        var x = "<!-- libvirt domain for guest \(g.name) (topology \(topology)), as vsmmu plans it; libvirt >= \(minimumLibvirt(layout)) -->\n"
+        var x = "<!-- libvirt domain for guest \(g.name) (topology \(topology)), as vsmmu plans it; \(dialect.label) >= \(minimumLibvirt(layout, dialect: dialect)) -->\n"
         x += "<!-- Add disks, network and vCPUs. Start it in the hand-over: the agent releases the guest and passes a fresh /dev/iommu fd\n"
         x += "     (per-process memlock accounting already set); associate it as fd group '\(fdGroup)' with virDomainFDAssociate on the\n"
         x += "     connection that then starts the domain (virsh: domfdassociate, then start, in one virsh session). libvirt opens\n"
@@ -74,11 +88,11 @@ public enum LibvirtXML {
             x += "  <os>\n    <type arch='x86_64' machine='q35'>hvm</type>\n  </os>\n"
             x += "  <features>\n    <acpi/>\n  </features>\n"
         }
-        x += "  <cpu mode='host-passthrough'/>\n"
+        x += numaXML(layout)
         x += "  <iommufd enabled='yes' fdgroup='\(fdGroup)'/>\n"
 
         x += "  <devices>\n"
-        x += "    <controller type='pci' index='0' model='pcie-root'/>\n"
+        x += rootControllerXML(layout)
         var index = 1
         var hostdevs = ""
         func port(_ p: VMMLayout.RootPort, parent: Int) {
@@ -100,6 +114,7 @@ public enum LibvirtXML {
             hostdevs += "        <address domain='\(hex4(Int(a.domain)))' bus='\(hex2(Int(a.bus)))' slot='\(hex2(Int(a.slot)))' function='0x\(a.function)'/>\n"
             hostdevs += "      </source>\n"
             hostdevs += "      <address type='pci' domain='0x0000' bus='\(hex2(mine))' slot='0x00' function='0x0'/>\n"
+            hostdevs += initiatorXML(layout, device: d.name)
             hostdevs += "    </hostdev>\n"
         }
         for e in layout.expanders {
@@ -107,13 +122,13 @@ public enum LibvirtXML {
             index += 1
             x += "    <controller type='pci' index='\(pxb)' model='pcie-expander-bus'>\n"
             x += "      <model name='pxb-pcie'/>\n"
-            x += "      <target busNr='\(e.vsmmu.busNumber)'/>\n"
+            x += expanderTargetXML(layout, e)
             x += "    </controller>\n"
             for p in e.ports { port(p, parent: pxb) }
             let r = e.vsmmu.resolved
             // pciBus is the pxb's controller index, not its bus number
             x += "    <iommu model='smmuv3'>\n"
-            x += "      <driver pciBus='\(pxb)' accel='on' ats='\(onOff(r.ats))' ril='\(onOff(r.ril))' ssidsize='\(r.ssidSize)' oas='\(r.oas)' cmdqv='\(onOff(r.cmdqv))'/>\n"
+            x += "      <driver pciBus='\(pxb)' accel='on' ats='\(onOff(r.ats))' ril='\(onOff(r.ril))' \(dialect.ssidSizeAttribute)='\(r.ssidSize)' oas='\(r.oas)' cmdqv='\(onOff(r.cmdqv))'/>\n"
             x += "    </iommu>\n"
             leftOut.append("identifier=\(e.vsmmu.identifier) of vSMMU \(e.vsmmu.name) (pciBus \(pxb)): libvirt has no attribute for the SMMUv3 identifier; the IORT node identifiers are whatever libvirt's QEMU command line gives")
         }
@@ -127,7 +142,10 @@ public enum LibvirtXML {
             notes.append("the SMMUv3 identifier has no libvirt attribute: the guest's IORT identifiers may differ from the plan's")
         }
         x += " -->\n"
-        if !layout.expanders.isEmpty {
+        notes += topologyNotes(layout)
+        if dialect == .nvidia {
+            notes.insert("written for NVIDIA's libvirt (the 11.9.0+nvidia builds KubeVirt's Grace support runs on): <iommu model='smmuv3'> with accel, ats, ril, ssidSize, oas and cmdqv", at: 0)
+        } else if !layout.expanders.isEmpty {
             notes.insert("<iommu model='smmuv3'> with accel, ats, ril, ssidsize, oas and cmdqv needs libvirt >= \(minimumLibvirt(layout)); <iommufd fdgroup> needs >= 12.2.0", at: 0)
         } else {
             notes.insert("<iommufd fdgroup> needs libvirt >= 12.2.0", at: 0)

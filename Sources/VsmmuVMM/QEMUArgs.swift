@@ -83,7 +83,7 @@ public enum QEMUArgs {
             }
             args += ["-object", backend]
             if m.name == ram?.name {
-                args += ["-machine", "memory-backend=\(id)", "-m", qemuSize(m.size)]
+                args += ramIsNUMAMemory(layout) ? ["-m", qemuSize(m.size)] : ["-machine", "memory-backend=\(id)", "-m", qemuSize(m.size)]
                 if layout.platform == .x86Q35, m.guestAddress != 0 {
                     notes.append("memory \(m.name) is q35's machine RAM, which q35 maps from address 0 (what exceeds its low-memory limit goes above 4 GiB), not at the topology's 0x\(String(m.guestAddress, radix: 16)); that address is only where the prepared (agent-held) IOAS maps it, and QEMU builds its own IOAS after launch")
                 }
@@ -94,17 +94,20 @@ public enum QEMUArgs {
             }
         }
 
+        args += topologyArgs(layout)
+        notes += topologyNotes(layout)
+
         for e in layout.expanders {
             let r = e.vsmmu.resolved
-            dev("pxb-pcie,id=\(e.busID),bus_nr=\(e.vsmmu.busNumber),bus=pcie.0")
+            dev("pxb-pcie,id=\(e.busID),bus_nr=\(e.vsmmu.busNumber),bus=pcie.0" + expanderNode(layout, vsmmu: e.vsmmu.name))
             dev("arm-smmuv3,id=\(e.smmuID),primary-bus=\(e.busID),accel=on,identifier=\(e.vsmmu.identifier),ats=\(onOff(r.ats)),ril=\(onOff(r.ril)),ssidsize=\(r.ssidSize),oas=\(r.oas),cmdqv=\(onOff(r.cmdqv))")
-            for p in e.ports { rootPort(p, &args, &fdNames, &notes, g.name, fds) }
+            for p in e.ports { rootPort(p, layout, &args, &fdNames, &notes, g.name, fds) }
         }
-        for p in layout.rootPorts { rootPort(p, &args, &fdNames, &notes, g.name, fds) }
+        for p in layout.rootPorts { rootPort(p, layout, &args, &fdNames, &notes, g.name, fds) }
         return Output(platform: layout.platform, machine: machine, args: args, notes: notes, fds: fdNames)
     }
 
-    static func rootPort(_ p: VMMLayout.RootPort, _ args: inout [String], _ fdNames: inout [String: String], _ notes: inout [String], _ guest: String, _ fds: Bool) {
+    static func rootPort(_ p: VMMLayout.RootPort, _ layout: VMMLayout, _ args: inout [String], _ fdNames: inout [String: String], _ notes: inout [String], _ guest: String, _ fds: Bool) {
         args += ["-device", "pcie-root-port,id=\(p.id),bus=\(p.bus),chassis=\(p.chassis),addr=0x\(String(p.slot, radix: 16))"]
         guard let d = p.device else {
             notes.append("root port \(p.id) is empty on purpose: a removed device's port keeps later guest bus numbers (and vSIDs) where they are")
@@ -118,6 +121,7 @@ public enum QEMUArgs {
             } else {
                 args += ["-device", "vfio-pci,id=\(d.name),host=\(a),bus=\(p.id),iommufd=iommufd0"]
             }
+            args += initiatorArgs(layout, device: d.name)
         case .selftest(let n):
             notes.append("device \(d.name) is kernel self-test mock device selftest:\(n): it has no QEMU counterpart")
         }

@@ -54,6 +54,11 @@ public struct VMMLayout: Sendable {
     public var platform: Platform
     public var expanders: [Expander]
     public var rootPorts: [RootPort]    // on pcie.0, for devices with no vSMMU
+    /// NUMA nodes, Generic Initiators and the 64-bit PCI hole (GuestNUMA.swift); nil and
+    /// empty until `addGuestTopology`.
+    public var numa: GuestNUMA?
+    public var pciHole64: PCIHole64?
+    public var topologyNotes: [String] = []
 
     /// The region that becomes the machine's RAM (`-machine memory-backend=`, libvirt's
     /// `<memory>`). On virt that is the region at 0x40000000, where virt's RAM starts; q35

@@ -38,6 +38,11 @@ import Testing
     let xml = vsmmu(["libvirt-xml", t, "--guest", "train0", "--socket", agent.socket])
     #expect(xml.code == 0, "\(xml.stderr)")
     #expect(xml.stdout.contains("<iommu model='smmuv3'"), "\(xml.stdout.prefix(400))")
+    // the dialect and the release travel with the request
+    let nvidia = vsmmu(["libvirt-xml", t, "--guest", "train0", "--socket", agent.socket, "--dialect", "nvidia"])
+    #expect(nvidia.code == 0 && nvidia.stdout.contains(" ssidSize='"), "\(nvidia.stderr)")
+    let old = vsmmu(["libvirt-xml", t, "--guest", "train0", "--socket", agent.socket, "--libvirt-version", "12.5"])
+    #expect(old.code == 1 && old.stderr.contains("cannot say accel=on"), "\(old.stderr)")
     #expect(agent.logText.contains("qemu-args \(t)"), "\(agent.logText)")
 }
 

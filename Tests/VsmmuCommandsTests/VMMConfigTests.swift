@@ -15,6 +15,8 @@ let vmmGuests: [(example: String, host: String, guest: String)] = [
     ("several-guests", "examples/hosts/grace-2smmu-cmdqv.yaml", "vm1"),
     ("several-guests", "examples/hosts/grace-2smmu-cmdqv.yaml", "vm3"),
     ("devices-without-vsmmu", "examples/hosts/intel-vtd.yaml", "vm1"),
+    ("gb200-four-gpus", "examples/hosts/gb200-64k.yaml", "gb200vm"),
+    ("gb200-auto", "examples/hosts/gb200-tray.yaml", "gb200vm"),
 ]
 
 @Test(arguments: vmmGuests.map { "\($0.example)/\($0.guest)" })
@@ -22,7 +24,7 @@ func goldenVMMConfiguration(key: String) throws {
     let g = vmmGuests.first { "\($0.example)/\($0.guest)" == key }!
     for (suffix, command, extra) in [("qemu.txt", "qemu-args", [String]()), ("qemu.argv", "qemu-args", ["--format", "argv"]),
                                      ("qemu-fds.json", "qemu-args", ["--fds", "--format", "json"]), ("qemu-fds.argv", "qemu-args", ["--fds", "--format", "argv"]),
-                                     ("libvirt.xml", "libvirt-xml", [])] {
+                                     ("libvirt.xml", "libvirt-xml", []), ("libvirt-nvidia.xml", "libvirt-xml", ["--dialect", "nvidia"])] {
         let dir = tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let r = vsmmu([command, "examples/\(g.example).yaml", "--guest", g.guest, "--host", g.host, "--state-dir", dir] + extra)

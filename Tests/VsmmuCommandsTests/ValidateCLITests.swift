@@ -64,5 +64,5 @@ import Testing
     let r = vsmmu(["validate", "--help"])
     #expect(r.code == 0)
     #expect(r.stdout.contains("Exit status: 0 valid, 1 invalid."))
-    #expect(r.stdout.contains("Example:"))
+    #expect(r.stdout.contains("Examples:") && r.stdout.contains("vsmmu: auto"))
 }

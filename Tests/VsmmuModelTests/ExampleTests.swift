@@ -11,8 +11,8 @@ func everyExampleIsValidAgainstItsHost(example: String) throws {
     let (topology, _) = try Topology.load(path: path(example))
     let result = Validator.validate(topology, host: host)
     #expect(result.diagnostics.map(\.description) == [])
-    // every vSMMU resolved against the host
-    let vsmmus = topology.guests.flatMap { g in g.vsmmus.map { "\(g.name)/\($0.name)" } }
+    // every vSMMU resolved against the host (with those placement made for vsmmu: auto)
+    let vsmmus = result.placed.guests.flatMap { g in g.vsmmus.map { "\(g.name)/\($0.name)" } }
     #expect(Set(result.resolved.keys) == Set(vsmmus))
     // and valid without a host too
     #expect(Validator.validate(topology, host: nil).diagnostics.map(\.description) == [])
@@ -52,7 +52,9 @@ func everyInvalidExampleFailsExactlyAsItSays(file: String) throws {
                  "too-many-vsmmus",
                  // docs/contract.md §3's per-device facts and page size (issue 16)
                  "ats-on-device-without-ats", "ssid-beyond-pasid-width", "device-not-canwbs", "page-size-misaligned",
-                 "vfio-driver-unknown", "device-facts-unknown"]
+                 "vfio-driver-unknown", "device-facts-unknown",
+                 // placement (issue 17): vsmmu: names a vSMMU, peer: names a device, a peer pair shares an SMMU and a vSMMU
+                 "vsmmu-unknown-name", "peer-unknown", "peer-different-smmu", "peer-not-same-vsmmu"]
     let present = Set(files(in: "examples/invalid").map { URL(fileURLWithPath: $0).deletingPathExtension().lastPathComponent })
     #expect(Set(rules).subtracting(present) == [])
 }

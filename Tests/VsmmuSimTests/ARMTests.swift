@@ -200,6 +200,29 @@ struct Bound {
         #expect(try k.attach(v.dev, ptID: nested) == nested)
     }
 
+    /// intel/nested.c intel_nested_cache_invalidate_user (read in the source; no lab has VT-d
+    /// nesting): the nested HWPT takes VTD_S1 entries {addr, npages, flags, reserved}.
+    @Test func intelVTdNestedHWPTsInvalidate() throws {
+        let k = makeKernel()
+        let v = try Bound(k, Fixture.vtdDev)
+        let nested = try k.hwptAlloc(v.fd, flags: 0, devID: v.devID, ptID: try v.s2(), dataType: HWPTDataType.vtdS1, data: [UInt8](repeating: 0, count: 24))
+        func entry(addr: UInt64, npages: UInt64, flags: UInt32 = 0, reserved: UInt32 = 0) -> [UInt8] {
+            le64Bytes(addr) + le64Bytes(npages) + le32Bytes(flags) + le32Bytes(reserved)
+        }
+        func invalidate(_ entries: [UInt8], len: UInt32 = 24, type: InvalidateDataType = .vtdS1) -> Errno? {
+            errnoOf { _ = try k.hwptInvalidate(v.fd, hwptID: nested, dataType: type, entryLen: len, entryNum: UInt32(entries.count) / len, entries: entries) }
+        }
+        #expect(try k.hwptInvalidate(v.fd, hwptID: nested, dataType: .vtdS1, entryLen: 24, entryNum: 0, entries: []) == 0)
+        #expect(try k.hwptInvalidate(v.fd, hwptID: nested, dataType: .vtdS1, entryLen: 24, entryNum: 2,
+                                     entries: entry(addr: 0x1000, npages: 1, flags: 1) + entry(addr: 0, npages: .max)) == 2)
+        #expect(invalidate(entry(addr: 0x1000, npages: 1), type: .armSMMUv3) == .EINVAL)
+        #expect(invalidate(entry(addr: 0x1000, npages: 1) + [0], len: 25) == .EINVAL)      // longer than the struct
+        #expect(invalidate(entry(addr: 0x1000, npages: 1, flags: 2)) == .EOPNOTSUPP)
+        #expect(invalidate(entry(addr: 0x1000, npages: 1, reserved: 1)) == .EOPNOTSUPP)
+        #expect(invalidate(entry(addr: 0x1800, npages: 1)) == .EINVAL)
+        #expect(invalidate(entry(addr: 0x1000, npages: .max)) == .EINVAL)
+    }
+
     @Test func tegra241CMDQVViommuAndHWQueues() throws {
         let k = makeKernel()
         let c = try Bound(k, Fixture.devCMDQV)

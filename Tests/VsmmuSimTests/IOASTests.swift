@@ -89,7 +89,7 @@ import VsmmuKernel
         // MAP_FILE: a closed fd is EBADF; the memfd works.
         guard let file = memfdMemory.file else { Issue.record("no memfd"); return }
         #expect(map(rw, .file(KernelFile(fd: 99), offset: 0), iova: 0x8000_0000) == .EBADF)
-        #expect(map(rw, .file(file, offset: 0x30_0000), length: 0x20_0000, iova: 0x8000_0000) == .EFAULT)   // beyond the memfd
+        #expect(map(rw, .file(file, offset: 0x30_0000), length: 0x20_0000, iova: 0x8000_0000) == .EINVAL)   // beyond the memfd (memfd_pin_folios)
         #expect(map(rw, .file(file, offset: 0x10_0000), iova: 0x8000_0000) == nil)
         // Automatic IOVA: never 0, aligned like the source up to 2 MiB.
         let auto = try k.ioasMap(a.fd, ioas: a.ioas, flags: IOASMapFlags.readable, source: .userVA(va + 0x20_0000), length: 0x10_0000, iova: 0)

@@ -12,7 +12,9 @@ Per guest ((a) and (b) for aarch64 virt guests, (c) for all):
                (bool, OnOffAuto, uintN, size, link<...> to an id of the fragment, and
                the enums whose help text says "Valid values are ...").
   (a) start  : every emitted option that has to be changed for the TCG boot is also
-               started once verbatim (everything before it in its TCG form, -S):
+               started once verbatim (everything before it in its TCG form, -S; one
+               start per shape: options that differ only in id, bus, host address and
+               the like share one):
                QEMU must get past parsing and stop only at the expected
                environment gate (no KVM for accel=on, no host device for vfio-pci,
                no hugepages for the memory backend), or start.
@@ -26,7 +28,11 @@ Per guest ((a) and (b) for aarch64 virt guests, (c) for all):
                ACPI IORT that QEMU generated is read from guest memory (RSDP -> XSDT ->
                IORT via QMP pmemsave): each device's RID must map 1:1 to the same
                StreamID on the SMMUv3 node of its pxb, and the node identifier must be
-               the `identifier=` vsmmu emitted.
+               the `identifier=` vsmmu emitted. With -numa nodes: the SRAT (RAM in node 0,
+               a Generic Initiator Affinity structure per acpi-generic-initiator, with the
+               device's guest BDF, and no other); with highmem-mmio-size: the DSDT's 64-bit
+               host-bridge windows add up to it and each GPU stand-in (a 256 GiB BAR) has
+               its window inside them.
   (c) hand-over: `--format argv` (with and without --fds), split as `$(...)` splits it,
                is exactly the JSON args; the --fds arguments with every
                {vsmmu-...} placeholder replaced by a real fd number as `vsmmu launch`
@@ -39,7 +45,8 @@ Per guest ((a) and (b) for aarch64 virt guests, (c) for all):
                guest runs as the x86 lab starts it: `qemu-system-x86_64 -machine q35 ...
                $(vsmmu qemu-args ... --format argv)`. `vsmmu libvirt-xml` must validate
                against the domain.rng of Debian's libvirt-common (12.9, trixie-backports)
-               with xmllint --relaxng. Once: a name in fd= is refused by QEMU (why the
+               with xmllint --relaxng, and so must `--dialect nvidia` with its ssidSize
+               mapped back. Once: a name in fd= is refused by QEMU (why the
                placeholders must become numbers).
 
 Prints one PASS/FAIL line per check (NOTE lines are information) and ends with
@@ -58,6 +65,9 @@ M = json.load(open(os.path.join(WORK, "manifest.json")))
 QEMU = M["qemu"]
 FIRMWARE = M["firmware"]
 PLACEHOLDER = M["placeholder"]
+# A device with Generic Initiator nodes (a Grace GPU) is stood in for by a device with a
+# GPU-sized 64-bit prefetchable BAR, so that the emitted 64-bit PCI hole is what fits it.
+GPU_PLACEHOLDER = M.get("gpu_placeholder", "pci-testdev,membar=256G")
 BOOT_TIMEOUT = float(M.get("boot_timeout", 240))
 BOOT_MEM = M.get("boot_mem", "1G")
 QEMU_VERSION = ""
@@ -412,10 +422,16 @@ def tcg_machine(machine_opts):
     return out, changes
 
 
+def initiator_devices(opts):
+    """The devices that acpi-generic-initiator objects name."""
+    return {o.get("pci-dev") for o in opts if o.flag == "-object" and o.type == "acpi-generic-initiator"}
+
+
 def tcg_form(opts):
     """-> list of (original Opt, tcg Opt or None (dropped), [changes])."""
     res = []
     mem_ids = set()
+    gpus = initiator_devices(opts)
     for o in opts:
         t = o.type
         ch = []
@@ -443,7 +459,7 @@ def tcg_form(opts):
                 kv.append((k, v))
             n = Opt("-device", join_opts(kv))
         elif o.flag == "-device" and t in ("vfio-pci", "vfio-pci-nohotplug"):
-            kv = split_opts(PLACEHOLDER)
+            kv = split_opts(GPU_PLACEHOLDER if o.id in gpus else PLACEHOLDER)
             for k in ("id", "bus", "addr"):
                 if o.get(k) is not None:
                     kv.append((k, o.get(k)))
@@ -488,12 +504,22 @@ def verbatim_starts(guest, mach_tcg, forms):
     units = []
     mem = [i for i, (o, n, ch) in enumerate(forms)
            if (o.flag == "-object" and (o.type or "").startswith("memory-backend"))
-           or o.flag == "-m" or (o.flag == "-machine" and o.get("memory-backend"))]
+           or o.flag == "-m" or (o.flag == "-machine" and o.get("memory-backend"))
+           or (o.flag == "-numa" and "memdev=" in (o.value or ""))]
     if any(forms[i][2] for i in mem):
         units.append(("memory: " + " ".join(forms[i][0].text() for i in mem), mem))
+    # One start per shape: options that differ only in where they sit (id, bus, host
+    # address, ...) parse and stop alike, so the first stands for the rest.
+    where = ("id", "bus", "host", "addr", "primary-bus", "identifier", "fd", "chassis")
+    shapes = {}
     for i, (o, n, ch) in enumerate(forms):
         if i in mem or not ch:
             continue
+        shape = (o.flag, o.type, tuple(sorted((k, v) for k, v in o.props() if k not in where)))
+        if shape in shapes:
+            note(guest, "verbatim start of %s: as %s's (the same option in another place)" % (o.id or o.text(), shapes[shape]))
+            continue
+        shapes[shape] = o.id or o.text()
         units.append((o.text(), [i]))
     base = []
     for o in mach_tcg:
@@ -840,6 +866,8 @@ def boot(guest, mach_tcg, forms, pxb, sec, pred, layout, logdir):
                      fmt_addr(*act), avsid, forms_bus(forms, did), want, extra))
         # the ACPI IORT QEMU built: RID -> StreamID -> SMMUv3 node, and node identifiers
         iort_checks(guest, qmp, forms, pxb, pred, smmu_qom_id, layout, logdir)
+        # the SRAT (NUMA nodes, Generic Initiators) and the 64-bit PCI hole
+        numa_checks(guest, qmp, forms, devs, roots, logdir)
     finally:
         if qmp is not None:
             try:
@@ -958,6 +986,181 @@ def iort_checks(guest, qmp, forms, pxb, pred, smmu_qom_id, layout, logdir):
                      iid, o.id, qid, plan_id,
                      "" if ok else " (QEMU replaced the emitted value; seen with accel=off, accel=on "
                      "cannot be started here)"))
+
+
+def acpi_tables(qmp, logdir):
+    """RSDP -> XSDT -> {signature: table bytes} (the firmware installed them once PCI was enumerated)."""
+    import struct
+    rsdp = find_rsdp(qmp, logdir, VIRT_RAM_BASE, parse_size(BOOT_MEM))
+    r = read_phys(qmp, logdir, rsdp, 36)
+    xsdt = struct.unpack_from("<Q", r, 24)[0]
+    hdr = read_phys(qmp, logdir, xsdt, 36)
+    n = (struct.unpack_from("<I", hdr, 4)[0] - 36) // 8
+    ents = read_phys(qmp, logdir, xsdt + 36, 8 * n)
+    tables = {}
+    for i in range(n):
+        a = struct.unpack_from("<Q", ents, 8 * i)[0]
+        h = read_phys(qmp, logdir, a, 36)
+        tables[h[:4].decode("latin-1")] = read_phys(qmp, logdir, a, struct.unpack_from("<I", h, 4)[0])
+    fadt = tables.get("FACP")
+    if fadt is not None:  # the DSDT is reached through the FADT, not the XSDT
+        dsdt = struct.unpack_from("<Q", fadt, 140)[0] if len(fadt) >= 148 else 0
+        dsdt = dsdt or struct.unpack_from("<I", fadt, 40)[0]
+        h = read_phys(qmp, logdir, dsdt, 36)
+        tables["DSDT"] = read_phys(qmp, logdir, dsdt, struct.unpack_from("<I", h, 4)[0])
+    return tables
+
+
+def parse_srat(t):
+    """-> memory affinity [(domain, base, length)], generic initiators [(domain, segment, bdf, flags, handle type)]."""
+    import struct
+    mem, gis, off = [], [], 48
+    while off + 2 <= len(t):
+        typ, length = t[off], t[off + 1]
+        if length == 0:
+            break
+        if typ == 1:
+            dom, base, size, flags = struct.unpack_from("<I2xQQ4xI", t, off + 2)
+            if flags & 1:
+                mem.append((dom, base, size))
+        elif typ == 5:
+            # the PCI device handle is segment (2 bytes), then bus and devfn a byte each
+            # (how QEMU writes it and Linux reads it)
+            htype = t[off + 3]
+            dom, seg = struct.unpack_from("<IH", t, off + 4)
+            bdf = t[off + 10] << 8 | t[off + 11]
+            flags = struct.unpack_from("<I", t, off + 24)[0]
+            gis.append((dom, seg, bdf, flags, htype))
+        off += length
+    return mem, gis
+
+
+def ecam_windows(mcfg):
+    """MCFG -> [(base, last)] of the config-space windows (a DSDT names them too, in RES0)."""
+    import struct
+    out = []
+    for off in range(44, len(mcfg) - 15, 16):
+        base, seg, b0, b1 = struct.unpack_from("<QHBB", mcfg, off)
+        out.append((base, base + ((b1 - b0 + 1) << 20) - 1))
+    return out
+
+
+def qword_memory_ranges(aml):
+    """Every ACPI QWord Memory descriptor in an AML blob (the host bridges' _CRS buffers):
+    [(min, max, length)], with max = min + length - 1 as a descriptor must have it."""
+    import struct
+    out, i = [], 0
+    while True:
+        i = aml.find(b"\x8a\x2b\x00\x00", i)
+        if i < 0 or i + 46 > len(aml):
+            return out
+        mn, mx, _, ln = struct.unpack_from("<QQQQ", aml, i + 14)
+        if ln and mx == mn + ln - 1:
+            out.append((mn, mx, ln))
+        i += 1
+
+
+def numa_checks(guest, qmp, forms, devs, roots, logdir):
+    """The guest's view of what vsmmu wrote for NUMA and the PCI hole: the SRAT has a
+    Generic Initiator Affinity structure (type 5, PCI handle) for each node of each
+    acpi-generic-initiator, with the device's guest BDF; node 0 holds the RAM; the 64-bit
+    memory windows of the host bridges (QWord descriptors of the DSDT _CRS) add up to
+    highmem-mmio-size; each GPU stand-in's BAR was assigned inside them."""
+    nodes = [o for o, n, ch in forms if o.flag == "-numa"]
+    gi = {}
+    for o, n, ch in forms:
+        if o.flag == "-object" and o.type == "acpi-generic-initiator":
+            gi.setdefault(o.get("pci-dev"), set()).add(int(o.get("node")))
+    hole = None
+    for o in [o for o, n, ch in forms] + []:
+        if o.flag == "-machine" and o.get("highmem-mmio-size"):
+            hole = parse_size(o.get("highmem-mmio-size"))
+    if not nodes and hole is None:
+        return
+    try:
+        tables = acpi_tables(qmp, logdir)
+    except Exception as e:  # noqa
+        emit(False, guest, "(b) ACPI tables read from guest memory (SRAT, DSDT)", str(e))
+        return
+    if nodes:
+        srat = tables.get("SRAT")
+        if srat is None:
+            emit(False, guest, "(b) SRAT in the XSDT", "no SRAT, though the args give %d NUMA nodes" % len(nodes))
+        else:
+            with open(os.path.join(logdir, "SRAT.bin"), "wb") as f:
+                f.write(srat)
+            mem, gis = parse_srat(srat)
+            ram_dom = [d for d, b, l in mem if b <= VIRT_RAM_BASE < b + l]
+            emit(ram_dom == [0], guest, "(b) SRAT: the RAM is in node 0",
+                 "memory affinity: " + ", ".join("node %d 0x%x+0x%x" % m for m in mem))
+            found = {}
+            for dom, seg, bdf, flags, htype in gis:
+                found.setdefault((seg, bdf), []).append((dom, flags, htype))
+            for did, want in sorted(gi.items()):
+                a = devs.get(did)
+                if a is None:
+                    emit(False, guest, "(b) SRAT Generic Initiators of %s" % did, "%s is not in query-pci" % did)
+                    continue
+                bdf = a[0] << 8 | a[1] << 3 | a[2]
+                got = found.pop((0, bdf), [])
+                doms = sorted(d for d, f, h in got)
+                ok = doms == sorted(want) and all(f & 1 and h == 1 for d, f, h in got)
+                emit(ok, guest, "(b) SRAT Generic Initiators of %s (PCI handle 0000:%s)" % (did, fmt_addr(*a)),
+                     "type 5 structures, nodes %s%s" % (",".join(map(str, doms)) or "none",
+                                                       "" if ok else "; want %s, enabled, handle type 1 (PCI)" % ",".join(map(str, sorted(want)))))
+            emit(not found, guest, "(b) SRAT has no Generic Initiator for another device",
+                 "left: %s" % sorted(found) if found else "%d structures, all for the devices above" % len(gis))
+    if hole is not None:
+        dsdt = tables.get("DSDT", b"")
+        ecam = ecam_windows(tables.get("MCFG", b""))
+        win = sorted(r for r in qword_memory_ranges(dsdt)
+                     if r[0] >= 1 << 32 and not any(lo <= r[0] <= hi for lo, hi in ecam))
+        total = sum(r[2] for r in win)
+        contiguous = all(win[i][1] + 1 == win[i + 1][0] for i in range(len(win) - 1))
+        ok = bool(win) and total == hole and contiguous
+        emit(ok, guest, "(b) DSDT: the host bridges' 64-bit windows are the %s PCI hole" % fmt_size(hole),
+             "%d QWord memory ranges 0x%x..0x%x, %s in all%s" % (
+                 len(win), win[0][0] if win else 0, win[-1][1] if win else 0, fmt_size(total),
+                 "" if contiguous else " (not contiguous)"))
+        # The firmware leaves a device without a UEFI driver undecoded (query-pci shows its
+        # BAR unmapped), but the window it opened on the root port above is the BAR's place.
+        bars, windows = pci_big_bars(roots)
+        for did in sorted(gi):
+            size = max(bars.get(did, [0]))
+            pw = windows.get(did)
+            ok = size >= 1 << 32 and pw is not None and pw[1] - pw[0] + 1 >= size \
+                and any(lo <= pw[0] and pw[1] <= hi for lo, hi, _ in win)
+            emit(ok, guest, "(b) %s stand-in's %s BAR has its place inside the 64-bit window" % (did, fmt_size(size)),
+                 "root port prefetchable window 0x%x..0x%x" % pw if pw else "no prefetchable window on its root port (query-pci)")
+
+
+def pci_big_bars(roots):
+    """query-pci -> {qdev_id: [64-bit BAR sizes]}, {qdev_id: (base, limit) of the prefetchable
+    window of the bridge the device sits behind}."""
+    sizes, windows = {}, {}
+
+    def walk(lst, window):
+        for d in lst:
+            qid = d.get("qdev_id")
+            for r in d.get("regions", []):
+                if r.get("type") == "memory" and r.get("mem_type_64"):
+                    sizes.setdefault(qid, []).append(r["size"])
+            if window is not None:
+                windows[qid] = window
+            if "pci_bridge" in d:
+                pr = d["pci_bridge"]["bus"].get("prefetchable_range") or {}
+                walk(d["pci_bridge"].get("devices", []),
+                     (pr["base"], pr["limit"]) if pr.get("limit", 0) > pr.get("base", 0) else None)
+    for r in roots:
+        walk(r["devices"], None)
+    return sizes, windows
+
+
+def fmt_size(v):
+    for unit, shift in (("T", 40), ("G", 30), ("M", 20), ("K", 10)):
+        if v and v % (1 << shift) == 0:
+            return "%d%s" % (v >> shift, unit)
+    return str(v)
 
 
 def forms_pxb(forms, devid):
@@ -1204,6 +1407,44 @@ def libvirt_check(label, g, logdir):
     err = (p.stderr or "").strip().splitlines()
     emit(p.returncode == 0, label, "(c) libvirt-xml validates against libvirt %s's domain.rng" % M.get("libvirt_version", "?"),
          "xmllint --relaxng: " + (err[-1] if err else "ok") if p.returncode == 0 else " / ".join(err[-3:]))
+    nvidia_check(label, g, logdir)
+
+
+# The nvidia dialect differs from upstream only in the spelling of the smmuv3 <driver>'s
+# SubstreamID width; NVIDIA's libvirt publishes no schema that could be had here, so the
+# rest of the domain is validated against upstream's RNG with that one name mapped back.
+NVIDIA_ONLY = [("ssidSize=", "ssidsize=")]
+
+
+def nvidia_check(label, g, logdir):
+    path = os.path.join(logdir, "libvirt-nvidia.xml")
+    if g.get("xml_nvidia_rc") is None:
+        return
+    if g.get("xml_nvidia_rc") != 0 or not os.path.exists(path):
+        emit(False, label, "vsmmu libvirt-xml --dialect nvidia", "exit %s: %s" % (g.get("xml_nvidia_rc"), g.get("xml_nvidia_err", "").strip()))
+        return
+    text = open(path).read()
+    mapped = text
+    for a, b in NVIDIA_ONLY:
+        mapped = mapped.replace(a, b)
+    mp = os.path.join(logdir, "libvirt-nvidia-mapped.xml")
+    open(mp, "w").write(mapped)
+    p = subprocess.run(["xmllint", "--noout", "--relaxng", LIBVIRT_RNG, mp], capture_output=True, text=True, timeout=60)
+    err = (p.stderr or "").strip().splitlines()
+    differs = sum(text.count(a) for a, _ in NVIDIA_ONLY)
+    emit(p.returncode == 0, label, "(c) libvirt-xml --dialect nvidia validates (upstream %s domain.rng, %d nvidia-only attribute(s) mapped)"
+         % (M.get("libvirt_version", "?"), differs),
+         "xmllint --relaxng: ok" if p.returncode == 0 else " / ".join(err[-3:]))
+
+
+def nvidia_bites(logdir):
+    """The dialects really differ: upstream's RNG refuses the nvidia spelling as written."""
+    path = os.path.join(logdir, "libvirt-nvidia.xml")
+    if not os.path.exists(path) or "ssidSize=" not in open(path).read():
+        return
+    p = subprocess.run(["xmllint", "--noout", "--relaxng", LIBVIRT_RNG, path], capture_output=True, text=True, timeout=60)
+    emit(p.returncode != 0, "-", "(c) upstream domain.rng refuses the nvidia dialect's <driver ssidSize=> as written",
+         "xmllint exit %d" % p.returncode)
 
 
 def schema_bites(logdir):
@@ -1308,6 +1549,7 @@ def main():
 
     if M["guests"]:
         schema_bites(os.path.join(WORK, M["guests"][0]["dir"]))
+        nvidia_bites(os.path.join(WORK, M["guests"][0]["dir"]))
     for g in M.get("libvirt_only", []):
         libvirt_check(g["label"], g, os.path.join(WORK, g["dir"]))
 

@@ -81,7 +81,7 @@ func compile(_ source: SourceText) {
     let result = Validator.validate(topology, host: host)
     checkLocated(result.diagnostics, source)
     guard result.isValid else { return }
-    _ = try? DesiredState.build(topology: topology, host: host, resolved: result.resolved, previous: Allocations(), users: SimulatedUserResolver())
+    _ = try? DesiredState.build(topology: result.placing(topology), host: host, resolved: result.resolved, previous: Allocations(), users: SimulatedUserResolver())
 }
 
 /// The bytes as a client would send them on the agent's socket, read with the agent's

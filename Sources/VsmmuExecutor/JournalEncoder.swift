@@ -1,0 +1,331 @@
+import VsmmuKernel
+import VsmmuPlanner
+
+/// A JSON encoder for journal records that writes bytes as the values encode themselves:
+/// no tree of values, no sorted keys (keys come in the order the type encodes them). The
+/// journal writes two records per step and Foundation's JSONEncoder made them most of an
+/// apply's time; JSONDecoder reads what this writes as it reads JSONEncoder's output
+/// (Tests/VsmmuPlannerTests/JournalEncoderTests.swift compares them on every record type).
+///
+/// Containers are used the way Codable implementations use them, one inside the other:
+/// a container is closed when its parent writes its next item, or at the end.
+final class JournalEncoder: Encoder {
+    private(set) var bytes: [UInt8] = []
+    /// The closing byte of each open container, innermost last, and whether it has an item.
+    private var closers: [UInt8] = []
+    private var hasItems: [Bool] = []
+
+    var codingPath: [any CodingKey] { [] }
+    var userInfo: [CodingUserInfoKey: Any] { [:] }
+
+    /// One value as one JSON document appended to `bytes`.
+    func append<T: Encodable>(_ value: T) throws {
+        try value_(value)
+        while let c = closers.popLast() { bytes.append(c) }
+        hasItems.removeAll()
+    }
+
+    func appendRaw(_ b: UInt8) { bytes.append(b) }
+
+    /// A begin record, written out by hand (one per step: the hottest record): the same
+    /// document `append(JournalRecord(seq:phase:.begin, step:))` writes.
+    func appendIntent(seq: Int, _ s: JournaledStep) {
+        bytes.append(contentsOf: #"{"seq":"#.utf8)
+        integer(seq)
+        bytes.append(contentsOf: #","phase":"begin","step":{"index":"#.utf8)
+        integer(s.index)
+        bytes.append(contentsOf: #","call":"#.utf8)
+        string(s.call)
+        bytes.append(contentsOf: #","resource":"#.utf8)
+        string(s.resource)
+        if let g = s.guest {
+            bytes.append(contentsOf: #","guest":"#.utf8)
+            string(g)
+        }
+        bytes.append(contentsOf: "}}".utf8)
+    }
+
+    /// A done record, its patches written out by hand for the kinds the executor makes at
+    /// every step (devices, vSMMUs, stage 2, IOAS), the others through Codable: the same
+    /// document `append(JournalRecord(seq:phase:.done, patches:))` writes.
+    func appendOutcome(seq: Int, _ patches: [HoldingPatch]) throws {
+        bytes.append(contentsOf: #"{"seq":"#.utf8)
+        integer(seq)
+        bytes.append(contentsOf: #","phase":"done","patches":["#.utf8)
+        for (i, p) in patches.enumerated() {
+            if i > 0 { bytes.append(UInt8(ascii: ",")) }
+            try patch(p)
+        }
+        bytes.append(contentsOf: "]}".utf8)
+    }
+
+    private func patch(_ p: HoldingPatch) throws {
+        func head(_ kind: String, _ g: String, _ name: String) {
+            bytes.append(contentsOf: "{\"\(kind)\":{\"_0\":".utf8)
+            string(g)
+            bytes.append(contentsOf: #","_1":"#.utf8)
+            string(name)
+        }
+        switch p {
+        case .ioas(let g, let id):
+            bytes.append(contentsOf: #"{"ioas":{"_0":"#.utf8)
+            string(g)
+            if let id { bytes.append(contentsOf: #","_1":"#.utf8); integer(id) }
+        case .device(let g, let d, let h):
+            head("device", g, d)
+            if let h {
+                bytes.append(contentsOf: #","_2":{"source":"#.utf8)
+                string(h.source.description)
+                if let c = h.cdev { bytes.append(contentsOf: #","cdev":{"fd":"#.utf8); integer(c.fd); bytes.append(UInt8(ascii: "}")) }
+                field("vfioIndex", h.vfioIndex)
+                field("mockStdev", h.mockStdev)
+                field("devID", h.devID)
+                field("attached", h.attached)
+                field("owner", h.owner)
+                bytes.append(UInt8(ascii: "}"))
+            }
+        case .stage2(let g, let i, let h):
+            head("stage2", g, i)
+            if let h {
+                bytes.append(contentsOf: #","_2":{"hwpt":"#.utf8)
+                integer(h.hwpt)
+                bytes.append(contentsOf: #","nestParent":"#.utf8)
+                bool(h.nestParent)
+                bytes.append(UInt8(ascii: "}"))
+            }
+        case .vsmmu(let g, let v, let h):
+            head("vsmmu", g, v)
+            if let h {
+                bytes.append(contentsOf: #","_2":{"physical":"#.utf8)
+                string(h.physical)
+                field("viommu", h.viommu)
+                field("viommuType", h.viommuType.rawValue)
+                field("abortHWPT", h.abortHWPT)
+                field("bypassHWPT", h.bypassHWPT)
+                // A dictionary whose keys are neither strings nor Ints: [key, value, ...].
+                bytes.append(contentsOf: #","eventQueues":["#.utf8)
+                for (i, (t, q)) in h.eventQueues.enumerated() {
+                    if i > 0 { bytes.append(UInt8(ascii: ",")) }
+                    integer(t.rawValue)
+                    bytes.append(contentsOf: #",{"id":"#.utf8)
+                    integer(q.id)
+                    bytes.append(contentsOf: #","fd":{"fd":"#.utf8)
+                    integer(q.fd.fd)
+                    bytes.append(contentsOf: "}}".utf8)
+                }
+                bytes.append(contentsOf: #"],"vdevices":{"#.utf8)
+                for (i, (d, vd)) in h.vdevices.enumerated() {
+                    if i > 0 { bytes.append(UInt8(ascii: ",")) }
+                    string(d)
+                    bytes.append(contentsOf: #":{"id":"#.utf8)
+                    integer(vd.id)
+                    bytes.append(contentsOf: #","virtID":"#.utf8)
+                    integer(vd.virtID)
+                    bytes.append(UInt8(ascii: "}"))
+                }
+                bytes.append(contentsOf: "}}".utf8)
+            }
+        default:
+            try nested(p)
+            return
+        }
+        bytes.append(contentsOf: "}}".utf8)
+    }
+
+    private func field(_ name: StaticString, _ v: (some BinaryInteger)?) {
+        guard let v else { return }
+        bytes.append(contentsOf: #",""#.utf8)
+        bytes.append(contentsOf: UnsafeBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount))
+        bytes.append(contentsOf: #"":"#.utf8)
+        integer(v)
+    }
+
+    /// A value through Codable, in the middle of a hand-written record.
+    private func nested<T: Encodable>(_ v: T) throws {
+        let depth = closers.count
+        try value_(v)
+        while closers.count > depth { bytes.append(closers.removeLast()); hasItems.removeLast() }
+    }
+
+    // MARK: writing
+
+    /// Before an item of the container at `level` (1-based): close the containers opened
+    /// inside it since, then the separator.
+    fileprivate func item(_ level: Int) {
+        while closers.count > level {
+            bytes.append(closers.removeLast())
+            hasItems.removeLast()
+        }
+        if hasItems[level - 1] { bytes.append(UInt8(ascii: ",")) } else { hasItems[level - 1] = true }
+    }
+
+    fileprivate func open(_ opener: Character, _ closer: Character) -> Int {
+        bytes.append(opener.asciiValue!)
+        closers.append(closer.asciiValue!)
+        hasItems.append(false)
+        return closers.count
+    }
+
+    fileprivate func key(_ level: Int, _ k: some CodingKey) {
+        item(level)
+        string(k.stringValue)
+        bytes.append(UInt8(ascii: ":"))
+    }
+
+    fileprivate func string(_ s: String) {
+        bytes.append(UInt8(ascii: "\""))
+        var s = s
+        s.withUTF8 { u in
+            var start = 0
+            for (i, c) in u.enumerated() where c == 0x22 || c == 0x5C || c < 0x20 {
+                bytes.append(contentsOf: UnsafeBufferPointer(rebasing: u[start..<i]))
+                switch c {
+                case 0x22: bytes.append(contentsOf: [0x5C, 0x22])
+                case 0x5C: bytes.append(contentsOf: [0x5C, 0x5C])
+                case 0x0A: bytes.append(contentsOf: [0x5C, UInt8(ascii: "n")])
+                case 0x09: bytes.append(contentsOf: [0x5C, UInt8(ascii: "t")])
+                case 0x0D: bytes.append(contentsOf: [0x5C, UInt8(ascii: "r")])
+                default:
+                    let hex = Array("0123456789abcdef".utf8)
+                    bytes.append(contentsOf: [0x5C, UInt8(ascii: "u"), 0x30, 0x30, hex[Int(c >> 4)], hex[Int(c & 0xF)]])
+                }
+                start = i + 1
+            }
+            bytes.append(contentsOf: UnsafeBufferPointer(rebasing: u[start...]))
+        }
+        bytes.append(UInt8(ascii: "\""))
+    }
+
+    fileprivate func integer(_ v: some BinaryInteger) { bytes.append(contentsOf: String(v).utf8) }
+
+    fileprivate func double(_ v: Double) throws {
+        guard v.isFinite else {
+            throw EncodingError.invalidValue(v, .init(codingPath: [], debugDescription: "\(v) is not a JSON number"))
+        }
+        // An integral value prints without ".0", as JSONEncoder writes it.
+        if v == v.rounded(), abs(v) < 1e15 { integer(Int64(v)) } else { bytes.append(contentsOf: "\(v)".utf8) }
+    }
+
+    fileprivate func bool(_ v: Bool) { bytes.append(contentsOf: (v ? "true" : "false").utf8) }
+    fileprivate func null() { bytes.append(contentsOf: "null".utf8) }
+
+    /// A nested value: it opens its own container or writes a single value. One that
+    /// writes nothing is an empty object, as for JSONEncoder.
+    fileprivate func value_<T: Encodable>(_ v: T) throws {
+        let before = bytes.count
+        try v.encode(to: self)
+        if bytes.count == before { bytes.append(contentsOf: "{}".utf8) }
+    }
+
+    // MARK: Encoder
+
+    func container<Key: CodingKey>(keyedBy type: Key.Type) -> KeyedEncodingContainer<Key> {
+        KeyedEncodingContainer(Keyed<Key>(e: self, level: open("{", "}")))
+    }
+
+    func unkeyedContainer() -> any UnkeyedEncodingContainer { Unkeyed(e: self, level: open("[", "]")) }
+
+    func singleValueContainer() -> any SingleValueEncodingContainer { Single(e: self) }
+
+    struct Keyed<Key: CodingKey>: KeyedEncodingContainerProtocol {
+        let e: JournalEncoder
+        let level: Int
+        var codingPath: [any CodingKey] { [] }
+        mutating func encodeNil(forKey k: Key) throws { e.key(level, k); e.null() }
+        mutating func encode(_ v: Bool, forKey k: Key) throws { e.key(level, k); e.bool(v) }
+        mutating func encode(_ v: String, forKey k: Key) throws { e.key(level, k); e.string(v) }
+        mutating func encode(_ v: Double, forKey k: Key) throws { e.key(level, k); try e.double(v) }
+        mutating func encode(_ v: Float, forKey k: Key) throws { e.key(level, k); try e.double(Double(v)) }
+        mutating func encode(_ v: Int, forKey k: Key) throws { e.key(level, k); e.integer(v) }
+        mutating func encode(_ v: Int8, forKey k: Key) throws { e.key(level, k); e.integer(v) }
+        mutating func encode(_ v: Int16, forKey k: Key) throws { e.key(level, k); e.integer(v) }
+        mutating func encode(_ v: Int32, forKey k: Key) throws { e.key(level, k); e.integer(v) }
+        mutating func encode(_ v: Int64, forKey k: Key) throws { e.key(level, k); e.integer(v) }
+        mutating func encode(_ v: UInt, forKey k: Key) throws { e.key(level, k); e.integer(v) }
+        mutating func encode(_ v: UInt8, forKey k: Key) throws { e.key(level, k); e.integer(v) }
+        mutating func encode(_ v: UInt16, forKey k: Key) throws { e.key(level, k); e.integer(v) }
+        mutating func encode(_ v: UInt32, forKey k: Key) throws { e.key(level, k); e.integer(v) }
+        mutating func encode(_ v: UInt64, forKey k: Key) throws { e.key(level, k); e.integer(v) }
+        mutating func encode<T: Encodable>(_ v: T, forKey k: Key) throws { e.key(level, k); try e.value_(v) }
+        // Optionals of primitives skip the generic path (a box and a single-value container each).
+        mutating func encodeIfPresent(_ v: String?, forKey k: Key) throws { if let v { e.key(level, k); e.string(v) } }
+        mutating func encodeIfPresent(_ v: Bool?, forKey k: Key) throws { if let v { e.key(level, k); e.bool(v) } }
+        mutating func encodeIfPresent(_ v: Int?, forKey k: Key) throws { if let v { e.key(level, k); e.integer(v) } }
+        mutating func encodeIfPresent(_ v: Int32?, forKey k: Key) throws { if let v { e.key(level, k); e.integer(v) } }
+        mutating func encodeIfPresent(_ v: Int64?, forKey k: Key) throws { if let v { e.key(level, k); e.integer(v) } }
+        mutating func encodeIfPresent(_ v: UInt32?, forKey k: Key) throws { if let v { e.key(level, k); e.integer(v) } }
+        mutating func encodeIfPresent(_ v: UInt64?, forKey k: Key) throws { if let v { e.key(level, k); e.integer(v) } }
+        mutating func nestedContainer<N: CodingKey>(keyedBy type: N.Type, forKey k: Key) -> KeyedEncodingContainer<N> {
+            e.key(level, k)
+            return KeyedEncodingContainer(Keyed<N>(e: e, level: e.open("{", "}")))
+        }
+        mutating func nestedUnkeyedContainer(forKey k: Key) -> any UnkeyedEncodingContainer {
+            e.key(level, k)
+            return Unkeyed(e: e, level: e.open("[", "]"))
+        }
+        mutating func superEncoder() -> any Encoder { e.key(level, Super.key); return e }
+        mutating func superEncoder(forKey k: Key) -> any Encoder { e.key(level, k); return e }
+    }
+
+    struct Unkeyed: UnkeyedEncodingContainer {
+        let e: JournalEncoder
+        let level: Int
+        private(set) var count = 0
+        var codingPath: [any CodingKey] { [] }
+        private mutating func next() { e.item(level); count += 1 }
+        mutating func encodeNil() throws { next(); e.null() }
+        mutating func encode(_ v: Bool) throws { next(); e.bool(v) }
+        mutating func encode(_ v: String) throws { next(); e.string(v) }
+        mutating func encode(_ v: Double) throws { next(); try e.double(v) }
+        mutating func encode(_ v: Float) throws { next(); try e.double(Double(v)) }
+        mutating func encode(_ v: Int) throws { next(); e.integer(v) }
+        mutating func encode(_ v: Int8) throws { next(); e.integer(v) }
+        mutating func encode(_ v: Int16) throws { next(); e.integer(v) }
+        mutating func encode(_ v: Int32) throws { next(); e.integer(v) }
+        mutating func encode(_ v: Int64) throws { next(); e.integer(v) }
+        mutating func encode(_ v: UInt) throws { next(); e.integer(v) }
+        mutating func encode(_ v: UInt8) throws { next(); e.integer(v) }
+        mutating func encode(_ v: UInt16) throws { next(); e.integer(v) }
+        mutating func encode(_ v: UInt32) throws { next(); e.integer(v) }
+        mutating func encode(_ v: UInt64) throws { next(); e.integer(v) }
+        mutating func encode<T: Encodable>(_ v: T) throws { next(); try e.value_(v) }
+        mutating func nestedContainer<N: CodingKey>(keyedBy type: N.Type) -> KeyedEncodingContainer<N> {
+            next()
+            return KeyedEncodingContainer(Keyed<N>(e: e, level: e.open("{", "}")))
+        }
+        mutating func nestedUnkeyedContainer() -> any UnkeyedEncodingContainer {
+            next()
+            return Unkeyed(e: e, level: e.open("[", "]"))
+        }
+        mutating func superEncoder() -> any Encoder { next(); return e }
+    }
+
+    struct Single: SingleValueEncodingContainer {
+        let e: JournalEncoder
+        var codingPath: [any CodingKey] { [] }
+        mutating func encodeNil() throws { e.null() }
+        mutating func encode(_ v: Bool) throws { e.bool(v) }
+        mutating func encode(_ v: String) throws { e.string(v) }
+        mutating func encode(_ v: Double) throws { try e.double(v) }
+        mutating func encode(_ v: Float) throws { try e.double(Double(v)) }
+        mutating func encode(_ v: Int) throws { e.integer(v) }
+        mutating func encode(_ v: Int8) throws { e.integer(v) }
+        mutating func encode(_ v: Int16) throws { e.integer(v) }
+        mutating func encode(_ v: Int32) throws { e.integer(v) }
+        mutating func encode(_ v: Int64) throws { e.integer(v) }
+        mutating func encode(_ v: UInt) throws { e.integer(v) }
+        mutating func encode(_ v: UInt8) throws { e.integer(v) }
+        mutating func encode(_ v: UInt16) throws { e.integer(v) }
+        mutating func encode(_ v: UInt32) throws { e.integer(v) }
+        mutating func encode(_ v: UInt64) throws { e.integer(v) }
+        mutating func encode<T: Encodable>(_ v: T) throws { try e.value_(v) }
+    }
+
+    struct Super: CodingKey {
+        static let key = Super(stringValue: "super")
+        var stringValue: String
+        var intValue: Int? { nil }
+        init(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
+    }
+}

@@ -1,0 +1,110 @@
+import Foundation
+import VsmmuTestSupport
+import Testing
+@testable import VsmmuExecutor
+import VsmmuKernel
+import VsmmuModel
+import VsmmuPlanner
+
+/// The journal's own encoder writes what JSONDecoder reads back as the value it encoded,
+/// and the same JSON document as Foundation's JSONEncoder (keys aside from their order).
+private func roundTrips<T: Codable & Equatable>(_ value: T, _ what: String, decodesBack: Bool = true) throws {
+    let e = JournalEncoder()
+    try e.append(value)
+    let mine = Data(e.bytes)
+    if decodesBack { #expect(try JSONDecoder().decode(T.self, from: mine) == value, "\(what): \(String(decoding: mine, as: UTF8.self))") }
+    let theirs = try JSONEncoder().encode(value)
+    let a = try JSONSerialization.jsonObject(with: mine, options: .fragmentsAllowed) as? NSObject
+    let b = try JSONSerialization.jsonObject(with: theirs, options: .fragmentsAllowed) as? NSObject
+    #expect(a == b, "\(what): \(String(decoding: mine, as: UTF8.self)) vs \(String(decoding: theirs, as: UTF8.self))")
+}
+
+/// A done record with hand-written patches: the same document as JSONEncoder's, and it
+/// decodes back to the patch (all but "had no driver", below).
+private func outcomeRoundTrips(_ p: HoldingPatch, decodesBack: Bool = true) throws {
+    let e = JournalEncoder()
+    try e.appendOutcome(seq: 7, [p, p])
+    let mine = Data(e.bytes)
+    if decodesBack {
+        #expect(try JSONDecoder().decode(JournalRecord.self, from: mine).patches == [p, p], "\(p): \(String(decoding: mine, as: UTF8.self))")
+    }
+    let theirs = try JSONEncoder().encode(JournalRecord(seq: 7, phase: .done, patches: [p, p]))
+    let a = try JSONSerialization.jsonObject(with: mine) as? NSObject
+    let b = try JSONSerialization.jsonObject(with: theirs) as? NSObject
+    #expect(a == b, "\(p): \(String(decoding: mine, as: UTF8.self)) vs \(String(decoding: theirs, as: UTF8.self))")
+}
+
+/// Every example's apply and destroy, journaled and not checkpointed: the holdings replayed
+/// from the journal equal the ones the executor built in memory.
+@Test(arguments: exampleTopologies.map(\.topology))
+func holdingsReplayedFromTheJournalEqualTheExecutors(example: String) throws {
+    let h = try Harness(host: exampleHost(example))
+    let t = try h.example(example)
+    for destroying in [false, true] {
+        let p = try h.plan(t, destroying: destroying)
+        try h.store.saveAllocations(p.allocations)
+        try Executor(port: h.sim, store: h.store, batch: 16).run(p)
+        let replayed = try StateStore(directory: h.dir)
+        #expect(replayed.interrupted.isEmpty)
+        #expect(replayed.holdings == h.store.holdings, "destroying \(destroying)")
+        #expect(destroying || !h.store.holdings.guests.isEmpty)
+        // The snapshots (written by the same encoder) read back too.
+        try h.store.checkpoint()
+        let reopened = try StateStore(directory: h.dir)
+        #expect(reopened.holdings == h.store.holdings)
+        #expect(reopened.allocations == h.store.allocations)
+    }
+}
+
+/// Every step of every example's apply and destroy plans, every patch those steps made,
+/// and the holdings they built.
+@Test(arguments: exampleTopologies.map(\.topology))
+func theJournalEncoderWritesWhatJSONDecoderReadsBack(example: String) throws {
+    let h = try Harness(host: exampleHost(example))
+    let t = try h.example(example)
+    var plans = [try h.plan(t)]
+    try h.apply(t)
+    try roundTrips(h.store.holdings, "holdings")
+    plans.append(try h.plan(t, destroying: true))
+    for p in plans {
+        for op in p.operations { try roundTrips(op, "step \(op.index) \(op.call)") }
+    }
+}
+
+@Test func theJournalEncoderEscapesStringsAndWritesEveryPatchKind() throws {
+    try roundTrips("quote \" backslash \\ newline \n tab \t bell \u{7} é ü 漢", "string")
+    try roundTrips([UInt64.max, 0, 1 << 40], "numbers")
+    try roundTrips([Int64.min, -1], "negative numbers")
+    try roundTrips([1.5, 0, -2.25, 1_733_230_000.125, 1e300], "doubles")
+    let a = PCIAddress("0000:09:01.0")!
+    let patches: [HoldingPatch] = [
+        .guest("g", nil), .ioas("g", 3), .ioas("g", nil),
+        .device("g", "d", DeviceHolding(source: .pci(a), cdev: nil, vfioIndex: 2, mockStdev: nil, devID: 7)),
+        .stage2("g", "s", Stage2Holding(hwpt: 4, nestParent: true)),
+        .vsmmu("g", "v", VSMMUHolding(physical: "smmu0", viommu: 9, viommuType: .armSMMUv3)),
+        .originalDriver(a, .some("nvidia")), .originalDriver(a, nil),
+        .originalDriverUnknown(a), .originalDriverNone(a), .running("g", nil),
+    ]
+    let vsmmu = { () -> VSMMUHolding in
+        var v = VSMMUHolding(physical: "smmu \"0\"", viommu: 9, viommuType: .armSMMUv3)
+        v.abortHWPT = 10
+        v.vdevices = ["gpu0": VDeviceHolding(id: 11, virtID: 0x108), "gpu1": VDeviceHolding(id: 12, virtID: UInt64.max)]
+        v.eventQueues = [.armSMMUv3: EventQueueHolding(id: 13, fd: KernelFile(fd: 14))]
+        return v
+    }()
+    var device = DeviceHolding(source: .pci(a), cdev: DeviceHandle(fd: 5), vfioIndex: 2, mockStdev: 3, devID: 7)
+    device.attached = 8
+    device.owner = 1000
+    let more: [HoldingPatch] = [
+        .vsmmu("g", "v", vsmmu), .vsmmu("g", "v", nil), .device("g", "d", device), .device("g", "d", nil), .stage2("g", "s", nil),
+        .stage2("g", "s", Stage2Holding(hwpt: 4, nestParent: false)), .guest("g", GuestHolding(iommufd: IommufdHandle(fd: 3), holder: "pid 1")),
+    ]
+    for p in patches + more {
+        try roundTrips(p, "\(p)")
+        try outcomeRoundTrips(p)
+    }
+    try outcomeRoundTrips(.originalDriver(a, .some(nil)), decodesBack: false)
+    // "Had no driver" as .some(nil) is written as null, as JSONEncoder writes it, and so
+    // reads back as "forget": the executor journals it as originalDriverNone instead.
+    try roundTrips(HoldingPatch.originalDriver(a, .some(nil)), "no original driver", decodesBack: false)
+}
