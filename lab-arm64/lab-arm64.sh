@@ -22,6 +22,9 @@
 #                3 GiB): the guest has KVM, Debian's arm64 QEMU 11 (/opt/qemu) and a nested
 #                guest (/l2: this kernel, l2-init.sh, QEMU_EFI.fd); lab.byhand first boots it
 #                the recipe's way in init, then only LAB_KVM_SCENARIOS (default: launch) run.
+#   64k          a second kernel, the same fragment with 64 KiB pages (CONFIG_ARM64_64K_PAGES,
+#                cached apart), device tree on virt: only LAB_64K_SCENARIOS (default
+#                fidelity, pagesize: IOVA alignment 0x10000, kernel.pageSize 65536).
 # The last line is "lab-arm64: N passed, M failed"; exit 0 iff M = 0 and every boot ran.
 # See README.md beside this file.
 set -euo pipefail
@@ -39,8 +42,9 @@ LAB_MEM=${LAB_MEM:-1G}
 LAB_CPU=${LAB_CPU:-max,pauth-impdef=on}                 # impdef pointer auth: much faster under TCG
 LAB_PCI_DEV=${LAB_PCI_DEV:-edu}
 LAB_PCI_ID=${LAB_PCI_ID:-1234:11e8}
-LAB_BOOTS=${LAB_BOOTS:-acpi acpi-canwbs s1only kvm}
+LAB_BOOTS=${LAB_BOOTS:-acpi acpi-canwbs s1only kvm 64k}
 LAB_KVM_SCENARIOS=${LAB_KVM_SCENARIOS:-launch}           # the only scenarios of boot kvm
+LAB_64K_SCENARIOS=${LAB_64K_SCENARIOS:-fidelity pagesize}         # the only scenarios of boot 64k
 LAB_KVM_MEM=${LAB_KVM_MEM:-3G}                          # boot kvm: L1 RAM (the nested guest has 256 MiB)
 LAB_KVM_HELLO_TIMEOUT=${LAB_KVM_HELLO_TIMEOUT:-900}      # boot kvm: the by-hand nested boot runs before HELLO
 LAB_BOOT_TIMEOUT=${LAB_BOOT_TIMEOUT:-1800}              # whole QEMU run, scenarios included
@@ -208,6 +212,19 @@ kernel() {
 	took "kernel headers+cache" "$t"
 }
 
+# The 64 KiB-page kernel (boot 64k): the same fragment with CONFIG_ARM64_64K_PAGES in place
+# of 4K pages, built by kernel() with its own fragment, hash and cache entry.
+FRAG64=$LAB_WORK/lab-arm64-64k.config
+sed 's/^CONFIG_ARM64_4K_PAGES=y$/CONFIG_ARM64_64K_PAGES=y/' "$FRAG" >"$FRAG64"
+grep -qx 'CONFIG_ARM64_64K_PAGES=y' "$FRAG64" || die "lab-arm64.config has no CONFIG_ARM64_4K_PAGES=y line to turn into 64K pages"
+KCACHE64=$LAB_CACHE/kernel/$LAB_KVER-64k-$(sha256sum "$FRAG64" | cut -c1-16)
+kernel_64k() {
+	local save=("$FRAG" "$HASH" "$KCACHE")
+	FRAG=$FRAG64 HASH=64k-${KCACHE64##*-} KCACHE=$KCACHE64
+	kernel
+	FRAG=${save[0]} HASH=${save[1]} KCACHE=${save[2]}
+}
+
 # --- 4. programs: vsmmu-remote + probe (aarch64, static), iort-canwbs and vsmmu (host) ----
 programs() {
 	local t; t=$(now)
@@ -274,6 +291,7 @@ count() { # count PREFIX FILE: tally the LAB-CHECK lines of FILE
 
 QPID=
 BOOT_SMP=1 BOOT_MEM=$LAB_MEM BOOT_ACCEL=tcg BOOT_DEV=$LAB_PCI_DEV  # boot kvm changes them
+BOOT_KERNEL=$KCACHE/Image                                          # boot 64k changes it
 boot_start() { # boot_start BOOT FW MACHINE INITRD LOG APPEND
 	local boot=$1 fw=$2 machine=$3 initrd=$4 log=$5 extra=$6 bios=()
 	local append="console=ttyAMA0 panic=-1 lab.boot=$boot lab.dev=$LAB_PCI_ID $extra $LAB_APPEND"
@@ -288,7 +306,7 @@ boot_start() { # boot_start BOOT FW MACHINE INITRD LOG APPEND
 		-device virtserialport,chardev=remote,name=org.vsmmu.remote
 		-chardev "socket,id=ctl,path=$cs,server=on,wait=off"
 		-device virtserialport,chardev=ctl,name=org.vsmmu.lab
-		-kernel "$KCACHE/Image" -initrd "$initrd" -append "$append")
+		-kernel "$BOOT_KERNEL" -initrd "$initrd" -append "$append")
 	echo "${cmd[*]}" >"$log"
 	timeout "$LAB_BOOT_TIMEOUT" "${cmd[@]}" </dev/null >>"$log" 2>&1 &
 	QPID=$!
@@ -320,6 +338,7 @@ run_scenarios() { # run_scenarios BOOT EXPECT SOCK
 		name=${s##*/}
 		if [ -n "$LAB_SCENARIOS" ] && ! [[ " $LAB_SCENARIOS " == *" $name "* ]]; then continue; fi
 		if [ "$boot" = kvm ] && ! [[ " $LAB_KVM_SCENARIOS " == *" $name "* ]]; then continue; fi
+		if [ "$boot" = 64k ] && ! [[ " $LAB_64K_SCENARIOS " == *" $name "* ]]; then continue; fi
 		out=$sd/$name.log; mkdir -p "$sd/$name"
 		t=$(now)
 		echo "--- scenario $name on $boot (LAB_EXPECT=$expect, log $out)"
@@ -375,10 +394,13 @@ boots() {
 			# 2 vCPUs in parallel (MTTCG); the outer edu's DMA mask widened for the nested
 			# guest's bypass DMA check (its RAM sits above edu's default 28 bits)
 			BOOT_SMP=2 BOOT_MEM=$LAB_KVM_MEM BOOT_ACCEL=tcg,thread=multi BOOT_DEV=$LAB_PCI_DEV,dma_mask=0xffffffffffffffff ;;
+		64k) fw=dt machine=virt expect=page64k extra= ;;
 		*) fail "$boot/unknown-boot"; continue ;;
 		esac
 		[ -n "$LAB_EXPECT_OVERRIDE" ] && expect=$LAB_EXPECT_OVERRIDE
 		[ "$boot" = kvm ] || { BOOT_SMP=1 BOOT_MEM=$LAB_MEM BOOT_ACCEL=tcg BOOT_DEV=$LAB_PCI_DEV; }
+		BOOT_KERNEL=$KCACHE/Image
+		[ "$boot" = 64k ] && BOOT_KERNEL=$KCACHE64/Image
 		sock=$LAB_WORK/remote-$boot.sock ctl=$LAB_WORK/ctl-$boot.sock
 		t=$(now)
 		say "booting $boot (machine $machine, $fw, device $LAB_PCI_DEV, LAB_EXPECT=$expect) -> $log"
@@ -418,6 +440,7 @@ boots() {
 deps
 guest_pkgs
 kernel
+[[ " $LAB_BOOTS " == *" 64k "* ]] && kernel_64k
 programs
 initramfs "$LAB_WORK/initramfs.cpio"
 boots

@@ -115,6 +115,13 @@ if ! gcc -static -O2 -Wall -Werror -I"$REPO/Sources/CVsmmuUAPI/include" -o "$ove
 	exit 1
 fi
 
+# locked memory (scenario vsmmu-launch): runs a command without CAP_IPC_LOCK under a small
+# RLIMIT_MEMLOCK (the guest's busybox has no setpriv that drops a capability at exec)
+if ! gcc -static -O2 -Wall -Werror -o "$overlay/bin/no-ipc-lock" "$HERE/memlock/no-ipc-lock.c"; then
+	echo "lab: 0 passed, 1 failed"
+	exit 1
+fi
+
 log=${TMPDIR:-/tmp}/vsmmu-lab.log
 # LAB_RECORD=1: the fidelity scenario prints the real kernel's answers, kept below.
 [ "${LAB_RECORD:-0}" = 1 ] && export LAB_APPEND="${LAB_APPEND:-} lab.record"
@@ -136,7 +143,7 @@ fi
 grep -E 'LAB-CHECK|LAB-INFO|^boot|LAB OK|LAB FAIL|took|total' "$log" | sed 's/^ *//'
 work=${LAB_WORK:-${TMPDIR:-/tmp}/vsmmu-lab}
 for b in "$work"/boot-*.log; do
-	[ -f "$b" ] && tr -d '\r' <"$b" | grep -aE 'VSMMU (mock )?(host rc|apply rc|replan rc|destroy rc)|VSMMU [a-z0-9]+ FAIL|VSMMU [a-z0-9]+: [0-9]+ failed|VSMMU fault case space=|VSMMU fault: |VSMMU selftest (FAIL|[a-z_]+ exited)' |
+	[ -f "$b" ] && tr -d '\r' <"$b" | grep -aE 'VSMMU (mock )?(host rc|apply rc|replan rc|destroy rc)|VSMMU [a-z0-9]+ FAIL|VSMMU [a-z0-9]+: [0-9]+ failed|VSMMU fault case space=|VSMMU fault: |VSMMU selftest (FAIL|[a-z_]+ exited)|VSMMU memlock: ' |
 		cut -c1-240 | sed "s|^|$(basename "$b" .log): |"
 done
 skip=$(grep -c 'LAB-CHECK SKIP' "$log")

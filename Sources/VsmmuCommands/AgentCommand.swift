@@ -353,7 +353,7 @@ extension AgentServer {
             let handover: Handover
             handover = try lifecycle.handOver(request.guest, store: store, note: { console.error("note: \($0)") })
             log("launch of guest \(request.guest) for pid \(peer.pid) (uid \(peer.uid)): \(request.command.joined(separator: " "))")
-            var answer = LaunchReply(memlock: handover.pinnedBytes)
+            var answer = LaunchReply(memlock: VMMLockedMemory.limit(guestRAM: handover.pinnedBytes))
             var fds: [Int32] = []
             if session.sim != nil {
                 let process: SimProcessID
@@ -372,8 +372,8 @@ extension AgentServer {
                 answer.remotePID = pid
             } else {
                 // The client execs the VMM in its own process: let it pin the guest's RAM.
-                if vsmmu_raise_memlock(peer.pid, handover.pinnedBytes) != 0 {
-                    console.error("note: could not raise RLIMIT_MEMLOCK of pid \(peer.pid) to \(handover.pinnedBytes) bytes")
+                if vsmmu_raise_memlock(peer.pid, answer.memlock) != 0 {
+                    console.error("note: could not raise RLIMIT_MEMLOCK of pid \(peer.pid) to \(answer.memlock) bytes")
                 }
                 try lifecycle.recordRunning(handover, pid: peer.pid, startTime: LocalProcess.find(peer.pid)?.startTime, command: request.command,
                                             vmm: request.vmm, store: store)
@@ -401,7 +401,7 @@ extension AgentServer {
         let lifecycle = GuestLifecycle(session: session)
         let a = try lifecycle.adoptable(request.guest, store: store)
         log("adopt of guest \(request.guest) by pid \(peer.pid) (uid \(peer.uid)): \(request.command.joined(separator: " "))")
-        var answer = LaunchReply(memlock: a.holding.memory.values.reduce(0) { $0 &+ $1.length })
+        var answer = LaunchReply(memlock: VMMLockedMemory.limit(guestRAM: a.holding.memory.values.reduce(0) { $0 &+ $1.length }))
         let start = LocalProcess.find(peer.pid)?.startTime
         if let sim = session.sim {
             let process = sim.spawnProcess(pid: peer.pid, command: request.command.first.map { ($0 as NSString).lastPathComponent } ?? "vmm")

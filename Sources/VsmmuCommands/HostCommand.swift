@@ -88,7 +88,7 @@ struct Host: ParsableCommand {
 enum HostJSON {
     static func render(_ h: HostDescription) -> JSONValue {
         ["apiVersion": "vsmmu/v1", "kind": "Host", "metadata": ["name": .string(h.name)],
-         "kernel": ["release": .string(h.kernel.release), "iommufd": .bool(h.kernel.iommufd), "vfioCdev": .bool(h.kernel.vfioCdev)],
+         "kernel": kernel(h.kernel),
          "iommus": .array(h.iommus.map { i in
              var o: [String: JSONValue] = ["name": .string(i.name), "type": .string(i.type.rawValue), "nesting": .bool(i.nesting),
                                            "coherent": .bool(i.coherent), "ats": .bool(i.ats), "ril": .bool(i.ril), "pasid": .bool(i.pasid),
@@ -98,11 +98,31 @@ enum HostJSON {
              if !i.unknown.isEmpty { o["unknown"] = .array(i.unknown.map { .string($0) }) }
              return .object(o)
          }),
-         "pciDevices": .array(h.pciDevices.map { d in
-             ["address": .string(d.address.description), "vendor": .int(Int64(d.vendor)), "device": .int(Int64(d.device)),
-              "class": .int(Int64(d.classCode)), "driver": d.driver.map { .string($0) } ?? .null,
-              "iommuGroup": d.iommuGroup.map { .int(Int64($0)) } ?? .null, "iommu": d.iommu.map { .string($0) } ?? .null,
-              "numaNode": .int(Int64(d.numaNode))]
-         })]
+         "pciDevices": .array(h.pciDevices.map(device))]
+    }
+
+    // Every fact the YAML form has (HostFile.swift), so that both say the same (the
+    // aarch64 lab found the JSON form without the per-device facts and the page size).
+    static func kernel(_ k: KernelFacts) -> JSONValue {
+        var o: [String: JSONValue] = ["release": .string(k.release), "iommufd": .bool(k.iommufd), "vfioCdev": .bool(k.vfioCdev)]
+        if let p = k.pageSize { o["pageSize"] = .uint(p) }
+        return .object(o)
+    }
+
+    static func device(_ d: HostPCIDevice) -> JSONValue {
+        var o: [String: JSONValue] = [
+            "address": .string(d.address.description), "vendor": .int(Int64(d.vendor)), "device": .int(Int64(d.device)),
+            "class": .int(Int64(d.classCode)), "driver": d.driver.map { .string($0) } ?? .null,
+            "iommuGroup": d.iommuGroup.map { .int(Int64($0)) } ?? .null, "iommu": d.iommu.map { .string($0) } ?? .null,
+            "numaNode": .int(Int64(d.numaNode))]
+        if let v = d.vfioDriver { o["vfioDriver"] = .string(v) }
+        if let v = d.ats { o["ats"] = .bool(v) }
+        if let v = d.pasidWidth { o["pasidWidth"] = .int(Int64(v)) }
+        if let v = d.canwbs { o["canwbs"] = .bool(v) }
+        if let bars = d.bars {
+            o["bars"] = .array(bars.map { ["index": .int(Int64($0.index)), "size": .uint($0.size), "prefetchable": .bool($0.prefetchable), "bits64": .bool($0.bits64)] })
+        }
+        if !d.unknown.isEmpty { o["unknown"] = .array(d.unknown.map { .string($0.rawValue) }) }
+        return .object(o)
     }
 }

@@ -4,6 +4,7 @@ import Foundation
 import VsmmuExecutor
 import VsmmuIPC
 import VsmmuKernel
+import VsmmuLinux
 import VsmmuPlanner
 import VsmmuProvisioning
 import VsmmuVMM
@@ -104,6 +105,12 @@ struct Launch: ParsableCommand {
                     _ = vsmmu_clear_cloexec(fds[i])
                 }
                 _ = vsmmu_raise_memlock(0, answer.memlock)
+                // The VMM pins the guest RAM at realize: without CAP_IPC_LOCK and below the
+                // need it would fail there with ENOMEM (docs/kernel-interface.md §9.15), so refuse now.
+                if answer.simulatedFD == nil, let problem = Preflight.memlockProblem(pinning: answer.memlock) {
+                    throw CommandError(message: "not starting the VMM: \(problem)",
+                                       hint: "guest \(request.guest) is prepared again once this command has exited")
+                }
                 if let map = answer.adoptMap {
                     // The adopting VMM reads the object ids (and its fd numbers) from here.
                     setenv("VSMMU_ADOPT_MAP", try HandoffMap.localize(map.text, fds: answer.simulatedFD != nil ? nil : fds).json(), 1)

@@ -1,6 +1,7 @@
 import VsmmuKernel
 import VsmmuModel
 import VsmmuPlanner
+import VsmmuVMM
 
 /// The plan as people read it: terraform-like lines, then the summary.
 enum PlanText {
@@ -40,7 +41,7 @@ enum PlanText {
             out += "\n"
         }
         for g in plan.layout where (g.lockedMemory ?? 0) > 0 {
-            out += "Locked memory: guest \(g.guest)'s VMM pins \(YAMLText.size(g.lockedMemory ?? 0)) of guest RAM (RLIMIT_MEMLOCK at least that, or CAP_IPC_LOCK; `vsmmu launch` raises it).\n"
+            out += "Locked memory: guest \(g.guest)'s VMM pins \(YAMLText.size(g.lockedMemory ?? 0)) of guest RAM (RLIMIT_MEMLOCK at least that plus what the VMM maps besides, firmware and ROMs, or CAP_IPC_LOCK; `vsmmu launch` raises it to guest RAM + \(YAMLText.size(VMMLockedMemory.margin))).\n"
         }
         out += facts(plan)
         out += "Plan: \(plan.toAdd) to add, \(plan.toChange) to change, \(plan.toDestroy) to destroy.\n"

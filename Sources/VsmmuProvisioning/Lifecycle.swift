@@ -201,8 +201,8 @@ public final class GuestLifecycle {
         guard let sim = session.sim else { throw LaunchError(message: "not a simulated host") }
         let process = sim.spawnProcess(pid: pid, command: command.first.map { ($0 as NSString).lastPathComponent } ?? "vmm")
         // The VMM runs without CAP_IPC_LOCK, with the RLIMIT_MEMLOCK launch raises: what it
-        // pins beyond `pinnedBytes` fails with ENOMEM, as on a real host.
-        sim.setMemlockLimit(handover.pinnedBytes, for: process)
+        // pins beyond that fails with ENOMEM, as on a real host.
+        sim.setMemlockLimit(VMMLockedMemory.limit(guestRAM: handover.pinnedBytes), for: process)
         do {
             try sim.transferFiles(handover.allFDs, to: process)
             _ = try sim.run(as: process) { () throws -> QEMURealize.Result in try QEMURealize.run(handover.layout, files: handover.files, port: sim) }

@@ -47,3 +47,21 @@ import Testing
     #expect(vsmmu(["show", "--format", "text"] + ctx).stdout == vsmmu(["show"] + ctx).stdout)
     #expect(vsmmu(["show", "--format", "yaml"] + ctx).code == 0)
 }
+
+/// `vsmmu host --format json` says what the YAML form says: the page size and every
+/// per-device fact (the aarch64 lab found them missing from the JSON form).
+@Test func hostJSONHasThePerDeviceFactsAndThePageSize() throws {
+    let dir = tempDir()
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let r = vsmmu(["host", "--host", "examples/hosts/gb200-64k.yaml", "--state-dir", dir, "--format", "json"])
+    #expect(r.code == 0, "\(r.stderr)")
+    let doc = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as! [String: Any]
+    #expect((doc["kernel"] as? [String: Any])?["pageSize"] as? Int == 65536)
+    let devices = doc["pciDevices"] as! [[String: Any]]
+    let gpu = try #require(devices.first { $0["address"] as? String == "0000:19:02.0" })
+    #expect(gpu["ats"] as? Bool == false)
+    #expect(gpu["vfioDriver"] as? String == "nvgrace_gpu_vfio_pci")
+    #expect(gpu["pasidWidth"] as? Int != nil && gpu["canwbs"] as? Bool != nil)
+    #expect((gpu["bars"] as? [[String: Any]])?.count == 2)
+    #expect(devices.contains { ($0["unknown"] as? [String])?.isEmpty == false })
+}
