@@ -361,6 +361,21 @@ run_scenarios() { # run_scenarios BOOT EXPECT SOCK
 boots() {
 	local boot fw machine expect extra initrd log t sock ctl
 	local iort_raw=$LAB_WORK/IORT.qemu.aml iort_canwbs=$LAB_WORK/IORT.canwbs.aml
+
+	# The IORT with the CANWBS flag set on the SMMU's named component (the vIOMMU gate opens):
+	# QEMU's own IORT, dumped once by a dump-only acpi boot, patched by iort-canwbs. Writes only
+	# the files $iort_raw and $iort_canwbs; fails when no IORT could be dumped.
+	canwbs_iort() {
+		if [ ! -s "$iort_raw" ]; then
+			echo "no IORT dumped yet: a dump-only acpi boot first"
+			boot_start acpi-dump acpi virt "$initrd" "$LAB_WORK/boot-acpi-dump.log" "lab.dumpiort lab.dumponly"
+			qemu_wait 300 || { kill "$QPID" 2>/dev/null; true; }
+			iort_from "$LAB_WORK/boot-acpi-dump.log" "$iort_raw"
+		fi
+		[ -s "$iort_raw" ] || return 1
+		"$LAB_WORK/progs/iort-canwbs" "$iort_raw" "$iort_canwbs" | sed 's/^/    /'
+	}
+
 	for boot in $LAB_BOOTS; do
 		log=$LAB_WORK/boot-$boot.log initrd=$LAB_WORK/initramfs.cpio
 		case $boot in
@@ -368,27 +383,13 @@ boots() {
 		acpi-canwbs)
 			fw=acpi machine=virt expect=viommu extra="lab.viommu=yes"
 			[ "$LAB_PROBE" = 1 ] && extra="$extra lab.probe"
-			if [ ! -s "$iort_raw" ]; then
-				echo "no IORT dumped yet: a dump-only acpi boot first"
-				boot_start acpi-dump acpi virt "$initrd" "$LAB_WORK/boot-acpi-dump.log" "lab.dumpiort lab.dumponly"
-				qemu_wait 300 || { kill "$QPID" 2>/dev/null; true; }
-				iort_from "$LAB_WORK/boot-acpi-dump.log" "$iort_raw"
-			fi
-			[ -s "$iort_raw" ] || { fail "$boot/boot-iort"; continue; }
-			"$LAB_WORK/progs/iort-canwbs" "$iort_raw" "$iort_canwbs" | sed 's/^/    /'
+			canwbs_iort || { fail "$boot/boot-iort"; continue; }
 			initrd=$LAB_WORK/initramfs-canwbs.cpio
 			initramfs "$initrd" "$iort_canwbs" ;;
 		s1only) fw=dt machine=${LAB_S1_MACHINE:-virt-9.1} expect=no-nesting extra= ;;
 		kvm)
 			fw=acpi machine=virt,virtualization=on expect=viommu extra="lab.viommu=yes lab.byhand"
-			if [ ! -s "$iort_raw" ]; then
-				echo "no IORT dumped yet: a dump-only acpi boot first"
-				boot_start acpi-dump acpi virt "$initrd" "$LAB_WORK/boot-acpi-dump.log" "lab.dumpiort lab.dumponly"
-				qemu_wait 300 || { kill "$QPID" 2>/dev/null; true; }
-				iort_from "$LAB_WORK/boot-acpi-dump.log" "$iort_raw"
-			fi
-			[ -s "$iort_raw" ] || { fail "$boot/boot-iort"; continue; }
-			"$LAB_WORK/progs/iort-canwbs" "$iort_raw" "$iort_canwbs" | sed 's/^/    /'
+			canwbs_iort || { fail "$boot/boot-iort"; continue; }
 			initrd=$LAB_WORK/initramfs-kvm.cpio
 			initramfs "$initrd" "$iort_canwbs" kvm
 			# 2 vCPUs in parallel (MTTCG); the outer edu's DMA mask widened for the nested
