@@ -229,7 +229,7 @@ kernel_64k() {
 programs() {
 	local t; t=$(now)
 	local P=$LAB_WORK/progs; mkdir -p "$P"
-	"${CROSS}gcc" -static -O2 -I "$VSMMU_SRC/Sources/CVsmmuUAPI/include" -o "$P/vsmmu-remote" \
+	"${CROSS}gcc" -static -O2 -I "$VSMMU_SRC/Sources/CVsmmuUAPI/include" -o "$P/vsmmu-remote" "$VSMMU_SRC/Sources/CVsmmuUAPI/process.c" \
 		"$VSMMU_SRC/Sources/vsmmu-remote/main.c" || die "vsmmu-remote does not build"
 	"${CROSS}gcc" -static -O1 -Wall -Werror -I"$KCACHE/include" -o "$P/smmuv3-probe" "$LAB_DIR/smmuv3-probe.c"
 	gcc -O1 -Wall -Werror -o "$P/iort-canwbs" "$LAB_DIR/iort-canwbs.c"

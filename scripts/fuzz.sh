@@ -29,7 +29,7 @@ if [ "$need_swift" = 1 ]; then
 fi
 CC=$(command -v clang || echo /opt/swift/usr/bin/clang)
 "$CC" -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-  -I Sources/CVsmmuUAPI/include -o "$out/remote-frame" Fuzz/remote-frame.c
+  -I Sources/CVsmmuUAPI/include -o "$out/remote-frame" Fuzz/remote-frame.c Sources/CVsmmuUAPI/process.c
 
 rc=0
 for t in "${targets[@]}"; do

@@ -702,21 +702,7 @@ static int op_bye(struct in *c, struct out *o) { (void)o; return args_ok(c) ? 0 
 
 // ---- MEMLOCK: the executor's own RLIMIT_MEMLOCK and CAP_IPC_LOCK (the corpora's `memlock`) ----
 
-#include <linux/capability.h>
-
-static struct rlimit memlock_saved;
-static int memlock_have_saved;
-
-// CAP_IPC_LOCK in the effective set only: it stays permitted and can be raised again.
-static int ipc_lock_effective(int on) {
-    struct __user_cap_header_struct h = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
-    struct __user_cap_data_struct d[2];
-    if (syscall(SYS_capget, &h, d) != 0) return -errno;
-    if (on && !(d[0].permitted & (1u << CAP_IPC_LOCK))) return 0;
-    if (on) d[0].effective |= 1u << CAP_IPC_LOCK;
-    else d[0].effective &= ~(1u << CAP_IPC_LOCK);
-    return syscall(SYS_capset, &h, d) != 0 ? -errno : 0;
-}
+#include "vsmmu_process.h"   // vsmmu_limit_memlock, shared with the in-process kernel port
 
 static int op_memlock(struct in *c, struct out *o) {
     (void)o;
@@ -724,20 +710,7 @@ static int op_memlock(struct in *c, struct out *o) {
     uint64_t bytes = get_u64(c);
     if (!args_ok(c)) return MALFORMED;
     snprintf(detail, sizeof detail, restore ? "restore" : "limit=%llu", (unsigned long long)bytes);
-    if (restore) {
-        if (memlock_have_saved && setrlimit(RLIMIT_MEMLOCK, &memlock_saved) != 0) return -errno;
-        memlock_have_saved = 0;
-        return ipc_lock_effective(1);
-    }
-    if (!memlock_have_saved) {
-        if (getrlimit(RLIMIT_MEMLOCK, &memlock_saved) != 0) return -errno;
-        memlock_have_saved = 1;
-    }
-    struct rlimit r = memlock_saved;
-    r.rlim_cur = bytes;
-    if (r.rlim_max != RLIM_INFINITY && r.rlim_max < bytes) r.rlim_max = bytes;
-    if (setrlimit(RLIMIT_MEMLOCK, &r) != 0) return -errno;
-    return ipc_lock_effective(0);
+    return vsmmu_limit_memlock((int)restore, bytes);
 }
 
 static int (*const handlers[OP_COUNT])(struct in *, struct out *) = {
