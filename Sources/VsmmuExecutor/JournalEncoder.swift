@@ -10,10 +10,13 @@ import VsmmuPlanner
 /// Containers are used the way Codable implementations use them, one inside the other:
 /// a container is closed when its parent writes its next item, or at the end.
 final class JournalEncoder: Encoder {
-    private(set) var bytes: [UInt8] = []
+    // Unchecked: one encoder is used by one thread, and no access to these overlaps another
+    // (every write appends); the runtime's exclusivity checks on them were a fifth of an
+    // apply's instructions (docs/live-speed.md §5).
+    @exclusivity(unchecked) private(set) var bytes: [UInt8] = []
     /// The closing byte of each open container, innermost last, and whether it has an item.
-    private var closers: [UInt8] = []
-    private var hasItems: [Bool] = []
+    @exclusivity(unchecked) private var closers: [UInt8] = []
+    @exclusivity(unchecked) private var hasItems: [Bool] = []
 
     var codingPath: [any CodingKey] { [] }
     var userInfo: [CodingUserInfoKey: Any] { [:] }
@@ -60,76 +63,212 @@ final class JournalEncoder: Encoder {
     }
 
     private func patch(_ p: HoldingPatch) throws {
-        func head(_ kind: String, _ g: String, _ name: String) {
-            bytes.append(contentsOf: "{\"\(kind)\":{\"_0\":".utf8)
+        func head(_ kind: StaticString, _ g: String, _ name: String) {
+            raw("{\"")
+            raw(kind)
+            raw("\":{\"_0\":")
             string(g)
-            bytes.append(contentsOf: #","_1":"#.utf8)
+            raw(",\"_1\":")
             string(name)
         }
         switch p {
         case .ioas(let g, let id):
-            bytes.append(contentsOf: #"{"ioas":{"_0":"#.utf8)
+            raw("{\"ioas\":{\"_0\":")
             string(g)
-            if let id { bytes.append(contentsOf: #","_1":"#.utf8); integer(id) }
+            if let id { raw(",\"_1\":"); integer(id) }
+        case .guest(let g, let h):
+            raw("{\"guest\":{\"_0\":")
+            string(g)
+            if let h { raw(",\"_1\":"); guest(h) }
         case .device(let g, let d, let h):
             head("device", g, d)
-            if let h {
-                bytes.append(contentsOf: #","_2":{"source":"#.utf8)
-                string(h.source.description)
-                if let c = h.cdev { bytes.append(contentsOf: #","cdev":{"fd":"#.utf8); integer(c.fd); bytes.append(UInt8(ascii: "}")) }
-                field("vfioIndex", h.vfioIndex)
-                field("mockStdev", h.mockStdev)
-                field("devID", h.devID)
-                field("attached", h.attached)
-                field("owner", h.owner)
-                bytes.append(UInt8(ascii: "}"))
-            }
+            if let h { raw(",\"_2\":"); device(h) }
         case .stage2(let g, let i, let h):
             head("stage2", g, i)
-            if let h {
-                bytes.append(contentsOf: #","_2":{"hwpt":"#.utf8)
-                integer(h.hwpt)
-                bytes.append(contentsOf: #","nestParent":"#.utf8)
-                bool(h.nestParent)
-                bytes.append(UInt8(ascii: "}"))
-            }
+            if let h { raw(",\"_2\":"); stage2(h) }
+        case .memory(let g, let r, let h):
+            head("memory", g, r)
+            if let h { raw(",\"_2\":"); memory(h) }
         case .vsmmu(let g, let v, let h):
             head("vsmmu", g, v)
-            if let h {
-                bytes.append(contentsOf: #","_2":{"physical":"#.utf8)
-                string(h.physical)
-                field("viommu", h.viommu)
-                field("viommuType", h.viommuType.rawValue)
-                field("abortHWPT", h.abortHWPT)
-                field("bypassHWPT", h.bypassHWPT)
-                // A dictionary whose keys are neither strings nor Ints: [key, value, ...].
-                bytes.append(contentsOf: #","eventQueues":["#.utf8)
-                for (i, (t, q)) in h.eventQueues.enumerated() {
-                    if i > 0 { bytes.append(UInt8(ascii: ",")) }
-                    integer(t.rawValue)
-                    bytes.append(contentsOf: #",{"id":"#.utf8)
-                    integer(q.id)
-                    bytes.append(contentsOf: #","fd":{"fd":"#.utf8)
-                    integer(q.fd.fd)
-                    bytes.append(contentsOf: "}}".utf8)
-                }
-                bytes.append(contentsOf: #"],"vdevices":{"#.utf8)
-                for (i, (d, vd)) in h.vdevices.enumerated() {
-                    if i > 0 { bytes.append(UInt8(ascii: ",")) }
-                    string(d)
-                    bytes.append(contentsOf: #":{"id":"#.utf8)
-                    integer(vd.id)
-                    bytes.append(contentsOf: #","virtID":"#.utf8)
-                    integer(vd.virtID)
-                    bytes.append(UInt8(ascii: "}"))
-                }
-                bytes.append(contentsOf: "}}".utf8)
-            }
+            if let h { raw(",\"_2\":"); vsmmu(h) }
+        case .originalDriver(let a, .some(.some(let d))):
+            // (.some(nil) goes through Codable below: it is written as null.)
+            raw("{\"originalDriver\":{\"_0\":")
+            address(a)
+            raw(",\"_1\":")
+            string(d)
+        case .originalDriverNone(let a):
+            raw("{\"originalDriverNone\":{\"_0\":")
+            address(a)
+        case .originalDriverUnknown(let a):
+            raw("{\"originalDriverUnknown\":{\"_0\":")
+            address(a)
         default:
             try nested(p)
             return
         }
-        bytes.append(contentsOf: "}}".utf8)
+        raw("}}")
+    }
+
+    // MARK: the holdings, written out (the executor writes them at every step, and whole in each snapshot)
+
+    /// holdings.json: the same document `append(holdings)` writes through Codable.
+    func appendHoldings(_ h: Holdings) throws {
+        raw("{\"formatVersion\":")
+        integer(h.formatVersion)
+        raw(",\"guests\":{")
+        for (i, (name, g)) in h.guests.enumerated() {
+            if i > 0 { raw(",") }
+            string(name)
+            raw(":")
+            guest(g)
+        }
+        // A dictionary whose keys are neither strings nor Ints: [key, value, ...].
+        raw("},\"originalDrivers\":[")
+        for (i, (a, d)) in h.originalDrivers.enumerated() {
+            if i > 0 { raw(",") }
+            address(a)
+            raw(",")
+            if let d { string(d) } else { null() }
+        }
+        raw("]")
+        if !h.running.isEmpty {
+            raw(",\"running\":")
+            try nested(h.running)
+        }
+        if let unknown = h.unknownOriginalDrivers {
+            raw(",\"unknownOriginalDrivers\":[")
+            for (i, a) in unknown.enumerated() {
+                if i > 0 { raw(",") }
+                address(a)
+            }
+            raw("]")
+        }
+        raw("}")
+    }
+
+    private func guest(_ g: GuestHolding) {
+        raw("{\"iommufd\":{\"fd\":")
+        integer(g.iommufd.fd)
+        raw("}")
+        field("ioas", g.ioas)
+        raw(",\"devices\":{")
+        for (i, (name, d)) in g.devices.enumerated() {
+            if i > 0 { raw(",") }
+            string(name)
+            raw(":")
+            device(d)
+        }
+        raw("},\"stage2\":{")
+        for (i, (name, s)) in g.stage2.enumerated() {
+            if i > 0 { raw(",") }
+            string(name)
+            raw(":")
+            stage2(s)
+        }
+        raw("},\"memory\":{")
+        for (i, (name, m)) in g.memory.enumerated() {
+            if i > 0 { raw(",") }
+            string(name)
+            raw(":")
+            memory(m)
+        }
+        raw("},\"vsmmus\":{")
+        for (i, (name, v)) in g.vsmmus.enumerated() {
+            if i > 0 { raw(",") }
+            string(name)
+            raw(":")
+            vsmmu(v)
+        }
+        raw("},\"uncertain\":")
+        bool(g.uncertain)
+        if let holder = g.holder {
+            raw(",\"holder\":")
+            string(holder)
+        }
+        raw("}")
+    }
+
+    private func device(_ h: DeviceHolding) {
+        raw("{\"source\":")
+        string(h.source.description)
+        if let c = h.cdev { raw(",\"cdev\":{\"fd\":"); integer(c.fd); raw("}") }
+        field("vfioIndex", h.vfioIndex)
+        field("mockStdev", h.mockStdev)
+        field("devID", h.devID)
+        field("attached", h.attached)
+        field("owner", h.owner)
+        raw("}")
+    }
+
+    private func stage2(_ h: Stage2Holding) {
+        raw("{\"hwpt\":")
+        integer(h.hwpt)
+        raw(",\"nestParent\":")
+        bool(h.nestParent)
+        raw("}")
+    }
+
+    private func memory(_ h: MemoryHolding) {
+        raw("{\"memory\":{")
+        if let f = h.memory.file { raw("\"file\":{\"fd\":"); integer(f.fd); raw("},") }
+        raw("\"userVA\":")
+        integer(h.memory.userVA)
+        raw(",\"size\":")
+        integer(h.memory.size)
+        raw("},\"backing\":")
+        string(h.backing.rawValue)
+        raw(",\"iova\":")
+        integer(h.iova)
+        raw(",\"length\":")
+        integer(h.length)
+        raw(",\"mapped\":")
+        bool(h.mapped)
+        raw("}")
+    }
+
+    private func vsmmu(_ h: VSMMUHolding) {
+        raw("{\"physical\":")
+        string(h.physical)
+        field("viommu", h.viommu)
+        field("viommuType", h.viommuType.rawValue)
+        field("abortHWPT", h.abortHWPT)
+        field("bypassHWPT", h.bypassHWPT)
+        // A dictionary whose keys are neither strings nor Ints: [key, value, ...].
+        raw(",\"eventQueues\":[")
+        for (i, (t, q)) in h.eventQueues.enumerated() {
+            if i > 0 { raw(",") }
+            integer(t.rawValue)
+            raw(",{\"id\":")
+            integer(q.id)
+            raw(",\"fd\":{\"fd\":")
+            integer(q.fd.fd)
+            raw("}}")
+        }
+        raw("],\"vdevices\":{")
+        for (i, (d, vd)) in h.vdevices.enumerated() {
+            if i > 0 { raw(",") }
+            string(d)
+            raw(":{\"id\":")
+            integer(vd.id)
+            raw(",\"virtID\":")
+            integer(vd.virtID)
+            raw("}")
+        }
+        raw("}}")
+    }
+
+    private func address(_ a: PCIAddress) {
+        // A PCI address is always 12 plain ASCII characters: nothing to escape.
+        raw("\"")
+        var text = a.description
+        text.withUTF8 { bytes.append(contentsOf: $0) }
+        raw("\"")
+    }
+
+    private func raw(_ s: StaticString) {
+        bytes.append(contentsOf: UnsafeBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount))
     }
 
     private func field(_ name: StaticString, _ v: (some BinaryInteger)?) {
@@ -196,7 +335,30 @@ final class JournalEncoder: Encoder {
         bytes.append(UInt8(ascii: "\""))
     }
 
-    fileprivate func integer(_ v: some BinaryInteger) { bytes.append(contentsOf: String(v).utf8) }
+    /// Decimal digits written straight into the bytes (String(v) made a string per number).
+    fileprivate func integer(_ v: some BinaryInteger) {
+        guard v.bitWidth <= 64 else { bytes.append(contentsOf: String(v).utf8); return }
+        if v < 0 {
+            bytes.append(UInt8(ascii: "-"))
+            digits(UInt64(v.magnitude))
+        } else {
+            digits(UInt64(v))
+        }
+    }
+
+    private func digits(_ n: UInt64) {
+        if n < 10 { bytes.append(0x30 &+ UInt8(n)); return }
+        var buffer: (UInt64, UInt64, UInt64) = (0, 0, 0)   // 24 bytes: UInt64.max has 20 digits
+        withUnsafeMutableBytes(of: &buffer) { b in
+            var i = b.count, n = n
+            repeat {
+                i -= 1
+                b[i] = 0x30 &+ UInt8(n % 10)
+                n /= 10
+            } while n > 0
+            bytes.append(contentsOf: UnsafeRawBufferPointer(rebasing: b[i...]))
+        }
+    }
 
     fileprivate func double(_ v: Double) throws {
         guard v.isFinite else {

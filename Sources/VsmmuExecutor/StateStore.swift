@@ -161,6 +161,13 @@ public final class StateStore {
         return e.bytes
     }
 
+    /// The holdings, written out by hand (the same document).
+    private func snapshot(_ value: Holdings) throws -> [UInt8] {
+        let e = JournalEncoder()
+        try e.appendHoldings(value)
+        return e.bytes
+    }
+
     /// temp file (0600) + fsync + renameat(2), never through a link.
     func write(_ data: [UInt8], to name: String) throws {
         do { try files.writeAtomically(name, data) } catch { throw StoreError(message: error.message) }
