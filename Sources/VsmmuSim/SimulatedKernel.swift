@@ -12,7 +12,8 @@ import VsmmuKernel
 /// Not thread-safe: one kernel per thread/task, like one process's view of the kernel.
 public final class SimulatedKernel: KernelPort {
     var state: SimState
-    var opCounts: [String: Int] = [:]
+    /// Calls answered per kind, by `KernelCall.ordinal` (VSMMU_SIM_FAIL's `#N` counts them).
+    var callCounts = [Int](repeating: 0, count: KernelCall.allCases.count)
     var mutatingCallCount = 0
     var store: SimStore?
     /// Derived lookup structures over `state` (never persisted; SimIndexes.swift).
