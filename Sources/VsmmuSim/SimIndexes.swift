@@ -128,9 +128,10 @@ final class SimIndexes {
     var collectable: Set<Int> = []
 
     // iommufd objects.
-    /// Context → its object IDs, ascending (the order every walk of a context's objects
-    /// takes), so that no call sorts a context's objects.
-    private(set) var objectIDs: [Int: [ObjectID]] = [:]
+    /// Context → its objects, by ascending ID (the order every walk of a context's objects
+    /// takes): a copy of `state.contexts[cid].objects` kept in order, so that a walk is
+    /// one lookup, not a sort or a lookup per ID (docs/live-speed.md §5).
+    private(set) var ordered: [Int: [(id: ObjectID, object: SimObject)]] = [:]
 
     // IOMMUs.
     /// IOMMU name → position of its first entry in `state.iommus`.
@@ -150,13 +151,13 @@ final class SimIndexes {
         liveRegions = []
         mappingRefs = [:]
         collectable = []
-        objectIDs = [:]
+        ordered = [:]
         iommusChanged(state.iommus)
         for (address, device) in state.devices { deviceChanged(address, from: nil, to: device) }
         for (fd, file) in state.files { fileChanged(fd, from: nil, to: file) }
         for (cid, context) in state.contexts {
             for object in context.objects.values { objectChanged(from: nil, to: object) }
-            if !context.objects.isEmpty { objectIDs[cid] = context.objects.keys.sorted() }
+            if !context.objects.isEmpty { ordered[cid] = context.objects.sorted { $0.key < $1.key }.map { ($0.key, $0.value) } }
         }
         for (id, memory) in state.memories {
             memoryChanged(id, from: nil, to: memory)
@@ -332,38 +333,61 @@ final class SimIndexes {
 
     func isMemoryReferenced(_ id: Int) -> Bool { (mappingRefs[id] ?? 0) > 0 }
 
-    // MARK: iommufd objects (IDs in order)
+    // MARK: iommufd objects (in ID order)
 
-    /// The object IDs of context `cid`, ascending.
-    func objectIDs(of cid: Int) -> [ObjectID] { objectIDs[cid] ?? [] }
+    /// The objects of context `cid`, by ascending ID.
+    func objects(of cid: Int) -> [(id: ObjectID, object: SimObject)] { ordered[cid] ?? [] }
 
-    /// First position in `ids` whose ID is not below `id`.
-    private func idPosition(_ id: ObjectID, in ids: [ObjectID]) -> Int {
-        var low = 0, high = ids.count
+    /// First position in `list` whose ID is not below `id`.
+    private static func position(_ id: ObjectID, in list: [(id: ObjectID, object: SimObject)]) -> Int {
+        var low = 0, high = list.count
         while low < high {
             let mid = (low + high) / 2
-            if ids[mid] < id { low = mid + 1 } else { high = mid }
+            if list[mid].id < id { low = mid + 1 } else { high = mid }
         }
         return low
     }
 
-    func objectAdded(_ cid: Int, _ id: ObjectID) {
-        guard let ids = objectIDs[cid], let last = ids.last, last >= id else {
-            objectIDs[cid, default: []].append(id)   // the usual case: a new highest ID
+    /// Object `id` of context `cid` is now `object` (added or changed).
+    func objectStored(_ cid: Int, _ id: ObjectID, _ object: SimObject) {
+        Self.store(&ordered[cid, default: []], id, object)
+    }
+
+    private static func store(_ list: inout [(id: ObjectID, object: SimObject)], _ id: ObjectID, _ object: SimObject) {
+        if list.isEmpty || list[list.count - 1].id < id {
+            list.append((id, object))   // the usual case: a new highest ID
             return
         }
-        let i = idPosition(id, in: ids)
-        if ids[i] != id { objectIDs[cid]!.insert(id, at: i) }
+        let i = position(id, in: list)
+        if list[i].id == id { list[i].object = object } else { list.insert((id, object), at: i) }
     }
 
     func objectRemoved(_ cid: Int, _ id: ObjectID) {
-        guard let ids = objectIDs[cid] else { return }
-        let i = idPosition(id, in: ids)
-        guard i < ids.count, ids[i] == id else { return }
-        if ids.count == 1 { objectIDs[cid] = nil } else { objectIDs[cid]!.remove(at: i) }
+        guard ordered[cid] != nil else { return }
+        if Self.remove(&ordered[cid, default: []], id) { ordered[cid] = nil }
     }
 
-    func contextRemoved(_ cid: Int) { objectIDs[cid] = nil }
+    /// Removes `id`; returns whether the list is empty after.
+    private static func remove(_ list: inout [(id: ObjectID, object: SimObject)], _ id: ObjectID) -> Bool {
+        let i = position(id, in: list)
+        if i < list.count, list[i].id == id { list.remove(at: i) }
+        return list.isEmpty
+    }
+
+    func contextRemoved(_ cid: Int) { ordered[cid] = nil }
+
+    /// The lowest ID from 1 that no object of context `cid` has and that is not a
+    /// tombstone: a walk of the ordered objects (no lookup per candidate ID).
+    func lowestFreeObjectID(_ cid: Int, tombstones: Set<ObjectID>) -> ObjectID {
+        let live = objects(of: cid)
+        // IDs 1...n all taken (the usual case while objects are only added): n + 1.
+        if tombstones.isEmpty && (live.isEmpty || live[live.count - 1].id == ObjectID(live.count)) { return ObjectID(live.count) + 1 }
+        var id: ObjectID = 1, i = 0
+        while true {
+            while i < live.count && live[i].id < id { i += 1 }
+            if (i < live.count && live[i].id == id) || tombstones.contains(id) { id += 1 } else { return id }
+        }
+    }
 
     // MARK: IOMMUs
 
@@ -390,7 +414,10 @@ final class SimIndexes {
         if liveRegions != fresh.liveRegions { problems.append("liveRegions") }
         if mappingRefs != fresh.mappingRefs { problems.append("mappingRefs") }
         if iommuPositions != fresh.iommuPositions { problems.append("iommuPositions") }
-        if objectIDs != fresh.objectIDs { problems.append("objectIDs") }
+        if ordered.mapValues({ $0.map(\.id) }) != fresh.ordered.mapValues({ $0.map(\.id) })
+            || ordered.mapValues({ $0.map(\.object) }) != fresh.ordered.mapValues({ $0.map(\.object) }) {
+            problems.append("ordered objects")
+        }
         let usedVfio = Set(state.devices.values.compactMap(\.vfioIndex))
         var vfio = 0
         while usedVfio.contains(vfio) { vfio += 1 }
@@ -399,6 +426,12 @@ final class SimIndexes {
         while state.files[fd] != nil { fd += 1 }
         let got = lowestFreeFD { state.files[$0] != nil }
         if got != fd { problems.append("lowest free fd \(got), expected \(fd)") }
+        for (cid, context) in state.contexts {
+            var id: ObjectID = 1
+            while context.objects[id] != nil || context.tombstones.contains(id) { id += 1 }
+            let got = lowestFreeObjectID(cid, tombstones: context.tombstones)
+            if got != id { problems.append("lowest free object ID of context \(cid) \(got), expected \(id)") }
+        }
         for (id, memory) in state.memories where !memory.vaMapped && memory.fd == nil && !isMemoryReferenced(id) {
             if !collectable.contains(id) { problems.append("collectable memory \(id) is not tracked") }
         }
