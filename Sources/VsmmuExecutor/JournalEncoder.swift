@@ -10,10 +10,16 @@ import VsmmuPlanner
 /// Containers are used the way Codable implementations use them, one inside the other:
 /// a container is closed when its parent writes its next item, or at the end.
 final class JournalEncoder: Encoder {
-    // Unchecked: one encoder is used by one thread, and no access to these overlaps another
-    // (every write appends); the runtime's exclusivity checks on them were a fifth of an
-    // apply's instructions (docs/live-speed.md §5).
-    @exclusivity(unchecked) private(set) var bytes: [UInt8] = []
+    // The output, in a buffer of our own: an append is a bounds check and a copy (an
+    // Array's append checks uniqueness and capacity through calls, per piece). Unchecked
+    // exclusivity: one encoder is used by one thread and no access overlaps another; the
+    // runtime's checks on these properties were a fifth of an apply's instructions
+    // (docs/live-speed.md §5).
+    @exclusivity(unchecked) private var base: UnsafeMutablePointer<UInt8>
+    @exclusivity(unchecked) private(set) var count = 0
+    @exclusivity(unchecked) private var capacity: Int
+    /// What was written so far.
+    var bytes: [UInt8] { Array(UnsafeBufferPointer(start: base, count: count)) }
     /// The closing byte of each open container, innermost last, and whether it has an item.
     @exclusivity(unchecked) private var closers: [UInt8] = []
     @exclusivity(unchecked) private var hasItems: [Bool] = []
@@ -21,45 +27,98 @@ final class JournalEncoder: Encoder {
     var codingPath: [any CodingKey] { [] }
     var userInfo: [CodingUserInfoKey: Any] { [:] }
 
+    init(capacity: Int = 4096) {
+        self.capacity = max(16, capacity)
+        base = .allocate(capacity: self.capacity)
+    }
+
+    deinit { base.deallocate() }
+
+    // MARK: the buffer
+
+    @inline(__always) private func reserve(_ n: Int) {
+        if count + n > capacity { grow(count + n) }
+    }
+
+    private func grow(_ needed: Int) {
+        var c = capacity * 2
+        while c < needed { c *= 2 }
+        let b = UnsafeMutablePointer<UInt8>.allocate(capacity: c)
+        b.initialize(from: base, count: count)
+        base.deallocate()
+        base = b
+        capacity = c
+    }
+
+    @inline(__always) fileprivate func put(_ b: UInt8) {
+        reserve(1)
+        base[count] = b
+        count += 1
+    }
+
+    @inline(__always) fileprivate func put(_ a: UInt8, _ b: UInt8) {
+        reserve(2)
+        base[count] = a
+        base[count + 1] = b
+        count += 2
+    }
+
+    fileprivate func put(_ p: UnsafeBufferPointer<UInt8>) {
+        guard let from = p.baseAddress, p.count > 0 else { return }
+        reserve(p.count)
+        (base + count).initialize(from: from, count: p.count)
+        count += p.count
+    }
+
+    fileprivate func put(_ text: String) {
+        var text = text
+        text.withUTF8 { put($0) }
+    }
+
+    /// A literal, as is (no escaping: the callers' literals are JSON already).
+    @inline(__always) private func raw(_ s: StaticString) {
+        put(UnsafeBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount))
+    }
+
     /// One value as one JSON document appended to `bytes`.
     func append<T: Encodable>(_ value: T) throws {
         try value_(value)
-        while let c = closers.popLast() { bytes.append(c) }
+        while let c = closers.popLast() { put(c) }
         hasItems.removeAll()
     }
 
-    func appendRaw(_ b: UInt8) { bytes.append(b) }
+    func appendRaw(_ b: UInt8) { put(b) }
 
     /// A begin record, written out by hand (one per step: the hottest record): the same
     /// document `append(JournalRecord(seq:phase:.begin, step:))` writes.
     func appendIntent(seq: Int, _ s: JournaledStep) {
-        bytes.append(contentsOf: #"{"seq":"#.utf8)
+        raw(#"{"seq":"#)
         integer(seq)
-        bytes.append(contentsOf: #","phase":"begin","step":{"index":"#.utf8)
+        raw(#","phase":"begin","step":{"index":"#)
         integer(s.index)
-        bytes.append(contentsOf: #","call":"#.utf8)
+        raw(#","call":"#)
         string(s.call)
-        bytes.append(contentsOf: #","resource":"#.utf8)
+        raw(#","resource":"#)
         string(s.resource)
         if let g = s.guest {
-            bytes.append(contentsOf: #","guest":"#.utf8)
+            raw(#","guest":"#)
             string(g)
         }
-        bytes.append(contentsOf: "}}".utf8)
+        raw("}}")
     }
 
     /// A done record, its patches written out by hand for the kinds the executor makes at
     /// every step (devices, vSMMUs, stage 2, IOAS), the others through Codable: the same
     /// document `append(JournalRecord(seq:phase:.done, patches:))` writes.
     func appendOutcome(seq: Int, _ patches: [HoldingPatch]) throws {
-        bytes.append(contentsOf: #"{"seq":"#.utf8)
+        raw(#"{"seq":"#)
         integer(seq)
-        bytes.append(contentsOf: #","phase":"done","patches":["#.utf8)
+        raw(#","phase":"done","patches":["#)
         for (i, p) in patches.enumerated() {
-            if i > 0 { bytes.append(UInt8(ascii: ",")) }
+            if i > 0 { put(UInt8(ascii: ",")) }
             try patch(p)
         }
-        bytes.append(contentsOf: "]}".utf8)
+        raw("]}")
     }
 
     private func patch(_ p: HoldingPatch) throws {
@@ -263,19 +322,15 @@ final class JournalEncoder: Encoder {
         // A PCI address is always 12 plain ASCII characters: nothing to escape.
         raw("\"")
         var text = a.description
-        text.withUTF8 { bytes.append(contentsOf: $0) }
+        text.withUTF8 { put($0) }
         raw("\"")
-    }
-
-    private func raw(_ s: StaticString) {
-        bytes.append(contentsOf: UnsafeBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount))
     }
 
     private func field(_ name: StaticString, _ v: (some BinaryInteger)?) {
         guard let v else { return }
-        bytes.append(contentsOf: #",""#.utf8)
-        bytes.append(contentsOf: UnsafeBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount))
-        bytes.append(contentsOf: #"":"#.utf8)
+        raw(#",""#)
+        put(UnsafeBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount))
+        raw(#"":"#)
         integer(v)
     }
 
@@ -283,7 +338,7 @@ final class JournalEncoder: Encoder {
     private func nested<T: Encodable>(_ v: T) throws {
         let depth = closers.count
         try value_(v)
-        while closers.count > depth { bytes.append(closers.removeLast()); hasItems.removeLast() }
+        while closers.count > depth { put(closers.removeLast()); hasItems.removeLast() }
     }
 
     // MARK: writing
@@ -292,14 +347,14 @@ final class JournalEncoder: Encoder {
     /// inside it since, then the separator.
     fileprivate func item(_ level: Int) {
         while closers.count > level {
-            bytes.append(closers.removeLast())
+            put(closers.removeLast())
             hasItems.removeLast()
         }
-        if hasItems[level - 1] { bytes.append(UInt8(ascii: ",")) } else { hasItems[level - 1] = true }
+        if hasItems[level - 1] { put(UInt8(ascii: ",")) } else { hasItems[level - 1] = true }
     }
 
     fileprivate func open(_ opener: Character, _ closer: Character) -> Int {
-        bytes.append(opener.asciiValue!)
+        put(opener.asciiValue!)
         closers.append(closer.asciiValue!)
         hasItems.append(false)
         return closers.count
@@ -308,38 +363,40 @@ final class JournalEncoder: Encoder {
     fileprivate func key(_ level: Int, _ k: some CodingKey) {
         item(level)
         string(k.stringValue)
-        bytes.append(UInt8(ascii: ":"))
+        put(UInt8(ascii: ":"))
     }
 
     fileprivate func string(_ s: String) {
-        bytes.append(UInt8(ascii: "\""))
+        put(UInt8(ascii: "\""))
         var s = s
         s.withUTF8 { u in
             var start = 0
-            for (i, c) in u.enumerated() where c == 0x22 || c == 0x5C || c < 0x20 {
-                bytes.append(contentsOf: UnsafeBufferPointer(rebasing: u[start..<i]))
+            for i in 0..<u.count {
+                let c = u[i]
+                guard c == 0x22 || c == 0x5C || c < 0x20 else { continue }
+                put(UnsafeBufferPointer(rebasing: u[start..<i]))
                 switch c {
-                case 0x22: bytes.append(contentsOf: [0x5C, 0x22])
-                case 0x5C: bytes.append(contentsOf: [0x5C, 0x5C])
-                case 0x0A: bytes.append(contentsOf: [0x5C, UInt8(ascii: "n")])
-                case 0x09: bytes.append(contentsOf: [0x5C, UInt8(ascii: "t")])
-                case 0x0D: bytes.append(contentsOf: [0x5C, UInt8(ascii: "r")])
+                case 0x22: put(0x5C, 0x22)
+                case 0x5C: put(0x5C, 0x5C)
+                case 0x0A: put(0x5C, UInt8(ascii: "n"))
+                case 0x09: put(0x5C, UInt8(ascii: "t"))
+                case 0x0D: put(0x5C, UInt8(ascii: "r"))
                 default:
                     let hex = Array("0123456789abcdef".utf8)
-                    bytes.append(contentsOf: [0x5C, UInt8(ascii: "u"), 0x30, 0x30, hex[Int(c >> 4)], hex[Int(c & 0xF)]])
+                    put(0x5C, UInt8(ascii: "u")); put(0x30, 0x30); put(hex[Int(c >> 4)], hex[Int(c & 0xF)])
                 }
                 start = i + 1
             }
-            bytes.append(contentsOf: UnsafeBufferPointer(rebasing: u[start...]))
+            put(UnsafeBufferPointer(rebasing: u[start...]))
         }
-        bytes.append(UInt8(ascii: "\""))
+        put(UInt8(ascii: "\""))
     }
 
     /// Decimal digits written straight into the bytes (String(v) made a string per number).
     fileprivate func integer(_ v: some BinaryInteger) {
-        guard v.bitWidth <= 64 else { bytes.append(contentsOf: String(v).utf8); return }
+        guard v.bitWidth <= 64 else { put(String(v)); return }
         if v < 0 {
-            bytes.append(UInt8(ascii: "-"))
+            put(UInt8(ascii: "-"))
             digits(UInt64(v.magnitude))
         } else {
             digits(UInt64(v))
@@ -347,17 +404,17 @@ final class JournalEncoder: Encoder {
     }
 
     private func digits(_ n: UInt64) {
-        if n < 10 { bytes.append(0x30 &+ UInt8(n)); return }
-        var buffer: (UInt64, UInt64, UInt64) = (0, 0, 0)   // 24 bytes: UInt64.max has 20 digits
-        withUnsafeMutableBytes(of: &buffer) { b in
-            var i = b.count, n = n
-            repeat {
-                i -= 1
-                b[i] = 0x30 &+ UInt8(n % 10)
-                n /= 10
-            } while n > 0
-            bytes.append(contentsOf: UnsafeRawBufferPointer(rebasing: b[i...]))
-        }
+        if n < 10 { put(0x30 &+ UInt8(n)); return }
+        var width = 1, m = n
+        while m >= 10 { m /= 10; width += 1 }
+        reserve(width)
+        var i = count + width, rest = n
+        repeat {
+            i -= 1
+            base[i] = 0x30 &+ UInt8(rest % 10)
+            rest /= 10
+        } while rest > 0
+        count += width
     }
 
     fileprivate func double(_ v: Double) throws {
@@ -365,18 +422,18 @@ final class JournalEncoder: Encoder {
             throw EncodingError.invalidValue(v, .init(codingPath: [], debugDescription: "\(v) is not a JSON number"))
         }
         // An integral value prints without ".0", as JSONEncoder writes it.
-        if v == v.rounded(), abs(v) < 1e15 { integer(Int64(v)) } else { bytes.append(contentsOf: "\(v)".utf8) }
+        if v == v.rounded(), abs(v) < 1e15 { integer(Int64(v)) } else { put("\(v)") }
     }
 
-    fileprivate func bool(_ v: Bool) { bytes.append(contentsOf: (v ? "true" : "false").utf8) }
-    fileprivate func null() { bytes.append(contentsOf: "null".utf8) }
+    fileprivate func bool(_ v: Bool) { if v { raw("true") } else { raw("false") } }
+    fileprivate func null() { raw("null") }
 
     /// A nested value: it opens its own container or writes a single value. One that
     /// writes nothing is an empty object, as for JSONEncoder.
     fileprivate func value_<T: Encodable>(_ v: T) throws {
-        let before = bytes.count
+        let before = count
         try v.encode(to: self)
-        if bytes.count == before { bytes.append(contentsOf: "{}".utf8) }
+        if count == before { raw("{}") }
     }
 
     // MARK: Encoder

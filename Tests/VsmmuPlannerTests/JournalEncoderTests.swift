@@ -174,3 +174,18 @@ func theHoldingsSnapshotIsWhatJSONEncoderWrites(example: String) throws {
     #expect(fields(EventQueueHolding(id: 1, fd: KernelFile(fd: 1))) == 2)
     #expect(fields(VDeviceHolding(id: 1, virtID: 0)) == 2)
 }
+
+/// The encoder's buffer grows from any size without losing or reordering a byte.
+@Test func theJournalEncoderBufferGrows() throws {
+    let long = String(repeating: "gpu\"\\\n漢", count: 300)
+    let numbers = (0..<500).map { UInt64($0) * 0x1_0000_0001 }
+    let e = JournalEncoder(capacity: 16)
+    try e.append(long)
+    e.appendRaw(10)
+    try e.append(numbers)
+    let lines = e.bytes.split(separator: 10)
+    #expect(lines.count == 2)
+    #expect(try JSONDecoder().decode(String.self, from: Data(lines[0])) == long)
+    #expect(try JSONDecoder().decode([UInt64].self, from: Data(lines[1])) == numbers)
+    #expect(e.count == e.bytes.count)
+}
