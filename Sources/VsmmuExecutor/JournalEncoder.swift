@@ -370,26 +370,50 @@ final class JournalEncoder: Encoder {
         put(UInt8(ascii: "\""))
         var s = s
         s.withUTF8 { u in
-            var start = 0
-            for i in 0..<u.count {
+            let n = u.count
+            var start = 0, i = 0
+            while true {
+                i = Self.plainRun(u, from: i)
+                if i >= n { break }
                 let c = u[i]
-                guard c == 0x22 || c == 0x5C || c < 0x20 else { continue }
-                put(UnsafeBufferPointer(rebasing: u[start..<i]))
-                switch c {
-                case 0x22: put(0x5C, 0x22)
-                case 0x5C: put(0x5C, 0x5C)
-                case 0x0A: put(0x5C, UInt8(ascii: "n"))
-                case 0x09: put(0x5C, UInt8(ascii: "t"))
-                case 0x0D: put(0x5C, UInt8(ascii: "r"))
-                default:
-                    let hex = Array("0123456789abcdef".utf8)
-                    put(0x5C, UInt8(ascii: "u")); put(0x30, 0x30); put(hex[Int(c >> 4)], hex[Int(c & 0xF)])
+                if c == 0x22 || c == 0x5C || c < 0x20 {
+                    put(UnsafeBufferPointer(rebasing: u[start..<i]))
+                    switch c {
+                    case 0x22: put(0x5C, 0x22)
+                    case 0x5C: put(0x5C, 0x5C)
+                    case 0x0A: put(0x5C, UInt8(ascii: "n"))
+                    case 0x09: put(0x5C, UInt8(ascii: "t"))
+                    case 0x0D: put(0x5C, UInt8(ascii: "r"))
+                    default:
+                        let hex: StaticString = "0123456789abcdef"
+                        put(0x5C, UInt8(ascii: "u")); put(0x30, 0x30); put(hex.utf8Start[Int(c >> 4)], hex.utf8Start[Int(c & 0xF)])
+                    }
+                    start = i + 1
                 }
-                start = i + 1
+                i += 1
             }
             put(UnsafeBufferPointer(rebasing: u[start...]))
         }
         put(UInt8(ascii: "\""))
+    }
+
+    /// From `i`, skips whole 8-byte words in which no byte needs escaping (no `"`, `\` or
+    /// control character: tested on the word at once), and returns where the byte-by-byte
+    /// look must resume (`u.count` at the end). Names and resources rarely need escaping.
+    @inline(__always) private static func plainRun(_ u: UnsafeBufferPointer<UInt8>, from i: Int) -> Int {
+        guard let p = u.baseAddress else { return u.count }
+        let raw = UnsafeRawPointer(p)
+        let ones: UInt64 = 0x0101_0101_0101_0101, highs: UInt64 = 0x8080_8080_8080_8080
+        var i = i
+        while i + 8 <= u.count {
+            let w = raw.loadUnaligned(fromByteOffset: i, as: UInt64.self)
+            let quote = w ^ (ones &* 0x22), backslash = w ^ (ones &* 0x5C)
+            // A byte below 0x20, or a zero byte of `quote` / `backslash` (exact as a whole-word test).
+            let hit = ((w &- ones &* 0x20) & ~w) | ((quote &- ones) & ~quote) | ((backslash &- ones) & ~backslash)
+            if hit & highs != 0 { return i }
+            i += 8
+        }
+        return i < u.count ? i : u.count
     }
 
     /// Decimal digits written straight into the bytes (String(v) made a string per number).

@@ -19,7 +19,9 @@ public final class StateStore {
     /// The state directory, opened once and checked; every file below is reached from it
     /// with openat(2) and O_NOFOLLOW.
     let files: StateDirectory
-    public private(set) var holdings: Holdings
+    // Unchecked exclusivity: read at every step of an apply; a store is used by one thread
+    // at a time and no access overlaps another.
+    @exclusivity(unchecked) public private(set) var holdings: Holdings
     public private(set) var allocations: Allocations
     /// Steps whose intent is journaled and whose outcome is not: maybe done (the process
     /// died inside them, or inside their batch before they ran).

@@ -101,41 +101,43 @@ extension OpenFile {
 }
 
 final class SimIndexes {
+    // Unchecked exclusivity: like the kernel's state, used by one thread, accesses never
+    // overlap (the runtime's checks cost more than most index updates).
     // Devices.
     /// vfio index → the devices holding it (one, unless a state was edited by hand).
-    private(set) var vfioOwners: [Int: Set<PCIAddress>] = [:]
-    private var vfioFree = LowestFreeAllocator(start: 0)
+    @exclusivity(unchecked) private(set) var vfioOwners: [Int: Set<PCIAddress>] = [:]
+    @exclusivity(unchecked) private var vfioFree = LowestFreeAllocator(start: 0)
     /// iommu_group → member addresses.
-    private(set) var groupMembers: [Int: Set<PCIAddress>] = [:]
+    @exclusivity(unchecked) private(set) var groupMembers: [Int: Set<PCIAddress>] = [:]
     /// How many devices are bound to, natively use, or have as their VFIO driver each
     /// driver (`driver`, `nativeDriver` and `vfioDriver` each count once).
-    private(set) var driverRefs: [String: Int] = [:]
+    @exclusivity(unchecked) private(set) var driverRefs: [String: Int] = [:]
 
     // Open files.
-    private var fdFree = LowestFreeAllocator(start: 3)
+    @exclusivity(unchecked) private var fdFree = LowestFreeAllocator(start: 3)
     /// PCI address → the fds of its open VFIO cdevs (bound or not).
-    private(set) var cdevFDs: [PCIAddress: Set<Int32>] = [:]
+    @exclusivity(unchecked) private(set) var cdevFDs: [PCIAddress: Set<Int32>] = [:]
     /// Context → how many open files keep it alive.
-    private(set) var contextRefs: [Int: Int] = [:]
+    @exclusivity(unchecked) private(set) var contextRefs: [Int: Int] = [:]
 
     // Guest memory.
     /// Memories mapped in the process, sorted by (userVA, id).
-    private(set) var liveRegions: [LiveRegion] = []
+    @exclusivity(unchecked) private(set) var liveRegions: [LiveRegion] = []
     /// Memory ID → how many IOAS mappings (of every context) reference it.
-    private(set) var mappingRefs: [Int: Int] = [:]
+    @exclusivity(unchecked) private(set) var mappingRefs: [Int: Int] = [:]
     /// Memories that may have become collectable (not mapped, memfd closed, no mapping)
     /// since the last collection: a superset of the collectable ones.
-    var collectable: Set<Int> = []
+    @exclusivity(unchecked) var collectable: Set<Int> = []
 
     // iommufd objects.
     /// Context → its objects, by ascending ID (the order every walk of a context's objects
     /// takes): a copy of `state.contexts[cid].objects` kept in order, so that a walk is
     /// one lookup, not a sort or a lookup per ID (docs/live-speed.md §5).
-    private(set) var ordered: [Int: [(id: ObjectID, object: SimObject)]] = [:]
+    @exclusivity(unchecked) private(set) var ordered: [Int: [(id: ObjectID, object: SimObject)]] = [:]
 
     // IOMMUs.
     /// IOMMU name → position of its first entry in `state.iommus`.
-    private(set) var iommuPositions: [String: Int] = [:]
+    @exclusivity(unchecked) private(set) var iommuPositions: [String: Int] = [:]
 
     init() {}
 

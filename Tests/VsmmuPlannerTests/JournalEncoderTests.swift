@@ -189,3 +189,21 @@ func theHoldingsSnapshotIsWhatJSONEncoderWrites(example: String) throws {
     #expect(try JSONDecoder().decode([UInt64].self, from: Data(lines[1])) == numbers)
     #expect(e.count == e.bytes.count)
 }
+
+/// Escaping finds every character JSON must escape wherever it sits (the plain runs are
+/// skipped a word at a time), and leaves the rest, multi-byte UTF-8 included, as it is.
+@Test func theJournalEncoderEscapesAtEveryPosition() throws {
+    for special in ["\"", "\\", "\n", "\u{1}", "\u{1F}", "\t"] {
+        for length in 0..<20 {
+            for at in 0...length {
+                var chars = Array(repeating: Character("a"), count: length)
+                chars.insert(Character(special), at: at)
+                if length > 3 { chars[length / 2] = "é" }
+                let s = String(chars) + " ~\u{7F}漢"
+                let e = JournalEncoder()
+                try e.append(s)
+                #expect(try JSONDecoder().decode(String.self, from: Data(e.bytes)) == s, "\(s.debugDescription)")
+            }
+        }
+    }
+}
