@@ -20,6 +20,18 @@ final class JournalEncoder: Encoder {
     @exclusivity(unchecked) private var capacity: Int
     /// What was written so far.
     var bytes: [UInt8] { Array(UnsafeBufferPointer(start: base, count: count)) }
+
+    /// What was written so far, without a copy.
+    func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try body(UnsafeRawBufferPointer(start: base, count: count))
+    }
+
+    /// Empties the output (the buffer stays allocated, for the next record).
+    func reset() {
+        count = 0
+        closers.removeAll(keepingCapacity: true)
+        hasItems.removeAll(keepingCapacity: true)
+    }
     /// The closing byte of each open container, innermost last, and whether it has an item.
     @exclusivity(unchecked) private var closers: [UInt8] = []
     @exclusivity(unchecked) private var hasItems: [Bool] = []
