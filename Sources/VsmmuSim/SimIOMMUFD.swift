@@ -90,7 +90,7 @@ extension SimulatedKernel {
 
     // MARK: objects
 
-    func object(_ cid: Int, _ id: ObjectID) -> SimObject? { state.contexts[cid]?.objects[id] }
+    func object(_ cid: Int, _ id: ObjectID) -> SimObject? { indexes.object(cid, id) }
 
     func setObject(_ cid: Int, _ id: ObjectID, _ value: SimObject) {
         guard state.contexts[cid] != nil else { return }   // no such context

@@ -340,6 +340,14 @@ final class SimIndexes {
     /// The objects of context `cid`, by ascending ID.
     func objects(of cid: Int) -> [(id: ObjectID, object: SimObject)] { ordered[cid] ?? [] }
 
+    /// Object `id` of context `cid`: a binary search of the ordered objects (no hashing,
+    /// no copy of the context).
+    func object(_ cid: Int, _ id: ObjectID) -> SimObject? {
+        guard let list = ordered[cid] else { return nil }
+        let i = Self.position(id, in: list)
+        return i < list.count && list[i].id == id ? list[i].object : nil
+    }
+
     /// First position in `list` whose ID is not below `id`.
     private static func position(_ id: ObjectID, in list: [(id: ObjectID, object: SimObject)]) -> Int {
         var low = 0, high = list.count
@@ -431,6 +439,7 @@ final class SimIndexes {
         for (cid, context) in state.contexts {
             var id: ObjectID = 1
             while context.objects[id] != nil || context.tombstones.contains(id) { id += 1 }
+            for (oid, object) in context.objects where self.object(cid, oid) != object { problems.append("object \(oid) of context \(cid)") }
             let got = lowestFreeObjectID(cid, tombstones: context.tombstones)
             if got != id { problems.append("lowest free object ID of context \(cid) \(got), expected \(id)") }
         }
