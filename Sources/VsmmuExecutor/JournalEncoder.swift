@@ -365,9 +365,10 @@ final class JournalEncoder: Encoder {
         if hasItems[level - 1] { put(UInt8(ascii: ",")) } else { hasItems[level - 1] = true }
     }
 
-    fileprivate func open(_ opener: Character, _ closer: Character) -> Int {
-        put(opener.asciiValue!)
-        closers.append(closer.asciiValue!)
+    /// Opens an object (`{`) or an array (`[`); returns its level.
+    fileprivate func open(_ opener: UInt8) -> Int {
+        put(opener)
+        closers.append(opener == UInt8(ascii: "{") ? UInt8(ascii: "}") : UInt8(ascii: "]"))
         hasItems.append(false)
         return closers.count
     }
@@ -382,50 +383,49 @@ final class JournalEncoder: Encoder {
         put(UInt8(ascii: "\""))
         var s = s
         s.withUTF8 { u in
-            let n = u.count
-            var start = 0, i = 0
+            var start = 0
             while true {
-                i = Self.plainRun(u, from: i)
-                if i >= n { break }
-                let c = u[i]
-                if c == 0x22 || c == 0x5C || c < 0x20 {
-                    put(UnsafeBufferPointer(rebasing: u[start..<i]))
-                    switch c {
-                    case 0x22: put(0x5C, 0x22)
-                    case 0x5C: put(0x5C, 0x5C)
-                    case 0x0A: put(0x5C, UInt8(ascii: "n"))
-                    case 0x09: put(0x5C, UInt8(ascii: "t"))
-                    case 0x0D: put(0x5C, UInt8(ascii: "r"))
-                    default:
-                        let hex: StaticString = "0123456789abcdef"
-                        put(0x5C, UInt8(ascii: "u")); put(0x30, 0x30); put(hex.utf8Start[Int(c >> 4)], hex.utf8Start[Int(c & 0xF)])
-                    }
-                    start = i + 1
+                let i = Self.nextEscape(u, from: start)
+                put(UnsafeBufferPointer(rebasing: u[start..<i]))
+                if i == u.count { break }
+                switch u[i] {
+                case 0x22: put(0x5C, 0x22)
+                case 0x5C: put(0x5C, 0x5C)
+                case 0x0A: put(0x5C, UInt8(ascii: "n"))
+                case 0x09: put(0x5C, UInt8(ascii: "t"))
+                case 0x0D: put(0x5C, UInt8(ascii: "r"))
+                default:
+                    let hex: StaticString = "0123456789abcdef", c = u[i]
+                    put(0x5C, UInt8(ascii: "u")); put(0x30, 0x30); put(hex.utf8Start[Int(c >> 4)], hex.utf8Start[Int(c & 0xF)])
                 }
-                i += 1
+                start = i + 1
             }
-            put(UnsafeBufferPointer(rebasing: u[start...]))
         }
         put(UInt8(ascii: "\""))
     }
 
-    /// From `i`, skips whole 8-byte words in which no byte needs escaping (no `"`, `\` or
-    /// control character: tested on the word at once), and returns where the byte-by-byte
-    /// look must resume (`u.count` at the end). Names and resources rarely need escaping.
-    @inline(__always) private static func plainRun(_ u: UnsafeBufferPointer<UInt8>, from i: Int) -> Int {
+    /// The position of the first byte from `i` that JSON must escape (`"`, `\` or a control
+    /// character), or `u.count`. Whole 8-byte words are tested at once (names and resources
+    /// rarely need escaping); the test is exact, so a word that hits holds the byte.
+    @inline(__always) private static func nextEscape(_ u: UnsafeBufferPointer<UInt8>, from i: Int) -> Int {
         guard let p = u.baseAddress else { return u.count }
-        let raw = UnsafeRawPointer(p)
+        let n = u.count
         let ones: UInt64 = 0x0101_0101_0101_0101, highs: UInt64 = 0x8080_8080_8080_8080
         var i = i
-        while i + 8 <= u.count {
-            let w = raw.loadUnaligned(fromByteOffset: i, as: UInt64.self)
+        while i + 8 <= n {
+            let w = UnsafeRawPointer(p).loadUnaligned(fromByteOffset: i, as: UInt64.self)
             let quote = w ^ (ones &* 0x22), backslash = w ^ (ones &* 0x5C)
-            // A byte below 0x20, or a zero byte of `quote` / `backslash` (exact as a whole-word test).
+            // A byte below 0x20, or a zero byte of `quote` / `backslash`.
             let hit = ((w &- ones &* 0x20) & ~w) | ((quote &- ones) & ~quote) | ((backslash &- ones) & ~backslash)
-            if hit & highs != 0 { return i }
+            if hit & highs != 0 { break }
             i += 8
         }
-        return i < u.count ? i : u.count
+        while i < n {
+            let c = p[i]
+            if c == 0x22 || c == 0x5C || c < 0x20 { return i }
+            i += 1
+        }
+        return n
     }
 
     /// Decimal digits written straight into the bytes (String(v) made a string per number).
@@ -475,10 +475,10 @@ final class JournalEncoder: Encoder {
     // MARK: Encoder
 
     func container<Key: CodingKey>(keyedBy type: Key.Type) -> KeyedEncodingContainer<Key> {
-        KeyedEncodingContainer(Keyed<Key>(e: self, level: open("{", "}")))
+        KeyedEncodingContainer(Keyed<Key>(e: self, level: open(UInt8(ascii: "{"))))
     }
 
-    func unkeyedContainer() -> any UnkeyedEncodingContainer { Unkeyed(e: self, level: open("[", "]")) }
+    func unkeyedContainer() -> any UnkeyedEncodingContainer { Unkeyed(e: self, level: open(UInt8(ascii: "["))) }
 
     func singleValueContainer() -> any SingleValueEncodingContainer { Single(e: self) }
 
@@ -512,11 +512,11 @@ final class JournalEncoder: Encoder {
         mutating func encodeIfPresent(_ v: UInt64?, forKey k: Key) throws { if let v { e.key(level, k); e.integer(v) } }
         mutating func nestedContainer<N: CodingKey>(keyedBy type: N.Type, forKey k: Key) -> KeyedEncodingContainer<N> {
             e.key(level, k)
-            return KeyedEncodingContainer(Keyed<N>(e: e, level: e.open("{", "}")))
+            return KeyedEncodingContainer(Keyed<N>(e: e, level: e.open(UInt8(ascii: "{"))))
         }
         mutating func nestedUnkeyedContainer(forKey k: Key) -> any UnkeyedEncodingContainer {
             e.key(level, k)
-            return Unkeyed(e: e, level: e.open("[", "]"))
+            return Unkeyed(e: e, level: e.open(UInt8(ascii: "[")))
         }
         mutating func superEncoder() -> any Encoder { e.key(level, Super.key); return e }
         mutating func superEncoder(forKey k: Key) -> any Encoder { e.key(level, k); return e }
@@ -546,11 +546,11 @@ final class JournalEncoder: Encoder {
         mutating func encode<T: Encodable>(_ v: T) throws { next(); try e.value_(v) }
         mutating func nestedContainer<N: CodingKey>(keyedBy type: N.Type) -> KeyedEncodingContainer<N> {
             next()
-            return KeyedEncodingContainer(Keyed<N>(e: e, level: e.open("{", "}")))
+            return KeyedEncodingContainer(Keyed<N>(e: e, level: e.open(UInt8(ascii: "{"))))
         }
         mutating func nestedUnkeyedContainer() -> any UnkeyedEncodingContainer {
             next()
-            return Unkeyed(e: e, level: e.open("[", "]"))
+            return Unkeyed(e: e, level: e.open(UInt8(ascii: "[")))
         }
         mutating func superEncoder() -> any Encoder { next(); return e }
     }
