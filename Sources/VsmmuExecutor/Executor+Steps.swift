@@ -159,7 +159,7 @@ extension Executor {
 
     func bindDevice(_ op: PlanStep, _ g: String, _ d: String) throws -> [HoldingPatch] {
         let h = try guestHolding(op, g)
-        var dev = try device(op, g, d)
+        var dev = try device(op, h, g, d)
         guard let cdev = dev.cdev else { throw ApplyError(operation: op, errno: nil, message: "\(g)/\(d) has no open cdev") }
         dev.devID = try port.bindIommufd(cdev, iommufd: h.iommufd)
         return [.device(g, d, dev)]
@@ -183,8 +183,8 @@ extension Executor {
 
     func attach(_ op: PlanStep, _ g: String, _ d: String, _ t: AttachTarget) throws -> [HoldingPatch] {
         let h = try guestHolding(op, g)
-        var dev = try device(op, g, d)
-        let pt = try target(op, g, t)
+        var dev = try device(op, h, g, d)
+        let pt = try target(op, h, g, t)
         if let stdev = dev.mockStdev {
             dev.attached = try port.mockDomainReplace(h.iommufd, stdevID: stdev, ptID: pt)
         } else if let cdev = dev.cdev {
@@ -195,7 +195,7 @@ extension Executor {
 
     func detach(_ op: PlanStep, _ g: String, _ d: String) throws -> [HoldingPatch] {
         let h = try guestHolding(op, g)
-        var dev = try device(op, g, d)
+        var dev = try device(op, h, g, d)
         if let stdev = dev.mockStdev {
             // A mock device cannot be detached: park it on its stage 2 until it is destroyed.
             if let s2 = h.stage2.values.first?.hwpt, dev.attached != s2 {
@@ -210,7 +210,7 @@ extension Executor {
 
     func closeDevice(_ op: PlanStep, _ g: String, _ d: String) throws -> [HoldingPatch] {
         let h = try guestHolding(op, g)
-        let dev = try device(op, g, d)
+        let dev = try device(op, h, g, d)
         if let stdev = dev.mockStdev { try port.destroy(h.iommufd, id: stdev) }
         if let cdev = dev.cdev { port.close(cdev) }
         return dropDevice(h, g, d)
@@ -225,7 +225,7 @@ extension Executor {
 extension Executor {
     func allocStage2(_ op: PlanStep, _ g: String, _ i: String, _ via: String, _ np: Bool) throws -> [HoldingPatch] {
         let h = try guestHolding(op, g)
-        let dev = try device(op, g, via)
+        let dev = try device(op, h, g, via)
         guard let ioas = h.ioas else { throw ApplyError(operation: op, errno: nil, message: "guest \(g) has no IOAS") }
         let id = try port.hwptAlloc(h.iommufd, flags: np ? .nestParent : [], devID: dev.devID, ptID: ioas,
                                     dataType: .none, data: [])
@@ -275,7 +275,7 @@ extension Executor {
 extension Executor {
     func checkHwInfo(_ op: PlanStep, _ g: String, _ via: String, _ expect: HWInfoType) throws -> [HoldingPatch] {
         let h = try guestHolding(op, g)
-        let dev = try device(op, g, via)
+        let dev = try device(op, h, g, via)
         let info = try port.getHwInfo(h.iommufd, devID: dev.devID, requestType: nil)
         guard info.dataType == expect else {
             throw ApplyError(operation: op, errno: nil, message: "GET_HW_INFO for \(g)/\(via) reports type \(info.dataType.rawValue), not \(expect.rawValue): the device is not behind the IOMMU the plan expects",
@@ -289,7 +289,7 @@ extension Executor {
 
     func allocVIOMMU(_ op: PlanStep, _ g: String, _ v: String, _ physical: String, _ type: VIOMMUType, _ via: String) throws -> [HoldingPatch] {
         let h = try guestHolding(op, g)
-        let dev = try device(op, g, via)
+        let dev = try device(op, h, g, via)
         guard let s2 = h.stage2[physical] else { throw ApplyError(operation: op, errno: nil, message: "no stage-2 HWPT held for \(physical)") }
         // TEGRA241_CMDQV takes a 16-byte in/out struct (mmap offset and length).
         let data = type == .tegra241CMDQV ? [UInt8](repeating: 0, count: 16) : []
@@ -299,8 +299,8 @@ extension Executor {
 
     func allocVDevice(_ op: PlanStep, _ g: String, _ v: String, _ d: String, _ virt: UInt64) throws -> [HoldingPatch] {
         let h = try guestHolding(op, g)
-        var vh = try vsmmu(op, g, v)
-        let dev = try device(op, g, d)
+        var vh = try vsmmu(op, h, g, v)
+        let dev = try device(op, h, g, d)
         let id = try port.vdeviceAlloc(h.iommufd, viommuID: vh.viommu, devID: dev.devID, virtID: virt)
         vh.vdevices[d] = VDeviceHolding(id: id, virtID: virt)
         return [.vsmmu(g, v, vh)]
@@ -308,8 +308,8 @@ extension Executor {
 
     func allocNested(_ op: PlanStep, _ g: String, _ v: String, _ kind: NestedKind, _ via: String, _ dataType: HWPTDataType) throws -> [HoldingPatch] {
         let h = try guestHolding(op, g)
-        var vh = try vsmmu(op, g, v)
-        let dev = try device(op, g, via)
+        var vh = try vsmmu(op, h, g, v)
+        let dev = try device(op, h, g, via)
         let id = try port.hwptAlloc(h.iommufd, flags: 0, devID: dev.devID, ptID: vh.viommu, dataType: dataType,
                                     data: NestedData.bytes(dataType: dataType, kind: kind))
         if kind == .abort { vh.abortHWPT = id } else { vh.bypassHWPT = id }
@@ -318,7 +318,7 @@ extension Executor {
 
     func allocEventQueue(_ op: PlanStep, _ g: String, _ v: String, _ type: VEventQType, _ depth: UInt32) throws -> [HoldingPatch] {
         let h = try guestHolding(op, g)
-        var vh = try vsmmu(op, g, v)
+        var vh = try vsmmu(op, h, g, v)
         let r = try port.veventqAlloc(h.iommufd, viommuID: vh.viommu, type: type, depth: depth)
         vh.eventQueues[type] = EventQueueHolding(id: r.id, fd: r.eventFD)
         return [.vsmmu(g, v, vh)]
@@ -329,7 +329,7 @@ extension Executor {
 extension Executor {
     func destroyEventQueue(_ op: PlanStep, _ g: String, _ v: String, _ type: VEventQType) throws -> [HoldingPatch] {
         let h = try guestHolding(op, g)
-        var vh = try vsmmu(op, g, v)
+        var vh = try vsmmu(op, h, g, v)
         if let q = vh.eventQueues[type] {
             // An open vEVENTQ fd blocks its own DESTROY (docs/kernel-interface.md §9.8).
             port.closeEventFD(h.iommufd, q.fd)
@@ -341,7 +341,7 @@ extension Executor {
 
     func destroyNested(_ op: PlanStep, _ g: String, _ v: String, _ kind: NestedKind) throws -> [HoldingPatch] {
         let h = try guestHolding(op, g)
-        var vh = try vsmmu(op, g, v)
+        var vh = try vsmmu(op, h, g, v)
         if let id = kind == .abort ? vh.abortHWPT : vh.bypassHWPT { try port.destroy(h.iommufd, id: id) }
         if kind == .abort { vh.abortHWPT = nil } else { vh.bypassHWPT = nil }
         return [.vsmmu(g, v, vh)]
@@ -349,7 +349,7 @@ extension Executor {
 
     func destroyVDevice(_ op: PlanStep, _ g: String, _ v: String, _ d: String) throws -> [HoldingPatch] {
         let h = try guestHolding(op, g)
-        var vh = try vsmmu(op, g, v)
+        var vh = try vsmmu(op, h, g, v)
         if let vd = vh.vdevices[d] { try port.destroy(h.iommufd, id: vd.id) }
         vh.vdevices[d] = nil
         return [.vsmmu(g, v, vh)]
@@ -357,7 +357,7 @@ extension Executor {
 
     func destroyVIOMMU(_ op: PlanStep, _ g: String, _ v: String) throws -> [HoldingPatch] {
         let h = try guestHolding(op, g)
-        let vh = try vsmmu(op, g, v)
+        let vh = try vsmmu(op, h, g, v)
         try port.destroy(h.iommufd, id: vh.viommu)
         return [.vsmmu(g, v, nil)]
     }

@@ -125,21 +125,30 @@ public final class Executor {
         return h
     }
 
-    func vsmmu(_ op: PlanStep, _ g: String, _ v: String) throws(ApplyError) -> VSMMUHolding {
-        guard let h = store.holdings.guests[g]?.vsmmus[v] else {
-            throw ApplyError(operation: op, errno: nil, message: "vSMMU \(g)/\(v) has no vIOMMU held (an earlier step did not run)")
+    // A guest's parts, from the guest the step has looked up already (one lookup of the
+    // guest per step, not one per part).
+
+    func device(_ op: PlanStep, _ h: GuestHolding, _ g: String, _ d: String) throws(ApplyError) -> DeviceHolding {
+        guard let dev = h.devices[d] else {
+            throw ApplyError(operation: op, errno: nil, message: "device \(g)/\(d) is not bound (an earlier step did not run)")
         }
-        return h
+        return dev
     }
 
-    func target(_ op: PlanStep, _ g: String, _ t: AttachTarget) throws(ApplyError) -> ObjectID {
-        let h = try guestHolding(op, g)
+    func vsmmu(_ op: PlanStep, _ h: GuestHolding, _ g: String, _ v: String) throws(ApplyError) -> VSMMUHolding {
+        guard let vh = h.vsmmus[v] else {
+            throw ApplyError(operation: op, errno: nil, message: "vSMMU \(g)/\(v) has no vIOMMU held (an earlier step did not run)")
+        }
+        return vh
+    }
+
+    func target(_ op: PlanStep, _ h: GuestHolding, _ g: String, _ t: AttachTarget) throws(ApplyError) -> ObjectID {
         switch t {
         case .stage2(let i):
             guard let s = h.stage2[i] else { throw ApplyError(operation: op, errno: nil, message: "no stage-2 HWPT held for \(i)") }
             return s.hwpt
         case .nested(let v, let k):
-            let vh = try vsmmu(op, g, v)
+            let vh = try vsmmu(op, h, g, v)
             guard let id = k == .abort ? vh.abortHWPT : vh.bypassHWPT else {
                 throw ApplyError(operation: op, errno: nil, message: "no \(k.rawValue) HWPT held for \(g)/\(v)")
             }
