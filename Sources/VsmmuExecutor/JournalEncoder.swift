@@ -18,6 +18,10 @@ final class JournalEncoder: Encoder {
     @exclusivity(unchecked) private var base: UnsafeMutablePointer<UInt8>
     @exclusivity(unchecked) private(set) var count = 0
     @exclusivity(unchecked) private var capacity: Int
+    /// The closing byte of each open container, innermost last, and whether it has an item.
+    @exclusivity(unchecked) private var closers: [UInt8] = []
+    @exclusivity(unchecked) private var hasItems: [Bool] = []
+
     /// What was written so far.
     var bytes: [UInt8] { Array(UnsafeBufferPointer(start: base, count: count)) }
 
@@ -32,9 +36,6 @@ final class JournalEncoder: Encoder {
         closers.removeAll(keepingCapacity: true)
         hasItems.removeAll(keepingCapacity: true)
     }
-    /// The closing byte of each open container, innermost last, and whether it has an item.
-    @exclusivity(unchecked) private var closers: [UInt8] = []
-    @exclusivity(unchecked) private var hasItems: [Bool] = []
 
     var codingPath: [any CodingKey] { [] }
     var userInfo: [CodingUserInfoKey: Any] { [:] }
@@ -119,9 +120,9 @@ final class JournalEncoder: Encoder {
         raw("}}")
     }
 
-    /// A done record, its patches written out by hand for the kinds the executor makes at
-    /// every step (devices, vSMMUs, stage 2, IOAS), the others through Codable: the same
-    /// document `append(JournalRecord(seq:phase:.done, patches:))` writes.
+    /// A done record, its patches written out by hand (all but a running guest's and a
+    /// "had no driver" written as null, which go through Codable): the same document
+    /// `append(JournalRecord(seq:phase:.done, patches:))` writes.
     func appendOutcome(seq: Int, _ patches: [HoldingPatch]) throws {
         raw(#"{"seq":"#)
         integer(seq)
