@@ -41,8 +41,13 @@ public struct DesiredDevice: Sendable {
     /// The VFIO driver the device moves to (the host's vfioDriver, else vfio-pci).
     public var vfioDriver: String = genericVFIODriver
     public var isMock: Bool { if case .selftest = source { return true }; return false }
-    public var guestAddress: String { "0000:\(hex(UInt64(guestBus), 2)):00.0" }
+    public var guestAddress: String {
+        guestAddressTexts.indices.contains(guestBus) ? guestAddressTexts[guestBus] : "0000:\(hex(UInt64(guestBus), 2)):00.0"
+    }
 }
+
+/// Every guest address a bus number gives, made once (a plan names one per device).
+private let guestAddressTexts: [String] = (0..<256).map { "0000:\(hex(UInt64($0), 2)):00.0" }
 
 public struct DesiredStage2: Sendable {
     public var iommu: String
@@ -95,15 +100,18 @@ extension DesiredState {
         do { allocations = try Allocator.allocate(topology, previous: previous) } catch {
             throw error
         }
-        var index: [PCIAddress: HostPCIDevice] = [:]
-        for d in host.pciDevices { index[d.address] = d }
+        // Positions, not copies of the host's devices (10,000 of them on a large host).
+        let pci = host.pciDevices
+        var index: [PCIAddress: Int] = [:]
+        index.reserveCapacity(pci.count)
+        for i in pci.indices { index[pci[i].address] = i }
         let selftestIOMMU = host.iommus.first { $0.type == .selftest }?.name
         func vfioDriverOf(_ d: Device) -> String {
-            d.host.pciAddress.flatMap { index[$0]?.effectiveVFIODriver } ?? genericVFIODriver
+            d.host.pciAddress.flatMap { index[$0].map { pci[$0].effectiveVFIODriver } } ?? genericVFIODriver
         }
         func iommuOf(_ d: Device) -> String {
             switch d.host {
-            case .pci(let a): return index[a]?.iommu ?? ""
+            case .pci(let a): return index[a].flatMap { pci[$0].iommu } ?? ""
             case .selftest: return selftestIOMMU ?? "selftest"
             }
         }
@@ -117,9 +125,10 @@ extension DesiredState {
                     throw VsmmuError(.plan, "vSMMU '\(s.name)' of guest '\(g.name)' could not be resolved against the host")
                 }
                 let a = alloc.vsmmus[s.name]!
+                let ports = a.ports.ports
                 for d in s.devices {
                     let slot = a.ports.slots[d.name]!
-                    let bus = a.ports.secondaryBus(of: slot, base: a.busNumber)
+                    let bus = PortAllocation.secondaryBus(of: slot, base: a.busNumber, ports: ports)
                     devices.append(DesiredDevice(name: d.name, source: d.host, iommu: iommuOf(d), vsmmu: s.name,
                                                  guestBus: bus, vsid: UInt64(bus) << 8, slot: slot, vfioDriver: vfioDriverOf(d)))
                 }
@@ -127,10 +136,11 @@ extension DesiredState {
                 vsmmus.append(DesiredVSMMU(name: s.name, resolved: r, flavor: flavor, busNumber: a.busNumber,
                                            identifier: a.identifier, devices: s.devices.map(\.name), viaDevice: s.devices.first?.name ?? ""))
             }
+            let rootPorts = alloc.rootPorts.ports
             for d in g.devices {
                 let slot = alloc.rootPorts.slots[d.name]!
                 devices.append(DesiredDevice(name: d.name, source: d.host, iommu: iommuOf(d), vsmmu: nil,
-                                             guestBus: alloc.rootPorts.secondaryBus(of: slot, base: 0), vsid: nil, slot: slot,
+                                             guestBus: PortAllocation.secondaryBus(of: slot, base: 0, ports: rootPorts), vsid: nil, slot: slot,
                                              vfioDriver: vfioDriverOf(d)))
             }
             // One stage-2 per physical IOMMU the guest uses, nest parent where the IOMMU nests.

@@ -10,14 +10,14 @@ extension ObservedState {
         var f = FNV1a()
         for a in sysfs.keys.sorted() {
             let d = sysfs[a]!
-            f += a; f += " "; f += d.driver ?? "-"; f += " "; f += d.driverOverride ?? "-"; f += " "
-            if let i = d.vfioDevIndex { f += i } else { f += "-" }
-            f += " "
-            if let g = d.iommuGroup { f += g } else { f += "-" }
-            f += "\n"
+            f += a; f.put(" "); f += d.driver ?? "-"; f.put(" "); f += d.driverOverride ?? "-"; f.put(" ")
+            if let i = d.vfioDevIndex { f += i } else { f.put("-") }
+            f.put(" ")
+            if let g = d.iommuGroup { f += g } else { f.put("-") }
+            f.put("\n")
         }
-        f += "dead "; f += Fingerprint.list(deadGuests.sorted()); f += " lost "; f += Fingerprint.list(lostDevices.sorted())
-        f += " owners "; Fingerprint.list(owners, into: &f); f += "\n"
+        f.put("dead "); f += Fingerprint.list(deadGuests.sorted()); f.put(" lost "); f += Fingerprint.list(lostDevices.sorted())
+        f.put(" owners "); Fingerprint.list(owners, into: &f); f.put("\n")
         Fingerprint.canonical(holdings, into: &f)
         return f.hex
     }
@@ -30,9 +30,15 @@ struct FNV1a {
 
     @inline(__always) mutating func byte(_ b: UInt8) { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
 
-    static func += (f: inout FNV1a, s: String) {
-        var s = s
-        s.withUTF8 { for b in $0 { f.byte(b) } }
+    @inline(__always) static func += (f: inout FNV1a, s: String) {
+        if s.utf8.withContiguousStorageIfAvailable({ (buffer: UnsafeBufferPointer<UInt8>) -> Void in for b in buffer { f.byte(b) } }) == nil {
+            for b in s.utf8 { f.byte(b) }
+        }
+    }
+
+    /// A literal piece of the text (no String made or retained for it).
+    @inline(__always) mutating func put(_ s: StaticString) {
+        s.withUTF8Buffer { for b in $0 { byte(b) } }
     }
 
     /// Decimal, as `description` writes it.
@@ -41,7 +47,7 @@ struct FNV1a {
         f.decimal(UInt64(v.magnitude))
     }
 
-    static func += (f: inout FNV1a, b: Bool) { f += b ? "true" : "false" }
+    static func += (f: inout FNV1a, b: Bool) { if b { f.put("true") } else { f.put("false") } }
 
     /// `0000:09:01.0`, as `PCIAddress.description` writes it.
     static func += (f: inout FNV1a, a: PCIAddress) {
@@ -52,17 +58,14 @@ struct FNV1a {
     static func += (f: inout FNV1a, s: DeviceSource) {
         switch s {
         case .pci(let a): f += a
-        case .selftest(let n): f += "selftest:"; f += n
+        case .selftest(let n): f.put("selftest:"); f += n
         }
     }
 
+    /// Most significant digit first; divisions by the constant 10 only.
     mutating func decimal(_ v: UInt64) {
-        var p: UInt64 = 1
-        while v / p >= 10 { p &*= 10 }
-        repeat {
-            byte(0x30 &+ UInt8(truncatingIfNeeded: (v / p) % 10))
-            p /= 10
-        } while p > 0
+        if v >= 10 { decimal(v / 10) }
+        byte(0x30 &+ UInt8(truncatingIfNeeded: v % 10))
     }
 
     /// Lower-case hexadecimal, zero-padded to `digits`.
@@ -93,14 +96,14 @@ enum Fingerprint {
 
     /// The same text as `list(owners)`, fed to `f`.
     static func list(_ owners: [Int: UInt32], into f: inout FNV1a) {
-        f += "["
+        f.put("[")
         var first = true
         for (k, v) in owners.sorted(by: { $0.key < $1.key }) {
-            if !first { f += ", " }
+            if !first { f.put(", ") }
             first = false
-            f += "(key: "; f += k; f += ", value: "; f += v; f += ")"
+            f.put("(key: "); f += k; f.put(", value: "); f += v; f.put(")")
         }
-        f += "]"
+        f.put("]")
     }
 
     static func fnv1a(_ s: String) -> String {
@@ -112,28 +115,28 @@ enum Fingerprint {
 
     /// A stable text form of the holdings (dictionary order fixed), fed to `f`.
     static func canonical(_ h: Holdings, into f: inout FNV1a) {
-        for (a, d) in h.originalDrivers.sorted(by: { $0.key < $1.key }) { f += "orig "; f += a; f += " "; f += d ?? "-"; f += "\n" }
+        for (a, d) in h.originalDrivers.sorted(by: { $0.key < $1.key }) { f.put("orig "); f += a; f.put(" "); f += d ?? "-"; f.put("\n") }
         for (g, r) in h.running.sorted(by: { $0.key < $1.key }) {
-            f += "running "; f += g; f += " pid "; f += r.pid; f += " "; f += r.startTime ?? 0; f += " "; f += r.vmm.rawValue; f += "\n"
+            f.put("running "); f += g; f.put(" pid "); f += r.pid; f.put(" "); f += r.startTime ?? 0; f.put(" "); f += r.vmm.rawValue; f.put("\n")
         }
         for (name, g) in h.guests.sorted(by: { $0.key < $1.key }) {
-            f += "guest "; f += name; f += " fd "; f += g.iommufd.fd; f += " ioas "
-            if let i = g.ioas { f += i } else { f += "-" }
-            f += " uncertain "; f += g.uncertain; f += "\n"
+            f.put("guest "); f += name; f.put(" fd "); f += g.iommufd.fd; f.put(" ioas ")
+            if let i = g.ioas { f += i } else { f.put("-") }
+            f.put(" uncertain "); f += g.uncertain; f.put("\n")
             for (n, d) in g.devices.sorted(by: { $0.key < $1.key }) {
-                f += " dev "; f += n; f += " "; f += d.source; f += " "; f += d.cdev?.fd ?? -1; f += " "; f += d.vfioIndex ?? -1
-                f += " "; f += d.mockStdev ?? 0; f += " "; f += d.devID; f += " "; f += d.attached ?? 0; f += " "; f += d.owner ?? 0; f += "\n"
+                f.put(" dev "); f += n; f.put(" "); f += d.source; f.put(" "); f += d.cdev?.fd ?? -1; f.put(" "); f += d.vfioIndex ?? -1
+                f.put(" "); f += d.mockStdev ?? 0; f.put(" "); f += d.devID; f.put(" "); f += d.attached ?? 0; f.put(" "); f += d.owner ?? 0; f.put("\n")
             }
-            for (n, s) in g.stage2.sorted(by: { $0.key < $1.key }) { f += " s2 "; f += n; f += " "; f += s.hwpt; f += " "; f += s.nestParent; f += "\n" }
+            for (n, s) in g.stage2.sorted(by: { $0.key < $1.key }) { f.put(" s2 "); f += n; f.put(" "); f += s.hwpt; f.put(" "); f += s.nestParent; f.put("\n") }
             for (n, m) in g.memory.sorted(by: { $0.key < $1.key }) {
-                f += " mem "; f += n; f += " "; f += m.iova; f += " "; f += m.length; f += " "; f += m.backing.rawValue; f += " "
-                f += m.mapped; f += " "; f += m.memory.userVA; f += " "; f += m.memory.file?.fd ?? -1; f += "\n"
+                f.put(" mem "); f += n; f.put(" "); f += m.iova; f.put(" "); f += m.length; f.put(" "); f += m.backing.rawValue; f.put(" ")
+                f += m.mapped; f.put(" "); f += m.memory.userVA; f.put(" "); f += m.memory.file?.fd ?? -1; f.put("\n")
             }
             for (n, v) in g.vsmmus.sorted(by: { $0.key < $1.key }) {
-                f += " vsmmu "; f += n; f += " "; f += v.physical; f += " "; f += v.viommu; f += " "; f += v.viommuType.rawValue
-                f += " "; f += v.abortHWPT ?? 0; f += " "; f += v.bypassHWPT ?? 0; f += "\n"
-                for (t, q) in v.eventQueues.sorted(by: { $0.key < $1.key }) { f += "  evq "; f += t.rawValue; f += " "; f += q.id; f += " "; f += q.fd.fd; f += "\n" }
-                for (d, vd) in v.vdevices.sorted(by: { $0.key < $1.key }) { f += "  vdev "; f += d; f += " "; f += vd.id; f += " "; f += vd.virtID; f += "\n" }
+                f.put(" vsmmu "); f += n; f.put(" "); f += v.physical; f.put(" "); f += v.viommu; f.put(" "); f += v.viommuType.rawValue
+                f.put(" "); f += v.abortHWPT ?? 0; f.put(" "); f += v.bypassHWPT ?? 0; f.put("\n")
+                for (t, q) in v.eventQueues.sorted(by: { $0.key < $1.key }) { f.put("  evq "); f += t.rawValue; f.put(" "); f += q.id; f.put(" "); f += q.fd.fd; f.put("\n") }
+                for (d, vd) in v.vdevices.sorted(by: { $0.key < $1.key }) { f.put("  vdev "); f += d; f.put(" "); f += vd.id; f.put(" "); f += vd.virtID; f.put("\n") }
             }
         }
     }

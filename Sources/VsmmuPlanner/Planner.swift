@@ -154,12 +154,16 @@ public struct Planner {
     /// Devices vsmmu moved that no guest holds or wants any more (a removed guest's
     /// record was lost, or an interrupted apply): give them back too.
     mutating func strayAddresses(wanted: Set<PCIAddress>) {
+        // Only the few addresses no guest wants are looked at further (on a converged host, none).
+        let unknown = (observed.holdings.unknownOriginalDrivers ?? []).filter { !wanted.contains($0) }
+        let recorded = observed.holdings.originalDrivers.keys.filter { !wanted.contains($0) }
+        guard !unknown.isEmpty || !recorded.isEmpty else { return }
         var held = Set<PCIAddress>()
         for g in observed.holdings.guests.values { for d in g.devices.values { if let a = d.source.pciAddress { held.insert(a) } } }
-        for a in (observed.holdings.unknownOriginalDrivers ?? []).sorted() where !wanted.contains(a) && !held.contains(a) {
+        for a in unknown.sorted() where !held.contains(a) {
             add(.giveBack, "device \(a)", .forgetOriginalDriver(address: a))
         }
-        for (a, _) in observed.holdings.originalDrivers.sorted(by: { $0.key < $1.key }) where !wanted.contains(a) && !held.contains(a) {
+        for a in recorded.filter({ !held.contains($0) }).sorted() {
             let s = observed.sysfs[a]
             let original = observed.holdings.originalDrivers[a] ?? nil
             if VFIODriver.isVFIO(original) {
