@@ -34,6 +34,15 @@ public struct GuestAllocation: Codable, Hashable, Sendable {
     public init() {}
 }
 
+extension GuestAllocation {
+    /// The same allocated values (what the guest saw and its facts aside).
+    func sameValues(_ other: GuestAllocation) -> Bool { vsmmus == other.vsmmus && rootPorts == other.rootPorts }
+
+    /// Whether `previous` holds exactly these values: allocating the guest again from it
+    /// keeps every one of them (the allocator's fixed point).
+    func keeps(_ previous: GuestAllocation?) -> Bool { previous.map(sameValues) ?? false }
+}
+
 public struct VSMMUAllocation: Codable, Hashable, Sendable {
     public var busNumber: Int
     public var identifier: Int
