@@ -8,8 +8,7 @@ extension ObservedState {
     /// string interpolation gave before: a saved plan keeps its fingerprint (FingerprintTests).
     public var fingerprint: String {
         var f = FNV1a()
-        for a in sysfs.keys.sorted() {
-            let d = sysfs[a]!
+        forEachSorted(sysfs) { a, d in
             f += a; f.put(" "); f += d.driver ?? "-"; f.put(" "); f += d.driverOverride ?? "-"; f.put(" ")
             if let i = d.vfioDevIndex { f += i } else { f.put("-") }
             f.put(" ")
@@ -62,10 +61,19 @@ struct FNV1a {
         }
     }
 
-    /// Most significant digit first; divisions by the constant 10 only.
+    /// Digits made least significant first on the stack (divisions by the constant 10
+    /// only), hashed most significant first.
     mutating func decimal(_ v: UInt64) {
-        if v >= 10 { decimal(v / 10) }
-        byte(0x30 &+ UInt8(truncatingIfNeeded: v % 10))
+        if v < 10 { byte(0x30 &+ UInt8(truncatingIfNeeded: v)); return }
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 20) { digits in
+            var i = 20, x = v
+            repeat {
+                i -= 1
+                digits[i] = 0x30 &+ UInt8(truncatingIfNeeded: x % 10)
+                x /= 10
+            } while x > 0
+            for j in i..<20 { byte(digits[j]) }
+        }
     }
 
     /// Lower-case hexadecimal, zero-padded to `digits`.
@@ -79,6 +87,25 @@ struct FNV1a {
     var hex: String {
         let hexed = String(h, radix: 16)
         return String(repeating: "0", count: 16 - hexed.count) + hexed
+    }
+}
+
+/// Calls `body` with each entry in key order, from the dictionary's own storage: its
+/// indices are sorted in a temporary buffer (no sorted copy of the entries is made and freed,
+/// no key is hashed again).
+@inline(__always)
+func forEachSorted<K: Comparable, V>(_ d: [K: V], _ body: (K, V) -> Void) {
+    switch d.count {
+    case 0: return
+    case 1: let e = d[d.startIndex]; body(e.key, e.value)
+    default:
+        withUnsafeTemporaryAllocation(of: Dictionary<K, V>.Index.self, capacity: d.count) { buffer in
+            var order = buffer
+            _ = order.initialize(from: d.indices)
+            order.sort { d[$0].key < d[$1].key }
+            for i in order { let e = d[i]; body(e.key, e.value) }
+            order.deinitialize()
+        }
     }
 }
 
@@ -98,7 +125,7 @@ enum Fingerprint {
     static func list(_ owners: [Int: UInt32], into f: inout FNV1a) {
         f.put("[")
         var first = true
-        for (k, v) in owners.sorted(by: { $0.key < $1.key }) {
+        forEachSorted(owners) { k, v in
             if !first { f.put(", ") }
             first = false
             f.put("(key: "); f += k; f.put(", value: "); f += v; f.put(")")
@@ -115,28 +142,28 @@ enum Fingerprint {
 
     /// A stable text form of the holdings (dictionary order fixed), fed to `f`.
     static func canonical(_ h: Holdings, into f: inout FNV1a) {
-        for (a, d) in h.originalDrivers.sorted(by: { $0.key < $1.key }) { f.put("orig "); f += a; f.put(" "); f += d ?? "-"; f.put("\n") }
-        for (g, r) in h.running.sorted(by: { $0.key < $1.key }) {
+        forEachSorted(h.originalDrivers) { a, d in f.put("orig "); f += a; f.put(" "); f += d ?? "-"; f.put("\n") }
+        forEachSorted(h.running) { g, r in
             f.put("running "); f += g; f.put(" pid "); f += r.pid; f.put(" "); f += r.startTime ?? 0; f.put(" "); f += r.vmm.rawValue; f.put("\n")
         }
-        for (name, g) in h.guests.sorted(by: { $0.key < $1.key }) {
+        forEachSorted(h.guests) { name, g in
             f.put("guest "); f += name; f.put(" fd "); f += g.iommufd.fd; f.put(" ioas ")
             if let i = g.ioas { f += i } else { f.put("-") }
             f.put(" uncertain "); f += g.uncertain; f.put("\n")
-            for (n, d) in g.devices.sorted(by: { $0.key < $1.key }) {
+            forEachSorted(g.devices) { n, d in
                 f.put(" dev "); f += n; f.put(" "); f += d.source; f.put(" "); f += d.cdev?.fd ?? -1; f.put(" "); f += d.vfioIndex ?? -1
                 f.put(" "); f += d.mockStdev ?? 0; f.put(" "); f += d.devID; f.put(" "); f += d.attached ?? 0; f.put(" "); f += d.owner ?? 0; f.put("\n")
             }
-            for (n, s) in g.stage2.sorted(by: { $0.key < $1.key }) { f.put(" s2 "); f += n; f.put(" "); f += s.hwpt; f.put(" "); f += s.nestParent; f.put("\n") }
-            for (n, m) in g.memory.sorted(by: { $0.key < $1.key }) {
+            forEachSorted(g.stage2) { n, s in f.put(" s2 "); f += n; f.put(" "); f += s.hwpt; f.put(" "); f += s.nestParent; f.put("\n") }
+            forEachSorted(g.memory) { n, m in
                 f.put(" mem "); f += n; f.put(" "); f += m.iova; f.put(" "); f += m.length; f.put(" "); f += m.backing.rawValue; f.put(" ")
                 f += m.mapped; f.put(" "); f += m.memory.userVA; f.put(" "); f += m.memory.file?.fd ?? -1; f.put("\n")
             }
-            for (n, v) in g.vsmmus.sorted(by: { $0.key < $1.key }) {
+            forEachSorted(g.vsmmus) { n, v in
                 f.put(" vsmmu "); f += n; f.put(" "); f += v.physical; f.put(" "); f += v.viommu; f.put(" "); f += v.viommuType.rawValue
                 f.put(" "); f += v.abortHWPT ?? 0; f.put(" "); f += v.bypassHWPT ?? 0; f.put("\n")
-                for (t, q) in v.eventQueues.sorted(by: { $0.key < $1.key }) { f.put("  evq "); f += t.rawValue; f.put(" "); f += q.id; f.put(" "); f += q.fd.fd; f.put("\n") }
-                for (d, vd) in v.vdevices.sorted(by: { $0.key < $1.key }) { f.put("  vdev "); f += d; f.put(" "); f += vd.id; f.put(" "); f += vd.virtID; f.put("\n") }
+                forEachSorted(v.eventQueues) { t, q in f.put("  evq "); f += t.rawValue; f.put(" "); f += q.id; f.put(" "); f += q.fd.fd; f.put("\n") }
+                forEachSorted(v.vdevices) { d, vd in f.put("  vdev "); f += d; f.put(" "); f += vd.id; f.put(" "); f += vd.virtID; f.put("\n") }
             }
         }
     }
