@@ -17,6 +17,8 @@ public final class SimulatedKernel: KernelPort {
     var store: SimStore?
     /// Derived lookup structures over `state` (never persisted; SimIndexes.swift).
     let indexes = SimIndexes()
+    /// The uevent sockets and inotify watches open on this kernel (SimChangeFeed.swift).
+    let uevents = SimUevents()
 
     /// The fault-injection rules in force (from VSMMU_SIM_FAIL unless set directly).
     public var failRules: [FailRule]
