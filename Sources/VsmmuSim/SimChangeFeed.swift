@@ -160,8 +160,10 @@ extension SimulatedKernel {
 
 extension SimulatedKernel {
     public func driverOverride(_ address: PCIAddress) throws(KernelCallError) -> DriverOverrideRead {
-        try call(.readDriverOverride(address), nil) { () throws(Refusal) in
-            state.devices[address].map { .value($0.driverOverride) } ?? .noDevice
+        try read(.sysfsReadDriverOverride, .readDriverOverride(address)) { () throws(Refusal) in
+            // The field alone: copying the whole device (its strings and arrays) cost more.
+            guard let i = state.devices.index(forKey: address) else { return .noDevice }
+            return .value(state.devices.values[i].driverOverride)
         }
     }
 }

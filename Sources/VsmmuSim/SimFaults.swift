@@ -146,7 +146,7 @@ extension SimulatedKernel {
         record(SimCall(op: op, detail: text, mutating: true, errno: errno, injected: false))
     }
 
-    private func injectedFailure(for op: String) -> Errno? {
+    func injectedFailure(for op: String) -> Errno? {
         let n = (opCounts[op] ?? 0) + 1
         opCounts[op] = n
         for rule in failRules where rule.op == op && (rule.nth == nil || rule.nth == n) {
@@ -155,7 +155,7 @@ extension SimulatedKernel {
         return nil
     }
 
-    private func record(_ call: SimCall) {
+    func record(_ call: SimCall) {
         if traceEnabled { trace.append(call) }
     }
 }

@@ -13,6 +13,7 @@ import VsmmuKernel
 public final class SimulatedKernel: KernelPort {
     var state: SimState
     var opCounts: [String: Int] = [:]
+    var readCounts = [Int](repeating: 0, count: 4)   // the observation's reads (SimReads.swift)
     var mutatingCallCount = 0
     var store: SimStore?
     /// Derived lookup structures over `state` (never persisted; SimIndexes.swift).
@@ -128,7 +129,7 @@ public final class SimulatedKernel: KernelPort {
     }
 
     public func ioasIovaRanges(_ fd: IommufdHandle, ioas: ObjectID) throws(KernelCallError) -> (ranges: [IovaRange], alignment: UInt64) {
-        try call(.ioasIovaRanges(fd: fd.fd, ioas: ioas, numIovas: nil), nil) { () throws(Refusal) in
+        try read(.ioasIovaRanges, .ioasIovaRanges(fd: fd.fd, ioas: ioas, numIovas: nil)) { () throws(Refusal) in
             try ioasIovaRangesImpl(fd.fd, ioas: ioas)
         }
     }
@@ -282,7 +283,7 @@ public final class SimulatedKernel: KernelPort {
     }
 
     public func pciDevice(_ address: PCIAddress) throws(KernelCallError) -> SysfsPCIDevice? {
-        try call(.readPCIDevice(address), nil) { () throws(Refusal) in
+        try read(.sysfsReadPCIDevice, .readPCIDevice(address)) { () throws(Refusal) in
             state.devices[address].map(sysfsView)
         }
     }
@@ -340,7 +341,7 @@ public final class SimulatedKernel: KernelPort {
     }
 
     public func vfioDeviceOwner(index: Int) throws(KernelCallError) -> (uid: UInt32, gid: UInt32)? {
-        try call(.statVfioDevice(index: index), nil) { () throws(Refusal) in
+        try read(.statVfioDevice, .statVfioDevice(index: index)) { () throws(Refusal) in
             guard hasVfioCdev, let device = deviceWithVfioIndex(index) else { return nil }
             return (device.owner.uid, device.owner.gid)
         }
