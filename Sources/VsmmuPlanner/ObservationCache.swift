@@ -12,6 +12,13 @@ public final class ObservationCache {
     var devices: [PCIAddress: SysfsPCIDevice?] = [:]
     /// The last stat of each cdev node, by vfio index (nil: no node).
     var owners: [Int: UInt32?] = [:]
+    /// The last answers, handed out again while nothing changed (no copy of 10,000 entries).
+    var requested: Set<PCIAddress> = []
+    var order: [PCIAddress] = []
+    var present: [PCIAddress: SysfsPCIDevice] = [:]
+    var presentOwners: [Int: UInt32] = [:]
+    /// Something the owners depend on changed in this observation.
+    var ownersStale = true
     /// What the last observation read, for logs, tests and the bench.
     public private(set) var last = Reads()
 
@@ -32,41 +39,58 @@ public final class ObservationCache {
     func devices(_ addresses: Set<PCIAddress>, port: KernelPort) throws(KernelCallError) -> [PCIAddress: SysfsPCIDevice] {
         let changes = feed.drain()
         last = Reads(everything: changes.everything)
+        ownersStale = changes.everything != nil || changes.allCdevs || !changes.cdevs.isEmpty
         if changes.everything != nil {
             devices = [:]
             owners = [:]
+            present = [:]
         } else {
-            for a in changes.devices { devices[a] = nil }
+            for a in changes.devices where devices.removeValue(forKey: a) != nil { present[a] = nil }
             if changes.allCdevs { owners = [:] } else { for i in changes.cdevs { owners[i] = nil } }
         }
-        var out: [PCIAddress: SysfsPCIDevice] = [:]
-        out.reserveCapacity(addresses.count)
-        for a in addresses.sorted() {
-            if let known = devices[a] {
-                guard var d = known else { continue }   // absent, and no uevent since
+        if addresses != requested {
+            requested = addresses
+            order = addresses.sorted()
+            present = present.filter { addresses.contains($0.key) }
+            ownersStale = true
+        }
+        for a in order {
+            // What is known of `a`: this observation's answer so far, else an earlier read
+            // of it (asked for again after a while).
+            var known = present[a]
+            let answered = known != nil
+            if !answered, let earlier = devices[a] {
+                guard let device = earlier else { continue }   // absent, and no uevent since
+                known = device
+            }
+            if let device = known {
                 switch try port.driverOverride(a) {
                 case .value(let o):
                     last.overrides += 1
-                    if d.driverOverride != o {
+                    if device.driverOverride != o || !answered {
+                        var d = device
                         d.driverOverride = o
+                        present[a] = d
                         devices[a] = d
+                        ownersStale = true
                     }
-                    out[a] = d
                     continue
                 case .noDevice:
                     break   // removed meanwhile (its uevent is queued): read it whole
                 }
             }
             last.devices += 1
+            ownersStale = true
             let d = try port.pciDevice(a)
             devices[a] = .some(d)
-            if let d { out[a] = d }
+            present[a] = d
         }
-        return out
+        return present
     }
 
     /// The owner of each cdev that `sysfs` names.
     func owners(of sysfs: [PCIAddress: SysfsPCIDevice], port: KernelPort) throws(KernelCallError) -> [Int: UInt32] {
+        guard ownersStale else { return presentOwners }
         var out: [Int: UInt32] = [:]
         for s in sysfs.values {
             guard let i = s.vfioDevIndex else { continue }
@@ -80,6 +104,8 @@ public final class ObservationCache {
             }
             if let uid { out[i] = uid }
         }
+        presentOwners = out
+        ownersStale = false
         return out
     }
 }

@@ -186,3 +186,18 @@ func anIncrementalObservationEqualsAFullOne(_ change: BehindOurBack) throws {
     // udev's own messages (group 2) start with "libudev": never taken for the kernel's.
     #expect(Uevent.parse(Array("libudev\0\u{fe}\u{ed}\u{ca}\u{fe}".utf8)) == nil)
 }
+
+/// Devices asked for again after observations that left them out: what changed meanwhile
+/// (with or without a signal) is seen.
+@Test func devicesAskedForAgainAreCurrent() throws {
+    let w = try Watched()
+    let few: Set<PCIAddress> = [gpu0, gpu1]
+    _ = try ObservedState.observe(port: w.h.sim, holdings: w.h.store.holdings, addresses: few, cache: w.cache)
+    try w.h.sim.writeDriverOverride(spare, "vfio-pci")        // no signal, not asked for now
+    try w.h.sim.unbindDriver(vfioSpare, driver: "vfio-pci")   // signalled, not asked for now
+    _ = try ObservedState.observe(port: w.h.sim, holdings: w.h.store.holdings, addresses: few, cache: w.cache)
+    try w.compare("asked for again")
+    #expect(w.cache.last.everything == nil)
+    try w.compare("and once more")
+    #expect(w.cache.last.devices == 0)
+}
