@@ -28,6 +28,8 @@ public enum Pipeline {
     /// A guest name or a device that another topology holds: the error names that topology
     /// and, from `files` (topology name → the file last applied), its file.
     static func checkOwnership(_ topology: Topology, all: Holdings, others: [String: String], files: [String: String]) throws(Failure) {
+        // Nothing is held by another topology (the common case): nothing to look up.
+        guard !others.isEmpty else { return }
         func owner(_ t: String) -> String { "topology '\(t)'" + (files[t].map { " (\($0))" } ?? "") }
         for g in topology.guests {
             if let t = others[g.name] {
@@ -52,9 +54,10 @@ public enum Pipeline {
     /// Observes the kernel (read-only calls) and plans `topology` against it.
     /// `onlyGuests` limits the plan to those guests' holdings; `destroying` plans their teardown.
     /// Guests of other topologies are left alone; `otherFiles` names their files in errors.
+    /// `observations`: the agent's cache over a change feed (nil: read everything).
     public static func plan(_ topology: Topology, validation: ValidationResult, port: KernelPort, host: HostDescription,
                             store: StateStore, simulated: Bool, onlyGuests: Set<String>? = nil, destroying: Bool = false,
-                            otherFiles: [String: String] = [:]) throws(Failure) -> Plan {
+                            otherFiles: [String: String] = [:], observations: ObservationCache? = nil) throws(Failure) -> Plan {
         // Devices with `vsmmu: auto` are planned where placement put them.
         let topology = validation.placing(topology)
         if let lost = store.lostState(port: port) {
@@ -72,11 +75,11 @@ public enum Pipeline {
                           hint: "stop the VMM first (the guest is then prepared again), then destroy")
         }
         let runningDevices = Set(running.values.flatMap(\.devices.values))
-        holdings.originalDrivers = holdings.originalDrivers.filter { !runningDevices.contains($0.key) }
+        if !runningDevices.isEmpty { holdings.originalDrivers = holdings.originalDrivers.filter { !runningDevices.contains($0.key) } }
         var addresses = Set<PCIAddress>()
         for g in topology.guests { for d in g.allDevices { if let a = d.host.pciAddress { addresses.insert(a) } } }
         let observed: ObservedState
-        do { observed = try ObservedState.observe(port: port, holdings: holdings, addresses: addresses) } catch {
+        do { observed = try ObservedState.observe(port: port, holdings: holdings, addresses: addresses, cache: observations) } catch {
             throw VsmmuError("cannot read the kernel's state", kernel: error)
         }
         var effective = topology

@@ -12,8 +12,12 @@ public struct ObservedState: Sendable {
     /// Owner of each VFIO cdev by vfio index.
     public var owners: [Int: UInt32]
 
-    /// Reads the state; makes no mutating call.
-    public static func observe(port: KernelPort, holdings: Holdings, addresses: Set<PCIAddress>) throws(KernelCallError) -> ObservedState {
+    /// Reads the state; makes no mutating call. With `cache` (an agent's, over a proven change
+    /// feed), devices and cdev owners the kernel signalled no change for are taken from the
+    /// last observation, and only what it never signals (driver_override, each context's
+    /// liveness) is read again: the same result as a full read (ObservationCache.swift).
+    public static func observe(port: KernelPort, holdings: Holdings, addresses: Set<PCIAddress>,
+                               cache: ObservationCache? = nil) throws(KernelCallError) -> ObservedState {
         var all = addresses
         for g in holdings.guests.values {
             for d in g.devices.values { if let a = d.source.pciAddress { all.insert(a) } }
@@ -21,8 +25,12 @@ public struct ObservedState: Sendable {
         for a in holdings.originalDrivers.keys { all.insert(a) }
         for a in holdings.unknownOriginalDrivers ?? [] { all.insert(a) }
         var sysfs: [PCIAddress: SysfsPCIDevice] = [:]
-        for a in all.sorted() {
-            if let d = try port.pciDevice(a) { sysfs[a] = d }
+        if let cache {
+            sysfs = try cache.devices(all, port: port)
+        } else {
+            for a in all.sorted() {
+                if let d = try port.pciDevice(a) { sysfs[a] = d }
+            }
         }
         var dead = Set<String>()
         var lost = Set<String>()
@@ -55,87 +63,13 @@ public struct ObservedState: Sendable {
             }
         }
         var owners: [Int: UInt32] = [:]
-        for s in sysfs.values {
-            if let i = s.vfioDevIndex, let o = try port.vfioDeviceOwner(index: i) { owners[i] = o.uid }
+        if let cache {
+            owners = try cache.owners(of: sysfs, port: port)
+        } else {
+            for s in sysfs.values {
+                if let i = s.vfioDevIndex, let o = try port.vfioDeviceOwner(index: i) { owners[i] = o.uid }
+            }
         }
         return ObservedState(holdings: holdings, sysfs: sysfs, deadGuests: dead, lostDevices: lost, owners: owners)
-    }
-
-    /// A digest of everything observed: a saved plan is refused when it changed. The text
-    /// digested is written piece by piece into the hash (no text of the whole host is built).
-    public var fingerprint: String {
-        var f = FNV1a()
-        for (a, d) in sysfs.sorted(by: { $0.key < $1.key }) {
-            f += a; f += " "; f += d.driver ?? "-"; f += " "; f += d.driverOverride ?? "-"; f += " "
-            f += d.vfioDevIndex.map(String.init) ?? "-"; f += " "; f += d.iommuGroup.map(String.init) ?? "-"; f += "\n"
-        }
-        f += "dead "; f += Fingerprint.list(deadGuests.sorted()); f += " lost "; f += Fingerprint.list(lostDevices.sorted())
-        f += " owners "; f += Fingerprint.list(owners); f += "\n"
-        Fingerprint.canonical(holdings, into: &f)
-        return f.hex
-    }
-}
-
-/// FNV-1a over UTF-8 text fed in pieces: the same digest as over the pieces joined.
-struct FNV1a {
-    var h: UInt64 = 0xcbf2_9ce4_8422_2325
-
-    static func += (f: inout FNV1a, s: String) {
-        var s = s
-        s.withUTF8 { for b in $0 { f.h = (f.h ^ UInt64(b)) &* 0x100_0000_01b3 } }
-    }
-
-    static func += <T: CustomStringConvertible>(f: inout FNV1a, v: T) { f += v.description }
-
-    var hex: String {
-        let hexed = String(h, radix: 16)
-        return String(repeating: "0", count: 16 - hexed.count) + hexed
-    }
-}
-
-enum Fingerprint {
-    /// `"\(array)"` of strings, written out: the same text without the runtime's
-    /// reflection-driven printing (half of a converged re-plan's time at 10,000 devices).
-    static func list(_ items: [String]) -> String {
-        "[" + items.map(\.debugDescription).joined(separator: ", ") + "]"
-    }
-
-    /// `"\(owners.sorted { $0.key < $1.key })"`, written out the same way.
-    static func list(_ owners: [Int: UInt32]) -> String {
-        "[" + owners.sorted { $0.key < $1.key }.map { "(key: \($0.key), value: \($0.value))" }.joined(separator: ", ") + "]"
-    }
-
-    static func fnv1a(_ s: String) -> String {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for b in s.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
-        let hexed = String(h, radix: 16)
-        return String(repeating: "0", count: 16 - hexed.count) + hexed
-    }
-
-    /// A stable text form of the holdings (dictionary order fixed), fed to `f`.
-    static func canonical(_ h: Holdings, into f: inout FNV1a) {
-        for (a, d) in h.originalDrivers.sorted(by: { $0.key < $1.key }) { f += "orig "; f += a; f += " "; f += d ?? "-"; f += "\n" }
-        for (g, r) in h.running.sorted(by: { $0.key < $1.key }) {
-            f += "running "; f += g; f += " pid "; f += r.pid; f += " "; f += r.startTime ?? 0; f += " "; f += r.vmm.rawValue; f += "\n"
-        }
-        for (name, g) in h.guests.sorted(by: { $0.key < $1.key }) {
-            f += "guest "; f += name; f += " fd "; f += g.iommufd.fd; f += " ioas "; f += g.ioas.map(String.init) ?? "-"
-            f += " uncertain "; f += g.uncertain; f += "\n"
-            for (n, d) in g.devices.sorted(by: { $0.key < $1.key }) {
-                f += " dev "; f += n; f += " "; f += d.source; f += " "; f += d.cdev?.fd ?? -1; f += " "; f += d.vfioIndex ?? -1
-                f += " "; f += d.mockStdev ?? 0; f += " "; f += d.devID; f += " "; f += d.attached ?? 0; f += " "; f += d.owner ?? 0; f += "\n"
-            }
-            for (n, s) in g.stage2.sorted(by: { $0.key < $1.key }) { f += " s2 "; f += n; f += " "; f += s.hwpt; f += " "; f += s.nestParent; f += "\n" }
-            for (n, m) in g.memory.sorted(by: { $0.key < $1.key }) {
-                f += " mem "; f += n; f += " "; f += m.iova; f += " "; f += m.length; f += " "; f += m.backing.rawValue; f += " "
-                f += m.mapped; f += " "; f += m.memory.userVA; f += " "; f += m.memory.file?.fd ?? -1; f += "\n"
-            }
-            for (n, v) in g.vsmmus.sorted(by: { $0.key < $1.key }) {
-                f += " vsmmu "; f += n; f += " "; f += v.physical; f += " "; f += v.viommu; f += " "; f += v.viommuType.rawValue
-                f += " "; f += v.abortHWPT ?? 0; f += " "; f += v.bypassHWPT ?? 0; f += "\n"
-                for (t, q) in v.eventQueues.sorted(by: { $0.key < $1.key }) { f += "  evq "; f += t.rawValue; f += " "; f += q.id; f += " "; f += q.fd.fd; f += "\n" }
-                for (d, vd) in v.vdevices.sorted(by: { $0.key < $1.key }) { f += "  vdev "; f += d; f += " "; f += vd.id; f += " "; f += vd.virtID; f += "\n" }
-            }
-        }
     }
 }

@@ -151,7 +151,7 @@ extension SimulatedKernel {
 
     /// Counts the call (VSMMU_SIM_FAIL's `#N` is per call kind, from the kernel's start)
     /// and returns the errno of the first rule that fails it.
-    private func injectedFailure(for call: KernelCall) -> Errno? {
+    func injectedFailure(for call: KernelCall) -> Errno? {
         let n = callCounts[call.ordinal] + 1
         callCounts[call.ordinal] = n
         guard !failRules.isEmpty else { return nil }
@@ -162,7 +162,7 @@ extension SimulatedKernel {
         return nil
     }
 
-    private func record(_ call: KernelCall, _ detail: String, errno: Errno?, injected: Bool) {
+    func record(_ call: KernelCall, _ detail: String, errno: Errno?, injected: Bool) {
         if traceEnabled { trace.append(SimCall(op: call.name, detail: detail, mutating: call.isMutating, errno: errno, injected: injected)) }
     }
 

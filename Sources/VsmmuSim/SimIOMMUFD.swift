@@ -339,8 +339,8 @@ extension SimulatedKernel {
 
     func ioasIovaRangesImpl(_ fd: Int32, ioas: ObjectID) throws(Refusal) -> (ranges: [IovaRange], alignment: UInt64) {
         let cid = try context(ofIommufd: fd)
-        guard ioasObject(cid, ioas) != nil else { throw Refusal(.ENOENT, missing(cid, ioas, "ioas_id")) }
-        return (complement(of: reservedRanges(cid, ioas: ioas)), ioasAlignment(cid, ioas: ioas))
+        guard let object = ioasObject(cid, ioas) else { throw Refusal(.ENOENT, missing(cid, ioas, "ioas_id")) }
+        return iovaRanges(cid, ioas: ioas, largePagesDisabled: object.largePagesDisabled == true)
     }
 
     /// The holes between `used` over [0, 2^64-1].

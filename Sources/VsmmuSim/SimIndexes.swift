@@ -457,6 +457,7 @@ extension SimulatedKernel {
         let old: SimPCIDevice?
         if let device { old = state.devices.updateValue(device, forKey: address) } else { old = state.devices.removeValue(forKey: address) }
         indexes.deviceChanged(address, from: old, to: device)
+        uevents.deviceChanged(address, from: old, to: device)
     }
 
     /// Changes a device in place; nothing happens if there is no device at `address`.

@@ -21,6 +21,8 @@ public final class SimulatedKernel: KernelPort {
     var store: SimStore?
     /// Derived lookup structures over `state` (never persisted; SimIndexes.swift).
     let indexes = SimIndexes()
+    /// The uevent sockets and inotify watches open on this kernel (SimChangeFeed.swift).
+    let uevents = SimUevents()
 
     /// The fault-injection rules in force (from VSMMU_SIM_FAIL unless set directly).
     @exclusivity(unchecked) public var failRules: [FailRule]
@@ -130,7 +132,7 @@ public final class SimulatedKernel: KernelPort {
     }
 
     public func ioasIovaRanges(_ fd: IommufdHandle, ioas: ObjectID) throws(KernelCallError) -> (ranges: [IovaRange], alignment: UInt64) {
-        try call(.ioasIovaRanges(fd: fd.fd, ioas: ioas, numIovas: nil), nil) { () throws(Refusal) in
+        try read(.ioasIovaRanges, .ioasIovaRanges(fd: fd.fd, ioas: ioas, numIovas: nil)) { () throws(Refusal) in
             try ioasIovaRangesImpl(fd.fd, ioas: ioas)
         }
     }
@@ -284,7 +286,7 @@ public final class SimulatedKernel: KernelPort {
     }
 
     public func pciDevice(_ address: PCIAddress) throws(KernelCallError) -> SysfsPCIDevice? {
-        try call(.readPCIDevice(address), nil) { () throws(Refusal) in
+        try read(.sysfsReadPCIDevice, .readPCIDevice(address)) { () throws(Refusal) in
             state.devices[address].map(sysfsView)
         }
     }
@@ -342,7 +344,7 @@ public final class SimulatedKernel: KernelPort {
     }
 
     public func vfioDeviceOwner(index: Int) throws(KernelCallError) -> (uid: UInt32, gid: UInt32)? {
-        try call(.statVfioDevice(index: index), nil) { () throws(Refusal) in
+        try read(.statVfioDevice, .statVfioDevice(index: index)) { () throws(Refusal) in
             guard hasVfioCdev, let device = deviceWithVfioIndex(index) else { return nil }
             return (device.owner.uid, device.owner.gid)
         }
