@@ -90,20 +90,26 @@ struct FNV1a {
     }
 }
 
-/// Calls `body` with each entry in key order, from the dictionary's own storage: its
-/// indices are sorted in a temporary buffer (no sorted copy of the entries is made and freed,
-/// no key is hashed again).
+/// Calls `body` with each entry in key order, from the dictionary's own storage: its keys
+/// and their indices are sorted in a temporary buffer (no sorted copy of the entries is made
+/// and freed, no key is hashed again).
 @inline(__always)
 func forEachSorted<K: Comparable, V>(_ d: [K: V], _ body: (K, V) -> Void) {
     switch d.count {
     case 0: return
     case 1: let e = d[d.startIndex]; body(e.key, e.value)
     default:
-        withUnsafeTemporaryAllocation(of: Dictionary<K, V>.Index.self, capacity: d.count) { buffer in
+        withUnsafeTemporaryAllocation(of: (K, Dictionary<K, V>.Index).self, capacity: d.count) { buffer in
             var order = buffer
-            _ = order.initialize(from: d.indices)
-            order.sort { d[$0].key < d[$1].key }
-            for i in order { let e = d[i]; body(e.key, e.value) }
+            var n = 0
+            var i = d.startIndex
+            while i != d.endIndex {
+                order.initializeElement(at: n, to: (d.keys[i], i))
+                n += 1
+                i = d.index(after: i)
+            }
+            order.sort { $0.0 < $1.0 }
+            for (k, i) in order { body(k, d.values[i]) }
             order.deinitialize()
         }
     }
