@@ -134,8 +134,8 @@ extension DesiredState {
                 assert(d == (try? desiredGuest(g, alloc, rs, host: host, lookup: &lookup)), "guest \(g.name): a kept desired guest differs from building it again")
             } else {
                 d = try desiredGuest(g, alloc, rs, host: host, lookup: &lookup)
+                made[g.name] = DesiredGuestCache.Entry(guest: g, allocation: alloc, resolved: rs, desired: d)
             }
-            made[g.name] = DesiredGuestCache.Entry(guest: g, allocation: alloc, resolved: rs, desired: d)
             if let u = g.user {
                 if let o = owners[u] { d.owner = o } else {
                     do { d.owner = try users.resolve(u) } catch {
@@ -146,7 +146,7 @@ extension DesiredState {
             }
             guests.append(d)
         }
-        DesiredGuestCache.shared.store(made, for: facts)
+        if !made.isEmpty { DesiredGuestCache.shared.store(made, for: facts) }
         return DesiredState(topologyName: topology.name, guests: guests, allocations: allocations, previous: previous)
     }
 
