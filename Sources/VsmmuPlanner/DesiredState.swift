@@ -98,8 +98,7 @@ extension DesiredState {
     /// the same (DesiredGuestCache); owners are resolved every time.
     public static func build(topology: Topology, host: HostDescription, resolved: [String: ResolvedVSMMU],
                              previous: Allocations, users: UserResolver) throws(VsmmuError) -> DesiredState {
-        let facts = DesiredGuestCache.HostFacts(host)
-        let cached = DesiredGuestCache.shared.entries(for: facts)
+        let cached = DesiredGuestCache.shared.entries(for: host)
         // Allocations first, for every guest (the first error as before).
         var allocations = Allocations()
         var known: [DesiredGuestCache.Entry?] = []
@@ -146,7 +145,7 @@ extension DesiredState {
             }
             guests.append(d)
         }
-        if !made.isEmpty { DesiredGuestCache.shared.store(made, for: facts) }
+        if !made.isEmpty { DesiredGuestCache.shared.store(made, for: DesiredGuestCache.HostFacts(host)) }
         return DesiredState(topologyName: topology.name, guests: guests, allocations: allocations, previous: previous)
     }
 
