@@ -140,6 +140,7 @@ public struct Planner {
     mutating func diff() {
         // Addresses some desired guest uses: never given back to their host driver.
         var wanted = Set<PCIAddress>()
+        wanted.reserveCapacity(desired.guests.reduce(0) { $0 + $1.devices.count })
         for g in desired.guests { for d in g.devices { if let a = d.source.pciAddress { wanted.insert(a) } } }
         let desiredNames = Set(desired.guests.map(\.name))
         for name in Set(observed.holdings.guests.keys).subtracting(desiredNames).sorted() {
