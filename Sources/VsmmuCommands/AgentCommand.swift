@@ -102,6 +102,7 @@ final class AgentServer: @unchecked Sendable {
             try sim.save()
         }
 
+        log(s.watchChanges())
         if let g = options.socketGroup {
             guard let gr = getgrnam(g) else { throw CommandError(message: "no group '\(g)'") }
             allowedGID = gr.pointee.gr_gid

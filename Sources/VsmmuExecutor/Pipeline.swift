@@ -54,9 +54,10 @@ public enum Pipeline {
     /// Observes the kernel (read-only calls) and plans `topology` against it.
     /// `onlyGuests` limits the plan to those guests' holdings; `destroying` plans their teardown.
     /// Guests of other topologies are left alone; `otherFiles` names their files in errors.
+    /// `observations`: the agent's cache over a change feed (nil: read everything).
     public static func plan(_ topology: Topology, validation: ValidationResult, port: KernelPort, host: HostDescription,
                             store: StateStore, simulated: Bool, onlyGuests: Set<String>? = nil, destroying: Bool = false,
-                            otherFiles: [String: String] = [:]) throws(Failure) -> Plan {
+                            otherFiles: [String: String] = [:], observations: ObservationCache? = nil) throws(Failure) -> Plan {
         // Devices with `vsmmu: auto` are planned where placement put them.
         let topology = validation.placing(topology)
         if let lost = store.lostState(port: port) {
@@ -83,7 +84,7 @@ public enum Pipeline {
             for d in g.devices { if let a = d.host.pciAddress { addresses.insert(a) } }
         }
         let observed: ObservedState
-        do { observed = try ObservedState.observe(port: port, holdings: holdings, addresses: addresses) } catch {
+        do { observed = try ObservedState.observe(port: port, holdings: holdings, addresses: addresses, cache: observations) } catch {
             throw VsmmuError("cannot read the kernel's state", kernel: error)
         }
         var effective = topology

@@ -58,6 +58,8 @@ public enum KernelCall: String, CaseIterable, Hashable, Sendable, CustomStringCo
     case sysfsReadIOMMUNames = "SYSFS_READ_IOMMU_NAMES"
     case sysfsReadReservedRegions = "SYSFS_READ_RESERVED_REGIONS"
     case sysfsReadDriver = "SYSFS_READ_DRIVER"
+    /// One device's driver_override alone: the one fact the kernel never signals (docs/kernel-interface.md §12).
+    case sysfsReadDriverOverride = "SYSFS_READ_DRIVER_OVERRIDE"
 
     /// The C name, e.g. "IOMMU_DESTROY".
     public var name: String { rawValue }
@@ -90,7 +92,7 @@ public enum KernelCall: String, CaseIterable, Hashable, Sendable, CustomStringCo
         case .openIommufd, .closeIommufd, .openVfioDevice, .closeVfioDevice, .closeEventFD, .closeFD, .memfdCreate, .mmapAnon,
              .munmap, .chownVfioDevice, .statVfioDevice, .processExit, .processSpawn, .sendFDs, .procFDScan,
              .sysfsDriverOverride, .sysfsUnbind, .sysfsDriversProbe, .sysfsReadPCIDevices, .sysfsReadPCIDevice, .sysfsReadIOMMUGroup, .sysfsReadIOMMUNames, .sysfsReadReservedRegions,
-             .sysfsReadDriver:
+             .sysfsReadDriver, .sysfsReadDriverOverride:
             return nil
         }
     }
@@ -101,7 +103,7 @@ public enum KernelCall: String, CaseIterable, Hashable, Sendable, CustomStringCo
         // Reads; and INVALIDATE changes the IOMMU's caches, no iommufd object.
         case .ioasIovaRanges, .getHwInfo, .hwptInvalidate, .deviceGetInfo, .statVfioDevice, .sysfsReadPCIDevices,
              .sysfsReadPCIDevice, .sysfsReadIOMMUGroup, .sysfsReadIOMMUNames, .sysfsReadReservedRegions, .sysfsReadDriver,
-             .procFDScan:
+             .sysfsReadDriverOverride, .procFDScan:
             return false
         case .destroy, .ioasAlloc, .ioasMap, .ioasUnmap, .option, .hwptAlloc, .ioasMapFile, .viommuAlloc, .vdeviceAlloc,
              .veventqAlloc, .hwQueueAlloc, .testCmd, .bindIommufd, .attach, .detach, .openIommufd, .closeIommufd,
@@ -157,6 +159,7 @@ public enum KernelRequest: Sendable {
     case readIOMMUNames
     case readReservedRegions(group: Int)
     case readDriver(String)
+    case readDriverOverride(PCIAddress)
 
     public var call: KernelCall {
         switch self {
@@ -203,6 +206,7 @@ public enum KernelRequest: Sendable {
         case .readIOMMUNames: return .sysfsReadIOMMUNames
         case .readReservedRegions: return .sysfsReadReservedRegions
         case .readDriver: return .sysfsReadDriver
+        case .readDriverOverride: return .sysfsReadDriverOverride
         }
     }
 
@@ -259,6 +263,7 @@ public enum KernelRequest: Sendable {
         case .readIOMMUNames: return "/sys/class/iommu"
         case .readReservedRegions(let g): return "/sys/kernel/iommu_groups/\(g)/reserved_regions"
         case .readDriver(let name): return "/sys/bus/pci/drivers/\(name)"
+        case .readDriverOverride(let a): return "/sys/bus/pci/devices/\(a)/driver_override"
         }
     }
 }

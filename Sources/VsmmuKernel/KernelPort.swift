@@ -110,6 +110,20 @@ public enum IommuOption: UInt32, Sendable, Codable {
     case hugePages = 1
 }
 
+/// A driver_override read on its own.
+public enum DriverOverrideRead: Hashable, Sendable {
+    /// The device is not in sysfs (any more).
+    case noDevice
+    /// The override, nil when unset.
+    case value(String?)
+}
+
+public enum ChangeFeedOpening {
+    case opened(KernelChangeFeed)
+    /// Why this port gives no change signal.
+    case unavailable(String)
+}
+
 public protocol KernelPort: AnyObject {
     // MARK: facts
     /// /dev/iommu exists (kernel with IOMMUFD).
@@ -179,6 +193,13 @@ public protocol KernelPort: AnyObject {
     func reservedRegions(group: Int) throws(KernelCallError) -> [(start: UInt64, last: UInt64, type: String)]
     /// /sys/bus/pci/drivers/<name> exists.
     func driverLoaded(_ name: String) throws(KernelCallError) -> Bool
+    /// One device's driver_override alone (what no uevent signals, docs/kernel-interface.md §12).
+    func driverOverride(_ address: PCIAddress) throws(KernelCallError) -> DriverOverrideRead
+
+    // MARK: change signals (docs/kernel-interface.md §12)
+    /// A feed of what changed since the last observation, proven to work, or why there is
+    /// none (then every observation reads everything).
+    func openChangeFeed() -> ChangeFeedOpening
 
     // MARK: sysfs binding writes (docs/kernel-interface.md §8, "Safe move to vfio-pci")
     /// Writes `driver` (or "\n" to clear when nil) to driver_override.
@@ -213,4 +234,12 @@ public protocol KernelPort: AnyObject {
     /// chown of /dev/vfio/devices/vfioN to the VMM's user.
     func chownVfioDevice(index: Int, uid: UInt32, gid: UInt32) throws(KernelCallError)
     func vfioDeviceOwner(index: Int) throws(KernelCallError) -> (uid: UInt32, gid: UInt32)?
+}
+
+extension KernelPort {
+    public func driverOverride(_ address: PCIAddress) throws(KernelCallError) -> DriverOverrideRead {
+        try pciDevice(address).map { .value($0.driverOverride) } ?? .noDevice
+    }
+
+    public func openChangeFeed() -> ChangeFeedOpening { .unavailable("this kernel port gives no change signal") }
 }

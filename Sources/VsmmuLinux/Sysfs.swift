@@ -59,9 +59,28 @@ public struct SysfsTree: SysfsAccess, Sendable {
         return names.compactMap(PCIAddress.init).sorted()
     }
 
+    /// The driver, IDs and class from one read of the device's `uevent` file (DRIVER=,
+    /// PCI_ID=VVVV:DDDD, PCI_CLASS=CCCCCC, written by dev_uevent and pci_uevent): four sysfs
+    /// files fewer per device on every full observation. nil when the file is missing or
+    /// lacks them (a test's fake tree): then each file is read.
+    func ueventFacts(_ dir: String) -> (driver: String?, vendor: UInt16, device: UInt16, classCode: UInt32)? {
+        guard let data = try? files.read(dir + "/uevent") else { return nil }
+        var driver: String?, id: Substring?, cls: Substring?
+        for line in String(decoding: data, as: UTF8.self).split(separator: "\n") {
+            if line.hasPrefix("DRIVER=") { driver = String(line.dropFirst(7)) }
+            else if line.hasPrefix("PCI_ID=") { id = line.dropFirst(7) }
+            else if line.hasPrefix("PCI_CLASS=") { cls = line.dropFirst(10) }
+        }
+        let parts = id?.split(separator: ":") ?? []
+        guard parts.count == 2, let v = UInt16(parts[0], radix: 16), let d = UInt16(parts[1], radix: 16),
+              let cls, let c = UInt32(cls, radix: 16) else { return nil }
+        return (driver.flatMap(Self.checkedDriver), v, d, c)
+    }
+
     public func device(_ a: PCIAddress) -> SysfsPCIDevice? {
         let dir = devices + "/" + a.description
-        guard files.exists(dir) else { return nil }
+        let facts = ueventFacts(dir)
+        guard facts != nil || files.exists(dir) else { return nil }
         var override = read(dir + "/driver_override")
         if override == "(null)" || override == "" { override = nil }
         var vfioIndex: Int?
@@ -70,10 +89,10 @@ public struct SysfsTree: SysfsAccess, Sendable {
         }
         return SysfsPCIDevice(
             address: a,
-            vendor: UInt16(truncatingIfNeeded: hexValue(dir + "/vendor") ?? 0),
-            device: UInt16(truncatingIfNeeded: hexValue(dir + "/device") ?? 0),
-            classCode: UInt32(truncatingIfNeeded: hexValue(dir + "/class") ?? 0),
-            driver: linkName(dir + "/driver").flatMap(Self.checkedDriver),
+            vendor: facts?.vendor ?? UInt16(truncatingIfNeeded: hexValue(dir + "/vendor") ?? 0),
+            device: facts?.device ?? UInt16(truncatingIfNeeded: hexValue(dir + "/device") ?? 0),
+            classCode: facts?.classCode ?? UInt32(truncatingIfNeeded: hexValue(dir + "/class") ?? 0),
+            driver: facts.map(\.driver) ?? linkName(dir + "/driver").flatMap(Self.checkedDriver),
             driverOverride: override,
             iommuGroup: linkName(dir + "/iommu_group").flatMap { Int($0) },
             iommu: linkName(dir + "/iommu"),

@@ -8,7 +8,7 @@ extension ObservedState {
     /// string interpolation gave before: a saved plan keeps its fingerprint (FingerprintTests).
     public var fingerprint: String {
         var f = FNV1a()
-        forEachSorted(sysfs, packing: \.packed) { a, d in
+        forEachSorted(sysfs, packing: \.sortKey) { a, d in
             f += a; f.put(" "); f += d.driver ?? "-"; f.put(" "); f += d.driverOverride ?? "-"; f.put(" ")
             if let i = d.vfioDevIndex { f += i } else { f.put("-") }
             f.put(" ")
@@ -146,7 +146,7 @@ func forEachSorted<K: Comparable, V>(_ d: [K: V], packing pack: (K) -> UInt32?, 
 
 extension PCIAddress {
     /// Domain, bus, slot (5 bits), function (3 bits): ordered as addresses are.
-    var packed: UInt32? { UInt32(domain) << 16 | UInt32(bus) << 8 | UInt32(slot) << 3 | UInt32(function) }
+    var sortKey: UInt32? { UInt32(domain) << 16 | UInt32(bus) << 8 | UInt32(slot) << 3 | UInt32(function) }
 }
 
 enum Fingerprint {
@@ -182,7 +182,7 @@ enum Fingerprint {
 
     /// A stable text form of the holdings (dictionary order fixed), fed to `f`.
     static func canonical(_ h: Holdings, into f: inout FNV1a) {
-        forEachSorted(h.originalDrivers, packing: \.packed) { a, d in f.put("orig "); f += a; f.put(" "); f += d ?? "-"; f.put("\n") }
+        forEachSorted(h.originalDrivers, packing: \.sortKey) { a, d in f.put("orig "); f += a; f.put(" "); f += d ?? "-"; f.put("\n") }
         forEachSorted(h.running) { g, r in
             f.put("running "); f += g; f.put(" pid "); f += r.pid; f.put(" "); f += r.startTime ?? 0; f.put(" "); f += r.vmm.rawValue; f.put("\n")
         }

@@ -12,8 +12,12 @@ public struct ObservedState: Sendable {
     /// Owner of each VFIO cdev by vfio index.
     public var owners: [Int: UInt32]
 
-    /// Reads the state; makes no mutating call.
-    public static func observe(port: KernelPort, holdings: Holdings, addresses: Set<PCIAddress>) throws(KernelCallError) -> ObservedState {
+    /// Reads the state; makes no mutating call. With `cache` (an agent's, over a proven change
+    /// feed), devices and cdev owners the kernel signalled no change for are taken from the
+    /// last observation, and only what it never signals (driver_override, each context's
+    /// liveness) is read again: the same result as a full read (ObservationCache.swift).
+    public static func observe(port: KernelPort, holdings: Holdings, addresses: Set<PCIAddress>,
+                               cache: ObservationCache? = nil) throws(KernelCallError) -> ObservedState {
         var all = addresses
         for g in holdings.guests.values {
             for d in g.devices.values { if let a = d.source.pciAddress { all.insert(a) } }
@@ -21,8 +25,12 @@ public struct ObservedState: Sendable {
         for a in holdings.originalDrivers.keys { all.insert(a) }
         for a in holdings.unknownOriginalDrivers ?? [] { all.insert(a) }
         var sysfs: [PCIAddress: SysfsPCIDevice] = [:]
-        for a in all.sorted() {
-            if let d = try port.pciDevice(a) { sysfs[a] = d }
+        if let cache {
+            sysfs = try cache.devices(all, port: port)
+        } else {
+            for a in all.sorted() {
+                if let d = try port.pciDevice(a) { sysfs[a] = d }
+            }
         }
         var dead = Set<String>()
         var lost = Set<String>()
@@ -55,8 +63,12 @@ public struct ObservedState: Sendable {
             }
         }
         var owners: [Int: UInt32] = [:]
-        for s in sysfs.values {
-            if let i = s.vfioDevIndex, let o = try port.vfioDeviceOwner(index: i) { owners[i] = o.uid }
+        if let cache {
+            owners = try cache.owners(of: sysfs, port: port)
+        } else {
+            for s in sysfs.values {
+                if let i = s.vfioDevIndex, let o = try port.vfioDeviceOwner(index: i) { owners[i] = o.uid }
+            }
         }
         return ObservedState(holdings: holdings, sysfs: sysfs, deadGuests: dead, lostDevices: lost, owners: owners)
     }

@@ -129,7 +129,7 @@ public final class Provisioner {
         do {
             return try Pipeline.plan(topology, validation: validation, port: port, host: host, store: store,
                                      simulated: session.simulated, onlyGuests: guests, destroying: destroying,
-                                     otherFiles: appliedFiles())
+                                     otherFiles: appliedFiles(), observations: session.observations)
         } catch {
             var e = error
             if let h = e.hint, h.hasPrefix("vsmmu ") { e.hint = h + session.context }
@@ -212,7 +212,8 @@ public final class Provisioner {
             }
             let own = Pipeline.ownView(store.holdings, allocations: store.allocations, topology: saved.topology).holdings
             let current = try ObservedState.observe(port: port, holdings: own,
-                                                    addresses: Set(saved.layout.flatMap { $0.devices.compactMap { PCIAddress($0.host) } }))
+                                                    addresses: Set(saved.layout.flatMap { $0.devices.compactMap { PCIAddress($0.host) } }),
+                                                    cache: session.observations)
             if current.fingerprint != saved.fingerprint {
                 throw CommandError(message: "the kernel's state moved since \(file) was made (fingerprint \(saved.fingerprint), now \(current.fingerprint)); nothing was changed",
                                    hint: "make a new plan: vsmmu plan \(saved.topologyFile) --out \(file)\(session.context)")
@@ -298,7 +299,7 @@ public final class Provisioner {
     public func show(events: ProvisioningEvents) throws -> ShowState {
         try settleLifecycle(events: events)
         let store = try StateStore(directory: session.stateDir, allowingLostState: true)
-        let observed = try ObservedState.observe(port: port, holdings: store.holdings, addresses: [])
+        let observed = try ObservedState.observe(port: port, holdings: store.holdings, addresses: [], cache: session.observations)
         return ShowState(observed: observed, host: session.host.name, simulated: session.simulated, interrupted: store.interrupted.count,
                          lost: store.lostState(port: port), lifecycle: GuestLifecycle(session: session).statuses(store.holdings),
                          facts: store.allocations.guests.compactMapValues(\.facts))

@@ -39,6 +39,10 @@ public final class Session: @unchecked Sendable {
     /// The state directory's lock, held for the whole session (simulated host, agent).
     public var lock: StateLock?
     public var holdsLock = false
+    /// The agent's last observation, kept current by the kernel's change signals
+    /// (docs/kernel-interface.md §12); nil: every observation reads everything (a CLI run
+    /// observes once).
+    public var observations: ObservationCache?
 
     public init(port: KernelPort, sim: SimulatedKernel?, stateDir: String) {
         self.port = port; self.sim = sim; self.stateDir = stateDir; simulated = sim != nil
@@ -124,3 +128,17 @@ public final class Session: @unchecked Sendable {
     }
 }
 
+
+extension Session {
+    /// Opens the kernel's change feed for an agent's observations; returns a line for its log.
+    public func watchChanges() -> String {
+        switch port.openChangeFeed() {
+        case .opened(let feed):
+            observations = ObservationCache(feed: feed)
+            return "change signals: uevents and /dev/vfio/devices proven; a reconcile re-reads what changed and every driver_override"
+        case .unavailable(let why):
+            observations = nil
+            return "no change signal (\(why)): every reconcile reads the whole state"
+        }
+    }
+}

@@ -158,3 +158,23 @@ func pci(_ s: String) -> PCIAddress { PCIAddress(s)! }
     #expect(i.nesting == false)                 // ecap bit 26 clear
     #expect(i.oas == Int((0xd2008c22260286 as UInt64) >> 16 & 0x3f) + 1)   // cap.MGAW + 1
 }
+
+/// A device's `uevent` file, when there is one, gives its driver, IDs and class in one read;
+/// they are the values the separate files hold.
+@Test func theUeventFileGivesTheDriverIDsAndClass() throws {
+    let root = NSTemporaryDirectory() + "vsmmu-uevent-\(UUID().uuidString)"
+    defer { try? FileManager.default.removeItem(atPath: root) }
+    let dir = root + "/bus/pci/devices/0000:00:02.0"
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    let uevent = "DRIVER=e1000e\nPCI_CLASS=20000\nPCI_ID=8086:10D3\nPCI_SUBSYS_ID=8086:0000\nPCI_SLOT_NAME=0000:00:02.0\nMODALIAS=pci:v00008086d000010D3sv00008086sd00000000bc02sc00i00\n"
+    try uevent.write(toFile: dir + "/uevent", atomically: true, encoding: .utf8)
+    try "(null)\n".write(toFile: dir + "/driver_override", atomically: true, encoding: .utf8)
+    try "-1\n".write(toFile: dir + "/numa_node", atomically: true, encoding: .utf8)
+    let d = try #require(SysfsTree(root: root).device(PCIAddress("0000:00:02.0")!))
+    #expect(d.driver == "e1000e" && d.vendor == 0x8086 && d.device == 0x10d3 && d.classCode == 0x020000)
+    #expect(d.driverOverride == nil && d.numaNode == -1)
+    // Unbound: no DRIVER= line.
+    try uevent.replacingOccurrences(of: "DRIVER=e1000e\n", with: "").write(toFile: dir + "/uevent", atomically: true, encoding: .utf8)
+    #expect(SysfsTree(root: root).device(PCIAddress("0000:00:02.0")!)?.driver == nil)
+    #expect(SysfsTree(root: root).device(PCIAddress("0000:00:03.0")!) == nil)
+}
