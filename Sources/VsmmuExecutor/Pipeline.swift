@@ -77,7 +77,12 @@ public enum Pipeline {
         let runningDevices = Set(running.values.flatMap(\.devices.values))
         if !runningDevices.isEmpty { holdings.originalDrivers = holdings.originalDrivers.filter { !runningDevices.contains($0.key) } }
         var addresses = Set<PCIAddress>()
-        for g in topology.guests { for d in g.allDevices { if let a = d.host.pciAddress { addresses.insert(a) } } }
+        addresses.reserveCapacity(topology.guests.reduce(0) { $0 + $1.devices.count + $1.vsmmus.reduce(0) { $0 + $1.devices.count } })
+        for g in topology.guests {
+            // Not `allDevices`: no array made per guest.
+            for v in g.vsmmus { for d in v.devices { if let a = d.host.pciAddress { addresses.insert(a) } } }
+            for d in g.devices { if let a = d.host.pciAddress { addresses.insert(a) } }
+        }
         let observed: ObservedState
         do { observed = try ObservedState.observe(port: port, holdings: holdings, addresses: addresses, cache: observations) } catch {
             throw VsmmuError("cannot read the kernel's state", kernel: error)

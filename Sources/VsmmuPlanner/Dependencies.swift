@@ -40,7 +40,7 @@ enum Dep: Hashable, Sendable {
     case viommuGone(vsmmu: String)
 
     /// The token without its names (for the check that every kind needed is given).
-    enum Kind: CaseIterable, Hashable, Sendable {
+    enum Kind: Int, CaseIterable, Hashable, Sendable {
         case iommufd, ioas, ioasGone, overrideVFIO, unboundFromHost, onVFIO, cdevClosed, unboundFromVFIO, overrideCleared,
              backOnHost, cdevOpen, bound, detached, onStage2, vdevice, stage2, stage2Gone, memoryCreated, unmapped, released,
              viommu, bypass, offNested, nestedGone, vdevicesGone, eventQueuesGone, viommuGone

@@ -23,6 +23,16 @@ final class DesiredGuestCache: Sendable {
         var iommus: [IOMMU]
         var devices: [Device]
 
+        /// Whether `host` has exactly these facts.
+        func describes(_ host: HostDescription) -> Bool {
+            guard iommus.count == host.iommus.count, devices.count == host.pciDevices.count else { return false }
+            for (f, i) in zip(iommus, host.iommus) where f.name != i.name || f.type != i.type || f.nesting != i.nesting { return false }
+            for (f, d) in zip(devices, host.pciDevices) where f.address != d.address || f.iommu != d.iommu || f.vfioDriver != d.effectiveVFIODriver {
+                return false
+            }
+            return true
+        }
+
         init(_ host: HostDescription) {
             iommus = host.iommus.map { IOMMU(name: $0.name, type: $0.type, nesting: $0.nesting) }
             devices = host.pciDevices.map { Device(address: $0.address, iommu: $0.iommu, vfioDriver: $0.effectiveVFIODriver) }
@@ -40,9 +50,10 @@ final class DesiredGuestCache: Sendable {
     /// Guests of every topology planned on one host (names are unique per host).
     private let state = Mutex<(host: HostFacts?, entries: [String: Entry])>((nil, [:]))
 
-    /// The entries made on a host with these facts (none after a change of host).
-    func entries(for host: HostFacts) -> [String: Entry] {
-        state.withLock { $0.host == host ? $0.entries : [:] }
+    /// The entries made on a host with these facts (none after a change of host). The
+    /// host is compared in place: no facts are copied out of it for a host that did not change.
+    func entries(for host: HostDescription) -> [String: Entry] {
+        state.withLock { $0.host.map { $0.describes(host) } ?? false ? $0.entries : [:] }
     }
 
     /// Adds (or replaces) the guests of one build; another host's entries go.

@@ -98,8 +98,7 @@ extension DesiredState {
     /// the same (DesiredGuestCache); owners are resolved every time.
     public static func build(topology: Topology, host: HostDescription, resolved: [String: ResolvedVSMMU],
                              previous: Allocations, users: UserResolver) throws(VsmmuError) -> DesiredState {
-        let facts = DesiredGuestCache.HostFacts(host)
-        let cached = DesiredGuestCache.shared.entries(for: facts)
+        let cached = DesiredGuestCache.shared.entries(for: host)
         // Allocations first, for every guest (the first error as before).
         var allocations = Allocations()
         var known: [DesiredGuestCache.Entry?] = []
@@ -134,8 +133,8 @@ extension DesiredState {
                 assert(d == (try? desiredGuest(g, alloc, rs, host: host, lookup: &lookup)), "guest \(g.name): a kept desired guest differs from building it again")
             } else {
                 d = try desiredGuest(g, alloc, rs, host: host, lookup: &lookup)
+                made[g.name] = DesiredGuestCache.Entry(guest: g, allocation: alloc, resolved: rs, desired: d)
             }
-            made[g.name] = DesiredGuestCache.Entry(guest: g, allocation: alloc, resolved: rs, desired: d)
             if let u = g.user {
                 if let o = owners[u] { d.owner = o } else {
                     do { d.owner = try users.resolve(u) } catch {
@@ -146,7 +145,7 @@ extension DesiredState {
             }
             guests.append(d)
         }
-        DesiredGuestCache.shared.store(made, for: facts)
+        if !made.isEmpty { DesiredGuestCache.shared.store(made, for: DesiredGuestCache.HostFacts(host)) }
         return DesiredState(topologyName: topology.name, guests: guests, allocations: allocations, previous: previous)
     }
 

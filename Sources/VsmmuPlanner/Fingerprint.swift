@@ -8,7 +8,7 @@ extension ObservedState {
     /// string interpolation gave before: a saved plan keeps its fingerprint (FingerprintTests).
     public var fingerprint: String {
         var f = FNV1a()
-        forEachSorted(sysfs) { a, d in
+        forEachSorted(sysfs, packing: \.sortKey) { a, d in
             f += a; f.put(" "); f += d.driver ?? "-"; f.put(" "); f += d.driverOverride ?? "-"; f.put(" ")
             if let i = d.vfioDevIndex { f += i } else { f.put("-") }
             f.put(" ")
@@ -65,6 +65,7 @@ struct FNV1a {
     /// only), hashed most significant first.
     mutating func decimal(_ v: UInt64) {
         if v < 10 { byte(0x30 &+ UInt8(truncatingIfNeeded: v)); return }
+        if v < 100 { byte(0x30 &+ UInt8(truncatingIfNeeded: v / 10)); byte(0x30 &+ UInt8(truncatingIfNeeded: v % 10)); return }
         withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 20) { digits in
             var i = 20, x = v
             repeat {
@@ -90,23 +91,62 @@ struct FNV1a {
     }
 }
 
-/// Calls `body` with each entry in key order, from the dictionary's own storage: its
-/// indices are sorted in a temporary buffer (no sorted copy of the entries is made and freed,
-/// no key is hashed again).
+/// Calls `body` with each entry in key order, from the dictionary's own storage: its keys
+/// and their indices are sorted in a temporary buffer (no sorted copy of the entries is made
+/// and freed, no key is hashed again).
 @inline(__always)
 func forEachSorted<K: Comparable, V>(_ d: [K: V], _ body: (K, V) -> Void) {
     switch d.count {
     case 0: return
     case 1: let e = d[d.startIndex]; body(e.key, e.value)
+    case 2:
+        let a = d.startIndex, b = d.index(after: a)
+        let (x, y) = d.keys[a] < d.keys[b] ? (a, b) : (b, a)
+        body(d.keys[x], d.values[x])
+        body(d.keys[y], d.values[y])
     default:
-        withUnsafeTemporaryAllocation(of: Dictionary<K, V>.Index.self, capacity: d.count) { buffer in
+        withUnsafeTemporaryAllocation(of: (K, Dictionary<K, V>.Index).self, capacity: d.count) { buffer in
             var order = buffer
-            _ = order.initialize(from: d.indices)
-            order.sort { d[$0].key < d[$1].key }
-            for i in order { let e = d[i]; body(e.key, e.value) }
+            var n = 0
+            var i = d.startIndex
+            while i != d.endIndex {
+                order.initializeElement(at: n, to: (d.keys[i], i))
+                n += 1
+                i = d.index(after: i)
+            }
+            order.sort { $0.0 < $1.0 }
+            for (k, i) in order { body(k, d.values[i]) }
             order.deinitialize()
         }
     }
+}
+
+/// The same walk for a large dictionary whose keys `pack` into 32 bits in their order (PCI
+/// addresses, vfio indices): packed keys and their ordinals are sorted as plain integers.
+/// Any key that does not pack sends the whole walk the general way.
+func forEachSorted<K: Comparable, V>(_ d: [K: V], packing pack: (K) -> UInt32?, _ body: (K, V) -> Void) {
+    guard d.count > 2 else { forEachSorted(d, body); return }
+    var indices: [Dictionary<K, V>.Index] = []
+    var order: [UInt64] = []
+    indices.reserveCapacity(d.count)
+    order.reserveCapacity(d.count)
+    var i = d.startIndex
+    while i != d.endIndex {
+        guard let p = pack(d.keys[i]) else { forEachSorted(d, body); return }
+        order.append(UInt64(p) << 32 | UInt64(indices.count))
+        indices.append(i)
+        i = d.index(after: i)
+    }
+    order.sort()
+    for o in order {
+        let i = indices[Int(truncatingIfNeeded: o & 0xffff_ffff)]
+        body(d.keys[i], d.values[i])
+    }
+}
+
+extension PCIAddress {
+    /// Domain, bus, slot (5 bits), function (3 bits): ordered as addresses are.
+    var sortKey: UInt32? { UInt32(domain) << 16 | UInt32(bus) << 8 | UInt32(slot) << 3 | UInt32(function) }
 }
 
 enum Fingerprint {
@@ -125,7 +165,7 @@ enum Fingerprint {
     static func list(_ owners: [Int: UInt32], into f: inout FNV1a) {
         f.put("[")
         var first = true
-        forEachSorted(owners) { k, v in
+        forEachSorted(owners, packing: { UInt32(exactly: $0) }) { k, v in
             if !first { f.put(", ") }
             first = false
             f.put("(key: "); f += k; f.put(", value: "); f += v; f.put(")")
@@ -142,7 +182,7 @@ enum Fingerprint {
 
     /// A stable text form of the holdings (dictionary order fixed), fed to `f`.
     static func canonical(_ h: Holdings, into f: inout FNV1a) {
-        forEachSorted(h.originalDrivers) { a, d in f.put("orig "); f += a; f.put(" "); f += d ?? "-"; f.put("\n") }
+        forEachSorted(h.originalDrivers, packing: \.sortKey) { a, d in f.put("orig "); f += a; f.put(" "); f += d ?? "-"; f.put("\n") }
         forEachSorted(h.running) { g, r in
             f.put("running "); f += g; f.put(" pid "); f += r.pid; f.put(" "); f += r.startTime ?? 0; f.put(" "); f += r.vmm.rawValue; f.put("\n")
         }

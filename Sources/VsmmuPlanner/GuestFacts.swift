@@ -1,3 +1,4 @@
+import Synchronization
 import VsmmuKernel
 import VsmmuModel
 
@@ -34,7 +35,16 @@ public struct LifecycleFact: Codable, Hashable, Sendable {
 extension GuestFacts {
     /// From the desired guest, its allocation (slots decide which device QEMU realizes first)
     /// and what placement and the validator said.
+    /// Made again only when what they come from changed (`FactsCache`).
     public static func of(_ g: DesiredGuest, allocation: GuestAllocation?, placement: GuestPlacement?) -> GuestFacts {
+        let key = FactsCache.Key(vsmmus: g.vsmmus, allocated: allocation?.vsmmus, placement: placement)
+        if let known = FactsCache.shared.facts(g.name, key) { return known }
+        let facts = make(g, allocation: allocation, placement: placement)
+        FactsCache.shared.store(g.name, key, facts)
+        return facts
+    }
+
+    static func make(_ g: DesiredGuest, allocation: GuestAllocation?, placement: GuestPlacement?) -> GuestFacts {
         var lifecycle: [LifecycleFact] = []
         let accelerated = g.vsmmus.filter { $0.resolved.physicalType != .selftest }
         if !accelerated.isEmpty {
@@ -78,5 +88,33 @@ extension GuestFacts {
         lifecycle.map(\.text)
             + placement.filter { $0.requested == "auto" }.map { "device \($0.device) vsmmu was auto: \($0.vsmmu ?? "none")" }
             + autos.map { "\($0.subject) was auto: \($0.value)" }
+    }
+}
+
+/// The last facts made for each guest, with everything they were made from: the guest's
+/// vSMMUs (names, resolved types, CMDQV, devices), its allocated vSMMU ports (slot order
+/// decides the CMDQV device that cannot be unplugged) and what placement said. A re-plan of
+/// an unchanged guest reuses them; a change to any of these makes them again.
+final class FactsCache: Sendable {
+    static let shared = FactsCache()
+
+    struct Key: Equatable, Sendable {
+        var vsmmus: [DesiredVSMMU]
+        var allocated: [String: VSMMUAllocation]?
+        var placement: GuestPlacement?
+    }
+
+    private let state = Mutex<[String: (key: Key, facts: GuestFacts)]>([:])
+
+    func facts(_ guest: String, _ key: Key) -> GuestFacts? {
+        state.withLock { c in c[guest].flatMap { $0.key == key ? $0.facts : nil } }
+    }
+
+    func store(_ guest: String, _ key: Key, _ facts: GuestFacts) {
+        state.withLock { c in
+            // A bound for a process whose guests keep changing names (tests): start again.
+            if c.count > 100_000 { c = [:] }
+            c[guest] = (key, facts)
+        }
     }
 }

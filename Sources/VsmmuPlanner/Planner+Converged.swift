@@ -34,12 +34,18 @@ extension Planner {
         // vDevice is anywhere else.
         var behindVSMMU = 0
         let lost = observed.lostDevices
+        // The devices of one vSMMU come one after another: its holding is looked up once.
+        var last: (name: String, held: VSMMUHolding)?
         for d in g.devices {
             guard let held = h.devices[d.name], held.source == d.source, !(held.devID == 0 && held.cdev != nil) else { return false }
             if !lost.isEmpty, lost.contains("\(g.name)/\(d.name)") { return false }
             if let o = g.owner, let i = held.vfioIndex, observed.owners[i] != o.uid { return false }
             if let v = d.vsmmu {
-                guard let hv = h.vsmmus[v], let vd = hv.vdevices[d.name], vd.virtID == d.vsid, held.attached == hv.bypassHWPT else { return false }
+                if last?.name != v {
+                    guard let hv = h.vsmmus[v] else { return false }
+                    last = (v, hv)
+                }
+                guard let hv = last?.held, let vd = hv.vdevices[d.name], vd.virtID == d.vsid, held.attached == hv.bypassHWPT else { return false }
                 behindVSMMU += 1
             } else {
                 guard let s2 = h.stage2[d.iommu]?.hwpt, held.attached == s2 else { return false }

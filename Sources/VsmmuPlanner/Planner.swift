@@ -36,7 +36,14 @@ public struct Planner {
     let observed: ObservedState
     var phases: [[Pending]] = Array(repeating: [], count: Phase.allCases.count)
     var changes: [ResourceChange] = []
-    var kinds = DependencyKinds()
+    /// The dependency token kinds needed and given, one bit per kind (a set per step was
+    /// a third of the plan from empty's `add`).
+    var neededKinds: UInt64 = 0
+    var givenKinds: UInt64 = 0
+    var kinds: DependencyKinds {
+        func set(_ mask: UInt64) -> Set<Dep.Kind> { Set(Dep.Kind.allCases.filter { mask & (1 << UInt64($0.rawValue)) != 0 }) }
+        return DependencyKinds(needed: set(neededKinds), given: set(givenKinds))
+    }
     /// Off: every guest goes through the full diff (tests compare both ways).
     var convergedShortcut = true
 
@@ -84,8 +91,8 @@ public struct Planner {
 
     mutating func add(_ phase: Phase, _ resource: String, _ action: OpAction, needs: [Dep] = [], gives: [Dep] = []) {
         phases[phase.rawValue].append(Pending(resource: resource, action: action, needs: needs, gives: gives))
-        kinds.needed.formUnion(needs.map(\.kind))
-        kinds.given.formUnion(gives.map(\.kind))
+        for d in needs { neededKinds |= 1 << UInt64(d.kind.rawValue) }
+        for d in gives { givenKinds |= 1 << UInt64(d.kind.rawValue) }
     }
 
     /// The plan's line for one resource (nothing for `.keep`).
@@ -108,11 +115,20 @@ public struct Planner {
     func order() -> [PlanStep] {
         var ops: [PlanStep] = []
         var producer: [Dep: Int] = [:]
+        ops.reserveCapacity(phases.reduce(0) { $0 + $1.count })
+        producer.reserveCapacity(phases.reduce(0) { n, b in b.reduce(n) { $0 + $1.gives.count } })
         for bucket in phases {
             for p in bucket {
                 let index = ops.count + 1
-                let deps = Set(p.needs.compactMap { producer[$0] })
-                ops.append(PlanStep(index: index, resource: p.resource, action: p.action, dependsOn: deps.sorted()))
+                // The producers in order, each once (as a set of them sorted).
+                var deps: [Int] = []
+                deps.reserveCapacity(p.needs.count)
+                for n in p.needs { if let i = producer[n] { deps.append(i) } }
+                deps.sort()
+                var unique: [Int] = []
+                unique.reserveCapacity(deps.count)
+                for d in deps where unique.last != d { unique.append(d) }
+                ops.append(PlanStep(index: index, resource: p.resource, action: p.action, dependsOn: unique))
                 for g in p.gives { producer[g] = index }
             }
         }
@@ -124,6 +140,7 @@ public struct Planner {
     mutating func diff() {
         // Addresses some desired guest uses: never given back to their host driver.
         var wanted = Set<PCIAddress>()
+        wanted.reserveCapacity(desired.guests.reduce(0) { $0 + $1.devices.count })
         for g in desired.guests { for d in g.devices { if let a = d.source.pciAddress { wanted.insert(a) } } }
         let desiredNames = Set(desired.guests.map(\.name))
         for name in Set(observed.holdings.guests.keys).subtracting(desiredNames).sorted() {

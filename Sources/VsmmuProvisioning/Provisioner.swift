@@ -111,13 +111,16 @@ public final class Provisioner {
     }
 
     /// The same, with no kernel (qemu-args and libvirt-xml resolve a topology against a host file).
+    /// A file compiled before against the same host is not parsed nor validated again (CompiledTopologies).
     public static func validate(_ source: SourceText, host: HostDescription) throws -> (Topology, ValidationResult) {
+        if let known = CompiledTopologies.shared.validated(source, host: host) { return known }
         let topology: Topology
-        do { topology = try Topology.parse(source) } catch {
+        do { topology = try CompiledTopologies.shared.parse(source) } catch {
             throw InvalidTopology(source: source, diagnostics: [], parseError: error.rendered())
         }
         let result = Validator.validate(topology, host: host)
         guard result.isValid else { throw InvalidTopology(source: source, diagnostics: result.diagnostics) }
+        CompiledTopologies.shared.remember(source, topology, host: host, result: result)
         return (topology, result)
     }
 
@@ -140,9 +143,9 @@ public final class Provisioner {
     /// Every topology applied on this state directory, by name (a record from before
     /// several topologies could share a host moves under its name first).
     func applied() -> [(name: String, record: AppliedTopology.Record)] {
-        AppliedTopology.migrateLegacy(stateDir: session.stateDir) { r in (try? Topology.parse(SourceText(path: r.path, bytes: r.bytes)))?.name }
+        AppliedTopology.migrateLegacy(stateDir: session.stateDir) { r in (try? CompiledTopologies.shared.parse(SourceText(path: r.path, bytes: r.bytes)))?.name }
         return AppliedTopology.all(stateDir: session.stateDir).compactMap { r in
-            (try? Topology.parse(SourceText(path: r.path, bytes: r.bytes))).map { ($0.name, r) }
+            (try? CompiledTopologies.shared.parse(SourceText(path: r.path, bytes: r.bytes))).map { ($0.name, r) }
         }
     }
 

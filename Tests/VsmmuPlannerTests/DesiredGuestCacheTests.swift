@@ -80,3 +80,25 @@ private func build(_ t: Topology, _ host: HostDescription, previous: Allocations
     func vsid(_ d: DesiredState) -> UInt64? { d.guests[0].devices.first { $0.name == names[0] }?.vsid }
     #expect(vsid(changedAllocation) != nil && vsid(changedAllocation) != vsid(first))
 }
+
+/// The facts of a guest are made again when the slots that order its CMDQV devices change
+/// (a stale entry would keep naming the first device).
+@Test func guestFactsFollowTheirSlots() throws {
+    let host = try HostDescription.load(path: path("examples/hosts/grace-2smmu-cmdqv.yaml"))
+    let t = try Topology.load(path: path("examples/cmdqv.yaml")).0
+    let d = try build(t, host, previous: Allocations())
+    let g = d.guests[0]
+    let v = try #require(g.vsmmus.first { $0.resolved.cmdqv })
+    var alloc = try #require(d.allocations.guests[g.name])
+    let before = GuestFacts.of(g, allocation: alloc, placement: nil)
+    let first = before.lifecycle.first { $0.kind == .noHotUnplug }?.device
+    let slots = try #require(alloc.vsmmus[v.name]?.ports.slots)
+    let names = slots.keys.sorted()
+    try #require(names.count >= 2)
+    alloc.vsmmus[v.name]?.ports.slots[names[0]] = slots[names[1]]
+    alloc.vsmmus[v.name]?.ports.slots[names[1]] = slots[names[0]]
+    let after = GuestFacts.of(g, allocation: alloc, placement: nil)
+    #expect(after.lifecycle.first { $0.kind == .noHotUnplug }?.device != first)
+    #expect(after == GuestFacts.make(g, allocation: alloc, placement: nil))
+    #expect(GuestFacts.of(g, allocation: d.allocations.guests[g.name], placement: nil) == before)
+}

@@ -95,3 +95,23 @@ private func variedState() -> ObservedState {
     var t = FNV1a(); t += true; t += DeviceSource.selftest(12)
     #expect(t.hex == Fingerprint.fnv1a("trueselftest:12"))
 }
+
+/// Many entries (the walks sort large dictionaries by packed keys, small ones directly).
+@Test func aLargeStateDigestsTheTextInterpolationWrote() {
+    var o = variedState()
+    var rng = SystemRandomNumberGenerator()
+    for i in 0..<300 {
+        let a = PCIAddress(domain: UInt16.random(in: 0...0xffff, using: &rng), bus: UInt8.random(in: 0...0xff, using: &rng),
+                           slot: UInt8.random(in: 0...31, using: &rng), function: UInt8.random(in: 0...7, using: &rng))!
+        o.sysfs[a] = SysfsPCIDevice(address: a, vendor: 0, device: 0, classCode: 0, driver: i % 3 == 0 ? nil : "vfio-pci", driverOverride: nil,
+                                    iommuGroup: i, iommu: nil, numaNode: 0, vfioDevIndex: i % 5 == 0 ? nil : i)
+        o.holdings.originalDrivers[a] = i % 2 == 0 ? "nvidia" : .some(nil)
+        o.owners[Int.random(in: 0...1_000_000, using: &rng)] = UInt32.random(in: 0...UInt32.max, using: &rng)
+    }
+    o.owners[-3] = 9   // a key that does not pack: the general walk
+    #expect(o.fingerprint == Fingerprint.fnv1a(interpolatedText(o)))
+    var g = GuestHolding(iommufd: IommufdHandle(fd: 3))
+    for i in 0..<40 { g.devices["d\(i)"] = DeviceHolding(source: .selftest(i), cdev: nil, vfioIndex: i, mockStdev: 1, devID: 2) }
+    o.holdings.guests["big"] = g
+    #expect(o.fingerprint == Fingerprint.fnv1a(interpolatedText(o)))
+}
