@@ -92,7 +92,7 @@ public struct KernelChanges: Hashable, Sendable {
 public protocol KernelChangeFeed: AnyObject {
     /// Everything signalled since the previous drain. The first drain is `everything`.
     func drain() -> KernelChanges
-    /// What this kernel does not signal beyond what §12 lists (nil: nothing more), for logs.
+    /// What this kernel does not signal beyond docs/kernel-interface.md §12 (nil: nothing more), for logs.
     var limitation: String? { get }
 }
 
