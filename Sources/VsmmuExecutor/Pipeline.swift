@@ -28,6 +28,8 @@ public enum Pipeline {
     /// A guest name or a device that another topology holds: the error names that topology
     /// and, from `files` (topology name → the file last applied), its file.
     static func checkOwnership(_ topology: Topology, all: Holdings, others: [String: String], files: [String: String]) throws(Failure) {
+        // Nothing is held by another topology (the common case): nothing to look up.
+        guard !others.isEmpty else { return }
         func owner(_ t: String) -> String { "topology '\(t)'" + (files[t].map { " (\($0))" } ?? "") }
         for g in topology.guests {
             if let t = others[g.name] {
@@ -73,7 +75,7 @@ public enum Pipeline {
                           hint: "stop the VMM first (the guest is then prepared again), then destroy")
         }
         let runningDevices = Set(running.values.flatMap(\.devices.values))
-        holdings.originalDrivers = holdings.originalDrivers.filter { !runningDevices.contains($0.key) }
+        if !runningDevices.isEmpty { holdings.originalDrivers = holdings.originalDrivers.filter { !runningDevices.contains($0.key) } }
         var addresses = Set<PCIAddress>()
         for g in topology.guests { for d in g.allDevices { if let a = d.host.pciAddress { addresses.insert(a) } } }
         let observed: ObservedState

@@ -19,7 +19,9 @@ public final class StateStore {
     /// The state directory, opened once and checked; every file below is reached from it
     /// with openat(2) and O_NOFOLLOW.
     let files: StateDirectory
-    public private(set) var holdings: Holdings
+    // Unchecked exclusivity: read at every step of an apply; a store is used by one thread
+    // at a time and no access overlaps another.
+    @exclusivity(unchecked) public private(set) var holdings: Holdings
     public private(set) var allocations: Allocations
     /// Steps whose intent is journaled and whose outcome is not: maybe done (the process
     /// died inside them, or inside their batch before they ran).
@@ -31,6 +33,8 @@ public final class StateStore {
     /// allocations.json was present when the store was opened.
     public private(set) var allocationsFound = false
     private var journalFD: Int32 = -1
+    /// The encoder of every journal write (reset before each).
+    private let journalOut = JournalEncoder(capacity: 64 << 10)
     /// The journal file was empty when opened: the next write starts with the format line.
     private var journalNeedsHeader = false
     private var sequence = 0
@@ -161,6 +165,13 @@ public final class StateStore {
         return e.bytes
     }
 
+    /// The holdings, written out by hand (the same document).
+    private func snapshot(_ value: Holdings) throws -> [UInt8] {
+        let e = JournalEncoder()
+        try e.appendHoldings(value)
+        return e.bytes
+    }
+
     /// temp file (0600) + fsync + renameat(2), never through a link.
     func write(_ data: [UInt8], to name: String) throws {
         do { try files.writeAtomically(name, data) } catch { throw StoreError(message: error.message) }
@@ -170,6 +181,24 @@ public final class StateStore {
 
     /// Appends records with one write(2); with `sync`, fsyncs the journal after it.
     func append(_ records: [JournalRecord], sync: Bool = false) throws {
+        try writeJournal(sync: sync) { out in
+            for r in records {
+                if r.phase == .begin, let step = r.step {
+                    out.appendIntent(seq: r.seq, step)
+                } else if r.phase == .done, let patches = r.patches {
+                    try out.appendOutcome(seq: r.seq, patches)
+                } else {
+                    try out.append(r)
+                }
+                out.appendRaw(10)
+            }
+        }
+    }
+
+    /// What `body` encodes, after the format line on a fresh journal, with one write(2);
+    /// with `sync`, fsyncs the journal after it. One encoder serves every write (its
+    /// buffer stays allocated: an apply writes a record per step).
+    private func writeJournal(sync: Bool, _ body: (JournalEncoder) throws -> Void) throws {
         if journalFD < 0 {
             try ensureHoldingsFile()
             do { journalFD = try files.open(Self.journalName, O_WRONLY | O_APPEND | O_CREAT) } catch {
@@ -178,22 +207,14 @@ public final class StateStore {
             var st = stat()
             journalNeedsHeader = fstat(journalFD, &st) == 0 && st.st_size == 0
         }
-        let out = JournalEncoder()
+        let out = journalOut
+        out.reset()
         if journalNeedsHeader {
             try out.append(JournalHeader(journal: Self.journalFormat))
             out.appendRaw(10)
         }
-        for r in records {
-            if r.phase == .begin, let step = r.step {
-                out.appendIntent(seq: r.seq, step)
-            } else if r.phase == .done, let patches = r.patches {
-                try out.appendOutcome(seq: r.seq, patches)
-            } else {
-                try out.append(r)
-            }
-            out.appendRaw(10)
-        }
-        guard StateDirectory.writeAll(journalFD, out.bytes) else {
+        try body(out)
+        guard out.withBytes({ StateDirectory.writeAll(journalFD, $0) }) else {
             throw StoreError(message: "cannot append to \(journalPath): \(String(cString: strerror(errno)))")
         }
         journalNeedsHeader = false
@@ -210,8 +231,12 @@ public final class StateStore {
     public func begin(_ ops: [PlanStep]) throws -> [Int] {
         let first = sequence + 1
         sequence += ops.count   // taken even if the write fails: part of it may be on disk
-        let records = ops.enumerated().map { JournalRecord(seq: first + $0.offset, phase: .begin, step: JournaledStep($0.element)) }
-        try append(records, sync: true)
+        try writeJournal(sync: true) { out in
+            for (i, op) in ops.enumerated() {
+                out.appendIntent(seq: first + i, JournaledStep(op))
+                out.appendRaw(10)
+            }
+        }
         return Array(first..<(first + ops.count))
     }
 
@@ -221,7 +246,10 @@ public final class StateStore {
     /// the checkpoint's synced snapshot replaces the journal.
     public func done(_ seq: Int, _ patches: [HoldingPatch]) throws {
         for p in patches { holdings.apply(p) }
-        try append([JournalRecord(seq: seq, phase: .done, patches: patches)])
+        try writeJournal(sync: false) { out in
+            try out.appendOutcome(seq: seq, patches)
+            out.appendRaw(10)
+        }
     }
 
     public func failed(_ seq: Int, _ errno: Errno?) throws {

@@ -136,18 +136,22 @@ public final class StateDirectory: @unchecked Sendable {
 
     /// write(2) until done (EINTR retried).
     public static func writeAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
-        bytes.withUnsafeBytes { b in
-            var at = 0
-            while at < b.count {
-                let n = Glibc.write(fd, b.baseAddress! + at, b.count - at)
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    return false
-                }
-                at += n
+        bytes.withUnsafeBytes { writeAll(fd, $0) }
+    }
+
+    /// write(2) until done (EINTR retried).
+    public static func writeAll(_ fd: Int32, _ b: UnsafeRawBufferPointer) -> Bool {
+        guard let base = b.baseAddress else { return true }
+        var at = 0
+        while at < b.count {
+            let n = Glibc.write(fd, base + at, b.count - at)
+            if n < 0 {
+                if errno == EINTR { continue }
+                return false
             }
-            return true
+            at += n
         }
+        return true
     }
 
     // MARK: messages

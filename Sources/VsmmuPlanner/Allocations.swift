@@ -34,6 +34,15 @@ public struct GuestAllocation: Codable, Hashable, Sendable {
     public init() {}
 }
 
+extension GuestAllocation {
+    /// The same allocated values (what the guest saw and its facts aside).
+    func sameValues(_ other: GuestAllocation) -> Bool { vsmmus == other.vsmmus && rootPorts == other.rootPorts }
+
+    /// Whether `previous` holds exactly these values: allocating the guest again from it
+    /// keeps every one of them (the allocator's fixed point).
+    func keeps(_ previous: GuestAllocation?) -> Bool { previous.map(sameValues) ?? false }
+}
+
 public struct VSMMUAllocation: Codable, Hashable, Sendable {
     public var busNumber: Int
     public var identifier: Int
@@ -54,6 +63,11 @@ public struct PortAllocation: Codable, Hashable, Sendable {
 
     /// The bus number behind the root port at `slot`, on a bus numbered `base`.
     public func secondaryBus(of slot: Int, base: Int) -> Int {
+        Self.secondaryBus(of: slot, base: base, ports: ports)
+    }
+
+    /// The same, with `ports` computed once for every device on the bus.
+    static func secondaryBus(of slot: Int, base: Int, ports: [Int]) -> Int {
         base + 1 + (ports.firstIndex(of: slot) ?? 0)
     }
 }
@@ -71,8 +85,10 @@ public enum Allocator {
         return next
     }
 
-    static func allocatePorts(_ devices: [Device], previous: PortAllocation, where what: String) throws(VsmmuError) -> PortAllocation {
+    /// `what` names the bus in an error only (made then, not for every guest).
+    static func allocatePorts(_ devices: [Device], previous: PortAllocation, where what: @autoclosure () -> String) throws(VsmmuError) -> PortAllocation {
         var out = PortAllocation()
+        out.slots.reserveCapacity(devices.count)
         var taken = Set<Int>()
         for d in devices { if let s = d.slot { out.slots[d.name] = s; taken.insert(s) } }
         for d in devices where d.slot == nil {
@@ -88,7 +104,7 @@ public enum Allocator {
                 holes.remove(h)
             } else {
                 guard let free = (0..<slotCount).first(where: { !taken.contains($0) && !holes.contains($0) }) else {
-                    throw VsmmuError(.allocation, "\(what) has no free root-port slot left for device '\(d.name)' (\(slotCount) per bus)")
+                    throw VsmmuError(.allocation, "\(what()) has no free root-port slot left for device '\(d.name)' (\(slotCount) per bus)")
                 }
                 slot = free
             }
@@ -130,7 +146,9 @@ public enum Allocator {
         }
 
         // Bus numbers: explicit, else kept, else placed in a free window.
-        func need(_ name: String) -> Int { 1 + (ports[name]?.ports.count ?? 0) }
+        var needs: [String: Int] = [:]
+        for (name, p) in ports { needs[name] = 1 + p.slots.count + p.holes.count }
+        func need(_ name: String) -> Int { needs[name] ?? 1 }
         var buses: [String: Int] = [:]
         let explicit = Set(guest.vsmmus.compactMap(\.busNumber))
         for s in guest.vsmmus { if let b = s.busNumber { buses[s.name] = b } }

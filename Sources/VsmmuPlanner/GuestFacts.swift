@@ -45,7 +45,7 @@ extension GuestFacts {
         for v in accelerated where v.resolved.cmdqv {
             // QEMU realizes the devices in root-port slot order: the lowest slot creates the vIOMMU.
             let slots = allocation?.vsmmus[v.name]?.ports.slots ?? [:]
-            guard let first = v.devices.min(by: { (slots[$0] ?? Int.max, $0) < (slots[$1] ?? Int.max, $1) }) else { continue }
+            guard let first = v.devices.map({ (slots[$0] ?? Int.max, $0) }).min(by: <)?.1 else { continue }
             lifecycle.append(LifecycleFact(kind: .noHotUnplug, vsmmus: [v.name], device: first,
                 text: "device \(first) cannot be hot-unplugged: it is the first device of CMDQV vSMMU \(v.name), whose vIOMMU it created (QEMU blocks that unplug)"))
         }

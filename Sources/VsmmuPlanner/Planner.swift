@@ -37,6 +37,8 @@ public struct Planner {
     var phases: [[Pending]] = Array(repeating: [], count: Phase.allCases.count)
     var changes: [ResourceChange] = []
     var kinds = DependencyKinds()
+    /// Off: every guest goes through the full diff (tests compare both ways).
+    var convergedShortcut = true
 
     public static func plan(desired: DesiredState, observed: ObservedState, topologyFile: String, hostName: String, simulated: Bool) -> Plan {
         var p = Planner(desired: desired, observed: observed)
@@ -44,12 +46,16 @@ public struct Planner {
         let ops = p.order()
         let layout = Planner.layout(desired)
         var allocations = desired.allocations
+        var noted: Set<String>?
         for l in layout {
             allocations.guests[l.guest]?.layout = l
-            // Only a guest vsmmu holds has a VM that saw the earlier values.
-            guard observed.holdings.guests[l.guest] != nil, let before = desired.previous.guests[l.guest]?.layout else { continue }
-            let noted = Set(p.changes.map(\.address))
-            p.changes += visibleChanges(before, l).filter { !noted.contains($0.address) }
+            // Only a guest vsmmu holds has a VM that saw the earlier values; an equal layout
+            // has no visible change (the common case: compared, not diffed field by field).
+            guard observed.holdings.guests[l.guest] != nil, let before = desired.previous.guests[l.guest]?.layout, before != l else { continue }
+            if noted == nil { noted = Set(p.changes.map(\.address)) }
+            let visible = visibleChanges(before, l).filter { !noted!.contains($0.address) }
+            p.changes += visible
+            for c in visible { noted!.insert(c.address) }
         }
         return Plan(topology: desired.topologyName, topologyFile: topologyFile, host: hostName, simulated: simulated,
                     fingerprint: observed.fingerprint, changes: p.changes, operations: ops,
@@ -148,12 +154,16 @@ public struct Planner {
     /// Devices vsmmu moved that no guest holds or wants any more (a removed guest's
     /// record was lost, or an interrupted apply): give them back too.
     mutating func strayAddresses(wanted: Set<PCIAddress>) {
+        // Only the few addresses no guest wants are looked at further (on a converged host, none).
+        let unknown = (observed.holdings.unknownOriginalDrivers ?? []).filter { !wanted.contains($0) }
+        let recorded = observed.holdings.originalDrivers.keys.filter { !wanted.contains($0) }
+        guard !unknown.isEmpty || !recorded.isEmpty else { return }
         var held = Set<PCIAddress>()
         for g in observed.holdings.guests.values { for d in g.devices.values { if let a = d.source.pciAddress { held.insert(a) } } }
-        for a in (observed.holdings.unknownOriginalDrivers ?? []).sorted() where !wanted.contains(a) && !held.contains(a) {
+        for a in unknown.sorted() where !held.contains(a) {
             add(.giveBack, "device \(a)", .forgetOriginalDriver(address: a))
         }
-        for (a, _) in observed.holdings.originalDrivers.sorted(by: { $0.key < $1.key }) where !wanted.contains(a) && !held.contains(a) {
+        for a in recorded.filter({ !held.contains($0) }).sorted() {
             let s = observed.sysfs[a]
             let original = observed.holdings.originalDrivers[a] ?? nil
             if VFIODriver.isVFIO(original) {
@@ -182,6 +192,9 @@ public struct Planner {
                 note(.replace(reason), "guest", g.name, "iommufd context, IOAS")
                 add(.dropContexts, "guest \(g.name)", observed.deadGuests.contains(g.name) ? .forgetGuest(guest: g.name) : .closeGuest(guest: g.name))
                 h = nil
+            } else if convergedShortcut, isConverged(g, held) {
+                assert(fullDiffPlansNothing(g, held, wanted: wanted), "guest \(g.name): isConverged disagrees with the full diff")
+                return
             }
         } else {
             note(.create, "guest", g.name, "iommufd context, IOAS")

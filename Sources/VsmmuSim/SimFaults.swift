@@ -113,11 +113,13 @@ extension SimulatedKernel {
     /// for the calls the vocabulary says do not mutate). Replaying the log bypasses it
     /// (SimStore calls the implementations directly).
     func call<T>(_ request: KernelRequest, _ log: SimRequest?, _ body: () throws(Refusal) -> T) throws(KernelCallError) -> T {
-        let kernelCall = request.call, op = kernelCall.name, text = request.detail
-        assert(kernelCall.isMutating == (log != nil), "\(op): a mutating call is logged, a read is not")
+        let kernelCall = request.call
+        assert(kernelCall.isMutating == (log != nil), "\(kernelCall.name): a mutating call is logged, a read is not")
         if delayMS > 0 { sleepThroughSignals(ms: delayMS) }
-        if let injected = injectedFailure(for: op) {
-            record(SimCall(op: op, detail: text, mutating: kernelCall.isMutating, errno: injected, injected: true))
+        // The call's text is made only when something reads it: a trace, or an error.
+        if let injected = injectedFailure(for: kernelCall) {
+            let text = request.detail
+            record(kernelCall, text, errno: injected, injected: true)
             throw KernelCallError(kernelCall, injected, text.isEmpty ? "injected by VSMMU_SIM_FAIL" : "\(text): injected by VSMMU_SIM_FAIL")
         }
         if kernelCall.isMutating { mutatingCallCount += 1 }
@@ -126,10 +128,11 @@ extension SimulatedKernel {
         if let log { appendToLog(log) }
         switch result {
         case .success(let value):
-            record(SimCall(op: op, detail: text, mutating: kernelCall.isMutating, errno: nil, injected: false))
+            if traceEnabled { record(kernelCall, request.detail, errno: nil, injected: false) }
             return value
         case .failure(let refusal):
-            record(SimCall(op: op, detail: text, mutating: kernelCall.isMutating, errno: refusal.errno, injected: false))
+            let text = request.detail
+            record(kernelCall, text, errno: refusal.errno, injected: false)
             throw KernelCallError(kernelCall, refusal.errno, text.isEmpty ? refusal.reason : "\(text): \(refusal.reason)")
         }
     }
@@ -137,27 +140,41 @@ extension SimulatedKernel {
     /// The funnel for calls the port cannot fail (close, munmap, process exit): close(2)
     /// always releases the fd on Linux, so fault injection does not apply to them.
     func callQuietly(_ request: KernelRequest, _ log: SimRequest, _ body: () -> Errno?) {
-        let op = request.call.name, text = request.detail
+        let kernelCall = request.call
         if delayMS > 0 { sleepThroughSignals(ms: delayMS) }
-        opCounts[op, default: 0] += 1
+        callCounts[kernelCall.ordinal] += 1
         mutatingCallCount += 1
         let errno = body()
         appendToLog(log)
-        record(SimCall(op: op, detail: text, mutating: true, errno: errno, injected: false))
+        if traceEnabled { record(kernelCall, request.detail, errno: errno, injected: false) }
     }
 
-    func injectedFailure(for op: String) -> Errno? {
-        let n = (opCounts[op] ?? 0) + 1
-        opCounts[op] = n
+    /// Counts the call (VSMMU_SIM_FAIL's `#N` is per call kind, from the kernel's start)
+    /// and returns the errno of the first rule that fails it.
+    func injectedFailure(for call: KernelCall) -> Errno? {
+        let n = callCounts[call.ordinal] + 1
+        callCounts[call.ordinal] = n
+        guard !failRules.isEmpty else { return nil }
+        let op = call.name
         for rule in failRules where rule.op == op && (rule.nth == nil || rule.nth == n) {
             return rule.errno
         }
         return nil
     }
 
-    func record(_ call: SimCall) {
-        if traceEnabled { trace.append(call) }
+    func record(_ call: KernelCall, _ detail: String, errno: Errno?, injected: Bool) {
+        if traceEnabled { trace.append(SimCall(op: call.name, detail: detail, mutating: call.isMutating, errno: errno, injected: injected)) }
     }
+
+    /// How many calls of each kind this kernel answered (injected failures included), by
+    /// `KernelCall.ordinal`.
+    public func callCount(_ call: KernelCall) -> Int { callCounts[call.ordinal] }
+}
+
+extension KernelCall {
+    /// The call's position in the vocabulary's declaration order (`allCases` order): the
+    /// index of its counter. A case-only enum is stored as that number.
+    var ordinal: Int { Int(unsafeBitCast(self, to: UInt8.self)) }
 }
 
 /// VSMMU_SIM_DELAY_MS: the whole delay even when a signal arrives meanwhile (a kernel call is

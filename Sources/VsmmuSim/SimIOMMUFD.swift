@@ -90,12 +90,12 @@ extension SimulatedKernel {
 
     // MARK: objects
 
-    func object(_ cid: Int, _ id: ObjectID) -> SimObject? { state.contexts[cid]?.objects[id] }
+    func object(_ cid: Int, _ id: ObjectID) -> SimObject? { indexes.object(cid, id) }
 
     func setObject(_ cid: Int, _ id: ObjectID, _ value: SimObject) {
         guard state.contexts[cid] != nil else { return }   // no such context
         let old = state.contexts[cid]?.objects.updateValue(value, forKey: id)
-        if old == nil { indexes.objectAdded(cid, id) }
+        indexes.objectStored(cid, id, value)
         indexes.objectChanged(from: old, to: value)
     }
 
@@ -105,18 +105,14 @@ extension SimulatedKernel {
         indexes.objectChanged(from: old, to: nil)
     }
 
-    /// The context's objects in ascending ID order (the ID index spares a sort per call).
+    /// The context's objects in ascending ID order (kept in that order by the indexes).
     func objects(_ cid: Int) -> [(id: ObjectID, object: SimObject)] {
-        guard let objects = state.contexts[cid]?.objects else { return [] }
-        return indexes.objectIDs(of: cid).compactMap { id in objects[id].map { (id, $0) } }
+        indexes.objects(of: cid)
     }
 
     /// docs/kernel-interface.md §4.1: one ID space per context, from 1, lowest free first, tombstones never reused.
     func allocateID(_ cid: Int) -> ObjectID {
-        let context = state.contexts[cid] ?? IommufdContext()
-        var id: ObjectID = 1
-        while context.objects[id] != nil || context.tombstones.contains(id) { id += 1 }
-        return id
+        indexes.lowestFreeObjectID(cid, tombstones: state.contexts[cid]?.tombstones ?? [])
     }
 
     func isTombstone(_ cid: Int, _ id: ObjectID) -> Bool { state.contexts[cid]?.tombstones.contains(id) ?? false }

@@ -101,40 +101,43 @@ extension OpenFile {
 }
 
 final class SimIndexes {
+    // Unchecked exclusivity: like the kernel's state, used by one thread, accesses never
+    // overlap (the runtime's checks cost more than most index updates).
     // Devices.
     /// vfio index → the devices holding it (one, unless a state was edited by hand).
-    private(set) var vfioOwners: [Int: Set<PCIAddress>] = [:]
-    private var vfioFree = LowestFreeAllocator(start: 0)
+    @exclusivity(unchecked) private(set) var vfioOwners: [Int: Set<PCIAddress>] = [:]
+    @exclusivity(unchecked) private var vfioFree = LowestFreeAllocator(start: 0)
     /// iommu_group → member addresses.
-    private(set) var groupMembers: [Int: Set<PCIAddress>] = [:]
+    @exclusivity(unchecked) private(set) var groupMembers: [Int: Set<PCIAddress>] = [:]
     /// How many devices are bound to, natively use, or have as their VFIO driver each
     /// driver (`driver`, `nativeDriver` and `vfioDriver` each count once).
-    private(set) var driverRefs: [String: Int] = [:]
+    @exclusivity(unchecked) private(set) var driverRefs: [String: Int] = [:]
 
     // Open files.
-    private var fdFree = LowestFreeAllocator(start: 3)
+    @exclusivity(unchecked) private var fdFree = LowestFreeAllocator(start: 3)
     /// PCI address → the fds of its open VFIO cdevs (bound or not).
-    private(set) var cdevFDs: [PCIAddress: Set<Int32>] = [:]
+    @exclusivity(unchecked) private(set) var cdevFDs: [PCIAddress: Set<Int32>] = [:]
     /// Context → how many open files keep it alive.
-    private(set) var contextRefs: [Int: Int] = [:]
+    @exclusivity(unchecked) private(set) var contextRefs: [Int: Int] = [:]
 
     // Guest memory.
     /// Memories mapped in the process, sorted by (userVA, id).
-    private(set) var liveRegions: [LiveRegion] = []
+    @exclusivity(unchecked) private(set) var liveRegions: [LiveRegion] = []
     /// Memory ID → how many IOAS mappings (of every context) reference it.
-    private(set) var mappingRefs: [Int: Int] = [:]
+    @exclusivity(unchecked) private(set) var mappingRefs: [Int: Int] = [:]
     /// Memories that may have become collectable (not mapped, memfd closed, no mapping)
     /// since the last collection: a superset of the collectable ones.
-    var collectable: Set<Int> = []
+    @exclusivity(unchecked) var collectable: Set<Int> = []
 
     // iommufd objects.
-    /// Context → its object IDs, ascending (the order every walk of a context's objects
-    /// takes), so that no call sorts a context's objects.
-    private(set) var objectIDs: [Int: [ObjectID]] = [:]
+    /// Context → its objects, by ascending ID (the order every walk of a context's objects
+    /// takes): a copy of `state.contexts[cid].objects` kept in order, so that a walk is
+    /// one lookup, not a sort or a lookup per ID (docs/live-speed.md §5).
+    @exclusivity(unchecked) private(set) var ordered: [Int: [(id: ObjectID, object: SimObject)]] = [:]
 
     // IOMMUs.
     /// IOMMU name → position of its first entry in `state.iommus`.
-    private(set) var iommuPositions: [String: Int] = [:]
+    @exclusivity(unchecked) private(set) var iommuPositions: [String: Int] = [:]
 
     init() {}
 
@@ -150,13 +153,13 @@ final class SimIndexes {
         liveRegions = []
         mappingRefs = [:]
         collectable = []
-        objectIDs = [:]
+        ordered = [:]
         iommusChanged(state.iommus)
         for (address, device) in state.devices { deviceChanged(address, from: nil, to: device) }
         for (fd, file) in state.files { fileChanged(fd, from: nil, to: file) }
         for (cid, context) in state.contexts {
             for object in context.objects.values { objectChanged(from: nil, to: object) }
-            if !context.objects.isEmpty { objectIDs[cid] = context.objects.keys.sorted() }
+            if !context.objects.isEmpty { ordered[cid] = context.objects.sorted { $0.key < $1.key }.map { ($0.key, $0.value) } }
         }
         for (id, memory) in state.memories {
             memoryChanged(id, from: nil, to: memory)
@@ -332,38 +335,69 @@ final class SimIndexes {
 
     func isMemoryReferenced(_ id: Int) -> Bool { (mappingRefs[id] ?? 0) > 0 }
 
-    // MARK: iommufd objects (IDs in order)
+    // MARK: iommufd objects (in ID order)
 
-    /// The object IDs of context `cid`, ascending.
-    func objectIDs(of cid: Int) -> [ObjectID] { objectIDs[cid] ?? [] }
+    /// The objects of context `cid`, by ascending ID.
+    func objects(of cid: Int) -> [(id: ObjectID, object: SimObject)] { ordered[cid] ?? [] }
 
-    /// First position in `ids` whose ID is not below `id`.
-    private func idPosition(_ id: ObjectID, in ids: [ObjectID]) -> Int {
-        var low = 0, high = ids.count
+    /// Object `id` of context `cid`: a binary search of the ordered objects (no hashing,
+    /// no copy of the context).
+    func object(_ cid: Int, _ id: ObjectID) -> SimObject? {
+        guard let list = ordered[cid] else { return nil }
+        let i = Self.position(id, in: list)
+        return i < list.count && list[i].id == id ? list[i].object : nil
+    }
+
+    /// First position in `list` whose ID is not below `id`.
+    private static func position(_ id: ObjectID, in list: [(id: ObjectID, object: SimObject)]) -> Int {
+        var low = 0, high = list.count
         while low < high {
             let mid = (low + high) / 2
-            if ids[mid] < id { low = mid + 1 } else { high = mid }
+            if list[mid].id < id { low = mid + 1 } else { high = mid }
         }
         return low
     }
 
-    func objectAdded(_ cid: Int, _ id: ObjectID) {
-        guard let ids = objectIDs[cid], let last = ids.last, last >= id else {
-            objectIDs[cid, default: []].append(id)   // the usual case: a new highest ID
+    /// Object `id` of context `cid` is now `object` (added or changed).
+    func objectStored(_ cid: Int, _ id: ObjectID, _ object: SimObject) {
+        Self.store(&ordered[cid, default: []], id, object)
+    }
+
+    private static func store(_ list: inout [(id: ObjectID, object: SimObject)], _ id: ObjectID, _ object: SimObject) {
+        if list.isEmpty || list[list.count - 1].id < id {
+            list.append((id, object))   // the usual case: a new highest ID
             return
         }
-        let i = idPosition(id, in: ids)
-        if ids[i] != id { objectIDs[cid]!.insert(id, at: i) }
+        let i = position(id, in: list)
+        if list[i].id == id { list[i].object = object } else { list.insert((id, object), at: i) }
     }
 
     func objectRemoved(_ cid: Int, _ id: ObjectID) {
-        guard let ids = objectIDs[cid] else { return }
-        let i = idPosition(id, in: ids)
-        guard i < ids.count, ids[i] == id else { return }
-        if ids.count == 1 { objectIDs[cid] = nil } else { objectIDs[cid]!.remove(at: i) }
+        guard ordered[cid] != nil else { return }
+        if Self.remove(&ordered[cid, default: []], id) { ordered[cid] = nil }
     }
 
-    func contextRemoved(_ cid: Int) { objectIDs[cid] = nil }
+    /// Removes `id`; returns whether the list is empty after.
+    private static func remove(_ list: inout [(id: ObjectID, object: SimObject)], _ id: ObjectID) -> Bool {
+        let i = position(id, in: list)
+        if i < list.count, list[i].id == id { list.remove(at: i) }
+        return list.isEmpty
+    }
+
+    func contextRemoved(_ cid: Int) { ordered[cid] = nil }
+
+    /// The lowest ID from 1 that no object of context `cid` has and that is not a
+    /// tombstone: a walk of the ordered objects (no lookup per candidate ID).
+    func lowestFreeObjectID(_ cid: Int, tombstones: Set<ObjectID>) -> ObjectID {
+        let live = objects(of: cid)
+        // IDs 1...n all taken (the usual case while objects are only added): n + 1.
+        if tombstones.isEmpty && (live.isEmpty || live[live.count - 1].id == ObjectID(live.count)) { return ObjectID(live.count) + 1 }
+        var id: ObjectID = 1, i = 0
+        while true {
+            while i < live.count && live[i].id < id { i += 1 }
+            if (i < live.count && live[i].id == id) || tombstones.contains(id) { id += 1 } else { return id }
+        }
+    }
 
     // MARK: IOMMUs
 
@@ -390,7 +424,10 @@ final class SimIndexes {
         if liveRegions != fresh.liveRegions { problems.append("liveRegions") }
         if mappingRefs != fresh.mappingRefs { problems.append("mappingRefs") }
         if iommuPositions != fresh.iommuPositions { problems.append("iommuPositions") }
-        if objectIDs != fresh.objectIDs { problems.append("objectIDs") }
+        if ordered.mapValues({ $0.map(\.id) }) != fresh.ordered.mapValues({ $0.map(\.id) })
+            || ordered.mapValues({ $0.map(\.object) }) != fresh.ordered.mapValues({ $0.map(\.object) }) {
+            problems.append("ordered objects")
+        }
         let usedVfio = Set(state.devices.values.compactMap(\.vfioIndex))
         var vfio = 0
         while usedVfio.contains(vfio) { vfio += 1 }
@@ -399,6 +436,13 @@ final class SimIndexes {
         while state.files[fd] != nil { fd += 1 }
         let got = lowestFreeFD { state.files[$0] != nil }
         if got != fd { problems.append("lowest free fd \(got), expected \(fd)") }
+        for (cid, context) in state.contexts {
+            var id: ObjectID = 1
+            while context.objects[id] != nil || context.tombstones.contains(id) { id += 1 }
+            for (oid, object) in context.objects where self.object(cid, oid) != object { problems.append("object \(oid) of context \(cid)") }
+            let got = lowestFreeObjectID(cid, tombstones: context.tombstones)
+            if got != id { problems.append("lowest free object ID of context \(cid) \(got), expected \(id)") }
+        }
         for (id, memory) in state.memories where !memory.vaMapped && memory.fd == nil && !isMemoryReferenced(id) {
             if !collectable.contains(id) { problems.append("collectable memory \(id) is not tracked") }
         }

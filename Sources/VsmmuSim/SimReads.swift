@@ -11,40 +11,20 @@ extension SimulatedKernel {
                  _ body: () throws(Refusal) -> T) throws(KernelCallError) -> T {
         assert(!kernelCall.isMutating, "\(kernelCall.name) is not a read")
         if delayMS > 0 { sleepThroughSignals(ms: delayMS) }
-        let op = kernelCall.name
-        if let injected = injectedReadFailure(kernelCall) {
+        if let injected = injectedFailure(for: kernelCall) {
             let text = request().detail
-            record(SimCall(op: op, detail: text, mutating: false, errno: injected, injected: true))
+            record(kernelCall, text, errno: injected, injected: true)
             throw KernelCallError(kernelCall, injected, text.isEmpty ? "injected by VSMMU_SIM_FAIL" : "\(text): injected by VSMMU_SIM_FAIL")
         }
         do {
             let value = try body()
-            if traceEnabled { record(SimCall(op: op, detail: request().detail, mutating: false, errno: nil, injected: false)) }
+            if traceEnabled { record(kernelCall, request().detail, errno: nil, injected: false) }
             return value
         } catch {
             let text = request().detail
-            record(SimCall(op: op, detail: text, mutating: false, errno: error.errno, injected: false))
+            record(kernelCall, text, errno: error.errno, injected: false)
             throw KernelCallError(kernelCall, error.errno, text.isEmpty ? error.reason : "\(text): \(error.reason)")
         }
-    }
-
-    /// VSMMU_SIM_FAIL for a read: its calls are counted in `readCounts` by a slot per call
-    /// (hashing the call's name, as `injectedFailure` does, cost a fifth of an observation),
-    /// with the same numbering: the n-th call of that name since the kernel was made.
-    private func injectedReadFailure(_ kernelCall: KernelCall) -> Errno? {
-        let slot: Int
-        switch kernelCall {
-        case .sysfsReadPCIDevice: slot = 0
-        case .sysfsReadDriverOverride: slot = 1
-        case .statVfioDevice: slot = 2
-        case .ioasIovaRanges: slot = 3
-        default: return injectedFailure(for: kernelCall.name)
-        }
-        readCounts[slot] += 1
-        guard !failRules.isEmpty else { return nil }
-        let op = kernelCall.name, n = readCounts[slot]
-        for rule in failRules where rule.op == op && (rule.nth == nil || rule.nth == n) { return rule.errno }
-        return nil
     }
 
     /// IOMMU_IOAS_IOVA_RANGES in one pass over the context's objects, with no lookups

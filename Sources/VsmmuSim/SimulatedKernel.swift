@@ -11,10 +11,13 @@ import VsmmuKernel
 ///
 /// Not thread-safe: one kernel per thread/task, like one process's view of the kernel.
 public final class SimulatedKernel: KernelPort {
-    var state: SimState
-    var opCounts: [String: Int] = [:]
-    var readCounts = [Int](repeating: 0, count: 4)   // the observation's reads (SimReads.swift)
-    var mutatingCallCount = 0
+    // Unchecked exclusivity on the properties every call touches: one kernel is used by one
+    // thread and no access to them overlaps another; the runtime's checks were a tenth of
+    // an apply (docs/live-speed.md §5).
+    @exclusivity(unchecked) var state: SimState
+    /// Calls answered per kind, by `KernelCall.ordinal` (VSMMU_SIM_FAIL's `#N` counts them).
+    @exclusivity(unchecked) var callCounts = [Int](repeating: 0, count: KernelCall.allCases.count)
+    @exclusivity(unchecked) var mutatingCallCount = 0
     var store: SimStore?
     /// Derived lookup structures over `state` (never persisted; SimIndexes.swift).
     let indexes = SimIndexes()
@@ -22,14 +25,14 @@ public final class SimulatedKernel: KernelPort {
     let uevents = SimUevents()
 
     /// The fault-injection rules in force (from VSMMU_SIM_FAIL unless set directly).
-    public var failRules: [FailRule]
+    @exclusivity(unchecked) public var failRules: [FailRule]
     /// Milliseconds slept before every call (VSMMU_SIM_DELAY_MS).
-    public var delayMS: Int
+    @exclusivity(unchecked) public var delayMS: Int
     /// A bad VSMMU_SIM_FAIL / VSMMU_SIM_DELAY_MS seen by `init`; those settings are then
     /// ignored. `SimStore.open` throws it instead.
     public let configurationError: SimConfigurationError?
     /// Record every call in `trace`.
-    public var traceEnabled = false
+    @exclusivity(unchecked) public var traceEnabled = false
     public var trace: [SimCall] = []
     /// Set when appending to the redo log failed; `save()` reports it.
     public internal(set) var persistenceError: String?

@@ -44,6 +44,23 @@ import VsmmuKernel
         #expect(k.trace.map(\.op).filter { $0 == "VFIO_DEVICE_BIND_IOMMUFD" }.count == 3)
     }
 
+    /// The per-kind counters `#N` reads: one slot per call kind, in vocabulary order; every
+    /// call counts (refused and injected ones too), each in its own kind's slot.
+    @Test func callsAreCountedPerKind() throws {
+        #expect(KernelCall.allCases.enumerated().allSatisfy { $0.offset == $0.element.ordinal })
+        let k = makeKernel(environment: ["VSMMU_SIM_FAIL": "IOMMU_IOAS_ALLOC#2:ENOMEM"])
+        let fd = try k.openIommufd()
+        _ = try k.ioasAlloc(fd)
+        #expect(errnoOf { try k.ioasAlloc(fd) } == .ENOMEM)
+        #expect(errnoOf { try k.destroy(fd, id: 99) } == .ENOENT)
+        k.close(fd)
+        #expect(k.callCount(.ioasAlloc) == 2)
+        #expect(k.callCount(.destroy) == 1)
+        #expect(k.callCount(.openIommufd) == 1)
+        #expect(k.callCount(.closeIommufd) == 1)
+        #expect(k.callCount(.hwptAlloc) == 0)
+    }
+
     @Test func ruleWithoutCountFailsEveryCall() throws {
         let k = makeKernel(environment: ["VSMMU_SIM_FAIL": "IOMMU_IOAS_ALLOC:ENOMEM"])
         let fd = try k.openIommufd()
