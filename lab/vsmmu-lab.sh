@@ -13,7 +13,8 @@
 #   vsmmu-drift   drift behind vsmmu's back: agent killed (iommufd contexts lost) and, for
 #                 edu, the device unbound from vfio-pci; `reconcile` and `plan` exit 2
 #                 naming it; `apply` / an agent with --reconcile fix converge; `plan` →
-#                 `No changes.`, `reconcile` → 0; destroy
+#                 `No changes.`, `reconcile` → 0; destroy; then the kernel's change signals
+#                 (uevents, inotify; none for driver_override) and a live agent seeing them
 #   vsmmu-e1000e  the e1000e NIC starts on e1000e, is applied under `devices:` (→ vfio-pci),
 #                 re-plans to `No changes.`, and destroy gives it back to e1000e with
 #                 driver_override cleared and its netdev back
@@ -118,6 +119,12 @@ fi
 # locked memory (scenario vsmmu-launch): runs a command without CAP_IPC_LOCK under a small
 # RLIMIT_MEMLOCK (the guest's busybox has no setpriv that drops a capability at exec)
 if ! gcc -static -O2 -Wall -Werror -o "$overlay/bin/no-ipc-lock" "$HERE/memlock/no-ipc-lock.c"; then
+	echo "lab: 0 passed, 1 failed"
+	exit 1
+fi
+
+# change signals (scenario vsmmu-drift, part C): prints the kernel's uevents and inotify events
+if ! gcc -static -O2 -Wall -Werror -o "$overlay/bin/uevent-watch" "$HERE/signals/uevent-watch.c"; then
 	echo "lab: 0 passed, 1 failed"
 	exit 1
 fi

@@ -92,4 +92,10 @@ public struct KernelChanges: Hashable, Sendable {
 public protocol KernelChangeFeed: AnyObject {
     /// Everything signalled since the previous drain. The first drain is `everything`.
     func drain() -> KernelChanges
+    /// What this kernel does not signal beyond docs/kernel-interface.md §12 (nil: nothing more), for logs.
+    var limitation: String? { get }
+}
+
+extension KernelChangeFeed {
+    public var limitation: String? { nil }
 }

@@ -16,6 +16,8 @@ final class LinuxChangeFeed: KernelChangeFeed {
     private var drained = false
     private var buffer = [UInt8](repeating: 0, count: 16 * 1024)
 
+    /// `inotify` -1: a kernel without inotify (CONFIG_INOTIFY_USER off): every drain says
+    /// every cdev owner may have changed (one stat each per observation).
     init(socket: Int32, inotify: Int32, cdevDirectory: String) {
         self.socket = socket; self.inotify = inotify; self.cdevDirectory = cdevDirectory
         rewatch()
@@ -23,10 +25,15 @@ final class LinuxChangeFeed: KernelChangeFeed {
 
     deinit {
         Glibc.close(socket)
-        Glibc.close(inotify)
+        if inotify >= 0 { Glibc.close(inotify) }
+    }
+
+    var limitation: String? {
+        inotify >= 0 ? nil : "this kernel has no inotify (CONFIG_INOTIFY_USER): every cdev owner is read on each observation"
     }
 
     private func rewatch() {
+        guard inotify >= 0 else { return }
         let wd = vsmmu_inotify_watch(inotify, cdevDirectory)
         watch = wd >= 0 ? wd : nil
     }
@@ -53,7 +60,7 @@ final class LinuxChangeFeed: KernelChangeFeed {
         vsmmu_inotify_flags(&overflow, &ignored, &gone)
         var events = [UInt8](repeating: 0, count: 16 * 1024)
         var name = [CChar](repeating: 0, count: 256)
-        while true {
+        while inotify >= 0 {
             let n = events.withUnsafeMutableBytes { vsmmu_inotify_read(inotify, $0.baseAddress, $0.count) }
             if n <= 0 { break }
             var offset = 0
@@ -88,11 +95,8 @@ extension LinuxKernel {
         }
         let socket = vsmmu_uevent_open(16 << 20)
         guard socket >= 0 else { return .unavailable("NETLINK_KOBJECT_UEVENT socket: \(Errno(-socket).name)") }
-        let inotify = vsmmu_inotify_open()
-        guard inotify >= 0 else {
-            Glibc.close(socket)
-            return .unavailable("inotify: \(Errno(-inotify).name)")
-        }
+        // Without inotify the uevents still vouch for the devices; owners are read each time.
+        let inotify = max(-1, vsmmu_inotify_open())
         let feed = LinuxChangeFeed(socket: socket, inotify: inotify, cdevDirectory: devRoot + "/vfio/devices")
         let uuid = UUID().uuidString.lowercased()
         let uevent = sysfsRootPath + "/class/misc/iommu/uevent"

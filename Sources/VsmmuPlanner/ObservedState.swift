@@ -18,12 +18,14 @@ public struct ObservedState: Sendable {
     /// liveness) is read again: the same result as a full read (ObservationCache.swift).
     public static func observe(port: KernelPort, holdings: Holdings, addresses: Set<PCIAddress>,
                                cache: ObservationCache? = nil) throws(KernelCallError) -> ObservedState {
+        // Held devices are usually among `addresses` already: test before inserting, so the
+        // set is copied only when one is not (an insert into a shared set copies it first).
         var all = addresses
         for g in holdings.guests.values {
-            for d in g.devices.values { if let a = d.source.pciAddress { all.insert(a) } }
+            for d in g.devices.values { if let a = d.source.pciAddress, !all.contains(a) { all.insert(a) } }
         }
-        for a in holdings.originalDrivers.keys { all.insert(a) }
-        for a in holdings.unknownOriginalDrivers ?? [] { all.insert(a) }
+        for a in holdings.originalDrivers.keys where !all.contains(a) { all.insert(a) }
+        for a in holdings.unknownOriginalDrivers ?? [] where !all.contains(a) { all.insert(a) }
         var sysfs: [PCIAddress: SysfsPCIDevice] = [:]
         if let cache {
             sysfs = try cache.devices(all, port: port)

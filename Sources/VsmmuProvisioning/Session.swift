@@ -135,7 +135,8 @@ extension Session {
         switch port.openChangeFeed() {
         case .opened(let feed):
             observations = ObservationCache(feed: feed)
-            return "change signals: uevents and /dev/vfio/devices proven; a reconcile re-reads what changed and every driver_override"
+            return "change signals: uevents proven; a reconcile re-reads what changed and every driver_override"
+                + (feed.limitation.map { "; \($0)" } ?? "")
         case .unavailable(let why):
             observations = nil
             return "no change signal (\(why)): every reconcile reads the whole state"

@@ -161,9 +161,8 @@ extension SimulatedKernel {
 extension SimulatedKernel {
     public func driverOverride(_ address: PCIAddress) throws(KernelCallError) -> DriverOverrideRead {
         try read(.sysfsReadDriverOverride, .readDriverOverride(address)) { () throws(Refusal) in
-            // The field alone: copying the whole device (its strings and arrays) cost more.
-            guard let i = state.devices.index(forKey: address) else { return .noDevice }
-            return .value(state.devices.values[i].driverOverride)
+            guard let device = state.devices[address] else { return .noDevice }
+            return .value(device.driverOverride)
         }
     }
 }

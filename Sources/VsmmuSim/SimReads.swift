@@ -71,7 +71,11 @@ extension SimulatedKernel {
         var iommus: [String] = []   // each IOMMU's regions once
         for a in attached where !iommus.contains(a.iommu) && onIOAS(a.hwpt) {
             iommus.append(a.iommu)
-            reserved += deviceReservedRanges(iommu: a.iommu)
+            // deviceReservedRanges' regions, appended in place (no filtered copies).
+            guard let hostIOMMU = hostIOMMU(a.iommu) else { continue }
+            for r in hostIOMMU.reservedRegions where r.type != "direct-relaxable" && r.size > 0 && r.start <= UInt64.max - (r.size - 1) {
+                reserved.append(IovaRange(start: r.start, last: r.last))
+            }
         }
         return (complement(of: reserved), alignment)
     }

@@ -4,6 +4,7 @@ import VsmmuExecutor
 import VsmmuKernel
 import VsmmuModel
 import VsmmuPlanner
+import VsmmuProvisioning
 @testable import VsmmuSim
 
 // An agent's observation over the change feed (docs/kernel-interface.md §12) must equal a
@@ -200,4 +201,17 @@ func anIncrementalObservationEqualsAFullOne(_ change: BehindOurBack) throws {
     #expect(w.cache.last.everything == nil)
     try w.compare("and once more")
     #expect(w.cache.last.devices == 0)
+}
+
+/// The agent's session keeps a cache only over a proven feed: with no uevent reaching it
+/// (another user namespace's network namespace), every observation reads everything.
+@Test func anAgentSessionWithoutUeventsReadsEverything() throws {
+    let h = try Harness(host: "examples/hosts/grace-2smmu-cmdqv.yaml")
+    let session = Session(port: h.sim, sim: h.sim, stateDir: h.dir)
+    h.sim.ueventsDelivered = false
+    #expect(session.watchChanges().contains("no change signal"))
+    #expect(session.observations == nil)
+    h.sim.ueventsDelivered = true
+    #expect(session.watchChanges().contains("change signals: uevents proven"))
+    #expect(session.observations != nil)
 }
