@@ -69,7 +69,13 @@ public struct Plan: Codable, Sendable {
     public var host: String
     public var simulated: Bool
     /// Digest of the observed state the plan was made from (see `ObservedState.fingerprint`).
-    public var fingerprint: String
+    /// Worked out when read: a reconcile that only looks for drift never reads it, and at
+    /// 10,000 devices it was a fifth of a converged re-plan (docs/live-speed.md §4.2).
+    public var fingerprint: String {
+        get { fingerprintSource.text }
+        set { fingerprintSource = .text(newValue) }
+    }
+    var fingerprintSource: FingerprintSource
     public var changes: [ResourceChange]
     public var operations: [PlanStep]
     /// Allocations to record when the plan is applied.
@@ -88,16 +94,21 @@ public struct Plan: Codable, Sendable {
     /// by an older vsmmu).
     public var facts: [GuestFacts]?
 
+    enum CodingKeys: String, CodingKey {
+        case formatVersion, topology, topologyFile, host, simulated, fingerprintSource = "fingerprint", changes, operations,
+             allocations, layout, guests, otherTopologies, stateDir, facts
+    }
+
     /// A plan of bare operations (a launch's release of a guest's held graph).
     public init(releasing operations: [PlanStep], allocations: Allocations) {
-        topology = ""; topologyFile = ""; host = ""; simulated = false; fingerprint = ""
+        topology = ""; topologyFile = ""; host = ""; simulated = false; fingerprintSource = .text("")
         changes = []; self.operations = operations; self.allocations = allocations; layout = []
     }
 
-    init(topology: String, topologyFile: String, host: String, simulated: Bool, fingerprint: String, changes: [ResourceChange],
+    init(topology: String, topologyFile: String, host: String, simulated: Bool, fingerprint: FingerprintSource, changes: [ResourceChange],
          operations: [PlanStep], allocations: Allocations, layout: [GuestLayout]) {
         self.topology = topology; self.topologyFile = topologyFile; self.host = host; self.simulated = simulated
-        self.fingerprint = fingerprint; self.changes = changes; self.operations = operations; self.allocations = allocations; self.layout = layout
+        self.fingerprintSource = fingerprint; self.changes = changes; self.operations = operations; self.allocations = allocations; self.layout = layout
     }
 
     public var isEmpty: Bool { changes.isEmpty && operations.isEmpty }
@@ -106,6 +117,27 @@ public struct Plan: Codable, Sendable {
     public var toAdd: Int { changes.filter { $0.action == .create || $0.action == .replace }.count }
     public var toChange: Int { changes.filter { $0.action == .update }.count }
     public var toDestroy: Int { changes.filter { $0.action == .destroy || $0.action == .replace }.count }
+}
+
+/// A plan's fingerprint: its text, or the observation it is the digest of (a value: the
+/// digest is the same whenever it is worked out). Saved as the text.
+enum FingerprintSource: Codable, Sendable {
+    case text(String)
+    case observed(ObservedState)
+
+    var text: String {
+        switch self {
+        case .text(let s): return s
+        case .observed(let o): return o.fingerprint
+        }
+    }
+
+    init(from decoder: Decoder) throws { self = .text(try decoder.singleValueContainer().decode(String.self)) }
+
+    func encode(to encoder: Encoder) throws {
+        var c = encoder.singleValueContainer()
+        try c.encode(text)
+    }
 }
 
 public struct GuestLayout: Codable, Hashable, Sendable {

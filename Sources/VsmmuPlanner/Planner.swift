@@ -65,7 +65,7 @@ public struct Planner {
             for c in visible { noted!.insert(c.address) }
         }
         return Plan(topology: desired.topologyName, topologyFile: topologyFile, host: hostName, simulated: simulated,
-                    fingerprint: observed.fingerprint, changes: p.changes, operations: ops,
+                    fingerprint: .observed(observed), changes: p.changes, operations: ops,
                     allocations: allocations, layout: layout)
     }
 

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import VsmmuKernel
+import VsmmuTestSupport
 @testable import VsmmuPlanner
 
 /// The fingerprint's lists are written out by hand (speed); a saved plan made before must
@@ -29,4 +30,35 @@ import VsmmuKernel
     for p in pieces { f += p }
     f += UInt64(42)
     #expect(f.hex == Fingerprint.fnv1a(pieces.joined() + "42"))
+}
+
+/// A plan's fingerprint is worked out when read (a drift check never reads it): it must be
+/// the digest of what the plan was made from, whenever it is read, and a saved plan carries
+/// it as text.
+@Test func aPlansFingerprintIsItsObservationsDigestWhenReadAndSaved() throws {
+    let h = try Harness(host: exampleHost("cmdqv"))
+    let t = try h.example("cmdqv")
+    try h.apply(t)
+    let p = try h.plan(t)
+    var addresses = Set<PCIAddress>()
+    for g in t.guests { for d in g.allDevices { if let a = d.host.pciAddress { addresses.insert(a) } } }
+    let observed = try ObservedState.observe(port: h.sim, holdings: h.store.holdings, addresses: addresses)
+    #expect(p.fingerprint.count == 16)
+    #expect(p.fingerprint == observed.fingerprint)
+
+    // The kernel moves on: the plan keeps the digest of what it was made from.
+    let address = addresses.sorted()[0]
+    try h.sim.writeDriverOverride(address, nil)
+    let moved = try ObservedState.observe(port: h.sim, holdings: h.store.holdings, addresses: addresses)
+    #expect(moved.fingerprint != observed.fingerprint)
+    #expect(p.fingerprint == observed.fingerprint)
+
+    // Saved and read back: the text, under the same key.
+    let json = try JSONEncoder().encode(p)
+    let object = try JSONSerialization.jsonObject(with: json) as? [String: Any]
+    #expect(object?["fingerprint"] as? String == observed.fingerprint)
+    var back = try JSONDecoder().decode(Plan.self, from: json)
+    #expect(back.fingerprint == observed.fingerprint)
+    back.fingerprint = "0123456789abcdef"
+    #expect(back.fingerprint == "0123456789abcdef")
 }
