@@ -129,12 +129,4 @@ extension LinuxKernel {
     }
 }
 
-extension SysfsTree {
-    /// driver_override alone; a device that is gone cannot be read (ENOENT).
-    func driverOverride(_ a: PCIAddress) -> DriverOverrideRead {
-        guard let data = try? files.read(devices + "/" + a.description + "/driver_override") else { return .noDevice }
-        let text = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-        return .value(text == "(null)" || text.isEmpty ? nil : text)
-    }
-}
 #endif

@@ -81,8 +81,7 @@ public struct SysfsTree: SysfsAccess, Sendable {
         let dir = devices + "/" + a.description
         let facts = ueventFacts(dir)
         guard facts != nil || files.exists(dir) else { return nil }
-        var override = read(dir + "/driver_override")
-        if override == "(null)" || override == "" { override = nil }
+        let override = read(dir + "/driver_override").flatMap(Self.overrideValue)
         var vfioIndex: Int?
         if let entries = try? files.listDirectory(dir + "/vfio-dev") {
             vfioIndex = entries.compactMap { $0.hasPrefix("vfio") ? Int($0.dropFirst(4)) : nil }.min()
@@ -99,6 +98,16 @@ public struct SysfsTree: SysfsAccess, Sendable {
             numaNode: read(dir + "/numa_node").flatMap { Int($0) } ?? -1,
             vfioDevIndex: vfioIndex)
     }
+
+    /// driver_override alone (what an observation over a change feed reads of every device);
+    /// a device that is gone cannot be read (ENOENT).
+    func driverOverride(_ a: PCIAddress) -> DriverOverrideRead {
+        guard let text = read(devices + "/" + a.description + "/driver_override") else { return .noDevice }
+        return .value(Self.overrideValue(text))
+    }
+
+    /// driver_override as sysfs shows it: `(null)` (or nothing) when none is set.
+    static func overrideValue(_ text: String) -> String? { text == "(null)" || text.isEmpty ? nil : text }
 
     public func groupMembers(_ group: Int) -> [PCIAddress] {
         let dir = root + "/kernel/iommu_groups/\(group)/devices"

@@ -37,7 +37,8 @@ final class SimUevents {
     /// What the kernel signals when a device changes from `old` to `new` (setDevice's hook).
     func deviceChanged(_ address: PCIAddress, from old: SimPCIDevice?, to new: SimPCIDevice?) {
         guard !feeds.isEmpty else { return }
-        let path = "/devices/pci\(hex4(address.domain)):\(hex2(address.bus))/\(address)"
+        let text = address.description   // dddd:bb:ss.f; its root bus is pcidddd:bb
+        let path = "/devices/pci\(text.prefix(7))/\(text)"
         func child(_ action: Uevent.Action, _ index: Int) {
             send(Uevent(action: action, devpath: "\(path)/vfio-dev/vfio\(index)", subsystem: "vfio-dev"))
             node("vfio\(index)")   // devtmpfs creates / deletes the node: IN_CREATE / IN_DELETE
@@ -79,9 +80,6 @@ final class SimUevents {
             // driver_override: no signal at all.
         }
     }
-
-    private func hex4(_ v: UInt16) -> String { let s = String(v, radix: 16); return String(repeating: "0", count: 4 - s.count) + s }
-    private func hex2(_ v: UInt8) -> String { let s = String(v, radix: 16); return s.count == 1 ? "0" + s : s }
 }
 
 /// A change feed on the simulated kernel: a uevent socket and an inotify watch on
@@ -160,7 +158,7 @@ extension SimulatedKernel {
 
 extension SimulatedKernel {
     public func driverOverride(_ address: PCIAddress) throws(KernelCallError) -> DriverOverrideRead {
-        try read(.sysfsReadDriverOverride, .readDriverOverride(address)) { () throws(Refusal) in
+        try call(.readDriverOverride(address), nil) { () throws(Refusal) in
             guard let device = state.devices[address] else { return .noDevice }
             return .value(device.driverOverride)
         }

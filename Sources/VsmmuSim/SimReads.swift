@@ -5,28 +5,6 @@ import VsmmuKernel
 // they are 20,000 calls per observation.
 
 extension SimulatedKernel {
-    /// The funnel for reads: the same delay, fault injection and trace as `call`, with the
-    /// call's text written only when a trace or an error needs it.
-    func read<T>(_ kernelCall: KernelCall, _ request: @autoclosure () -> KernelRequest,
-                 _ body: () throws(Refusal) -> T) throws(KernelCallError) -> T {
-        assert(!kernelCall.isMutating, "\(kernelCall.name) is not a read")
-        if delayMS > 0 { sleepThroughSignals(ms: delayMS) }
-        if let injected = injectedFailure(for: kernelCall) {
-            let text = request().detail
-            record(kernelCall, text, errno: injected, injected: true)
-            throw KernelCallError(kernelCall, injected, text.isEmpty ? "injected by VSMMU_SIM_FAIL" : "\(text): injected by VSMMU_SIM_FAIL")
-        }
-        do {
-            let value = try body()
-            if traceEnabled { record(kernelCall, request().detail, errno: nil, injected: false) }
-            return value
-        } catch {
-            let text = request().detail
-            record(kernelCall, text, errno: error.errno, injected: false)
-            throw KernelCallError(kernelCall, error.errno, text.isEmpty ? error.reason : "\(text): \(error.reason)")
-        }
-    }
-
     /// IOMMU_IOAS_IOVA_RANGES in one pass over the context's objects, with no lookups
     /// (no ordered copy of them, no object fetched twice): the reserved ranges (outside each
     /// domain's aperture, each attached device's reserved regions) and the alignment, as

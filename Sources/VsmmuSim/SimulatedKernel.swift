@@ -135,7 +135,7 @@ public final class SimulatedKernel: KernelPort {
     }
 
     public func ioasIovaRanges(_ fd: IommufdHandle, ioas: ObjectID) throws(KernelCallError) -> (ranges: [IovaRange], alignment: UInt64) {
-        try read(.ioasIovaRanges, .ioasIovaRanges(fd: fd.fd, ioas: ioas, numIovas: nil)) { () throws(Refusal) in
+        try call(.ioasIovaRanges(fd: fd.fd, ioas: ioas, numIovas: nil), nil) { () throws(Refusal) in
             try ioasIovaRangesImpl(fd.fd, ioas: ioas)
         }
     }
@@ -289,7 +289,7 @@ public final class SimulatedKernel: KernelPort {
     }
 
     public func pciDevice(_ address: PCIAddress) throws(KernelCallError) -> SysfsPCIDevice? {
-        try read(.sysfsReadPCIDevice, .readPCIDevice(address)) { () throws(Refusal) in
+        try call(.readPCIDevice(address), nil) { () throws(Refusal) in
             state.devices[address].map(sysfsView)
         }
     }
@@ -347,7 +347,7 @@ public final class SimulatedKernel: KernelPort {
     }
 
     public func vfioDeviceOwner(index: Int) throws(KernelCallError) -> (uid: UInt32, gid: UInt32)? {
-        try read(.statVfioDevice, .statVfioDevice(index: index)) { () throws(Refusal) in
+        try call(.statVfioDevice(index: index), nil) { () throws(Refusal) in
             guard hasVfioCdev, let device = deviceWithVfioIndex(index) else { return nil }
             return (device.owner.uid, device.owner.gid)
         }
